@@ -1,0 +1,12 @@
+"""Data: parallel corpora, tokenisers and batching for translation (and, beside them, image sets).
+
+Text pipeline: :func:`prepare_corpus` (a :class:`CorpusConfig`) -> :class:`ParallelCorpus` of
+``(source, target)`` strings split into train/dev/test -> :class:`TranslationTokenizer` trained
+on the train split -> :class:`TranslationDataset` of token ids -> :class:`TokenBudgetBatchSampler`
+and :func:`collate_translation` -> :class:`TranslationBatch` tensors.
+"""
+
+from attnlab.data.cache import default_cache_dir
+from attnlab.data.corpora import CORPUS_NAMES, SPLITS, CorpusConfig, ParallelCorpus, prepare_corpus, split_pairs
+from attnlab.data.corpus_stats import corpus_statistics
+from attnlab.data.user_corpus import SkippedLine
