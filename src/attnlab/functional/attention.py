@@ -1,0 +1,245 @@
+"""The attention function: C = f_norm(f_sim(Q, K)) V.
+
+Notation used in this package (shape comments read against it):
+    B   batch           H   heads            Lq  queries          Lk  keys (= values)
+    d_k query/key size  d_v value size       E   score-vector size (weighted softmax)
+    ... any number of leading batch dims (B, or B and H)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnlab.functional.masks import causal_mask, check_mask, merge_masks
+from attnlab.functional.normalize import NormalizeFn, resolve_normalizer, softmax
+from attnlab.functional.scores import ScoreFn, resolve_score, scaled_dot_score
+
+# On CPU the explicit matmul-softmax-matmul beats SDPA's flash kernel for short key sequences
+# (fewer, larger GEMMs); benchmarks/attention.py measures the crossover. CUDA always takes SDPA.
+CPU_SDPA_MIN_KEYS = 256
+# Elements of one chunk of scores when weights are computed beside the fused kernel.
+WEIGHTS_CHUNK_ELEMENTS = 1 << 22
+
+_checks_enabled = True
+
+
+def set_input_checks(enabled: bool) -> None:
+    """Turn the NaN check on attention inputs on or off (on by default; it reads q, k, v once)."""
+    global _checks_enabled
+    _checks_enabled = enabled
+
+
+def attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    score: str | ScoreFn = "scaled_dot",
+    normalize: str | NormalizeFn = "softmax",
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    scale: float | None = None,
+    fused: bool | None = None,
+    weights_average_dim: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention in the general form: S = f_sim(Q, K), A = f_norm(S), C = A V.
+
+    With ``score="scaled_dot"`` and ``normalize="softmax"`` this is Eq. 1 of "Attention Is All You
+    Need", softmax(Q K^T / sqrt(d_k)) V, and runs on the fused path: the context comes from
+    ``F.scaled_dot_product_attention`` (flash kernels on CPU and CUDA) or, on CPU for short key
+    sequences, from one matmul-softmax-matmul, whichever is faster. Weights requested on the fused
+    path are computed beside the kernel, a chunk of queries at a time, so memory holds the
+    returned map and one chunk of scores; that costs one more Q K^T product and softmax.
+
+    Args:
+        query: Q, ``(..., Lq, d_k)``.
+        key: K, ``(..., Lk, d_k)`` (``d_k`` may differ from the query's for parametric scores).
+        value: V, ``(..., Lk, d_v)``.
+        score: f_sim, a name in ``SCORES`` or a callable ``(query, key) -> (..., Lq, Lk)``
+            (``(..., Lq, Lk, E)`` for vector-valued scores).
+        normalize: f_norm, a name in ``NORMALIZERS`` or a callable ``(scores, mask) -> weights``.
+        mask: broadcasting to ``(..., Lq, Lk)``; boolean with ``True`` = may attend (as in
+            ``F.scaled_dot_product_attention``), or a float bias added to the scores.
+        is_causal: also mask keys after each query, the last query aligned with the last key.
+        dropout_p: dropout on the weights before they meet V (pass 0.0 at evaluation).
+        need_weights: return A as well.
+        scale: the factor of the scaled dot product, ``1 / sqrt(d_k)`` when None.
+        fused: force (True) or forbid (False) the fused path; None chooses.
+        weights_average_dim: average the returned weights over this dim (e.g. heads) while they
+            are computed, so the full per-head map is never held.
+
+    Returns:
+        ``(context, weights)``: C ``(..., Lq, d_v)`` and A ``(..., Lq, Lk)`` (pre-dropout, the
+        averaged dim removed) or None. Queries with no allowed key get zero weights and context.
+    """
+    _check_inputs(query, key, value)
+    lq, lk = query.shape[-2], key.shape[-2]
+    batch_shape = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    if mask is not None:
+        check_mask(mask, (*batch_shape, lq, lk))
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if lq == 0 or lk == 0:
+        return _empty_result(query, value, batch_shape, lq, lk, need_weights, weights_average_dim)
+
+    score_fn, norm_fn = resolve_score(score), resolve_normalizer(normalize)
+    if scale is not None and score_fn is not scaled_dot_score:
+        raise ValueError(f"scale={scale} applies to the scaled_dot score only, got score={score!r}")
+    is_fast = score_fn is scaled_dot_score and norm_fn is softmax
+    if fused and not is_fast:
+        raise ValueError(f"fused=True needs score='scaled_dot' and normalize='softmax', got {score!r}, {normalize!r}")
+    if is_fast and fused is not False and _prefer_sdpa(query, key, fused):
+        return _sdpa_attention(query, key, value, mask, is_causal, dropout_p, need_weights, scale, weights_average_dim)
+
+    if is_causal:
+        mask = merge_masks(mask, causal_mask(lq, lk, device=query.device))
+    scores = scaled_dot_score(query, key, scale) if is_fast else score_fn(query, key)
+    _check_scores(scores, (*batch_shape, lq, lk))
+    weights = norm_fn(scores, mask)  # (..., Lq, Lk)
+    context = F.dropout(weights, dropout_p) @ value if dropout_p > 0 else weights @ value
+    if not need_weights:
+        return context, None
+    return context, weights if weights_average_dim is None else weights.mean(weights_average_dim)
+
+
+def attention_weights(
+    query: Tensor,
+    key: Tensor,
+    *,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    average_dim: int | None = None,
+    chunk_elements: int = WEIGHTS_CHUNK_ELEMENTS,
+) -> Tensor:
+    """Softmax(Q K^T * scale) under the mask, computed a chunk of queries at a time.
+
+    Peak memory is the result plus one chunk of about ``chunk_elements`` scores: with
+    ``average_dim`` set (e.g. over heads) the per-head map is never held whole.
+
+    Returns:
+        ``(..., Lq, Lk)``, the averaged dim removed.
+    """
+    lq, lk = query.shape[-2], key.shape[-2]
+    rows_per_chunk = max(1, chunk_elements // max(1, lk * math.prod(query.shape[:-2])))
+    full_mask = merge_masks(mask, causal_mask(lq, lk, device=query.device)) if is_causal else mask
+    chunks = []
+    for start in range(0, lq, rows_per_chunk):
+        rows = slice(start, min(start + rows_per_chunk, lq))
+        chunk_mask = None if full_mask is None else _rows_of(full_mask, rows, lq)
+        weights = softmax(scaled_dot_score(query[..., rows, :], key, scale), chunk_mask)  # (..., rows, Lk)
+        chunks.append(weights if average_dim is None else weights.mean(average_dim))
+    return torch.cat(chunks, dim=-2)
+
+
+def _rows_of(mask: Tensor, rows: slice, lq: int) -> Tensor:
+    """The mask's slice for a block of query rows (a mask broadcasting over queries is kept whole)."""
+    return mask if mask.ndim < 2 or mask.shape[-2] == 1 else mask[..., rows, :]
+
+
+def _prefer_sdpa(query: Tensor, key: Tensor, fused: bool | None) -> bool:
+    if fused:
+        return True
+    if query.device.type != "cpu":
+        return True
+    return key.shape[-2] >= CPU_SDPA_MIN_KEYS
+
+
+def _sdpa_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+    need_weights: bool,
+    scale: float | None,
+    weights_average_dim: int | None,
+) -> tuple[Tensor, Tensor | None]:
+    lq, lk = query.shape[-2], key.shape[-2]
+    sdpa_mask, sdpa_causal = mask, is_causal
+    if is_causal and (mask is not None or lq != lk):
+        # SDPA's is_causal aligns the first query with the first key and takes no extra mask.
+        sdpa_mask, sdpa_causal = merge_masks(mask, causal_mask(lq, lk, device=query.device)), False
+    q, k, v, m = _as_4d(query, key, value, sdpa_mask)
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout_p, is_causal=sdpa_causal, scale=scale)
+    context = context.reshape(*torch.broadcast_shapes(query.shape[:-2], key.shape[:-2]), lq, value.shape[-1])
+    if not need_weights:
+        return context, None
+    weights = attention_weights(query, key, mask=mask, is_causal=is_causal, scale=scale, average_dim=weights_average_dim)
+    return context, weights
+
+
+def _as_4d(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> tuple[Tensor, ...]:
+    """(B, H, L, d) views for SDPA's kernels; leading dims beyond two are flattened into B."""
+    if query.ndim <= 4 and query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
+        pad = (1,) * (4 - query.ndim)
+        q, k, v = (x.reshape(*pad, *x.shape) for x in (query, key, value))
+        return q, k, v, mask
+    batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    q, k, v = (x.expand(*batch, *x.shape[-2:]).reshape(-1, 1, *x.shape[-2:]) for x in (query, key, value))
+    if mask is not None:
+        lq, lk = query.shape[-2], key.shape[-2]
+        mask = mask.expand(*batch, lq, lk).reshape(-1, 1, lq, lk)
+    return q, k, v, mask
+
+
+def _empty_result(
+    query: Tensor,
+    value: Tensor,
+    batch_shape: torch.Size,
+    lq: int,
+    lk: int,
+    need_weights: bool,
+    weights_average_dim: int | None,
+) -> tuple[Tensor, Tensor | None]:
+    """Empty queries give an empty context; no keys at all gives zero context, like masked rows."""
+    context = query.new_zeros(*batch_shape, lq, value.shape[-1])
+    if not need_weights:
+        return context, None
+    weights = query.new_zeros(*batch_shape, lq, lk)
+    return context, weights if weights_average_dim is None else weights.mean(weights_average_dim)
+
+
+def _check_inputs(query: Tensor, key: Tensor, value: Tensor) -> None:
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
+        if x.ndim < 2:
+            raise ValueError(f"{name} must have shape (..., L, d), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
+    if not query.ndim == key.ndim == value.ndim:
+        raise ValueError(
+            f"query, key and value must have the same rank, got query {tuple(query.shape)}, "
+            f"key {tuple(key.shape)}, value {tuple(value.shape)}"
+        )
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(
+            f"key and value must have the same length Lk, got key {tuple(key.shape)} and value {tuple(value.shape)}"
+        )
+    try:
+        torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"batch dims of query {tuple(query.shape)}, key {tuple(key.shape)} and value "
+            f"{tuple(value.shape)} do not match"
+        ) from None
+    if _checks_enabled and not torch.compiler.is_compiling():
+        for name, x in (("query", query), ("key", key), ("value", value)):
+            if torch.isnan(x).any():
+                raise ValueError(f"{name} of shape {tuple(x.shape)} contains NaN")
+
+
+def _check_scores(scores: Tensor, expected: tuple[int, ...]) -> None:
+    if tuple(scores.shape[: len(expected)]) != expected or scores.ndim > len(expected) + 1:
+        raise ValueError(
+            f"the score function returned shape {tuple(scores.shape)}, expected (..., Lq, Lk) = {expected} "
+            "or score vectors (..., Lq, Lk, E)"
+        )

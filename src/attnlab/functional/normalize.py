@@ -1,0 +1,105 @@
+"""Normalisers f_norm: turn scores into attention weights A = f_norm(S) along the keys.
+
+A normaliser is called as ``normalize(scores, mask)``: ``scores (..., Lq, Lk)`` (or
+``(..., Lq, Lk, E)`` for ``attnlab.layers.WeightedSoftmax``), ``mask`` None, boolean (``True`` = may attend) or a
+float bias broadcasting to ``(..., Lq, Lk)``. Each returns weights ``(..., Lq, Lk)`` whose rows sum
+to one, except rows with no allowed key, which are all zeros (in forward and backward, never NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from attnlab.functional.masks import apply_mask
+
+NormalizeFn = Callable[[Tensor, Tensor | None], Tensor]
+
+
+def softmax(scores: Tensor, mask: Tensor | None = None, *, temperature: float = 1.0) -> Tensor:
+    """Masked softmax over the keys, a_ij = exp(s_ij / T) / sum_j' exp(s_ij' / T).
+
+    Args:
+        scores: ``(..., Lq, Lk)``.
+        mask: None, boolean (``True`` = may attend) or float bias, broadcasting to the scores.
+        temperature: T; below 1 sharpens, above 1 flattens the distribution.
+
+    Returns:
+        Weights ``(..., Lq, Lk)``; rows with no allowed key are zeros.
+    """
+    if temperature != 1.0:
+        scores = scores / temperature
+    scores, keep = apply_mask(scores, mask)
+    weights = torch.softmax(scores, dim=-1)
+    return weights if keep is None else weights.masked_fill(~keep, 0.0)
+
+
+class _Sparsemax(torch.autograd.Function):
+    """Sparsemax with its closed-form Jacobian (Martins & Astudillo, 2016, Eq. 14)."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor) -> Tensor:
+        z, _ = torch.sort(scores, dim=-1, descending=True)
+        k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+        cumulative = z.cumsum(dim=-1)
+        support = 1 + k * z > cumulative  # a prefix of the sorted scores; never empty
+        support_size = support.sum(dim=-1, keepdim=True)
+        tau = (cumulative.gather(-1, support_size - 1) - 1) / support_size.to(z.dtype)
+        out = torch.clamp(scores - tau, min=0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        support = out > 0
+        g = grad_out.masked_fill(~support, 0)
+        mean = g.sum(dim=-1, keepdim=True) / support.sum(dim=-1, keepdim=True).to(g.dtype)
+        return (g - mean).masked_fill(~support, 0)
+
+
+def sparsemax(scores: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Sparsemax: the Euclidean projection of the scores onto the simplex (Martins & Astudillo, 2016).
+
+    a_i = max(s_i - tau, 0) with tau chosen so the weights sum to one; unlike softmax, weak keys
+    get exactly zero weight.
+
+    Args:
+        scores: ``(..., Lq, Lk)``.
+        mask: None, boolean (``True`` = may attend) or float bias, broadcasting to the scores.
+
+    Returns:
+        Weights ``(..., Lq, Lk)``; rows with no allowed key are zeros.
+    """
+    scores, keep = apply_mask(scores, mask)
+    if scores.shape[-1] == 0:
+        return scores
+    weights = _Sparsemax.apply(scores)
+    return weights if keep is None else weights.masked_fill(~keep, 0.0)
+
+
+NORMALIZERS: dict[str, NormalizeFn] = {"softmax": softmax, "sparsemax": sparsemax}
+"""Parameter-free normalisers by name; ``weighted_softmax`` and ``temperature_softmax`` are modules."""
+
+PARAMETRIC_NORMALIZERS: dict[str, str] = {
+    "weighted_softmax": "WeightedSoftmax",
+    "temperature_softmax": "TemperatureSoftmax",
+}
+"""Normalisers with learned weights: modules in ``attnlab.layers.scores``."""
+
+
+def resolve_normalizer(normalize: str | NormalizeFn) -> NormalizeFn:
+    """The normaliser for a name in ``NORMALIZERS`` or a callable, which is returned as is."""
+    if callable(normalize):
+        return normalize
+    if normalize in NORMALIZERS:
+        return NORMALIZERS[normalize]
+    if normalize in PARAMETRIC_NORMALIZERS:
+        cls = PARAMETRIC_NORMALIZERS[normalize]
+        raise ValueError(f"normalizer {normalize!r} has weights: pass a module such as {cls}(...)")
+    known = sorted([*NORMALIZERS, *PARAMETRIC_NORMALIZERS])
+    raise ValueError(
+        f"unknown normalizer {normalize!r}; expected one of {known} or a callable (scores, mask) -> weights"
+    )

@@ -1,0 +1,26 @@
+"""Thin modules over ``attnlab.functional``: attention layers, scores with weights, positions, FFN."""
+
+from attnlab.layers.feedforward import FeedForward
+from attnlab.layers.kv_cache import KVCache
+from attnlab.layers.multihead import MultiHeadAttention
+from attnlab.layers.positional import (
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+    sinusoidal_table,
+)
+from attnlab.layers.scores import AdditiveScore, GeneralScore, TemperatureSoftmax, WeightedSoftmax
+
+__all__ = [
+    "AdditiveScore",
+    "FeedForward",
+    "GeneralScore",
+    "KVCache",
+    "LearnedPositionalEmbedding",
+    "MultiHeadAttention",
+    "RotaryEmbedding",
+    "SinusoidalPositionalEncoding",
+    "TemperatureSoftmax",
+    "WeightedSoftmax",
+    "sinusoidal_table",
+]

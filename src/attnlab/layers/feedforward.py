@@ -1,0 +1,34 @@
+"""The position-wise feed-forward network."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = W_2 act(W_1 x + b_1) + b_2, applied at every position (Vaswani et al., 2017, Eq. 2).
+
+    Args:
+        embed_dim: d_model, the input and output size.
+        hidden_dim: d_ff, 2048 for d_model 512 in the paper.
+        dropout: dropout after the activation.
+        activation: ``relu`` (the paper), ``gelu`` (BERT, ViT), ``silu`` or ``tanh``.
+        bias: learn b_1 and b_2.
+    """
+
+    def __init__(
+        self, embed_dim: int, hidden_dim: int, dropout: float = 0.0, activation: str = "relu", bias: bool = True
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        self.fc1 = nn.Linear(embed_dim, hidden_dim, bias=bias)
+        self.act = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden_dim, embed_dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., d_model) -> (..., d_model)``."""
+        return self.fc2(self.dropout(self.act(self.fc1(x))))

@@ -1,0 +1,81 @@
+"""Key/value cache for incremental decoding."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class KVCache:
+    """The projected keys and values of one attention layer, kept across decoding steps.
+
+    Self-attention caches grow by the new positions of each step (storage doubles when full, so
+    decoding N tokens copies O(N) rather than O(N^2) elements). A ``static`` cache, for
+    source-target attention, is filled once from the encoder output and reused as is.
+
+    Args:
+        static: keep the first keys/values and ignore later ones (cross-attention).
+    """
+
+    def __init__(self, *, static: bool = False) -> None:
+        self.static = static
+        self._key: Tensor | None = None  # (B, H, capacity, d_k)
+        self._value: Tensor | None = None  # (B, H, capacity, d_v)
+        self.length = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def is_filled(self) -> bool:
+        """A static cache that holds its keys and values already."""
+        return self.static and self._key is not None
+
+    @property
+    def key(self) -> Tensor | None:
+        return None if self._key is None else self._key[:, :, : self.length]
+
+    @property
+    def value(self) -> Tensor | None:
+        return None if self._value is None else self._value[:, :, : self.length]
+
+    def update(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Append ``key (B, H, n, d_k)`` and ``value (B, H, n, d_v)``; return all cached so far."""
+        if self.is_filled:
+            return self.key, self.value
+        if self._key is None:
+            self._key, self._value, self.length = key, value, key.shape[-2]
+            return key, value
+        if key.shape[:2] != self._key.shape[:2]:
+            raise ValueError(
+                f"cache holds (B, H) = {tuple(self._key.shape[:2])}, got keys of shape {tuple(key.shape)}"
+            )
+        if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad):
+            # Writing into the storage in place would break autograd: concatenate instead.
+            self._key = torch.cat([self.key, key], dim=-2)
+            self._value = torch.cat([self.value, value], dim=-2)
+            self.length = self._key.shape[-2]
+            return self._key, self._value
+        self._reserve(self.length + key.shape[-2])
+        end = self.length + key.shape[-2]
+        self._key[:, :, self.length : end] = key
+        self._value[:, :, self.length : end] = value
+        self.length = end
+        return self.key, self.value
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the batch rows ``index`` (B',), e.g. the surviving hypotheses of beam search."""
+        if self._key is not None:
+            self._key = self._key.index_select(0, index)
+            self._value = self._value.index_select(0, index)
+
+    def _reserve(self, needed: int) -> None:
+        capacity = self._key.shape[-2]
+        if needed <= capacity:
+            return
+        capacity = max(needed, 2 * capacity)
+        for name in ("_key", "_value"):
+            old = getattr(self, name)
+            new = old.new_empty(*old.shape[:2], capacity, old.shape[-1])
+            new[:, :, : self.length] = old[:, :, : self.length]
+            setattr(self, name, new)

@@ -1,0 +1,274 @@
+"""Multi-head attention over any score and normaliser, a drop-in for ``torch.nn.MultiheadAttention``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.functional.attention import attention
+from attnlab.functional.masks import merge_masks
+from attnlab.functional.normalize import NORMALIZERS, NormalizeFn
+from attnlab.functional.scores import SCORES, ScoreFn
+from attnlab.layers.kv_cache import KVCache
+from attnlab.layers.positional import RotaryEmbedding
+from attnlab.layers.scores import AdditiveScore, GeneralScore, TemperatureSoftmax, WeightedSoftmax
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention, MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O (Vaswani et al., 2017).
+
+    head_i = attention(Q W_i^Q, K W_i^K, V W_i^V) with any f_sim / f_norm of ``attnlab.functional``;
+    the default (scaled dot product and softmax) runs on the fused path. Parameters are laid out
+    as in ``torch.nn.MultiheadAttention`` (``in_proj_weight`` or ``{q,k,v}_proj_weight``,
+    ``out_proj``), masks mean what they mean there (``True`` = masked out), so it is a drop-in
+    replacement; ``from_torch`` takes over such a module's weights.
+
+    Args:
+        embed_dim: d_model, the size of queries and of the output.
+        num_heads: h; ``embed_dim`` must be divisible by it.
+        kdim: size of the keys (``embed_dim`` when None).
+        vdim: size of the values (``embed_dim`` when None).
+        dropout: dropout on the attention weights.
+        bias: learn biases in the input and output projections.
+        batch_first: inputs are ``(B, L, E)``; otherwise ``(L, B, E)``.
+        score: f_sim per head: a name (``scaled_dot``, ``dot``, ``cosine``, ``additive``,
+            ``general``) or a callable / module ``(q, k) -> scores``.
+        normalize: f_norm: a name (``softmax``, ``sparsemax``, ``weighted_softmax``,
+            ``temperature_softmax``) or a callable / module ``(scores, mask) -> weights``.
+        rope: rotate queries and keys by their positions (``True`` builds a ``RotaryEmbedding``).
+        fused: force (True) or forbid (False) the fused kernel; None chooses per call.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        batch_first: bool = True,
+        score: str | ScoreFn = "scaled_dot",
+        normalize: str | NormalizeFn = "softmax",
+        rope: bool | RotaryEmbedding = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if embed_dim <= 0 or num_heads <= 0:
+            raise ValueError(f"embed_dim ({embed_dim}) and num_heads ({num_heads}) must be positive")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.kdim = embed_dim if kdim is None else kdim
+        self.vdim = embed_dim if vdim is None else vdim
+        self.dropout, self.batch_first, self.fused = dropout, batch_first, fused
+        self._build_projections(bias)
+        self.score, self.normalize = _build_score_and_normalizer(score, normalize, self.head_dim)
+        self.rope = RotaryEmbedding(self.head_dim) if rope is True else (rope or None)
+        self._reset_parameters()
+
+    def _build_projections(self, bias: bool) -> None:
+        e = self.embed_dim
+        self._qkv_same_embed_dim = self.kdim == e and self.vdim == e
+        if self._qkv_same_embed_dim:
+            self.in_proj_weight = nn.Parameter(torch.empty(3 * e, e))  # [W^Q; W^K; W^V]
+        else:
+            self.q_proj_weight = nn.Parameter(torch.empty(e, e))
+            self.k_proj_weight = nn.Parameter(torch.empty(e, self.kdim))
+            self.v_proj_weight = nn.Parameter(torch.empty(e, self.vdim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * e)) if bias else None
+        self.out_proj = nn.Linear(e, e, bias=bias)  # W^O
+
+    def _reset_parameters(self) -> None:
+        """The initialisation of ``torch.nn.MultiheadAttention``."""
+        if self._qkv_same_embed_dim:
+            nn.init.xavier_uniform_(self.in_proj_weight)
+        else:
+            for w in (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+                nn.init.xavier_uniform_(w)
+        if self.in_proj_bias is not None:
+            nn.init.zeros_(self.in_proj_bias)
+            nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+        average_attn_weights: bool = True,
+        cache: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``query`` to ``key``/``value``.
+
+        Args:
+            query: ``(B, Lq, E)`` (``(Lq, B, E)`` unless batch_first; ``(Lq, E)`` unbatched).
+            key: ``(B, Lk, kdim)``.
+            value: ``(B, Lk, vdim)``.
+            key_padding_mask: ``(B, Lk)``, bool ``True`` = padding (ignored) or a float bias.
+            attn_mask: ``(Lq, Lk)``, ``(B * H, Lq, Lk)`` or ``(B, H, Lq, Lk)``, bool ``True`` =
+                not allowed, or a float bias.
+            is_causal: mask future keys; with a cache the queries are the newest positions.
+            need_weights: also return the attention weights.
+            average_attn_weights: average the weights over heads.
+            cache: a ``KVCache`` for incremental decoding, updated in place. A static cache
+                (source-target attention) projects ``key``/``value`` once and reuses them.
+
+        Returns:
+            ``(output, weights)``: output like ``query``; weights ``(B, Lq, Lk)`` averaged or
+            ``(B, H, Lq, Lk)`` per head (no batch dim when unbatched), or None.
+        """
+        query, key, value, unbatched = self._to_batch_first(query, key, value)
+        if unbatched:
+            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+        self._check_inputs(query, key, value, cache)
+        past = 0 if cache is None or cache.static else len(cache)
+        q, k, v = self._project(query, key, value, cache)  # (B, H, L, hd)
+        if self.rope is not None and not (cache is not None and cache.static):
+            q, k = self.rope(q, offset=past), self.rope(k, offset=past)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, H, past + L, hd)
+        mask = self._attention_mask(key_padding_mask, attn_mask, q.shape[0], q.shape[2], k.shape[2])
+        context, weights = attention(
+            q, k, v, score=self.score, normalize=self.normalize, mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0, need_weights=need_weights,
+            fused=self.fused, weights_average_dim=1 if average_attn_weights else None,
+        )  # (B, H, Lq, hd)
+        batch, _, lq, _ = context.shape
+        output = self.out_proj(context.transpose(1, 2).reshape(batch, lq, self.embed_dim))  # (B, Lq, E)
+        if unbatched:
+            return output.squeeze(0), None if weights is None else weights.squeeze(0)
+        return (output if self.batch_first else output.transpose(0, 1)), weights
+
+    def _to_batch_first(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
+        if query.ndim == 2:
+            return query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0), True
+        if query.ndim != 3:
+            raise ValueError(f"query must be 3-D (batched) or 2-D (unbatched), got shape {tuple(query.shape)}")
+        if not self.batch_first:
+            return query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1), False
+        return query, key, value, False
+
+    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor, cache: KVCache | None) -> None:
+        for name, x, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
+            if x.ndim != 3 or x.shape[-1] != dim:
+                raise ValueError(f"{name} must be (B, L, {dim}), got shape {tuple(x.shape)} (batch first)")
+        if cache is not None and cache.is_filled:
+            return
+        if not query.shape[0] == key.shape[0] == value.shape[0]:
+            raise ValueError(
+                f"batch sizes differ: query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
+            )
+        if key.shape[1] != value.shape[1]:
+            raise ValueError(f"key and value lengths differ: key {tuple(key.shape)}, value {tuple(value.shape)}")
+
+    def _project(self, query: Tensor, key: Tensor, value: Tensor, cache: KVCache | None) -> tuple[Tensor, ...]:
+        """Q W^Q, K W^K, V W^V split into heads, ``(B, H, L, hd)`` each (keys/values None if cached)."""
+        w_q, w_k, w_v = self._weights()
+        b_q, b_k, b_v = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+        skip_kv = cache is not None and cache.is_filled
+        if query is key and key is value and not skip_kv and self._qkv_same_embed_dim:
+            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)  # one GEMM
+        else:
+            q = F.linear(query, w_q, b_q)
+            k = None if skip_kv else F.linear(key, w_k, b_k)
+            v = None if skip_kv else F.linear(value, w_v, b_v)
+        return tuple(None if x is None else self._split_heads(x) for x in (q, k, v))
+
+    def _weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        if self._qkv_same_embed_dim:
+            return self.in_proj_weight.chunk(3)
+        return self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
+
+    def _attention_mask(
+        self, key_padding_mask: Tensor | None, attn_mask: Tensor | None, batch: int, lq: int, lk: int
+    ) -> Tensor | None:
+        """torch's masks (``True`` = masked out) as one mask for ``attention`` (``True`` = may attend)."""
+        if key_padding_mask is not None:
+            if tuple(key_padding_mask.shape) != (batch, lk):
+                raise ValueError(
+                    f"key_padding_mask must be (B, Lk) = ({batch}, {lk}), got shape {tuple(key_padding_mask.shape)}"
+                )
+            key_padding_mask = _allowed(key_padding_mask, "key_padding_mask")[:, None, None, :]  # (B, 1, 1, Lk)
+        if attn_mask is not None:
+            attn_mask = _allowed(self._attn_mask_4d(attn_mask, batch, lq, lk), "attn_mask")
+        return merge_masks(key_padding_mask, attn_mask)
+
+    def _attn_mask_4d(self, attn_mask: Tensor, batch: int, lq: int, lk: int) -> Tensor:
+        h = self.num_heads
+        if attn_mask.shape == (lq, lk):
+            return attn_mask
+        if attn_mask.shape == (batch * h, lq, lk):
+            return attn_mask.view(batch, h, lq, lk)
+        if attn_mask.shape == (batch, h, lq, lk):
+            return attn_mask
+        raise ValueError(
+            f"attn_mask must be (Lq, Lk) = ({lq}, {lk}), (B*H, Lq, Lk) = ({batch * h}, {lq}, {lk}) or "
+            f"(B, H, Lq, Lk), got shape {tuple(attn_mask.shape)}"
+        )
+
+    @classmethod
+    def from_torch(cls, module: nn.MultiheadAttention) -> MultiHeadAttention:
+        """A ``MultiHeadAttention`` with the weights (a copy) and settings of a torch module."""
+        if module.bias_k is not None or module.add_zero_attn:
+            raise ValueError("from_torch does not support add_bias_kv=True or add_zero_attn=True")
+        ours = cls(
+            module.embed_dim, module.num_heads, kdim=module.kdim, vdim=module.vdim, dropout=module.dropout,
+            bias=module.in_proj_bias is not None, batch_first=module.batch_first,
+        )
+        missing, unexpected = ours.load_state_dict(module.state_dict(), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"weights do not map: missing {missing}, unexpected {unexpected}")
+        ref = next(module.parameters())
+        return ours.to(device=ref.device, dtype=ref.dtype)
+
+    def extra_repr(self) -> str:
+        score = self.score if isinstance(self.score, str) else type(self.score).__name__
+        norm = self.normalize if isinstance(self.normalize, str) else type(self.normalize).__name__
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, score={score}, normalize={norm}"
+
+
+def _allowed(mask: Tensor, name: str) -> Tensor:
+    """torch's masked-out convention to ours: bool ``True`` = may attend; float biases stay."""
+    if mask.dtype == torch.bool:
+        return ~mask
+    if mask.is_floating_point():
+        return mask
+    raise TypeError(f"{name} must be bool (True = masked out) or a float bias, got dtype {mask.dtype}")
+
+
+def _build_score_and_normalizer(
+    score: str | ScoreFn, normalize: str | NormalizeFn, head_dim: int
+) -> tuple[str | ScoreFn, str | NormalizeFn]:
+    """Instantiate named scores/normalisers that carry weights, sized for one head."""
+    if normalize == "weighted_softmax":
+        if score != "additive" and not isinstance(score, AdditiveScore):
+            raise ValueError(
+                f"normalize='weighted_softmax' reduces score vectors; use score='additive', got {score!r}"
+            )
+        if score == "additive":
+            score = AdditiveScore(head_dim, head_dim, head_dim, reduce=False)
+        normalize = WeightedSoftmax(score.hidden_dim)
+    elif normalize == "temperature_softmax":
+        normalize = TemperatureSoftmax(learnable=True)
+    elif isinstance(normalize, str) and normalize not in NORMALIZERS:
+        raise ValueError(f"unknown normalize {normalize!r}; expected one of {sorted([*NORMALIZERS, 'weighted_softmax', 'temperature_softmax'])}")
+    if score == "additive":
+        score = AdditiveScore(head_dim, head_dim, head_dim)
+    elif score == "general":
+        score = GeneralScore(head_dim, head_dim)
+    elif isinstance(score, str) and score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; expected one of {sorted([*SCORES, 'additive', 'general'])}")
+    return score, normalize
