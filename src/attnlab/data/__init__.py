@@ -10,3 +10,19 @@ from attnlab.data.cache import default_cache_dir
 from attnlab.data.corpora import CORPUS_NAMES, SPLITS, CorpusConfig, ParallelCorpus, prepare_corpus, split_pairs
 from attnlab.data.corpus_stats import corpus_statistics
 from attnlab.data.user_corpus import SkippedLine
+from attnlab.data.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    SentencePieceTokenizer,
+    TokenizerConfig,
+    TranslationTokenizer,
+)
+from attnlab.data.batching import (
+    TokenBudgetBatchSampler,
+    TranslationBatch,
+    TranslationDataset,
+    TranslationExample,
+    collate_translation,
+)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.data.cache import atomic_write_text, default_cache_dir
+from attnlab.data.config import dataclass_from_dict
 from attnlab.data.generated_pairs import build_generated_pairs
 from attnlab.data.libreoffice_help import build_libreoffice_help_pairs
 from attnlab.data.user_corpus import SkippedLine, read_user_pairs
@@ -91,11 +92,7 @@ class CorpusConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> CorpusConfig:
         """Build from a mapping (e.g. a YAML section); an unknown key fails with its name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown CorpusConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form; ``from_dict(to_dict())`` gives an equal config."""
