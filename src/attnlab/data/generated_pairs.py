@@ -6,7 +6,10 @@ and ``num2words`` (numbers in words: "three hundred and twelve" -> "三百十二
 
 - ``date_medium``, ``date_long``, ``date_full``: one date in babel's format of that name;
 - ``number_words``: a number in English words -> the same number in ``lang`` words;
-- ``number_digits``: a number in English words -> digits grouped the way ``lang`` writes them.
+- ``number_digits``: a number in English digits ("1,234") -> the same number in ``lang`` words.
+
+Every source has exactly one target, so the task is a function: a medium date that reads like the
+long one ("May 12, 1945") is redrawn, and the two number kinds differ on the source side.
 
 Numbers are drawn log-uniformly up to 10^12, so sources range from "seven" to sentences of
 twenty-odd words: enough spread to report accuracy by source-length bucket.
@@ -42,6 +45,9 @@ def _random_number(rng: random.Random) -> int:
 def _date_pair(style: str) -> Callable[[random.Random, str], tuple[str, str]]:
     def make(rng: random.Random, lang: str) -> tuple[str, str]:
         day = _random_date(rng)
+        # In May the English medium and long forms coincide while their targets differ: redraw.
+        while style == "medium" and format_date(day, "medium", locale="en") == format_date(day, "long", locale="en"):
+            day = _random_date(rng)
         return format_date(day, style, locale="en"), format_date(day, style, locale=lang)
 
     return make
@@ -54,7 +60,7 @@ def _number_words(rng: random.Random, lang: str) -> tuple[str, str]:
 
 def _number_digits(rng: random.Random, lang: str) -> tuple[str, str]:
     number = _random_number(rng)
-    return num2words(number, lang="en"), format_decimal(number, locale=lang)
+    return format_decimal(number, locale="en"), num2words(number, lang=lang)
 
 
 GENERATED_KINDS: dict[str, Callable[[random.Random, str], tuple[str, str]]] = {
@@ -82,7 +88,7 @@ def generate_pair(rng: random.Random, kind: str, lang: str = "ja") -> tuple[str,
 
 
 def build_generated_pairs(size: int, seed: int = 0, lang: str = "ja") -> list[tuple[str, str]]:
-    """``size`` unique ``(english, lang)`` date and number pairs, the same for the same seed.
+    """``size`` date and number pairs with distinct sources, the same for the same seed.
 
     Args:
         size: how many pairs; kinds are drawn uniformly.
@@ -90,7 +96,7 @@ def build_generated_pairs(size: int, seed: int = 0, lang: str = "ja") -> list[tu
         lang: target language, a locale known to babel and num2words (``ja``, ``de``, ``fr``...).
 
     Returns:
-        Unique pairs in generation order.
+        Pairs in generation order.
 
     Raises:
         ValueError: ``size`` is negative, ``lang`` is unsupported, or ``size`` unique pairs
@@ -101,11 +107,12 @@ def build_generated_pairs(size: int, seed: int = 0, lang: str = "ja") -> list[tu
     _check_lang(lang)
     rng = random.Random(seed)
     kinds = list(GENERATED_KINDS)
-    pairs: dict[tuple[str, str], None] = {}
+    targets: dict[str, str] = {}  # keyed by source: a repeated source adds nothing
     for _ in range(20 * size + 100):
-        if len(pairs) == size:
+        if len(targets) == size:
             break
-        pairs.setdefault(generate_pair(rng, rng.choice(kinds), lang), None)
-    if len(pairs) < size:
-        raise ValueError(f"could only draw {len(pairs)} unique pairs of the {size} requested")
-    return list(pairs)
+        source, target = generate_pair(rng, rng.choice(kinds), lang)
+        targets.setdefault(source, target)
+    if len(targets) < size:
+        raise ValueError(f"could only draw {len(targets)} unique pairs of the {size} requested")
+    return list(targets.items())

@@ -1,0 +1,81 @@
+"""Fixtures of the data tests: an isolated cache, a tiny help tree, a small trained tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attnlab.data.generated_pairs import build_generated_pairs
+from attnlab.data.tokenizer import TokenizerConfig, TranslationTokenizer
+
+JAPANESE_SENTENCES = [
+    ("Insert a table.", "表を挿入します。"),
+    ("Click the arrow next to the icon.", "アイコンの横の矢印をクリックします。"),
+    ("Choose Tools - Options.", "ツール - オプション を選択します。"),
+    ("The selected cells are copied to the clipboard.", "選択したセルがクリップボードにコピーされます。"),
+    ("Hold down the Shift key while you drag.", "Shift キーを押しながらドラッグします。"),
+]
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A test-private ``$ATTNLAB_CACHE``: request it in every test that prepares a corpus."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("ATTNLAB_CACHE", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def training_pairs() -> list[tuple[str, str]]:
+    """English-Japanese pairs: generated dates and numbers plus a few help-style sentences."""
+    return build_generated_pairs(1500, seed=7) + JAPANESE_SENTENCES * 20
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(training_pairs: list[tuple[str, str]]) -> TranslationTokenizer:
+    """A joint 600-piece unigram model trained in well under a second."""
+    return TranslationTokenizer.train(training_pairs, TokenizerConfig(vocab_size=600))
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="{lang}"><head><title>{title}</title>
+<script type="text/javascript">var x = "<p id='par_id999'>not a paragraph</p>";</script></head>
+<body><div id="DisplayArea">
+<a name="bm_id100"></a>
+{body}
+</div></body></html>
+"""
+
+EN_BODY = """<h1 id="hd_id1" dir="auto">Insert <b>Table</b></h1>
+<p id="par_id2" class="paragraph">Press <span id="sw1" class="switchinline"><span hidden="true" id="MACsw1" class="MAC"><span class="keycode">Command</span></span><span hidden="true" id="defaultsw1"><span class="keycode">Ctrl</span></span></span><span class="keycode"> + C</span>
+   to copy &amp; keep.</p>
+<p id="par_id3" class="paragraph">Choose <span class="menuitem">Format - Cells</span>.</p>
+<p id="par_id4">Only in English.</p>
+<table><tr><td><p id="par_id5">Line one<br>line two</p></td></tr></table>
+<p id="par_id6"></p>
+<p id="other_id7">Not a help paragraph id.</p>
+"""
+
+JA_BODY = """<h1 id="hd_id1" dir="auto"><b>表</b>の挿入</h1>
+<p id="par_id2" class="paragraph"><span id="sw1" class="switchinline"><span hidden="true" id="MACsw1" class="MAC"><span class="keycode">Command</span></span><span hidden="true" id="defaultsw1"><span class="keycode">Ctrl</span></span></span><span class="keycode"> + C</span> キーでコピー＆保持します。</p>
+<p id="par_id3" class="paragraph">Choose <span class="menuitem">Format - Cells</span>.</p>
+<table><tr><td><p id="par_id5">一行目<br>二行目</p></td></tr></table>
+<p id="par_id6">空</p>
+<p id="other_id7">ヘルプの段落ではない。</p>
+"""
+
+
+@pytest.fixture
+def help_tree(tmp_path: Path) -> Path:
+    """A help root with ``en-US`` and ``ja`` holding two matching pages and one English-only page."""
+    root = tmp_path / "help"
+    for lang, body, title in (("en-US", EN_BODY, "Insert Table"), ("ja", JA_BODY, "表の挿入")):
+        for page in ("text/swriter/insert.html", "text/scalc/insert_copy.html"):
+            path = root / lang / page
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(_PAGE.format(lang=lang, title=title, body=body), encoding="utf-8")
+    only_english = root / "en-US" / "text" / "shared" / "new.html"
+    only_english.parent.mkdir(parents=True)
+    only_english.write_text(_PAGE.format(lang="en-US", title="New", body='<p id="par_id1">New page.</p>'))
+    return root
