@@ -26,3 +26,4 @@ from attnlab.data.batching import (
     TranslationExample,
     collate_translation,
 )
+from attnlab.data.images import FASHION_MNIST_CLASSES, ImageAugmentation, ImageDataset, ImageFolderDataset, ImageNormalization, ImageSpec, ImageSplits, TensorImageLoader, load_digits, load_fashion_mnist, load_image, split_dataset
