@@ -24,3 +24,10 @@ __all__ = [
     "WeightedSoftmax",
     "sinusoidal_table",
 ]
+
+# Attention for images (ViT patches, SE, spatial masks).
+from attnlab.layers.channel_attention import SEBlock  # noqa: E402
+from attnlab.layers.patch_embed import PatchEmbed, resample_position_embeddings  # noqa: E402
+from attnlab.layers.spatial_attention import SpatialAttention  # noqa: E402
+
+__all__ += ["PatchEmbed", "SEBlock", "SpatialAttention", "resample_position_embeddings"]
