@@ -173,17 +173,26 @@ def test_digits_split_is_disjoint_stratified_and_complete(digits):
     assert digits.augmentation.horizontal_flip is False
 
 
-def test_digits_split_is_deterministic_and_disjoint(digits):
-    from sklearn.datasets import load_digits as sk_digits
-
-    flat = np.rint(sk_digits().images * 255 / 16).astype(np.uint8).reshape(1797, -1)
-    keys = {row.tobytes(): i for i, row in enumerate(flat)}  # a few duplicates share a key
-    parts = [{keys[im.numpy().tobytes()] for im in s.images.reshape(len(s), -1)}
-             for s in (digits.train, digits.val, digits.test)]
-    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+def test_digits_split_is_deterministic(digits):
     again = load_digits(seed=0)
     assert torch.equal(again.val.images, digits.val.images)
+    assert torch.equal(again.test.labels, digits.test.labels)
     assert not torch.equal(load_digits(seed=1).val.images, digits.val.images)
+
+
+def test_split_dataset_is_disjoint_and_complete():
+    n = 300  # two pixels encode each example's index, so splits can be traced back
+    ids = torch.arange(n)
+    images = torch.stack([ids // 256, ids % 256], dim=1).to(torch.uint8).reshape(n, 1, 1, 2)
+    ds = ImageDataset(images, ids % 4, ["a", "b", "c", "d"])
+    splits = split_dataset(ds, 0.1, 0.2, seed=3)
+    parts = [set((s.images.reshape(len(s), 2).long() @ torch.tensor([256, 1])).tolist())
+             for s in (splits.train, splits.val, splits.test)]
+    assert [len(p) for p in parts] == [210, 30, 60]
+    assert set.union(*parts) == set(range(n)) and sum(len(p) for p in parts) == n
+    for s in (splits.train, splits.val, splits.test):
+        counts = np.bincount(s.labels.numpy(), minlength=4)
+        assert counts.max() - counts.min() <= 1
 
 
 def test_digits_normalisation_comes_from_train_only(digits):
@@ -328,6 +337,8 @@ def test_load_image_errors_name_file_size_mode_and_shape(image_folder):
         load_image(broken, channels=1, image_size=28)
     with pytest.raises(FileNotFoundError, match="missing.png"):
         load_image(image_folder / "missing.png", channels=1, image_size=28)
+    with pytest.raises(ValueError, match="channels must be 1 .* got 4"):
+        load_image(path, channels=4, image_size=28)
 
 
 # --- loader ----------------------------------------------------------------------------------

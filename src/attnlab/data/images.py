@@ -429,7 +429,9 @@ def _extract_debian_package(package: str, workdir: Path) -> Path:
         raise RuntimeError(f"apt-get download {package} failed (exit {result.returncode}): "
                            f"{result.stderr.strip()[-500:]}")
     root = workdir / "root"
-    subprocess.run(["dpkg", "-x", str(debs[-1]), str(root)], check=True, capture_output=True)
+    unpack = subprocess.run(["dpkg", "-x", str(debs[-1]), str(root)], capture_output=True, text=True)
+    if unpack.returncode != 0:
+        raise RuntimeError(f"dpkg -x {debs[-1]} failed (exit {unpack.returncode}): {unpack.stderr.strip()}")
     return root
 
 
@@ -699,6 +701,7 @@ def load_image(
             size; the message names the file, its size and mode, and the expected shape.
     """
     path = Path(path)
+    _channel_mode(channels)
     size = _as_size(image_size)
     expected = f"expected (C, H, W) = ({channels}, {size[0]}, {size[1]})"
     if not path.is_file():
