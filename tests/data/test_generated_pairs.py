@@ -87,6 +87,7 @@ def test_source_lengths_vary() -> None:
 def test_other_language_and_unknown_language() -> None:
     german = build_generated_pairs(50, seed=1, lang="de")
     assert len(german) == 50
-    assert any(target.startswith(("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag")) for _, target in german)
+    weekdays = ("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag")
+    assert any(target.startswith(weekdays) for _, target in german)
     with pytest.raises(ValueError, match="'xx'"):
         build_generated_pairs(5, lang="xx")

@@ -39,7 +39,11 @@ def test_missing_page_is_logged(help_tree: Path, caplog: pytest.LogCaptureFixtur
 
 
 def test_non_japanese_language_keeps_changed_text(tmp_path: Path) -> None:
-    for lang, text in (("en-US", "<p id='par_id1'>Save</p><p id='par_id2'>PDF</p>"), ("de", "<p id='par_id1'>Speichern</p><p id='par_id2'>PDF</p>")):
+    pages = {
+        "en-US": "<p id='par_id1'>Save</p><p id='par_id2'>PDF</p>",
+        "de": "<p id='par_id1'>Speichern</p><p id='par_id2'>PDF</p>",
+    }
+    for lang, text in pages.items():
         (tmp_path / lang).mkdir()
         (tmp_path / lang / "a.html").write_text(text)
     assert pair_help_pages(tmp_path / "en-US", tmp_path / "de", "de") == [("Save", "Speichern")]

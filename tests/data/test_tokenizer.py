@@ -17,7 +17,12 @@ from attnlab.data.tokenizer import (
     TranslationTokenizer,
 )
 
-ENGLISH = ["Insert a table.", "three hundred and twelve", "Friday, March 15, 2024", "Click the arrow next to the icon."]
+ENGLISH = [
+    "Insert a table.",
+    "three hundred and twelve",
+    "Friday, March 15, 2024",
+    "Click the arrow next to the icon.",
+]
 JAPANESE = ["表を挿入します。", "三百十二", "2024年3月15日金曜日", "アイコンの横の矢印をクリックします。", "憂鬱な薔薇"]
 
 

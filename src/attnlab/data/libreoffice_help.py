@@ -33,7 +33,9 @@ logger = logging.getLogger(__name__)
 
 HELP_SUBDIR = Path("usr/share/libreoffice/help")
 _PARAGRAPH_ID = re.compile(r"^(?:par|hd|bm)_id")
-_VOID_TAGS = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"})
+_VOID_TAGS = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+)
 _BLOCK_TAGS = frozenset({"p", "div", "li", "td", "th", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "table"})
 
 

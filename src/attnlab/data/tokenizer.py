@@ -17,7 +17,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ class TokenizerConfig:
             raise ValueError(f"character_coverage ({self.character_coverage}) must be in (0, 1]")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TokenizerConfig:
+    def from_dict(cls, values: Mapping[str, Any]) -> TokenizerConfig:
         """Build from a mapping; an unknown key fails with its name."""
         return dataclass_from_dict(cls, values)
 
