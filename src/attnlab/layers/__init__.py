@@ -31,3 +31,4 @@ from attnlab.layers.patch_embed import PatchEmbed, resample_position_embeddings 
 from attnlab.layers.spatial_attention import SpatialAttention  # noqa: E402
 
 __all__ += ["PatchEmbed", "SEBlock", "SpatialAttention", "resample_position_embeddings"]
+from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer  # noqa: E402, F401

@@ -1,0 +1,165 @@
+"""The encoder and decoder layers of "Attention Is All You Need" (Vaswani et al., 2017, Section 3.1).
+
+Both come post-norm, as in the paper, LayerNorm(x + Dropout(Sublayer(x))), or pre-norm,
+x + Dropout(Sublayer(LayerNorm(x))) (Xiong et al., 2020), behind one switch. Sub-modules are
+named and laid out so that ``torch.nn.TransformerEncoderLayer`` / ``TransformerDecoderLayer``
+weights map one to one (``linear1/linear2`` -> ``ffn.fc1/fc2``, ``multihead_attn`` -> ``cross_attn``).
+
+Shapes: B batch, S source positions, T target positions (queries of this call), T' all target
+positions seen so far (T plus those in the cache), D d_model, H heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from attnlab.layers.feedforward import FeedForward
+from attnlab.layers.kv_cache import KVCache
+from attnlab.layers.multihead import MultiHeadAttention
+
+Sublayer = Callable[[Tensor], tuple[Tensor, Tensor | None]]
+
+
+class _ResidualBlock(nn.Module):
+    """What both layers share: self-attention, the FFN, their norms, and the Add & Norm wiring."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        dim_feedforward: int,
+        *,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+        activation: str = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=attn_dropout)
+        self.ffn = FeedForward(d_model, dim_feedforward, dropout, activation)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def _residual(self, x: Tensor, norm: nn.LayerNorm, sublayer: Sublayer) -> tuple[Tensor, Tensor | None]:
+        """Post-norm LN(x + Dropout(F(x))) (Section 5.4) or pre-norm x + Dropout(F(LN(x)))."""
+        if self.norm_first:
+            out, weights = sublayer(norm(x))
+            return x + self.dropout(out), weights
+        out, weights = sublayer(x)
+        return norm(x + self.dropout(out)), weights
+
+    def _feedforward(self, x: Tensor) -> tuple[Tensor, None]:
+        return self.ffn(x), None
+
+
+class EncoderLayer(_ResidualBlock):
+    """Self-attention then a position-wise FFN, each wrapped in Add & Norm (Section 3.1).
+
+    Args:
+        d_model: the model size D (512 in the base model).
+        num_heads: h (8).
+        dim_feedforward: d_ff (2048).
+        dropout: P_drop on every sublayer output and inside the FFN (0.1).
+        attn_dropout: dropout on the attention weights.
+        activation: the FFN's activation (``relu`` in the paper).
+        norm_first: pre-norm instead of the paper's post-norm.
+        layer_norm_eps: LayerNorm epsilon.
+    """
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        need_weights: bool = False,
+        average_attn_weights: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Encode ``x``.
+
+        Args:
+            x: ``(B, S, D)``.
+            key_padding_mask: ``(B, S)``, ``True`` at padding.
+            attn_mask: ``(S, S)`` or ``(B * H, S, S)``, ``True`` = not allowed.
+            need_weights: also return the self-attention weights.
+            average_attn_weights: average them over heads.
+
+        Returns:
+            ``(x, weights)``: ``(B, S, D)`` and ``(B, S, S)`` (``(B, H, S, S)`` per head) or None.
+        """
+
+        def attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
+            return self.self_attn(
+                h, h, h, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                need_weights=need_weights, average_attn_weights=average_attn_weights,
+            )
+
+        x, weights = self._residual(x, self.norm1, attend)
+        x, _ = self._residual(x, self.norm2, self._feedforward)
+        return x, weights
+
+
+class DecoderLayer(_ResidualBlock):
+    """Masked self-attention, source-target attention and an FFN, each with Add & Norm (Section 3.1).
+
+    Args are those of ``EncoderLayer`` (keywords after ``dim_feedforward``).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dim_feedforward: int, **kwargs: Any) -> None:
+        super().__init__(d_model, num_heads, dim_feedforward, **kwargs)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout=self.self_attn.dropout)
+        self.norm3 = nn.LayerNorm(d_model, eps=self.norm1.eps)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        *,
+        tgt_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        self_cache: KVCache | None = None,
+        cross_cache: KVCache | None = None,
+        need_weights: bool = False,
+        average_attn_weights: bool = True,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Decode ``x`` against the encoder output; target position i sees positions <= i only.
+
+        Args:
+            x: ``(B, T, D)``, the newest T target positions when ``self_cache`` holds earlier ones.
+            memory: the encoder output ``(B, S, D)`` (unused once ``cross_cache`` is filled).
+            tgt_key_padding_mask: ``(B, T')``, ``True`` at target padding.
+            memory_key_padding_mask: ``(B, S)``, ``True`` at source padding.
+            self_cache: a growing ``KVCache`` for incremental decoding.
+            cross_cache: a static ``KVCache``: the memory is projected to K, V once.
+            need_weights: also return the self- and source-target attention weights.
+            average_attn_weights: average them over heads.
+
+        Returns:
+            ``(x, self_weights, cross_weights)``: ``(B, T, D)``, ``(B, T, T')`` and ``(B, T, S)``
+            (a head dim after B when not averaged) or None.
+        """
+
+        def self_attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
+            return self.self_attn(
+                h, h, h, key_padding_mask=tgt_key_padding_mask, is_causal=True, cache=self_cache,
+                need_weights=need_weights, average_attn_weights=average_attn_weights,
+            )
+
+        def cross_attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
+            return self.cross_attn(
+                h, memory, memory, key_padding_mask=memory_key_padding_mask, cache=cross_cache,
+                need_weights=need_weights, average_attn_weights=average_attn_weights,
+            )
+
+        x, self_weights = self._residual(x, self.norm1, self_attend)
+        x, cross_weights = self._residual(x, self.norm2, cross_attend)
+        x, _ = self._residual(x, self.norm3, self._feedforward)
+        return x, self_weights, cross_weights

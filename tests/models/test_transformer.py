@@ -1,0 +1,166 @@
+"""Transformer: equivalence with torch's layers, cache vs recompute, config errors, gradients, overfitting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attnlab.decoding import greedy_search
+from attnlab.layers import DecoderLayer, EncoderLayer
+from attnlab.models.transformer import DecoderCache, Transformer, TransformerConfig
+
+D, H, FF = 32, 4, 64
+
+
+def tiny_config(**overrides) -> TransformerConfig:
+    values = dict(d_model=D, num_heads=H, dim_feedforward=FF, num_encoder_layers=2, num_decoder_layers=2, dropout=0.0)
+    return TransformerConfig.from_dict({"src_vocab_size": 23, "tgt_vocab_size": 19, **values, **overrides})
+
+
+def torch_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torch's layer names -> ours (the parameter layout is the same)."""
+    renames = {"linear1.": "ffn.fc1.", "linear2.": "ffn.fc2.", "multihead_attn.": "cross_attn."}
+    out = {}
+    for key, value in state.items():
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def padded(batch: int, length: int, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(batch, length, D)
+    mask = torch.arange(length)[None, :] >= torch.tensor(lengths)[:, None]  # (B, L), True = padding
+    return x, mask
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_layer_matches_torch(norm_first):
+    torch.manual_seed(0)
+    ref = nn.TransformerEncoderLayer(D, H, FF, dropout=0.0, batch_first=True, norm_first=norm_first).eval()
+    ours = EncoderLayer(D, H, FF, dropout=0.0, norm_first=norm_first).eval()
+    ours.load_state_dict(torch_to_ours(ref.state_dict()))
+    x, mask = padded(3, 7, [7, 5, 2])
+    expected = ref(x, src_key_padding_mask=mask)
+    got, _ = ours(x, key_padding_mask=mask)
+    keep = ~mask  # torch's fast path may zero padded positions; compare real ones
+    torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_decoder_layer_matches_torch(norm_first):
+    torch.manual_seed(0)
+    ref = nn.TransformerDecoderLayer(D, H, FF, dropout=0.0, batch_first=True, norm_first=norm_first).eval()
+    ours = DecoderLayer(D, H, FF, dropout=0.0, norm_first=norm_first).eval()
+    ours.load_state_dict(torch_to_ours(ref.state_dict()))
+    memory, memory_mask = padded(3, 6, [6, 4, 1])
+    tgt, tgt_mask = padded(3, 5, [5, 5, 3])
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)  # True = not allowed
+    expected = ref(tgt, memory, tgt_mask=causal, tgt_key_padding_mask=tgt_mask, memory_key_padding_mask=memory_mask)
+    got, _, _ = ours(tgt, memory, tgt_key_padding_mask=tgt_mask, memory_key_padding_mask=memory_mask)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_cached_decoding_matches_full_prefix(norm_first):
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(norm_first=norm_first)).eval()
+    src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
+    tgt = torch.tensor([[2, 11, 12, 13, 14, 15], [2, 16, 17, 3, 0, 0]])
+    with torch.no_grad():
+        memory = model.encode(src)
+        mask = model.padding_mask(src)
+        full = model.decode(tgt, memory, mask)  # (B, T, V)
+        cache = DecoderCache(len(model.decoder_layers))
+        steps = [model.decode(tgt[:, t : t + 1], memory, mask, cache) for t in range(tgt.shape[1])]
+    assert len(cache) == tgt.shape[1]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_weights_are_returned_not_stashed():
+    torch.manual_seed(0)
+    model = Transformer(tiny_config()).eval()
+    src = torch.tensor([[5, 6, 7, 3], [8, 3, 0, 0]])
+    tgt = torch.tensor([[2, 9, 10], [2, 11, 3]])
+    logits, weights = model(src, tgt, need_weights=True)
+    assert logits.shape == (2, 3, 19)
+    assert [w.shape for w in weights.encoder] == [(2, 4, 4)] * 2
+    assert [w.shape for w in weights.decoder] == [(2, 3, 3)] * 2
+    assert [w.shape for w in weights.cross] == [(2, 3, 4)] * 2
+    cross = weights.cross[-1]
+    torch.testing.assert_close(cross.sum(-1), torch.ones(2, 3))
+    assert torch.all(cross[1, :, 2:] == 0)  # source padding gets no weight
+    assert torch.all(weights.decoder[0].triu(1) == 0)  # no look-ahead
+    _, per_head = model(src, tgt, need_weights=True, average_attn_weights=False)
+    assert per_head.cross[0].shape == (2, H, 3, 4)
+    stashed = [n for m in model.modules() for n, v in vars(m).items() if isinstance(v, torch.Tensor)]
+    assert stashed == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"norm_first": True}, {"share_embeddings": True, "tgt_vocab_size": 23}, {"tie_output": False}],
+)
+def test_every_parameter_gets_a_gradient(overrides):
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(**overrides))
+    src = torch.randint(4, 19, (3, 6))
+    tgt = torch.randint(4, 19, (3, 5))
+    logits = model(src, tgt)
+    logits.logsumexp(-1).mean().backward()
+    assert torch.isfinite(logits).all()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert (model.output.weight is model.tgt_embed.weight) == model.config.tie_output
+    assert (model.src_embed is model.tgt_embed) == model.config.share_embeddings
+
+
+def test_config_from_dict_and_presets():
+    base = TransformerConfig.from_preset("base", src_vocab_size=100, tgt_vocab_size=100)
+    assert (base.d_model, base.num_heads, base.num_encoder_layers, base.num_decoder_layers, base.dim_feedforward) == (
+        512, 8, 6, 6, 2048,
+    )
+    assert (base.pad_id, base.bos_id, base.eos_id) == (0, 2, 3)
+    assert TransformerConfig.from_dict(base.to_dict()) == base
+    assert TransformerConfig.from_dict({"src_vocab_size": 9, "tgt_vocab_size": 9, "dropout": 0}).dropout == 0.0
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "named"),
+    [
+        ({"d_modle": 8}, KeyError, "d_modle"),
+        ({"dropout": "0.1"}, TypeError, "dropout"),
+        ({"num_heads": 2.0}, TypeError, "num_heads"),
+        ({"norm_first": 1}, TypeError, "norm_first"),
+        ({"num_encoder_layers": True}, TypeError, "num_encoder_layers"),
+        ({"d_model": 30, "num_heads": 4}, ValueError, "d_model (30)"),
+        ({"share_embeddings": True, "tgt_vocab_size": 7}, ValueError, "tgt_vocab_size (7)"),
+        ({"eos_id": 40}, ValueError, "eos_id (40)"),
+    ],
+)
+def test_config_errors_name_the_key(values, error, named):
+    with pytest.raises(error, match=named.replace("(", r"\(").replace(")", r"\)")):
+        TransformerConfig.from_dict({"src_vocab_size": 9, "tgt_vocab_size": 9, **values})
+    with pytest.raises(KeyError, match="huge"):
+        TransformerConfig.from_preset("huge", src_vocab_size=9, tgt_vocab_size=9)
+
+
+def test_two_layer_model_overfits_a_handful_of_pairs():
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(d_model=64, dim_feedforward=128, share_embeddings=True, tgt_vocab_size=23))
+    pairs = [([5, 6, 7, 8], [8, 7, 6, 5]), ([9, 10, 11], [11, 10, 9]), ([12, 13], [13, 12]),
+             ([14, 15, 16, 17, 18], [18, 17, 16, 15, 14]), ([19, 20, 21, 22], [22, 21, 20, 19])]
+    src = nn.utils.rnn.pad_sequence([torch.tensor(s + [3]) for s, _ in pairs], batch_first=True)
+    tgt = nn.utils.rnn.pad_sequence([torch.tensor([2] + t + [3]) for _, t in pairs], batch_first=True)
+    tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = nn.functional.cross_entropy(model(src, tgt_in).transpose(1, 2), tgt_out, ignore_index=0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.02
+    with torch.no_grad():
+        result = greedy_search(model.eval(), src)
+    assert result.tokens.tolist() == [t + [3] + [0] * (result.tokens.shape[1] - len(t) - 1) for _, t in pairs]
