@@ -1,0 +1,322 @@
+"""Batched greedy and beam search over any encoder-decoder that speaks ``IncrementalDecoder``.
+
+The model encodes once (``start_state``), is fed one token per row per step (``step``), and
+keeps the rows that beam search picks (``reorder_state``); ``attnlab.models.transformer`` does
+this with its key/value caches, and an RNN seq2seq can do it with its hidden state.
+``use_cache=False`` asks the model to recompute the whole prefix each step: the reference
+the cached path is tested against.
+
+Shapes: B sentences, k beam size, n hypotheses returned per sentence, T generated tokens,
+S source positions, N decoder layers, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor
+
+AttentionChoice = Literal["last", "all"] | None
+
+
+class IncrementalDecoder(Protocol):
+    """What greedy and beam search need of a model."""
+
+    pad_id: int
+    bos_id: int
+    eos_id: int
+
+    def start_state(
+        self, src: Tensor, src_key_padding_mask: Tensor | None = None, *, repeat: int = 1, use_cache: bool = True
+    ) -> Any:
+        """Encode ``src (B, S)`` once; the state holds ``repeat`` rows per sentence, row b * repeat + j."""
+
+    def step(self, state: Any, tokens: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Any, Tensor | None]:
+        """Feed ``tokens (B',)``; return logits ``(B', V)``, the state, and the source attention
+        of this step ``(B', N, S)`` (averaged over heads) when ``need_weights``."""
+
+    def reorder_state(self, state: Any, index: Tensor) -> Any:
+        """Keep rows ``index (B',)``; row i of the result always comes from the same sentence as row i."""
+
+
+@dataclass
+class SearchResult:
+    """Hypotheses of a search; beam search adds a hypothesis dim n after B.
+
+    Attributes:
+        tokens: ``(B, [n,] T)`` generated ids (no BOS; EOS if produced), ``pad_id`` after the end.
+        scores: ``(B, [n])`` sum of log-probabilities; beam search divides by the length penalty.
+        lengths: ``(B, [n])`` generated tokens, EOS included.
+        attention: source attention of every generated token, averaged over heads:
+            ``(B, [n,] T, S)`` from the last decoder layer or ``(B, [n,] N, T, S)`` from all; or None.
+    """
+
+    tokens: Tensor
+    scores: Tensor
+    lengths: Tensor
+    attention: Tensor | None = None
+
+
+def length_penalty(length: Tensor | int, alpha: float) -> Tensor | float:
+    """lp(Y) = ((5 + |Y|) / 6)^alpha (Wu et al., 2016, GNMT, Eq. 14); alpha 0 gives 1."""
+    return ((5 + length) / 6) ** alpha
+
+
+def max_lengths(src: Tensor, src_key_padding_mask: Tensor | None, a: float, b: float) -> Tensor:
+    """Per-sentence limits ``(B,)``: floor(a * |x| + b) generated tokens, |x| without padding, >= 1."""
+    src_len = torch.full((src.shape[0],), src.shape[1], device=src.device)
+    if src_key_padding_mask is not None:
+        src_len = src_len - src_key_padding_mask.sum(dim=1)
+    return (a * src_len + b).floor().long().clamp(min=1)
+
+
+def next_token_log_probs(model: IncrementalDecoder, logits: Tensor, step: int, min_len: int) -> Tensor:
+    """log softmax of ``logits (B, V)``; padding never, EOS not before ``min_len`` tokens."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    log_probs[:, model.pad_id] = -math.inf
+    if step < min_len:
+        log_probs[:, model.eos_id] = -math.inf
+    return log_probs
+
+
+def greedy_search(
+    model: IncrementalDecoder,
+    src: Tensor,
+    src_key_padding_mask: Tensor | None = None,
+    *,
+    max_len_a: float = 1.5,
+    max_len_b: float = 10,
+    min_len: int = 0,
+    use_cache: bool = True,
+    attention: AttentionChoice = None,
+) -> SearchResult:
+    """y_t = argmax_y p(y | y_<t, x) for a batch, until EOS or floor(a * |x| + b) tokens.
+
+    Args:
+        model: an ``IncrementalDecoder`` (e.g. ``attnlab.models.transformer.Transformer``).
+        src: source ids ``(B, S)``.
+        src_key_padding_mask: ``(B, S)``, ``True`` at padding; None takes ``src == pad_id``.
+        max_len_a: a of the length limit.
+        max_len_b: b of the length limit.
+        min_len: tokens generated before EOS is allowed.
+        use_cache: incremental decoding; False recomputes the whole prefix every step.
+        attention: return the source attention of the ``last`` decoder layer or of ``all``.
+
+    Returns:
+        A ``SearchResult`` with ``tokens (B, T)`` and ``scores (B,)``.
+    """
+    src_key_padding_mask = _padding(model, src, src_key_padding_mask)
+    limits = max_lengths(src, src_key_padding_mask, max_len_a, max_len_b)
+    state = model.start_state(src, src_key_padding_mask, use_cache=use_cache)
+    tokens = src.new_full((src.shape[0],), model.bos_id)
+    scores = torch.zeros(src.shape[0], device=src.device)
+    ended = torch.zeros_like(tokens, dtype=torch.bool)
+    steps, attns = [], []
+    for t in range(int(limits.max())):
+        logits, state, cross = model.step(state, tokens, need_weights=attention is not None)
+        best, tokens = next_token_log_probs(model, logits, t, min_len).max(dim=-1)  # (B,), (B,)
+        tokens = tokens.masked_fill(ended, model.pad_id)
+        scores += best.masked_fill(ended, 0.0)
+        steps.append(tokens)
+        attns.append(_select_layers(cross, attention, ended))
+        ended = ended | tokens.eq(model.eos_id) | (t + 1 >= limits)
+        if bool(ended.all()):
+            break
+    out = torch.stack(steps, dim=1)  # (B, T)
+    lengths = out.ne(model.pad_id).sum(dim=1)
+    return SearchResult(out, scores, lengths, _stack_attention(attns, attention))
+
+
+def _padding(model: IncrementalDecoder, src: Tensor, mask: Tensor | None) -> Tensor | None:
+    if mask is not None:
+        return mask
+    mask = src.eq(model.pad_id)
+    return mask if bool(mask.any()) else None
+
+
+def _select_layers(cross: Tensor | None, attention: AttentionChoice, ended: Tensor | None = None) -> Tensor | None:
+    """``(B, N, S)`` -> the layers asked for ``(B, N', S)``, zero for rows that had ended."""
+    if attention is None:
+        return None
+    if attention not in ("last", "all"):
+        raise ValueError(f"attention must be None, 'last' or 'all', got {attention!r}")
+    chosen = cross[:, -1:] if attention == "last" else cross
+    return chosen if ended is None else chosen.masked_fill(ended[:, None, None], 0.0)
+
+
+def _stack_attention(steps: list[Tensor | None], attention: AttentionChoice) -> Tensor | None:
+    """Steps of ``(..., N', S)`` -> ``(..., T, S)`` (last layer) or ``(..., N, T, S)`` (all)."""
+    if attention is None or not steps:
+        return None
+    stacked = torch.stack(steps, dim=-3)  # (..., T, N', S)
+    return stacked.squeeze(-2) if attention == "last" else stacked.transpose(-3, -2)  # (..., [N,] T, S)
+
+
+@dataclass
+class _Hypothesis:
+    score: float
+    tokens: Tensor  # (T,)
+    attention: Tensor | None  # (T, N', S)
+
+
+@dataclass
+class _Beams:
+    """The k live hypotheses of every sentence, rows b * k + j."""
+
+    scores: Tensor  # (B, k) sum of log-probabilities
+    tokens: Tensor  # (B * k, T) generated so far
+    attention: Tensor | None  # (B * k, T, N', S)
+
+
+def beam_search(
+    model: IncrementalDecoder,
+    src: Tensor,
+    src_key_padding_mask: Tensor | None = None,
+    *,
+    beam_size: int = 4,
+    n_best: int = 1,
+    alpha: float = 0.6,
+    max_len_a: float = 1.5,
+    max_len_b: float = 10,
+    min_len: int = 0,
+    use_cache: bool = True,
+    attention: AttentionChoice = None,
+) -> SearchResult:
+    """Beam search for a batch, ranking by log p(Y | X) / lp(Y) (GNMT length penalty).
+
+    Each step takes the 2k best extensions of a sentence's k beams: those ending in EOS among
+    the best k are finished, the best k others live on. A sentence is done with k finished
+    hypotheses or at its length limit floor(a * |x| + b) (live beams then finish as they are);
+    the search stops when every sentence is done.
+
+    Args:
+        model: an ``IncrementalDecoder``.
+        src: source ids ``(B, S)``.
+        src_key_padding_mask: ``(B, S)``, ``True`` at padding; None takes ``src == pad_id``.
+        beam_size: k.
+        n_best: hypotheses returned per sentence, best first (<= k).
+        alpha: the length penalty's exponent (0.6 in GNMT; 0 ranks by log-probability).
+        max_len_a: a of the length limit.
+        max_len_b: b of the length limit.
+        min_len: tokens generated before EOS is allowed.
+        use_cache: incremental decoding; False recomputes the whole prefix every step.
+        attention: return the source attention of the ``last`` decoder layer or of ``all``.
+
+    Returns:
+        A ``SearchResult`` with ``tokens (B, n, T)`` and ``scores (B, n)``.
+    """
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best ({n_best}) must be between 1 and beam_size ({beam_size})")
+    src_key_padding_mask = _padding(model, src, src_key_padding_mask)
+    limits = max_lengths(src, src_key_padding_mask, max_len_a, max_len_b).tolist()
+    batch, k = src.shape[0], beam_size
+    state = model.start_state(src, src_key_padding_mask, repeat=k, use_cache=use_cache)
+    beams = _Beams(_initial_scores(batch, k, src.device), src.new_empty(batch * k, 0), None)
+    finished: list[list[_Hypothesis]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    last = src.new_full((batch * k,), model.bos_id)
+    for t in range(max(limits)):
+        logits, state, cross = model.step(state, last, need_weights=attention is not None)
+        log_probs = next_token_log_probs(model, logits, t, min_len)  # (B * k, V)
+        scores, rows, tokens = _top_candidates(beams.scores, log_probs, 2 * k)  # (B, 2k) each
+        cross = _select_layers(cross, attention)
+        _finish_eos(beams, cross, scores, rows, tokens, model.eos_id, finished, done, alpha, k)
+        beams, parents = _advance(beams, cross, scores, rows, tokens, model.eos_id, k)
+        _finish_at_limit(beams, t + 1, limits, finished, done, alpha)
+        done = [d or len(f) >= k for d, f in zip(done, finished)]
+        if all(done):
+            break
+        state = model.reorder_state(state, parents)
+        last = beams.tokens[:, -1]
+    return _collect(finished, n_best, model.pad_id, attention)
+
+
+def _initial_scores(batch: int, k: int, device: torch.device) -> Tensor:
+    """``(B, k)``: 0 for the first beam, -inf for the others, so step one expands one beam only."""
+    scores = torch.full((batch, k), -math.inf, device=device)
+    scores[:, 0] = 0.0
+    return scores
+
+
+def _top_candidates(beam_scores: Tensor, log_probs: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``count`` best extensions per sentence: scores, parent rows (b * k + j) and tokens, ``(B, count)``."""
+    batch, k = beam_scores.shape
+    vocab = log_probs.shape[-1]
+    extended = (beam_scores.reshape(-1, 1) + log_probs).view(batch, k * vocab)  # (B, k * V)
+    scores, flat = extended.topk(count, dim=1)  # (B, 2k)
+    rows = flat // vocab + torch.arange(batch, device=flat.device)[:, None] * k  # (B, 2k)
+    return scores, rows, flat % vocab
+
+
+def _finish_eos(
+    beams: _Beams, cross: Tensor | None, scores: Tensor, rows: Tensor, tokens: Tensor,
+    eos_id: int, finished: list[list[_Hypothesis]], done: list[bool], alpha: float, k: int,
+) -> None:
+    """Finish the candidates among each sentence's best k that end in EOS."""
+    ends = tokens[:, :k].eq(eos_id) & scores[:, :k].isfinite()  # (B, k)
+    length = beams.tokens.shape[1] + 1
+    for b, c in ends.nonzero().tolist():
+        if done[b]:
+            continue
+        row = int(rows[b, c])
+        attn = None
+        if cross is not None:
+            attn = cross[row, None] if beams.attention is None else torch.cat([beams.attention[row], cross[row, None]])  # (T, N', S)
+        hyp_tokens = torch.cat([beams.tokens[row], tokens[b, c, None]])  # (T,)
+        finished[b].append(_Hypothesis(float(scores[b, c]) / length_penalty(length, alpha), hyp_tokens, attn))
+
+
+def _advance(
+    beams: _Beams, cross: Tensor | None, scores: Tensor, rows: Tensor, tokens: Tensor, eos_id: int, k: int
+) -> tuple[_Beams, Tensor]:
+    """The best k candidates per sentence that do not end in EOS become the beams; also their parent rows."""
+    count = scores.shape[1]
+    rank = tokens.eq(eos_id).long() * count + torch.arange(count, device=tokens.device)  # EOS last
+    keep = rank.topk(k, dim=1, largest=False).indices  # (B, k), best first
+    parents = rows.gather(1, keep).view(-1)  # (B * k,)
+    new_tokens = torch.cat([beams.tokens[parents], tokens.gather(1, keep).view(-1, 1)], dim=1)  # (B * k, T)
+    attention = None
+    if cross is not None:
+        past = cross.new_empty(cross.shape[0], 0, *cross.shape[1:]) if beams.attention is None else beams.attention
+        attention = torch.cat([past[parents], cross[parents, None]], dim=1)  # (B * k, T, N', S)
+    return _Beams(scores.gather(1, keep), new_tokens, attention), parents
+
+
+def _finish_at_limit(
+    beams: _Beams, length: int, limits: list[int], finished: list[list[_Hypothesis]], done: list[bool], alpha: float
+) -> None:
+    """Sentences that reached their length limit finish their live beams as they are."""
+    k = beams.scores.shape[1]
+    for b, limit in enumerate(limits):
+        if done[b] or length < limit:
+            continue
+        for j in range(k):
+            score = float(beams.scores[b, j])
+            if math.isfinite(score):
+                attn = None if beams.attention is None else beams.attention[b * k + j]
+                finished[b].append(_Hypothesis(score / length_penalty(length, alpha), beams.tokens[b * k + j], attn))
+        done[b] = True
+
+
+def _collect(finished: list[list[_Hypothesis]], n_best: int, pad_id: int, attention: AttentionChoice) -> SearchResult:
+    """The n best finished hypotheses of every sentence as padded tensors."""
+    best = [sorted(hyps, key=lambda h: h.score, reverse=True)[:n_best] for hyps in finished]
+    length = max(len(h.tokens) for hyps in best for h in hyps)
+    ref = best[0][0].tokens
+    tokens = ref.new_full((len(best), n_best, length), pad_id)  # (B, n, T)
+    scores = torch.full((len(best), n_best), -math.inf, device=ref.device)
+    lengths = ref.new_zeros(len(best), n_best)
+    attn = None
+    if attention is not None:
+        attn = best[0][0].attention.new_zeros(len(best), n_best, length, *best[0][0].attention.shape[1:])  # (B, n, T, N', S)
+    for b, hyps in enumerate(best):
+        for i, h in enumerate(hyps):
+            tokens[b, i, : len(h.tokens)], scores[b, i], lengths[b, i] = h.tokens, h.score, len(h.tokens)
+            if attn is not None:
+                attn[b, i, : len(h.tokens)] = h.attention
+    if attn is not None:
+        attn = attn.squeeze(-2) if attention == "last" else attn.transpose(-3, -2)  # (B, n, [N,] T, S)
+    return SearchResult(tokens, scores, lengths, attn)
