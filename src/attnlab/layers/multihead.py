@@ -131,7 +131,7 @@ class MultiHeadAttention(nn.Module):
             key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
         self._check_inputs(query, key, value, cache)
         past = 0 if cache is None or cache.static else len(cache)
-        q, k, v = self._project(query, key, value, cache)  # (B, H, L, hd)
+        q, k, v = self.project(query, key, value, cache=cache)  # (B, H, L, hd)
         if self.rope is not None and not (cache is not None and cache.static):
             q, k = self.rope(q, offset=past), self.rope(k, offset=past)
         if cache is not None:
@@ -170,8 +170,13 @@ class MultiHeadAttention(nn.Module):
         if key.shape[1] != value.shape[1]:
             raise ValueError(f"key and value lengths differ: key {tuple(key.shape)}, value {tuple(value.shape)}")
 
-    def _project(self, query: Tensor, key: Tensor, value: Tensor, cache: KVCache | None) -> tuple[Tensor, ...]:
-        """Q W^Q, K W^K, V W^V split into heads, ``(B, H, L, hd)`` each (keys/values None if cached)."""
+    def project(
+        self, query: Tensor, key: Tensor, value: Tensor, *, cache: KVCache | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Q W^Q, K W^K, V W^V split into heads: ``(B, H, L, hd)`` each, from batch-first inputs.
+
+        Keys and values are None when a filled static ``cache`` already holds them.
+        """
         w_q, w_k, w_v = self._weights()
         b_q, b_k, b_v = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
         skip_kv = cache is not None and cache.is_filled
