@@ -28,7 +28,7 @@ _checks_enabled = True
 
 
 def set_input_checks(enabled: bool) -> None:
-    """Turn the NaN check on attention inputs on or off (on by default; it reads q, k, v once)."""
+    """Turn the check for NaN inputs on or off (on by default; it reads the context once per call)."""
     global _checks_enabled
     _checks_enabled = enabled
 
@@ -95,17 +95,41 @@ def attention(
     if fused and not is_fast:
         raise ValueError(f"fused=True needs score='scaled_dot' and normalize='softmax', got {score!r}, {normalize!r}")
     if is_fast and fused is not False and _prefer_sdpa(query, key, fused):
-        return _sdpa_attention(query, key, value, mask, is_causal, dropout_p, need_weights, scale, weights_average_dim)
+        context, weights = _sdpa_attention(
+            query, key, value, mask, is_causal, dropout_p, need_weights, scale, weights_average_dim
+        )
+    else:
+        context, weights = _explicit_attention(
+            query, key, value, score_fn, norm_fn, mask, is_causal, dropout_p, scale if is_fast else None
+        )
+        if not need_weights:
+            weights = None
+        elif weights_average_dim is not None:
+            weights = weights.mean(weights_average_dim)
+    _check_no_nan(context, query, key, value)
+    return context, weights
 
+
+def _explicit_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    score_fn: ScoreFn,
+    norm_fn: NormalizeFn,
+    mask: Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+    scale: float | None,
+) -> tuple[Tensor, Tensor]:
+    """C = dropout(f_norm(f_sim(Q, K), mask)) V, step by step; returns (C, A)."""
+    lq, lk = query.shape[-2], key.shape[-2]
     if is_causal:
         mask = merge_masks(mask, causal_mask(lq, lk, device=query.device))
-    scores = scaled_dot_score(query, key, scale) if is_fast else score_fn(query, key)
-    _check_scores(scores, (*batch_shape, lq, lk))
+    scores = scaled_dot_score(query, key, scale) if score_fn is scaled_dot_score else score_fn(query, key)
+    _check_scores(scores, (*torch.broadcast_shapes(query.shape[:-2], key.shape[:-2]), lq, lk))
     weights = norm_fn(scores, mask)  # (..., Lq, Lk)
-    context = F.dropout(weights, dropout_p) @ value if dropout_p > 0 else weights @ value
-    if not need_weights:
-        return context, None
-    return context, weights if weights_average_dim is None else weights.mean(weights_average_dim)
+    context = (F.dropout(weights, dropout_p) if dropout_p > 0 else weights) @ value  # (..., Lq, d_v)
+    return context, weights
 
 
 def attention_weights(
@@ -231,10 +255,19 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor) -> None:
             f"batch dims of query {tuple(query.shape)}, key {tuple(key.shape)} and value "
             f"{tuple(value.shape)} do not match"
         ) from None
-    if _checks_enabled and not torch.compiler.is_compiling():
-        for name, x in (("query", query), ("key", key), ("value", value)):
-            if torch.isnan(x).any():
-                raise ValueError(f"{name} of shape {tuple(x.shape)} contains NaN")
+
+
+def _check_no_nan(context: Tensor, query: Tensor, key: Tensor, value: Tensor) -> None:
+    """Name the input that holds NaN, when the context shows one (a NaN that can't reach it is harmless).
+
+    Reading the context (one tensor, contiguous) is far cheaper than reading the three inputs
+    on every call; the inputs are only searched once a NaN has shown up.
+    """
+    if not _checks_enabled or torch.compiler.is_compiling() or not torch.isnan(context).any():
+        return
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if torch.isnan(x).any():
+            raise ValueError(f"{name} of shape {tuple(x.shape)} contains NaN")
 
 
 def _check_scores(scores: Tensor, expected: tuple[int, ...]) -> None:

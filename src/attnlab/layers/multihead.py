@@ -181,11 +181,13 @@ class MultiHeadAttention(nn.Module):
         b_q, b_k, b_v = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
         skip_kv = cache is not None and cache.is_filled
         if query is key and key is value and not skip_kv and self._qkv_same_embed_dim:
-            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)  # one GEMM
-        else:
-            q = F.linear(query, w_q, b_q)
-            k = None if skip_kv else F.linear(key, w_k, b_k)
-            v = None if skip_kv else F.linear(value, w_v, b_v)
+            batch, length, _ = query.shape
+            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3E), one GEMM
+            qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
+            return tuple(qkv.contiguous())  # one copy into the layout the kernels read without copying
+        q = F.linear(query, w_q, b_q)
+        k = None if skip_kv else F.linear(key, w_k, b_k)
+        v = None if skip_kv else F.linear(value, w_v, b_v)
         return tuple(None if x is None else self._split_heads(x) for x in (q, k, v))
 
     def _weights(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -195,7 +197,8 @@ class MultiHeadAttention(nn.Module):
 
     def _split_heads(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
+        # Contiguous heads: the kernels (and a second pass for the weights) then read them without copies.
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2).contiguous()  # (B, H, L, hd)
 
     def _attention_mask(
         self, key_padding_mask: Tensor | None, attn_mask: Tensor | None, batch: int, lq: int, lk: int
