@@ -1,0 +1,498 @@
+"""Typed run configs: YAML at the edge, dataclasses inside, ``key=value`` overrides on top.
+
+A run config is one :class:`RunConfig`::
+
+    task: classification            # or translation
+    seed: 0
+    output_dir: runs/digits_vit
+    model:                          # "type" picks the model's config dataclass
+      type: vit                     # vit | cnn | transformer  (rnn reserved)
+      preset: vit_digits_patch2_8   # optional named size; other keys are that dataclass's fields
+      embed_dim: 64
+    data: {...}                     # ImageDataConfig or TextDataConfig, by task
+    training: {...}                 # TrainingConfig
+
+Every key is checked: an unknown key fails naming its full dotted path and the known keys, a
+wrong type names the key, the value and the expected type, and a model key of another model
+type (``model.d_model`` for a ViT) names the key and the model type. Command-line overrides
+``training.max_steps=200 model.embed_dim=128`` are parsed with YAML typing and applied to the
+raw mapping before it is checked (:func:`apply_overrides`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from attnlab.data.corpora import CorpusConfig
+from attnlab.data.tokenizer import TokenizerConfig
+from attnlab.models.cnn import AttentionCNNConfig
+from attnlab.models.vit import VIT_CONFIGS, ViTConfig
+
+__all__ = [
+    "ConfigError",
+    "MODEL_TYPES",
+    "TASKS",
+    "ModelSection",
+    "ImageDataConfig",
+    "TextDataConfig",
+    "TrainingConfig",
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+    "parse_override",
+]
+
+TASKS = ("translation", "classification")
+PRECISIONS = ("fp32", "bf16", "auto")
+SCHEDULES = ("noam", "cosine", "constant")
+OPTIMIZERS = ("adamw", "adam")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the dotted key and the value."""
+
+
+def _transformer_config_class() -> type:
+    from attnlab.models.transformer import TransformerConfig  # the translation engineer's module
+
+    return TransformerConfig
+
+
+def _transformer_presets() -> dict[str, dict[str, Any]]:
+    from attnlab.models.transformer import PRESETS
+
+    return PRESETS
+
+
+def _vit_presets() -> dict[str, dict[str, Any]]:
+    return {name: config.to_dict() for name, config in VIT_CONFIGS.items()}
+
+
+# model type -> (config class, presets, tasks it serves). "rnn" slots in here when it lands.
+_MODEL_REGISTRY: dict[str, tuple[Any, Any, tuple[str, ...]]] = {
+    "vit": (lambda: ViTConfig, _vit_presets, ("classification",)),
+    "cnn": (lambda: AttentionCNNConfig, dict, ("classification",)),
+    "transformer": (_transformer_config_class, _transformer_presets, ("translation",)),
+}
+MODEL_TYPES = tuple(_MODEL_REGISTRY)
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed reading of plain values
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against the type ``hint`` (ints pass for floats, lists for tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise _type_error(key, value, hint)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, Mapping):
+            raise _type_error(key, value, hint)
+        return read_dataclass(hint, value, key)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, value, hint)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if origin is tuple and args:
+            if len(args) != len(value):
+                raise _type_error(key, value, hint)
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        items = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise _type_error(key, value, hint)
+        return dict(value)
+    return _coerce_scalar(value, hint, key)
+
+
+def _coerce_scalar(value: Any, hint: Any, key: str) -> Any:
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # PyYAML reads "3e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, value, hint)
+    if isinstance(hint, type) and isinstance(value, hint) and not isinstance(value, bool):
+        return value
+    raise _type_error(key, value, hint)
+
+
+def _type_error(key: str, value: Any, hint: Any) -> ConfigError:
+    return ConfigError(f"{key}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
+
+
+def _check_keys(known: Sequence[str], values: Mapping[str, Any], prefix: str, what: str = "") -> None:
+    for key in values:
+        if key not in known:
+            where = f" ({what})" if what else ""
+            raise ConfigError(f"unknown config key {prefix}{key}{where}; known keys: {', '.join(sorted(known))}")
+
+
+def read_dataclass(cls: type, values: Mapping[str, Any], path: str = "") -> Any:
+    """Build dataclass ``cls`` from ``values``, checking keys and types; errors name ``path.key``."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(values).__name__} {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    prefix = f"{path}." if path else ""
+    _check_keys(list(fields), values, prefix)
+    kwargs = {key: _coerce(value, hints[key], prefix + key) for key, value in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ConfigError(f"{path or cls.__name__}: {error}") from error
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses, tuples and paths as YAML-safe dicts, lists and strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSection:
+    """Which model, and the fields of its config dataclass that the YAML sets.
+
+    Fields the data decides (vocabulary sizes, classes, channels, image size) are filled in by
+    the task; :meth:`resolve` merges ``preset``, ``params`` and those fields into the model's
+    own config dataclass (``ViTConfig``, ``AttentionCNNConfig``, ``TransformerConfig``).
+
+    Attributes:
+        type: one of :data:`MODEL_TYPES`.
+        preset: a named size of that model (``VIT_CONFIGS``, the Transformer's ``PRESETS``).
+        params: field values of the model's config dataclass, type-checked.
+    """
+
+    type: str
+    preset: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_class(self) -> type:
+        """The model's config dataclass."""
+        return _MODEL_REGISTRY[self.type][0]()
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], path: str = "model") -> ModelSection:
+        """Read ``{type, preset, **fields}``; a field of another model type fails naming the key."""
+        if not isinstance(values, Mapping) or "type" not in values:
+            raise ConfigError(f"{path}.type is required: one of {list(MODEL_TYPES)}")
+        kind = values["type"]
+        if kind not in _MODEL_REGISTRY:
+            raise ConfigError(f"{path}.type: unknown model type {kind!r}; expected one of {list(MODEL_TYPES)}")
+        section = cls(type=kind, preset=values.get("preset"))
+        config_class = section.config_class
+        presets = _MODEL_REGISTRY[kind][1]()
+        if section.preset is not None and section.preset not in presets:
+            raise ConfigError(f"{path}.preset: unknown {kind} preset {section.preset!r}; expected one of {sorted(presets)}")
+        params = {k: v for k, v in values.items() if k not in ("type", "preset")}
+        hints = typing.get_type_hints(config_class)
+        _check_keys([*hints, "type", "preset"], params, f"{path}.", f"not a field of {kind} model {config_class.__name__}")
+        section.params = {key: _coerce(value, hints[key], f"{path}.{key}") for key, value in params.items()}
+        return section
+
+    def resolve(self, **derived: Any) -> Any:
+        """The model config: preset, then ``params``, then ``derived`` (which must agree with ``params``)."""
+        for key, value in derived.items():
+            if key in self.params and self.params[key] != value:
+                raise ConfigError(f"model.{key} ({self.params[key]!r}) disagrees with the data, which needs {value!r}")
+        preset = _MODEL_REGISTRY[self.type][1]().get(self.preset, {}) if self.preset else {}
+        values = {**preset, **self.params, **derived}
+        return read_dataclass(self.config_class, values, "model")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form: ``type``, ``preset`` and the fields, flat."""
+        head = {"type": self.type, **({"preset": self.preset} if self.preset else {})}
+        return {**head, **to_plain(self.params)}
+
+
+@dataclass
+class ImageDataConfig:
+    """Images for classification.
+
+    Attributes:
+        dataset: ``digits``, ``fashion-mnist`` or ``folder:PATH`` (one sub-folder per class).
+        batch_size: training batch size B.
+        eval_batch_size: batch size for evaluation.
+        augment: apply the data set's recommended augmentation while training.
+        val_fraction: digits and folders: share held out for validation.
+        test_fraction: digits and folders: share held out for testing.
+        val_size: fashion-mnist: training images held out for validation.
+        channels: folders: 1 (grayscale) or 3 (RGB).
+        image_size: folders: resize every image to this square size; None keeps sizes.
+        split_seed: fixes the train/val/test split.
+    """
+
+    dataset: str = "digits"
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    augment: bool = True
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    val_size: int = 5000
+    channels: int = 3
+    image_size: int | None = None
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dataset not in ("digits", "fashion-mnist") and not self.dataset.startswith("folder:"):
+            raise ValueError(f"dataset {self.dataset!r} must be 'digits', 'fashion-mnist' or 'folder:PATH'")
+        if self.batch_size <= 0 or self.eval_batch_size <= 0:
+            raise ValueError(f"batch sizes must be positive, got {self.batch_size} and {self.eval_batch_size}")
+
+
+@dataclass
+class TextDataConfig:
+    """A parallel corpus for translation.
+
+    Attributes:
+        corpus: which corpus and direction (:class:`~attnlab.data.CorpusConfig`).
+        tokenizer: the SentencePiece model trained on the train split.
+        max_length: pairs with more tokens on either side are dropped from training.
+        max_tokens: token budget of a training batch (padded B * max(S, T)).
+        eval_max_tokens: token budget of an evaluation batch.
+        eval_max_sentences: dev sentences decoded for BLEU at each evaluation (None: all).
+        max_decode_len_a: greedy decoding stops after a * |x| + b tokens.
+        max_decode_len_b: b of that limit.
+    """
+
+    corpus: CorpusConfig = field(default_factory=lambda: CorpusConfig(name="generated"))
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    max_length: int = 128
+    max_tokens: int = 4096
+    eval_max_tokens: int = 8192
+    eval_max_sentences: int | None = 500
+    max_decode_len_a: float = 1.5
+    max_decode_len_b: float = 10.0
+
+
+@dataclass
+class TrainingConfig:
+    """The loop: optimiser, schedule, budget, evaluation, checkpoints, precision.
+
+    Attributes:
+        optimizer: ``adamw`` or ``adam``.
+        lr: peak learning rate for ``cosine`` / ``constant``; for ``noam`` the scale factor of
+            the paper's formula ``lr * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)``.
+        betas: Adam's (beta1, beta2); the paper uses (0.9, 0.98).
+        eps: Adam's epsilon.
+        weight_decay: decoupled weight decay (AdamW).
+        schedule: ``noam`` (Vaswani et al., 2017, Eq. 3), ``cosine`` (linear warmup, cosine
+            decay to ``min_lr_ratio * lr`` at ``max_steps``) or ``constant`` (after warmup).
+        warmup_steps: warmup length in optimiser steps.
+        min_lr_ratio: cosine: final LR as a fraction of ``lr``.
+        schedule_d_model: noam: d_model of the formula; None takes the model's width.
+        label_smoothing: epsilon_ls of the cross-entropy (0.1 in the paper).
+        grad_clip: clip the global gradient norm to this; None disables.
+        max_steps: stop after this many optimiser steps.
+        max_epochs: stop after this many epochs.
+        max_minutes: stop after this much training time (a resumed run counts earlier time).
+        eval_every: evaluate every N steps (None: only at epoch ends, if ``eval_at_epoch_end``).
+        eval_at_epoch_end: evaluate after each epoch.
+        early_stopping_patience: stop after this many evaluations without improvement.
+        checkpoint_every: also save ``last`` every N steps (evaluations always save).
+        log_every: write training loss and throughput every N steps.
+        precision: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the hardware has it).
+        num_threads: ``torch.set_num_threads``; None leaves torch's default.
+        device: ``auto``, ``cpu``, ``cuda``.
+        max_bad_batches: stop with an error once this many batches were skipped (NaN / errors).
+        tensorboard: also write TensorBoard events when ``torch.utils.tensorboard`` imports.
+        final_split: split evaluated with the best checkpoint when training ends (None: skip).
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    schedule_d_model: int | None = None
+    label_smoothing: float = 0.0
+    grad_clip: float | None = 1.0
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    max_minutes: float | None = None
+    eval_every: int | None = None
+    eval_at_epoch_end: bool = True
+    early_stopping_patience: int | None = None
+    checkpoint_every: int | None = None
+    log_every: int = 10
+    precision: str = "fp32"
+    num_threads: int | None = None
+    device: str = "auto"
+    max_bad_batches: int = 20
+    tensorboard: bool = True
+    final_split: str | None = "test"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS),
+                              ("device", ("auto", "cpu", "cuda"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {list(allowed)}")
+        if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
+            raise ValueError("set at least one of max_steps, max_epochs, max_minutes")
+        if self.schedule == "cosine" and self.max_steps is None:
+            raise ValueError("schedule 'cosine' decays to max_steps: set max_steps (or use 'noam' / 'constant')")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing ({self.label_smoothing}) must be in [0, 1)")
+
+
+_DATA_CLASSES = {"classification": ImageDataConfig, "translation": TextDataConfig}
+
+
+@dataclass
+class RunConfig:
+    """One training run.
+
+    Attributes:
+        task: ``translation`` or ``classification``.
+        model: the model section (:class:`ModelSection`).
+        data: :class:`ImageDataConfig` (classification) or :class:`TextDataConfig` (translation).
+        training: :class:`TrainingConfig`.
+        output_dir: the run directory (checkpoints, metrics, the resolved config).
+        seed: seeds model initialisation, dropout and batch order.
+    """
+
+    task: str
+    model: ModelSection
+    data: ImageDataConfig | TextDataConfig
+    training: TrainingConfig
+    output_dir: str = "runs/run"
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Read and check a whole run config (see the module docstring)."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"a run config must be a mapping, got {type(values).__name__}")
+        _check_keys([f.name for f in dataclasses.fields(cls)], values, "")
+        task = values.get("task")
+        if task not in TASKS:
+            raise ConfigError(f"task: expected one of {list(TASKS)}, got {task!r}")
+        model = ModelSection.from_dict(values.get("model", {}))
+        served = _MODEL_REGISTRY[model.type][2]
+        if task not in served:
+            raise ConfigError(f"model.type: a {model.type} model does not do {task}; use one of "
+                              f"{[k for k, v in _MODEL_REGISTRY.items() if task in v[2]]}")
+        return cls(
+            task=task,
+            model=model,
+            data=read_dataclass(_DATA_CLASSES[task], values.get("data", {}), "data"),
+            training=read_dataclass(TrainingConfig, values.get("training", {}), "training"),
+            output_dir=_coerce(values.get("output_dir", "runs/run"), str, "output_dir"),
+            seed=_coerce(values.get("seed", 0), int, "seed"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form; ``from_dict(to_dict())`` gives an equal config."""
+        return {"task": self.task, "seed": self.seed, "output_dir": self.output_dir,
+                "model": self.model.to_dict(), "data": to_plain(self.data), "training": to_plain(self.training)}
+
+    def to_yaml(self) -> str:
+        """The config as YAML text."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML and overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"training.max_steps=200"`` -> ``(["training", "max_steps"], 200)``, the value read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({error})") from error
+    return key.split("."), value
+
+
+def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A deep copy of ``values`` with each ``dotted.key=value`` set (unknown keys fail later, when read)."""
+    result = yaml.safe_load(yaml.safe_dump(dict(values))) or {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[:depth + 1])} is {child!r}, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML run config, apply ``key=value`` overrides, and check everything.
+
+    Args:
+        path: the YAML file.
+        overrides: ``dotted.key=value`` strings; values are parsed as YAML scalars.
+
+    Returns:
+        The typed :class:`RunConfig`.
+
+    Raises:
+        ConfigError: unreadable YAML, an unknown key, a wrong type or an invalid value; the
+            message names the file and the dotted key.
+    """
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file {path} does not exist") from error
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read config {path}: {error}") from error
+    try:
+        return RunConfig.from_dict(apply_overrides(values, overrides))
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error

@@ -1,0 +1,172 @@
+"""Metrics: the JSON-lines / TensorBoard log, classification and translation scores.
+
+Translation scores come from sacrebleu; a Japanese (or Chinese, Korean) target is tokenised
+for BLEU with MeCab (``ja-mecab``, from ``sacrebleu[ja]``) when it imports, else by character,
+and the signature string of each score is returned with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "MetricsLogger",
+    "scalar_metrics",
+    "confusion_matrix",
+    "classification_metrics",
+    "save_confusion_matrix_png",
+    "bleu_tokenizer_for",
+    "translation_metrics",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite-or-not numbers of a metrics dict (lists, matrices and strings left out)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class MetricsLogger:
+    """Appends one JSON object per record to ``metrics.jsonl``; mirrors scalars to TensorBoard.
+
+    Args:
+        run_dir: the run directory.
+        tensorboard: also write TensorBoard events under ``run_dir/tensorboard`` if it imports.
+    """
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = self._tensorboard(Path(run_dir) / "tensorboard") if tensorboard else None
+
+    @staticmethod
+    def _tensorboard(directory: Path) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            logger.info("tensorboard is not installed; writing metrics.jsonl only")
+            return None
+        return SummaryWriter(str(directory))
+
+    def log(self, kind: str, step: int, metrics: Mapping[str, Any]) -> None:
+        """Write ``{"kind", "step", "time", **metrics}``; ``kind`` is e.g. ``train``, ``val``, ``test``."""
+        record = {"kind": kind, "step": step, "time": time.time(), **metrics}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
+        if self._writer is not None:
+            for key, value in scalar_metrics(metrics).items():
+                if math.isfinite(value):
+                    self._writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        """Flush and close TensorBoard."""
+        if self._writer is not None:
+            self._writer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification
+# ---------------------------------------------------------------------------------------------
+
+
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(K, K)`` counts, row = true class, column = predicted class."""
+    index = labels.long() * num_classes + predictions.long()  # (N,)
+    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def classification_metrics(
+    predictions: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, per-class accuracy (recall) and the confusion matrix as plain values."""
+    matrix = confusion_matrix(predictions, labels, len(classes))
+    totals = matrix.sum(dim=1).clamp(min=1)
+    per_class = (matrix.diag().double() / totals).tolist()
+    return {
+        "accuracy": float(matrix.diag().sum()) / max(int(matrix.sum()), 1),
+        "per_class_accuracy": dict(zip(classes, per_class)),
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def save_confusion_matrix_png(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
+                              title: str = "") -> Path:
+    """Draw a confusion matrix (rows true, columns predicted) to a PNG with matplotlib's Agg backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = torch.as_tensor(matrix, dtype=torch.float64)
+    k = len(classes)
+    figure = Figure(figsize=(1.2 + 0.55 * k, 1.0 + 0.5 * k))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.imshow(counts.numpy(), cmap="Blues")
+    axes.set_xticks(range(k), classes, rotation=45, ha="right")
+    axes.set_yticks(range(k), classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    peak = float(counts.max()) or 1.0
+    for i in range(k):
+        for j in range(k):
+            value = int(counts[i, j])
+            axes.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                      color="white" if value > peak / 2 else "black")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Translation
+# ---------------------------------------------------------------------------------------------
+
+_CJK_FALLBACK = {"ja": "char", "zh": "zh", "ko": "char"}
+
+
+def bleu_tokenizer_for(target_lang: str) -> str:
+    """sacrebleu's tokeniser for a target language: ``ja-mecab`` for Japanese if MeCab imports, else
+    ``char``; ``zh`` for Chinese; ``13a`` otherwise."""
+    if target_lang == "ja":
+        try:
+            import MeCab  # noqa: F401  (sacrebleu[ja])
+        except ImportError:
+            logger.warning("MeCab is not installed (pip install 'sacrebleu[ja]'); BLEU uses tokenize='char'")
+            return "char"
+        return "ja-mecab"
+    return _CJK_FALLBACK.get(target_lang, "13a")
+
+
+def translation_metrics(hypotheses: Sequence[str], references: Sequence[str], target_lang: str) -> dict[str, Any]:
+    """Corpus BLEU and chrF (sacrebleu) with their signatures, and the exact-match rate.
+
+    Args:
+        hypotheses: decoded system outputs.
+        references: one reference per hypothesis.
+        target_lang: picks BLEU's tokeniser (:func:`bleu_tokenizer_for`).
+    """
+    from sacrebleu.metrics import BLEU, CHRF
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    bleu, chrf = BLEU(tokenize=bleu_tokenizer_for(target_lang)), CHRF()
+    bleu_score = bleu.corpus_score(list(hypotheses), [list(references)])
+    chrf_score = chrf.corpus_score(list(hypotheses), [list(references)])
+    exact = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references))
+    return {
+        "bleu": bleu_score.score,
+        "chrf": chrf_score.score,
+        "exact_match": exact / max(len(references), 1),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }

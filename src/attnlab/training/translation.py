@@ -1,0 +1,213 @@
+"""Translation as a :class:`~attnlab.training.task.Task`: a Transformer on a parallel corpus.
+
+SentencePiece is trained on the train split only and saved with every checkpoint; batches are
+token-budget batches; the loss is label-smoothed cross-entropy over non-pad target tokens; dev
+evaluation reports loss, perplexity, BLEU and chrF (sacrebleu, with signatures) and exact match
+of greedy translations from :mod:`attnlab.decoding`.
+
+Shapes: B batch, S source length, T target length, V target vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnlab.data import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    ParallelCorpus,
+    TokenBudgetBatchSampler,
+    TranslationBatch,
+    TranslationDataset,
+    TranslationExample,
+    TranslationTokenizer,
+    collate_translation,
+    prepare_corpus,
+)
+from attnlab.training.config import RunConfig
+from attnlab.training.metrics import translation_metrics
+
+__all__ = ["TranslationTask", "TOKENIZER_DIR", "strip_special"]
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_DIR = "tokenizer"
+_SPLITS = ("train", "dev", "test")
+
+
+def strip_special(ids: Sequence[int]) -> list[int]:
+    """Generated ids up to (not including) the first EOS, without padding."""
+    out = []
+    for token in ids:
+        if token == EOS_ID:
+            break
+        if token != PAD_ID:
+            out.append(token)
+    return out
+
+
+class TranslationTask:
+    """Sequence-to-sequence translation; selects checkpoints on dev BLEU.
+
+    Args:
+        config: a run config with ``task: translation`` and a ``transformer`` model.
+    """
+
+    unit = "tokens"
+    eval_split = "dev"
+    selection_metric = "bleu"
+    selection_mode = "max"
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.corpus: ParallelCorpus | None = None
+        self.tokenizer: TranslationTokenizer | None = None
+        self.model_config: Any = None
+        self.device = torch.device("cpu")
+        self._train: tuple[TranslationDataset, TokenBudgetBatchSampler] | None = None
+
+    # ----------------------------------------------------------------------------- setup
+    def prepare(self, device: torch.device, restore_from: Path | None = None, *, need_data: bool = True) -> None:
+        """Prepare the corpus; load the tokenizer from ``restore_from`` or train it on the train split."""
+        self.device = device
+        if need_data:
+            self.corpus = prepare_corpus(self.config.data.corpus)
+        saved = Path(restore_from) / TOKENIZER_DIR if restore_from is not None else None
+        if saved is not None:
+            if not (saved / "tokenizer.json").is_file():
+                raise FileNotFoundError(f"checkpoint {restore_from} is incomplete: missing {TOKENIZER_DIR}/tokenizer.json")
+            self.tokenizer = TranslationTokenizer.load(saved)
+        elif self.corpus is not None:
+            logger.info("training SentencePiece on %d train pairs", len(self.corpus.train))
+            self.tokenizer = TranslationTokenizer.train(self.corpus.train, self.config.data.tokenizer)
+        else:
+            raise ValueError("prepare needs data or a checkpoint to read the tokenizer from")
+        self._train = None
+
+    @property
+    def target_lang(self) -> str:
+        """The target language code (picks BLEU's tokeniser)."""
+        return self.config.data.corpus.target_lang
+
+    def build_model(self) -> nn.Module:
+        """A Transformer sized to the tokenizer's vocabularies, on the task's device."""
+        from attnlab.models.transformer import Transformer
+
+        derived = {"src_vocab_size": self.tokenizer.source.vocab_size,
+                   "tgt_vocab_size": self.tokenizer.target.vocab_size,
+                   "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID}
+        self.model_config = self.config.model.resolve(**derived)
+        return Transformer(self.model_config).to(self.device)
+
+    def resolved_config(self) -> RunConfig:
+        """The config with every model field written out."""
+        model = dataclasses.replace(self.config.model, preset=None, params=self.model_config.to_dict())
+        return dataclasses.replace(self.config, model=model)
+
+    def model_width(self) -> int:
+        return self.model_config.d_model
+
+    # ----------------------------------------------------------------------------- training
+    def _dataset(self, split: str) -> TranslationDataset:
+        if split not in _SPLITS:
+            raise ValueError(f"split {split!r} is not one of {list(_SPLITS)}")
+        return TranslationDataset.from_pairs(self.corpus.splits[split], self.tokenizer, self.config.data.max_length)
+
+    def _train_data(self) -> tuple[TranslationDataset, TokenBudgetBatchSampler]:
+        if self._train is None:
+            dataset = self._dataset("train")
+            sampler = TokenBudgetBatchSampler(dataset.costs(), self.config.data.max_tokens, seed=self.config.seed)
+            self._train = (dataset, sampler)
+        return self._train
+
+    def batches_per_epoch(self) -> int:
+        dataset, sampler = self._train_data()
+        return len(sampler.batches_for_epoch(0))
+
+    def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[TranslationBatch]:
+        dataset, sampler = self._train_data()
+        sampler.set_epoch(epoch, skip_batches=start_batch)
+        return (collate_translation([dataset[i] for i in indices]) for indices in sampler)
+
+    def batch_units(self, batch: TranslationBatch) -> int:
+        return int(batch.src_lengths.sum()) + batch.num_target_tokens
+
+    def loss(self, model: nn.Module, batch: TranslationBatch, label_smoothing: float | None = None) -> tuple[torch.Tensor, int]:
+        """Summed label-smoothed cross-entropy over non-pad target tokens, and their count."""
+        batch = batch.to(self.device)
+        logits = model(batch.src, batch.tgt_in).float()  # (B, T, V)
+        smoothing = self.config.training.label_smoothing if label_smoothing is None else label_smoothing
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tgt_out.reshape(-1),
+                               ignore_index=PAD_ID, reduction="sum", label_smoothing=smoothing)
+        return loss, batch.num_target_tokens
+
+    # ----------------------------------------------------------------------------- evaluation
+    def _eval_batches(self, dataset: TranslationDataset) -> Iterable[TranslationBatch]:
+        sampler = TokenBudgetBatchSampler(dataset.costs(), self.config.data.eval_max_tokens, shuffle=False)
+        return (collate_translation([dataset[i] for i in indices]) for indices in sampler)
+
+    def evaluate(self, model: nn.Module, split: str, output_dir: Path | None = None) -> dict[str, Any]:
+        """Loss and perplexity (no smoothing) on a split; BLEU, chrF and exact match of greedy translations."""
+        dataset = self._dataset(split)
+        total, tokens = 0.0, 0
+        for batch in self._eval_batches(dataset):
+            loss, count = self.loss(model, batch, label_smoothing=0.0)
+            total, tokens = total + float(loss), tokens + count
+        loss = total / max(tokens, 1)
+        pairs = self.corpus.splits[split][: self.config.data.eval_max_sentences]
+        hypotheses = self.translate(model, [source for source, _ in pairs])
+        references = [target for _, target in pairs]
+        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "sentences": len(pairs),
+                   **translation_metrics(hypotheses, references, self.target_lang)}
+        if output_dir is not None:
+            path = Path(output_dir) / f"translations_{split}.tsv"
+            rows = [f"{s}\t{r}\t{h}" for (s, r), h in zip(pairs, hypotheses)]
+            path.write_text("source\treference\thypothesis\n" + "\n".join(rows) + "\n", encoding="utf-8")
+            metrics["translations_file"] = str(path)
+        return metrics
+
+    def write_extras(self, directory: Path) -> None:
+        """The SentencePiece model(s) under ``tokenizer/``."""
+        target = Path(directory) / TOKENIZER_DIR
+        target.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(target)
+
+    # ----------------------------------------------------------------------------- inference
+    def translate(self, model: nn.Module, texts: Sequence[str], beam_size: int = 1,
+                  batch_size: int = 64) -> list[str]:
+        """Translate sentences with greedy (``beam_size`` 1) or beam search, in input order."""
+        from attnlab.decoding import beam_search, greedy_search
+
+        data = self.config.data
+        ids = self.tokenizer.source.encode(list(texts))
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch together
+        outputs: dict[int, str] = {}
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                examples = [TranslationExample(i, ids[i][: data.max_length] or [EOS_ID], []) for i in rows]
+                src = collate_translation(examples).src.to(self.device)  # (B, S)
+                if beam_size > 1:
+                    result = beam_search(model, src, beam_size=beam_size, max_len_a=data.max_decode_len_a,
+                                         max_len_b=data.max_decode_len_b)
+                    tokens = result.tokens[:, 0] if result.tokens.dim() == 3 else result.tokens  # (B, T)
+                else:
+                    tokens = greedy_search(model, src, max_len_a=data.max_decode_len_a,
+                                           max_len_b=data.max_decode_len_b).tokens  # (B, T)
+                decoded = self.tokenizer.target.decode([strip_special(row) for row in tokens.tolist()])
+                outputs.update(zip(rows, decoded))
+        model.train(was_training)
+        return [outputs[i] for i in range(len(ids))]
+
