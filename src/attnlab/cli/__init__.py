@@ -1,0 +1,1 @@
+"""The ``attnlab`` command: thin argparse subcommands over the library (see :mod:`attnlab.cli.main`)."""

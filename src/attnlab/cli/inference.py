@@ -1,0 +1,67 @@
+"""``attnlab evaluate | translate | classify RUN_DIR ...``: use a trained run's best checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from attnlab.cli.format import format_metrics
+from attnlab.training.runs import load_run
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``evaluate``, ``translate`` and ``classify``."""
+    evaluate = subparsers.add_parser("evaluate", help="metrics of a run's best checkpoint on a split")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--split", default="test", help="test (default), val/dev or train")
+    evaluate.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    evaluate.set_defaults(func=run_evaluate)
+
+    translate = subparsers.add_parser("translate", help="translate --text or stdin lines with a translation run")
+    translate.add_argument("run_dir")
+    translate.add_argument("--text", action="append", help="a sentence (repeatable); otherwise stdin, one per line")
+    translate.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    translate.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    translate.set_defaults(func=run_translate)
+
+    classify = subparsers.add_parser("classify", help="top-k labels of image files with a classification run")
+    classify.add_argument("run_dir")
+    classify.add_argument("images", nargs="+", metavar="IMAGE")
+    classify.add_argument("--top-k", type=int, default=3)
+    classify.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    classify.set_defaults(func=run_classify)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Print the metrics and write ``RUN_DIR/<split>_metrics.json`` (plus plots / translations)."""
+    loaded = load_run(args.run_dir, args.checkpoint, need_data=True)
+    with torch.no_grad():
+        metrics = loaded.task.evaluate(loaded.model, args.split, output_dir=Path(args.run_dir))
+    out = Path(args.run_dir) / f"{args.split}_metrics.json"
+    out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(f"{args.split} ({loaded.checkpoint}): {format_metrics(metrics)}")
+    print(f"wrote {out}")
+    return 0
+
+
+def run_translate(args: argparse.Namespace) -> int:
+    """One translation per input line, in order."""
+    if args.beam < 1:
+        raise ValueError(f"--beam must be >= 1, got {args.beam}")
+    loaded = load_run(args.run_dir, args.checkpoint, task="translation")
+    texts = args.text if args.text else [line.rstrip("\n") for line in sys.stdin]
+    for line in loaded.task.translate(loaded.model, texts, beam_size=args.beam):
+        print(line)
+    return 0
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    """``IMAGE: label (p), label (p), ...`` per image."""
+    loaded = load_run(args.run_dir, args.checkpoint, task="classification")
+    for path, top in zip(args.images, loaded.task.classify(loaded.model, args.images, args.top_k)):
+        print(f"{path}: " + ", ".join(f"{label} ({p:.3f})" for label, p in top))
+    return 0

@@ -1,0 +1,84 @@
+"""Reading a finished (or running) run back for evaluation and inference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from attnlab.training import checkpoints as ckpt
+from attnlab.training.config import ConfigError, RunConfig
+from attnlab.training.task import Task, build_task
+from attnlab.training.trainer import resolve_device
+
+__all__ = ["LoadedRun", "load_run"]
+
+
+@dataclass
+class LoadedRun:
+    """A model restored from a checkpoint, with its task and config.
+
+    Attributes:
+        config: the resolved config saved in the checkpoint.
+        task: the task, prepared (data loaded only if asked).
+        model: the model in eval mode with the checkpoint's weights.
+        checkpoint: the checkpoint directory read.
+    """
+
+    config: RunConfig
+    task: Task
+    model: nn.Module
+    checkpoint: Path
+
+
+def _checkpoint_of(run_dir: Path, which: str) -> Path:
+    if not run_dir.is_dir():
+        raise ckpt.CheckpointError(f"run directory {run_dir} does not exist")
+    names = ("best", "last") if which == "best" else (which,)
+    for name in names:
+        found = ckpt.find_checkpoint(run_dir, name)
+        if found is not None:
+            return found
+    wanted = " or ".join(str(ckpt.checkpoint_dir(run_dir, n)) for n in names)
+    raise ckpt.CheckpointError(f"{run_dir} holds no checkpoint: missing {wanted}")
+
+
+def load_run(run_dir: str | Path, which: str = "best", *, need_data: bool = False, device: str = "cpu",
+             task: str | None = None) -> LoadedRun:
+    """Restore the model of a run directory.
+
+    Args:
+        run_dir: the run's ``output_dir``, or a checkpoint directory itself.
+        which: ``best`` (falls back to ``last``) or ``last``.
+        need_data: also load the data set (for evaluation); inference needs only the checkpoint.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        task: if given, the task the caller needs; another task fails naming both.
+
+    Raises:
+        CheckpointError: no checkpoint, or a missing/corrupt file (named).
+        ConfigError: the saved config is unreadable, or the run is not a ``task`` run.
+    """
+    run_dir = Path(run_dir)
+    directory = run_dir if (run_dir / ckpt.MODEL_FILE).exists() else _checkpoint_of(run_dir, which)
+    try:
+        config = RunConfig.from_dict(yaml.safe_load(ckpt.read_config_text(directory)))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{directory / ckpt.CONFIG_FILE} is not valid YAML: {error}") from error
+    if task is not None and config.task != task:
+        raise ConfigError(f"{run_dir} is a {config.task} run ({config.model.type} model); this command needs a {task} run")
+    built = build_task(config)
+    built.prepare(resolve_device(device), restore_from=directory, need_data=need_data)
+    torch.manual_seed(config.seed)
+    model = built.build_model()
+    ckpt.load_weights(model, directory)
+    model.eval()
+    return LoadedRun(config, built, model, directory)
+
+
+def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics worth printing: scalars and signatures (no matrices)."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
