@@ -1,0 +1,104 @@
+"""The trainer: exact resume, bad batches skipped and reported, best/last checkpoints, budgets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from attnlab.training import RunConfig, Trainer
+from attnlab.training.checkpoints import checkpoint_dir, load_trainer_state
+from attnlab.training.classification import ClassificationTask
+
+
+class Stop(Exception):
+    """Stands in for the process being killed."""
+
+
+def params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path, tiny_digits_config):
+    # 10 batches per epoch: the run crosses an epoch boundary, is killed after step 13 (last
+    # checkpoint at step 12, mid-epoch), resumes, and must match the uninterrupted run at 16.
+    settings = dict(max_steps=16, checkpoint_every=4, eval_every=6)
+    straight = Trainer(RunConfig.from_dict(tiny_digits_config(str(tmp_path / "a"), **settings)))
+    straight.run()
+
+    def kill_at_13(event):
+        if event.kind == "step" and event.step == 13:
+            raise Stop
+
+    config = RunConfig.from_dict(tiny_digits_config(str(tmp_path / "b"), **settings))
+    with pytest.raises(Stop):
+        Trainer(config, progress=kill_at_13).run()
+    assert load_trainer_state(checkpoint_dir(tmp_path / "b", "last"))["trainer"]["step"] == 12
+    resumed = Trainer(config)
+    resumed.run()
+    assert resumed.resumed_from is not None and resumed.state.step == 16
+    expected, actual = params(straight), params(resumed)
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    a, b = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(a[i]["exp_avg_sq"], b[i]["exp_avg_sq"]) for i in a)
+
+
+class FlakyTask(ClassificationTask):
+    """Gives a NaN loss on the 2nd batch and raises on the 4th."""
+
+    calls = 0
+
+    def loss(self, model, batch):
+        self.calls += 1
+        if self.calls == 2:
+            return torch.tensor(float("nan"), requires_grad=True), 1
+        if self.calls == 4:
+            raise ValueError("corrupt example 17")
+        return super().loss(model, batch)
+
+
+def test_bad_batches_are_skipped_and_reported(tmp_path, tiny_digits_config):
+    config = RunConfig.from_dict(tiny_digits_config(str(tmp_path), max_steps=6))
+    events = []
+    trainer = Trainer(config, task=FlakyTask(config), progress=events.append)
+    result = trainer.run()
+    assert result.step == 6 and result.bad_batches == 2
+    assert trainer.state.batch_in_epoch == 8  # 6 trained + 2 skipped
+    skips = [e.message for e in events if e.kind == "skip"]
+    assert "non-finite loss nan" in skips[0] and "corrupt example 17" in skips[1]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in records if r["kind"] == "skip"] == [1, 3]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_too_many_bad_batches_stop_the_run(tmp_path, tiny_digits_config):
+    from attnlab.training import TrainingError
+
+    class Broken(ClassificationTask):
+        def loss(self, model, batch):
+            raise RuntimeError("always")
+
+    config = RunConfig.from_dict(tiny_digits_config(str(tmp_path), max_steps=6, max_bad_batches=2))
+    with pytest.raises(TrainingError, match="3 bad batches.*always"):
+        Trainer(config, task=Broken(config)).run()
+
+
+def test_evaluation_keeps_best_and_last_and_early_stops(tmp_path, tiny_digits_config):
+    config = RunConfig.from_dict(tiny_digits_config(
+        str(tmp_path), max_steps=200, eval_every=2, early_stopping_patience=2, final_split="test", lr=0.0))
+    result = Trainer(config).run()  # lr 0: no improvement after the first evaluation
+    assert result.stop_reason == "early_stopping" and result.step == 6
+    assert result.best_step == 2
+    for name in ("best", "last"):
+        assert {"model.safetensors", "config.yaml", "trainer_state.pt", "image_spec.json"} <= {
+            p.name for p in checkpoint_dir(tmp_path, name).iterdir()}
+    assert 0.0 <= result.final_metrics["accuracy"] <= 1.0
+    assert (tmp_path / "confusion_test.png").stat().st_size > 1000
+    saved = RunConfig.from_dict(__import__("yaml").safe_load((tmp_path / "config.yaml").read_text()))
+    assert saved.model.params["num_classes"] == 10 and saved.model.params["embed_dim"] == 16
+
+
+def test_time_budget_stops_the_run(tmp_path, tiny_digits_config):
+    config = RunConfig.from_dict(tiny_digits_config(str(tmp_path), max_minutes=1e-6))
+    assert Trainer(config).run().stop_reason == "max_minutes"
