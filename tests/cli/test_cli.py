@@ -1,0 +1,98 @@
+"""The attnlab command: train writes checkpoints and metrics, classify prints labels, errors exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from attnlab.cli.main import main
+
+REPO = Path(__file__).parents[2]
+
+
+def write_config(tmp_path: Path, **training) -> Path:
+    config = {
+        "task": "classification", "seed": 0, "output_dir": str(tmp_path / "run"),
+        "model": {"type": "cnn", "channels": [8, 16], "blocks": [1, 1], "attention": "se", "reduction": 4},
+        "data": {"dataset": "digits", "batch_size": 128, "augment": False},
+        "training": {"max_steps": 6, "eval_every": 3, "schedule": "constant", "warmup_steps": 2, "lr": 3e-3,
+                     "num_threads": 1, "tensorboard": False, "eval_at_epoch_end": False, **training},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("cli")
+    code = main(["train", str(write_config(tmp_path)), "training.max_steps=6", "--no-progress"])
+    assert code == 0
+    return tmp_path / "run"
+
+
+def test_train_writes_checkpoints_metrics_and_config(trained_run):
+    for name in ("best", "last"):
+        assert (trained_run / "checkpoints" / name / "model.safetensors").is_file()
+    kinds = [json.loads(line)["kind"] for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert kinds.count("val") == 2 and kinds[-1] == "test"
+    assert yaml.safe_load((trained_run / "config.yaml").read_text())["model"]["attention"] == "se"
+    assert (trained_run / "confusion_test.png").is_file()
+
+
+def test_train_resumes_and_fresh_starts_over(trained_run, capsys):
+    config = trained_run.parent / "tiny.yaml"
+    assert main(["train", str(config), "training.max_steps=8", "--no-progress"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert main(["train", str(config), "training.max_steps=2", "--fresh", "--no-progress"]) == 0
+    assert "stopped: max_steps at step 2" in capsys.readouterr().out
+
+
+def test_classify_prints_top_labels_for_a_png(trained_run, tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    path = tmp_path / "digit.png"
+    Image.fromarray(np.rint(digits.images[0] * 255 / 16).astype(np.uint8), mode="L").save(path)
+    assert main(["classify", str(trained_run), str(path), "--top-k", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{path}: ")
+    labels = line.split(": ", 1)[1].split(", ")
+    assert len(labels) == 2 and all(label.split(" (")[0] in "0123456789" for label in labels)
+
+
+def test_evaluate_prints_test_metrics(trained_run, capsys):
+    assert main(["evaluate", str(trained_run), "--split", "test"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert json.loads((trained_run / "test_metrics.json").read_text())["examples"] == 359
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
+    assert main(["train", str(write_config(tmp_path)), "model.d_model=64"]) == 2
+    err = capsys.readouterr().err
+    assert "model.d_model" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_checkpoint_and_wrong_task_exit_2(trained_run, tmp_path, capsys):
+    assert main(["classify", str(tmp_path / "nowhere"), "x.png"]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+    assert main(["translate", str(trained_run), "--text", "hello"]) == 2
+    assert "is a classification run" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    (broken / "checkpoints" / "best").mkdir(parents=True)
+    assert main(["evaluate", str(broken)]) == 2
+    assert "missing config.yaml" in capsys.readouterr().err
+
+
+def test_console_entry_point_exit_code(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "attnlab.cli.main", "train", str(write_config(tmp_path)),
+                             "training.bogus=1"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert "training.bogus" in result.stderr
