@@ -147,9 +147,12 @@ class DecoderLayer(_ResidualBlock):
             (a head dim after B when not averaged) or None.
         """
 
+        # One new query (a decoding step) may see every cached key: no causal mask to build.
+        causal = x.shape[1] > 1
+
         def self_attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
             return self.self_attn(
-                h, h, h, key_padding_mask=tgt_key_padding_mask, is_causal=True, cache=self_cache,
+                h, h, h, key_padding_mask=tgt_key_padding_mask, is_causal=causal, cache=self_cache,
                 need_weights=need_weights, average_attn_weights=average_attn_weights,
             )
 

@@ -1,0 +1,230 @@
+"""Translation Transformer: training vs ``torch.nn.Transformer``, decoding vs Hugging Face Marian.
+
+(a) training tokens/s (forward, backward, Adam step) of ``attnlab.models.transformer`` against
+    ``nn.Transformer`` with the same embeddings, positions and tied output projection;
+(b) greedy and (c) beam-5 decoding tokens/s with our KV cache against ``MarianMTModel.generate``
+    (randomly initialised, same sizes), batch 8, EOS suppressed so both make exactly N tokens.
+
+Peers run interleaved (A B A B) in one process on 2 threads after a warm-up; the result is the
+ratio of medians. Blocks during which other processes used a noticeable share of the CPU are
+dropped (when enough remain). Prints a table and writes ``benchmarks/results/translation.json``.
+
+    .venv/bin/python benchmarks/translation.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.decoding import beam_search, greedy_search
+from attnlab.layers import SinusoidalPositionalEncoding
+from attnlab.models.transformer import Transformer, TransformerConfig
+
+PAD, BOS, EOS = 0, 2, 3
+FOREIGN_CPU_LIMIT = 0.25  # drop blocks where other processes used more than this share of all cores
+
+
+class TorchSeq2Seq(nn.Module):
+    """``nn.Transformer`` with what ours has around it: scaled embeddings, sinusoidal positions,
+    dropout and an output projection tied to the target embedding."""
+
+    def __init__(self, c: TransformerConfig) -> None:
+        super().__init__()
+        self.d_model = c.d_model
+        self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.positional = SinusoidalPositionalEncoding(c.d_model, c.max_len)
+        self.dropout = nn.Dropout(c.dropout)
+        self.transformer = nn.Transformer(
+            c.d_model, c.num_heads, c.num_encoder_layers, c.num_decoder_layers, c.dim_feedforward,
+            c.dropout, batch_first=True, norm_first=c.norm_first,
+        )
+        self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self.output.weight = self.tgt_embed.weight
+
+    def _embed(self, embedding: nn.Embedding, tokens: Tensor) -> Tensor:
+        return self.dropout(self.positional(embedding(tokens) * math.sqrt(self.d_model)))
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        src_mask = src.eq(PAD)
+        length = tgt_in.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool).triu(1)  # bool like the padding masks: no conversion
+        hidden = self.transformer(
+            self._embed(self.src_embed, src), self._embed(self.tgt_embed, tgt_in), tgt_mask=causal,
+            src_key_padding_mask=src_mask, memory_key_padding_mask=src_mask, tgt_is_causal=True,
+        )
+        return self.output(hidden)
+
+
+def cpu_busy() -> tuple[float, float]:
+    """(busy jiffies of the whole machine, CPU seconds of this process)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float, float]:
+    """Wall seconds of ``fn()``, its CPU seconds, and the share of all cores other processes used meanwhile."""
+    busy0, own0 = cpu_busy()
+    start = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - start
+    busy1, own1 = cpu_busy()
+    foreign = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * os.cpu_count())
+    return wall, own1 - own0, foreign
+
+
+def compare(name: str, peers: dict[str, Callable[[], object]], tokens: int, repeats: int, warmup: int) -> dict:
+    """Interleave the peers ``repeats`` times; tokens/s medians and their ratio (first / second)."""
+    for _ in range(warmup):
+        for fn in peers.values():
+            fn()
+    samples = {peer: [] for peer in peers}
+    for _ in range(repeats):
+        for peer, fn in peers.items():
+            samples[peer].append(timed(fn))
+    quiet = [i for i in range(repeats) if all(samples[p][i][2] <= FOREIGN_CPU_LIMIT for p in peers)]
+    kept = quiet if len(quiet) >= 2 else list(range(repeats))
+    result = {"case": name, "tokens_per_call": tokens, "repeats": repeats, "kept": len(kept), "peers": {}}
+    for peer in peers:
+        times, cpu = [samples[peer][i][0] for i in kept], [samples[peer][i][1] for i in kept]
+        result["peers"][peer] = {
+            "median_s": statistics.median(times), "min_s": min(times), "median_cpu_s": statistics.median(cpu),
+            "tokens_per_s": tokens / statistics.median(times),
+            "foreign_cpu": [round(samples[peer][i][2], 3) for i in range(repeats)],
+        }
+    first, second = result["peers"].values()
+    result["speedup"] = second["median_s"] / first["median_s"]
+    result["cpu_time_speedup"] = second["median_cpu_s"] / first["median_cpu_s"]
+    return result
+
+
+def random_batch(batch: int, length: int, vocab: int, seed: int) -> Tensor:
+    """``(B, L)`` token ids ending in EOS, lengths between L/2 and L, padded with PAD."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(4, vocab, (batch, length), generator=g)
+    lengths = torch.randint(length // 2, length + 1, (batch,), generator=g)
+    lengths[0] = length
+    positions = torch.arange(length)[None, :]
+    tokens[positions == lengths[:, None] - 1] = EOS
+    return tokens.masked_fill(positions >= lengths[:, None], PAD)
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, src: Tensor, tgt: Tensor) -> Callable[[], None]:
+    def step() -> None:
+        logits = model(src, tgt[:, :-1])
+        loss = nn.functional.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], ignore_index=PAD)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bench_training(config: TransformerConfig, batch: int, length: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    ours, ref = Transformer(config).train(), TorchSeq2Seq(config).train()
+    src, tgt = random_batch(batch, length, config.src_vocab_size, 1), random_batch(batch, length + 1, config.tgt_vocab_size, 2)
+    tgt[:, 0] = BOS
+    peers = {
+        "attnlab": training_step(ours, torch.optim.Adam(ours.parameters(), lr=1e-4), src, tgt),
+        "nn.Transformer": training_step(ref, torch.optim.Adam(ref.parameters(), lr=1e-4), src, tgt),
+    }
+    tokens = int(tgt[:, 1:].ne(PAD).sum() + src.ne(PAD).sum())
+    return compare("training (fwd+bwd+Adam)", peers, tokens, repeats, warmup=1)
+
+
+def marian(config: TransformerConfig):
+    from transformers import MarianConfig, MarianMTModel
+
+    hf_config = MarianConfig(
+        vocab_size=config.tgt_vocab_size, d_model=config.d_model,
+        encoder_layers=config.num_encoder_layers, decoder_layers=config.num_decoder_layers,
+        encoder_attention_heads=config.num_heads, decoder_attention_heads=config.num_heads,
+        encoder_ffn_dim=config.dim_feedforward, decoder_ffn_dim=config.dim_feedforward,
+        activation_function=config.activation, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        max_position_embeddings=config.max_len, scale_embedding=True, share_encoder_decoder_embeddings=True,
+        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS,
+        # No forced EOS at the last step: both sides make exactly N tokens with EOS suppressed.
+        forced_eos_token_id=None,
+    )
+    return MarianMTModel(hf_config).eval()
+
+
+def bench_decoding(config: TransformerConfig, beam: int, batch: int, src_len: int, new_tokens: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    ours, hf = Transformer(config).eval(), marian(config)
+    src = random_batch(batch, src_len, config.src_vocab_size, 3)
+    mask = src.ne(PAD)
+
+    @torch.no_grad()
+    def run_ours() -> Tensor:
+        search = greedy_search if beam == 1 else beam_search
+        kwargs = {} if beam == 1 else {"beam_size": beam}
+        out = search(ours, src, max_len_a=0.0, max_len_b=new_tokens, min_len=new_tokens, **kwargs).tokens
+        assert out.shape[-1] == new_tokens, out.shape
+        return out
+
+    @torch.no_grad()
+    def run_hf() -> Tensor:
+        out = hf.generate(
+            input_ids=src, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            num_beams=beam, do_sample=False, early_stopping=False,
+        )
+        assert out.shape[-1] == new_tokens + 1, out.shape  # + the decoder start token
+        return out
+
+    name = "greedy decoding" if beam == 1 else f"beam {beam} decoding"
+    return compare(name, {"attnlab (KV cache)": run_ours, "HF Marian generate": run_hf}, batch * new_tokens, repeats, warmup=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the 'small' preset and fewer repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "translation.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    preset = "small" if args.quick else "base"
+    repeats = args.repeats or (3 if args.quick else 5)
+    config = TransformerConfig.from_preset(preset, src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True)
+    results = [
+        bench_training(config, batch=8, length=32, repeats=repeats),
+        bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=64, repeats=repeats),
+        bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=64, repeats=max(2, repeats - 2)),
+    ]
+    print(f"preset {preset}: d_model {config.d_model}, heads {config.num_heads}, layers {config.num_encoder_layers}+"
+          f"{config.num_decoder_layers}, FFN {config.dim_feedforward}, vocab {config.tgt_vocab_size}; 2 threads")
+    print(f"{'case':24} {'peer':20} {'tokens/s':>9} {'median s':>9} {'min s':>8} {'cpu s':>7} {'others':>7} "
+          f"{'kept':>5} {'speedup':>8} {'cpu-time':>8}")
+    for r in results:
+        for i, (peer, p) in enumerate(r["peers"].items()):
+            ratio = f"{r['speedup']:.2f}x" if i == 1 else ""
+            cpu_ratio = f"{r['cpu_time_speedup']:.2f}x" if i == 1 else ""
+            others = statistics.median(p["foreign_cpu"])
+            print(f"{r['case'] if i == 0 else '':24} {peer:20} {p['tokens_per_s']:9.1f} {p['median_s']:9.3f} "
+                  f"{p['min_s']:8.3f} {p['median_cpu_s']:7.3f} {others:7.0%} {r['kept']:>2}/{r['repeats']:<2} "
+                  f"{ratio:>8} {cpu_ratio:>8}")
+    print("speedup = peer median wall time / ours; cpu-time = the same for CPU seconds of this process; "
+          "others = median share of all cores used by other processes while timing")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"preset": preset, "config": config.to_dict(), "threads": 2, "torch": torch.__version__,
+            "machine": platform.machine(), "cpus": os.cpu_count()}
+    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
