@@ -39,6 +39,16 @@ def test_attention_maps_do_not_change_the_logits():
     torch.testing.assert_close(model(x, return_attention=True)[0], model(x))
 
 
+def test_fused_and_explicit_attention_agree():
+    x = torch.randn(2, 2, 8, 8)
+    fused, explicit = tiny(fused_attn=True), tiny(fused_attn=False)
+    explicit.load_state_dict(fused.state_dict())
+    (a, maps_a), (b, maps_b) = fused(x, return_attention=True), explicit(x, return_attention=True)
+    torch.testing.assert_close(a, b)
+    for m, n in zip(maps_a, maps_b):
+        torch.testing.assert_close(m, n)
+
+
 def test_position_interpolation_is_identity_at_the_configured_size():
     model = tiny()
     assert model.position_embeddings((4, 4)) is model.pos_embed

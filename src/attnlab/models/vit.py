@@ -50,6 +50,9 @@ class ViTConfig:
             the final LayerNorm then applies after pooling, as timm's ``fc_norm``).
         layer_norm_eps: epsilon of every LayerNorm (1e-6 in the original JAX code and timm,
             1e-12 in Hugging Face's ``ViTConfig``).
+        fused_attn: the attention's ``fused`` switch: None lets the core choose (on CPU the
+            explicit path below 256 tokens), True forces SDPA (faster for CPU inference at ViT
+            sizes, much slower for bf16 training), False forbids it.
     """
 
     image_size: int = 224
@@ -64,6 +67,7 @@ class ViTConfig:
     attn_dropout: float = 0.0
     pool: str = "cls"
     layer_norm_eps: float = 1e-6
+    fused_attn: bool | None = None
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -128,6 +132,7 @@ class EncoderBlock(nn.Module):
         dropout: dropout inside the MLP and on each branch output.
         attn_dropout: dropout on the attention weights.
         layer_norm_eps: the LayerNorms' epsilon.
+        fused_attn: ``MultiHeadAttention``'s ``fused`` switch.
     """
 
     def __init__(
@@ -138,10 +143,11 @@ class EncoderBlock(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         layer_norm_eps: float = 1e-6,
+        fused_attn: bool | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
-        self.attn = MultiHeadAttention(embed_dim, num_heads, dropout=attn_dropout)
+        self.attn = MultiHeadAttention(embed_dim, num_heads, dropout=attn_dropout, fused=fused_attn)
         self.norm2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
         self.mlp = FeedForward(embed_dim, mlp_dim, dropout=dropout, activation="gelu")
         self.drop = nn.Dropout(dropout)
@@ -175,7 +181,7 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, c.embed_dim))  # E_pos
         self.pos_drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
-            EncoderBlock(c.embed_dim, c.num_heads, c.mlp_dim, c.dropout, c.attn_dropout, c.layer_norm_eps)
+            EncoderBlock(c.embed_dim, c.num_heads, c.mlp_dim, c.dropout, c.attn_dropout, c.layer_norm_eps, c.fused_attn)
             for _ in range(c.depth)
         )
         mean_pool = c.pool == "mean"
