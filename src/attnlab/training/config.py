@@ -81,6 +81,8 @@ _MODEL_REGISTRY: dict[str, tuple[Any, Any, tuple[str, ...]]] = {
     "vit": (lambda: ViTConfig, _vit_presets, ("classification",)),
     "cnn": (lambda: AttentionCNNConfig, dict, ("classification",)),
     "transformer": (_transformer_config_class, _transformer_presets, ("translation",)),
+    "rnn": (lambda: __import__("attnlab.models.rnn_seq2seq", fromlist=["_"]).Seq2SeqConfig,
+            lambda: __import__("attnlab.models.rnn_seq2seq", fromlist=["_"]).PRESETS, ("translation",)),
 }
 MODEL_TYPES = tuple(_MODEL_REGISTRY)
 

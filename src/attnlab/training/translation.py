@@ -107,7 +107,8 @@ class TranslationTask:
                    "tgt_vocab_size": self.tokenizer.target.vocab_size,
                    "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID}
         self.model_config = self.config.model.resolve(**derived)
-        return Transformer(self.model_config).to(self.device)
+        return (__import__("attnlab.models.rnn_seq2seq", fromlist=["_"]).RNNSeq2Seq if self.config.model.type == "rnn"
+                else Transformer)(self.model_config).to(self.device)
 
     def resolved_config(self) -> RunConfig:
         """The config with every model field written out."""
