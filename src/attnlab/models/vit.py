@@ -4,9 +4,9 @@ Notation: B batch, C channels, H x W image, P patch size, N = HW / P^2 patches, 
 (the class token first), E embedding size, H heads (in attention maps), K classes.
 
 Parameter names follow timm's ``VisionTransformer`` (``cls_token``, ``pos_embed``,
-``patch_embed.proj``, ``blocks.i.{norm1,attn,norm2,mlp}``, ``norm``, ``fc_norm``, ``head``), with the
-attention laid out as ``MultiHeadAttention`` (``attn.in_proj_weight``, ``attn.out_proj``);
-``attnlab.models.vit_interop`` maps timm and Hugging Face checkpoints onto it.
+``patch_embed.proj``, ``blocks.i``, ``norm``, ``fc_norm``, ``head``); each block is the shared
+pre-norm ``EncoderLayer`` (``norm1``, ``self_attn`` laid out as ``MultiHeadAttention``, ``norm2``,
+``ffn``). ``attnlab.models.vit_interop`` maps timm and Hugging Face checkpoints onto it.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.data.config import dataclass_from_dict
-from attnlab.layers.feedforward import FeedForward
-from attnlab.layers.multihead import MultiHeadAttention
 from attnlab.layers.patch_embed import PatchEmbed, resample_position_embeddings
+from attnlab.layers.transformer_blocks import EncoderLayer
 
 logger = logging.getLogger(__name__)
 
@@ -120,53 +119,13 @@ def vit_config(name: str, **overrides: Any) -> ViTConfig:
     return ViTConfig.from_dict({**VIT_CONFIGS[name].to_dict(), **overrides})
 
 
-class EncoderBlock(nn.Module):
-    """A pre-norm Transformer encoder block (ViT, Eq. 2-3).
-
-    z'_l = MSA(LN(z_{l-1})) + z_{l-1};  z_l = MLP(LN(z'_l)) + z'_l, the MLP with a GELU.
-
-    Args:
-        embed_dim: E.
-        num_heads: heads of the self-attention.
-        mlp_dim: the MLP hidden size.
-        dropout: dropout inside the MLP and on each branch output.
-        attn_dropout: dropout on the attention weights.
-        layer_norm_eps: the LayerNorms' epsilon.
-        fused_attn: ``MultiHeadAttention``'s ``fused`` switch.
-    """
-
-    def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        mlp_dim: int,
-        dropout: float = 0.0,
-        attn_dropout: float = 0.0,
-        layer_norm_eps: float = 1e-6,
-        fused_attn: bool | None = None,
-    ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
-        self.attn = MultiHeadAttention(embed_dim, num_heads, dropout=attn_dropout, fused=fused_attn)
-        self.norm2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
-        self.mlp = FeedForward(embed_dim, mlp_dim, dropout=dropout, activation="gelu")
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """``(B, T, E) -> (B, T, E)`` and the attention weights ``(B, H, T, T)`` if requested, else None."""
-        h = self.norm1(x)
-        h, weights = self.attn(h, h, h, need_weights=need_weights, average_attn_weights=False)
-        x = x + self.drop(h)
-        x = x + self.drop(self.mlp(self.norm2(x)))
-        return x, weights
-
-
 class ViT(nn.Module):
     """Vision Transformer: patch tokens and a class token through a Transformer encoder.
 
-    z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos (Dosovitskiy et al., 2021, Eq. 1), L blocks of
-    Eq. 2-3, then y = LN(z_L^0) (Eq. 4) and a linear head. Position embeddings are learned for the
-    configured grid and bicubically resampled when the input has another size (Section 3.2).
+    z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos (Dosovitskiy et al., 2021, Eq. 1), L pre-norm
+    ``EncoderLayer`` blocks (Eq. 2-3), then y = LN(z_L^0) (Eq. 4) and a linear head. Position
+    embeddings are learned for the configured grid and bicubically resampled when the input has
+    another size (Section 3.2).
 
     Args:
         config: a ``ViTConfig``.
@@ -180,16 +139,23 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))  # x_class
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, c.embed_dim))  # E_pos
         self.pos_drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(
-            EncoderBlock(c.embed_dim, c.num_heads, c.mlp_dim, c.dropout, c.attn_dropout, c.layer_norm_eps, c.fused_attn)
-            for _ in range(c.depth)
-        )
+        self.blocks = nn.ModuleList(self._build_block(c) for _ in range(c.depth))
         mean_pool = c.pool == "mean"
         self.norm = nn.Identity() if mean_pool else nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps)
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps) if mean_pool else nn.Identity()
         self.head_drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self._init_weights()
+
+    @staticmethod
+    def _build_block(c: ViTConfig) -> EncoderLayer:
+        """A pre-norm encoder block (Eq. 2-3): z' = MSA(LN(z)) + z, z = MLP(LN(z')) + z', GELU MLP."""
+        block = EncoderLayer(
+            c.embed_dim, c.num_heads, c.mlp_dim, dropout=c.dropout, attn_dropout=c.attn_dropout,
+            activation="gelu", norm_first=True, layer_norm_eps=c.layer_norm_eps,
+        )
+        block.self_attn.fused = c.fused_attn
+        return block
 
     def _init_weights(self) -> None:
         """timm's initialisation: truncated normal (std 0.02) for embeddings and linear layers."""
@@ -220,7 +186,7 @@ class ViT(nn.Module):
         x = self.embed(images)
         attentions = []
         for block in self.blocks:
-            x, weights = block(x, need_weights=return_attention)
+            x, weights = block(x, need_weights=return_attention, average_attn_weights=False)
             if return_attention:
                 attentions.append(weights)
         return self.norm(x), attentions

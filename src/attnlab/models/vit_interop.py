@@ -1,7 +1,8 @@
 """Loading Hugging Face and timm Vision Transformer weights into ``attnlab.models.ViT``, and back.
 
-Our ``ViT`` is laid out as timm's ``VisionTransformer`` except for the attention, which is the
-core ``MultiHeadAttention`` (torch's layout: one ``in_proj`` holding [W_q; W_k; W_v]). Keys, with
+Our ``ViT`` is laid out as timm's ``VisionTransformer`` except inside the blocks, which are the
+shared ``EncoderLayer`` (``self_attn`` is the core ``MultiHeadAttention``, torch's layout: one
+``in_proj`` holding [W_q; W_k; W_v]; the MLP is ``ffn``). Keys, with
 ``i`` the block index (Hugging Face ``transformers`` 5.x names, read from the installed version;
 4.x used ``vit.encoder.layer.i.attention.attention.query`` etc. and is not mapped):
 
@@ -12,12 +13,11 @@ attnlab ``ViT``                    timm ``VisionTransformer``       HF ``ViTForI
 ``pos_embed`` (1, 1 + N, E)        ``pos_embed``                    ``vit.embeddings.position_embeddings``
 ``patch_embed.proj.{weight,bias}`` ``patch_embed.proj.*``           ``vit.embeddings.patch_embeddings.projection.*``
 ``blocks.i.norm1.*``               ``blocks.i.norm1.*``             ``vit.layers.i.layernorm_before.*``
-``blocks.i.attn.in_proj_weight``   ``blocks.i.attn.qkv.weight``     ``vit.layers.i.attention.{q,k,v}_proj.weight``
+``blocks.i.self_attn.in_proj_*``   ``blocks.i.attn.qkv.*``          ``vit.layers.i.attention.{q,k,v}_proj.*``
   (3E, E) = [W_q; W_k; W_v]          (3E, E), same order              three (E, E), concatenated in that order
-``blocks.i.attn.in_proj_bias``     ``blocks.i.attn.qkv.bias``       ``vit.layers.i.attention.{q,k,v}_proj.bias``
-``blocks.i.attn.out_proj.*``       ``blocks.i.attn.proj.*``         ``vit.layers.i.attention.o_proj.*``
+``blocks.i.self_attn.out_proj.*``  ``blocks.i.attn.proj.*``         ``vit.layers.i.attention.o_proj.*``
 ``blocks.i.norm2.*``               ``blocks.i.norm2.*``             ``vit.layers.i.layernorm_after.*``
-``blocks.i.mlp.fc1.*`` / ``fc2.*`` ``blocks.i.mlp.fc1.*`` / ``fc2`` ``vit.layers.i.mlp.fc1.*`` / ``fc2.*``
+``blocks.i.ffn.fc1.*`` / ``fc2.*`` ``blocks.i.mlp.fc1.*`` / ``fc2`` ``vit.layers.i.mlp.fc1.*`` / ``fc2.*``
 ``norm.*`` (pool "cls")            ``norm.*``                       ``vit.layernorm.*``
 ``fc_norm.*`` (pool "mean")        ``fc_norm.*`` (global_pool avg)  (none: HF pools the class token)
 ``head.*``                         ``head.*``                       ``classifier.*``
@@ -53,10 +53,10 @@ StateDict = Mapping[str, Tensor]
 # Per-block keys: ours -> HF (after "layers.i."); q/k/v are handled apart.
 _HF_BLOCK = {
     "norm1": "layernorm_before",
-    "attn.out_proj": "attention.o_proj",
+    "self_attn.out_proj": "attention.o_proj",
     "norm2": "layernorm_after",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
+    "ffn.fc1": "mlp.fc1",
+    "ffn.fc2": "mlp.fc2",
 }
 # Top-level keys: ours -> HF (after the ``vit.`` prefix, except the classifier).
 _HF_TOP = {
@@ -66,7 +66,7 @@ _HF_TOP = {
     "norm": "layernorm",
 }
 _HF_DROPPED = ("pooler.", "embeddings.mask_token")
-_TIMM_BLOCK = {"attn.out_proj": "attn.proj"}
+_TIMM_BLOCK = {"self_attn.out_proj": "attn.proj", "ffn.fc1": "mlp.fc1", "ffn.fc2": "mlp.fc2"}
 _BLOCK_KEY = re.compile(r"^(?:blocks|layers)\.(\d+)\.(.+)\.(weight|bias|in_proj_weight|in_proj_bias)$")
 
 
@@ -104,7 +104,7 @@ def hf_to_attnlab(state_dict: StateDict) -> dict[str, Tensor]:
         else:
             raise ValueError(f"Hugging Face key {key!r} has no counterpart in attnlab's ViT")
     for (index, param), parts in qkv.items():
-        out[f"blocks.{index}.attn.in_proj_{param}"] = _fuse_qkv(parts, index, param)
+        out[f"blocks.{index}.self_attn.in_proj_{param}"] = _fuse_qkv(parts, index, param)
     return out
 
 
@@ -138,12 +138,12 @@ def attnlab_to_hf(state_dict: StateDict, *, prefix: str = "vit.") -> dict[str, T
 def timm_to_attnlab(state_dict: StateDict) -> dict[str, Tensor]:
     """Keys of a timm ``VisionTransformer`` (class token, no register tokens) renamed to ours."""
     to_ours = {timm: ours for ours, timm in _TIMM_BLOCK.items()}
-    return {_rename_block(key, to_ours).replace(".attn.qkv.", ".attn.in_proj_"): v for key, v in state_dict.items()}
+    return {_rename_block(key, to_ours).replace(".attn.qkv.", ".self_attn.in_proj_"): v for key, v in state_dict.items()}
 
 
 def attnlab_to_timm(state_dict: StateDict) -> dict[str, Tensor]:
     """Our ViT's state dict as timm ``VisionTransformer`` keys."""
-    return {_rename_block(key.replace(".attn.in_proj_", ".attn.qkv."), _TIMM_BLOCK): v for key, v in state_dict.items()}
+    return {_rename_block(key.replace(".self_attn.in_proj_", ".attn.qkv."), _TIMM_BLOCK): v for key, v in state_dict.items()}
 
 
 def vit_config_from_hf(config: transformers.ViTConfig) -> ViTConfig:
@@ -209,7 +209,7 @@ def vit_to_hf(model: ViT, **hf_kwargs: Any) -> transformers.ViTForImageClassific
 def _hf_block_params(prefix: str, index: int, module: str, param: str, value: Tensor, key: str) -> dict[str, Tensor]:
     """One of our block parameters as HF's; the fused in_proj is split into q, k and v."""
     base = f"{prefix}layers.{index}."
-    if module == "attn" and param.startswith("in_proj_"):
+    if module == "self_attn" and param.startswith("in_proj_"):
         kind = param.removeprefix("in_proj_")
         q, k, v = value.chunk(3, dim=0)  # (3E, E) -> 3 x (E, E), or (3E,) -> 3 x (E,)
         return {f"{base}attention.{name}_proj.{kind}": part for name, part in zip("qkv", (q, k, v))}
