@@ -13,15 +13,6 @@ from attnlab.models.transformer import Transformer, TransformerConfig
 PAD, BOS, EOS = 0, 2, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run hundreds of small ops; on a busy machine a second thread only waits for the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class EosBiased:
     """A Transformer whose EOS logit is raised, so hypotheses end at different steps; records logits."""
 

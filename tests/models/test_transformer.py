@@ -13,15 +13,6 @@ from attnlab.models.transformer import DecoderCache, Transformer, TransformerCon
 D, H, FF = 32, 4, 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run hundreds of small ops; on a busy machine a second thread only waits for the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**overrides) -> TransformerConfig:
     values = dict(d_model=D, num_heads=H, dim_feedforward=FF, num_encoder_layers=2, num_decoder_layers=2, dropout=0.0)
     return TransformerConfig.from_dict({"src_vocab_size": 23, "tgt_vocab_size": 19, **values, **overrides})
