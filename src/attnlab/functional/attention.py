@@ -78,9 +78,8 @@ def attention(
         ``(context, weights)``: C ``(..., Lq, d_v)`` and A ``(..., Lq, Lk)`` (pre-dropout, the
         averaged dim removed) or None. Queries with no allowed key get zero weights and context.
     """
-    _check_inputs(query, key, value)
+    batch_shape = _check_inputs(query, key, value)
     lq, lk = query.shape[-2], key.shape[-2]
-    batch_shape = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
     if mask is not None:
         check_mask(mask, (*batch_shape, lq, lk))
     if not 0.0 <= dropout_p < 1.0:
@@ -96,11 +95,11 @@ def attention(
         raise ValueError(f"fused=True needs score='scaled_dot' and normalize='softmax', got {score!r}, {normalize!r}")
     if is_fast and fused is not False and _prefer_sdpa(query, key, fused):
         context, weights = _sdpa_attention(
-            query, key, value, mask, is_causal, dropout_p, need_weights, scale, weights_average_dim
+            query, key, value, batch_shape, mask, is_causal, dropout_p, need_weights, scale, weights_average_dim
         )
     else:
         context, weights = _explicit_attention(
-            query, key, value, score_fn, norm_fn, mask, is_causal, dropout_p, scale if is_fast else None
+            query, key, value, batch_shape, score_fn, norm_fn, mask, is_causal, dropout_p, scale if is_fast else None
         )
         if not need_weights:
             weights = None
@@ -114,6 +113,7 @@ def _explicit_attention(
     query: Tensor,
     key: Tensor,
     value: Tensor,
+    batch_shape: torch.Size,
     score_fn: ScoreFn,
     norm_fn: NormalizeFn,
     mask: Tensor | None,
@@ -126,7 +126,7 @@ def _explicit_attention(
     if is_causal:
         mask = merge_masks(mask, causal_mask(lq, lk, device=query.device))
     scores = scaled_dot_score(query, key, scale) if score_fn is scaled_dot_score else score_fn(query, key)
-    _check_scores(scores, (*torch.broadcast_shapes(query.shape[:-2], key.shape[:-2]), lq, lk))
+    _check_scores(scores, (*batch_shape, lq, lk))
     weights = norm_fn(scores, mask)  # (..., Lq, Lk)
     context = (F.dropout(weights, dropout_p) if dropout_p > 0 else weights) @ value  # (..., Lq, d_v)
     return context, weights
@@ -179,6 +179,7 @@ def _sdpa_attention(
     query: Tensor,
     key: Tensor,
     value: Tensor,
+    batch_shape: torch.Size,
     mask: Tensor | None,
     is_causal: bool,
     dropout_p: float,
@@ -191,22 +192,23 @@ def _sdpa_attention(
     if is_causal and (mask is not None or lq != lk):
         # SDPA's is_causal aligns the first query with the first key and takes no extra mask.
         sdpa_mask, sdpa_causal = merge_masks(mask, causal_mask(lq, lk, device=query.device)), False
-    q, k, v, m = _as_4d(query, key, value, sdpa_mask)
+    q, k, v, m = _as_4d(query, key, value, batch_shape, sdpa_mask)
     context = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout_p, is_causal=sdpa_causal, scale=scale)
-    context = context.reshape(*torch.broadcast_shapes(query.shape[:-2], key.shape[:-2]), lq, value.shape[-1])
+    context = context.reshape(*batch_shape, lq, value.shape[-1])
     if not need_weights:
         return context, None
     weights = attention_weights(query, key, mask=mask, is_causal=is_causal, scale=scale, average_dim=weights_average_dim)
     return context, weights
 
 
-def _as_4d(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> tuple[Tensor, ...]:
+def _as_4d(
+    query: Tensor, key: Tensor, value: Tensor, batch: torch.Size, mask: Tensor | None
+) -> tuple[Tensor, ...]:
     """(B, H, L, d) views for SDPA's kernels; leading dims beyond two are flattened into B."""
     if query.ndim <= 4 and query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
         pad = (1,) * (4 - query.ndim)
         q, k, v = (x.reshape(*pad, *x.shape) for x in (query, key, value))
         return q, k, v, mask
-    batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
     q, k, v = (x.expand(*batch, *x.shape[-2:]).reshape(-1, 1, *x.shape[-2:]) for x in (query, key, value))
     if mask is not None:
         lq, lk = query.shape[-2], key.shape[-2]
@@ -231,7 +233,8 @@ def _empty_result(
     return context, weights if weights_average_dim is None else weights.mean(weights_average_dim)
 
 
-def _check_inputs(query: Tensor, key: Tensor, value: Tensor) -> None:
+def _check_inputs(query: Tensor, key: Tensor, value: Tensor) -> torch.Size:
+    """Raise on bad ranks, dtypes or lengths; return the broadcast batch shape."""
     for name, x in (("query", query), ("key", key), ("value", value)):
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
@@ -248,8 +251,10 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor) -> None:
         raise ValueError(
             f"key and value must have the same length Lk, got key {tuple(key.shape)} and value {tuple(value.shape)}"
         )
+    if query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
+        return query.shape[:-2]  # the usual case; torch.broadcast_shapes costs more than a decoding step's math
     try:
-        torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        return torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
     except RuntimeError:
         raise ValueError(
             f"batch dims of query {tuple(query.shape)}, key {tuple(key.shape)} and value "

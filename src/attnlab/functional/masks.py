@@ -39,13 +39,11 @@ def check_mask(mask: Tensor, scores_shape: torch.Size | tuple[int, ...], name: s
         raise ValueError(
             f"{name} of shape {tuple(mask.shape)} has more dims than the scores {tuple(scores_shape)}"
         )
-    try:
-        torch.broadcast_shapes(mask.shape, tuple(scores_shape))
-    except RuntimeError:
+    if not all(m in (1, s) for m, s in zip(reversed(mask.shape), reversed(scores_shape))):
         raise ValueError(
             f"{name} of shape {tuple(mask.shape)} does not broadcast to the scores (..., Lq, Lk) = "
             f"{tuple(scores_shape)}"
-        ) from None
+        )
 
 
 def merge_masks(first: Tensor | None, second: Tensor | None) -> Tensor | None:

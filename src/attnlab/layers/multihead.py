@@ -177,14 +177,14 @@ class MultiHeadAttention(nn.Module):
 
         Keys and values are None when a filled static ``cache`` already holds them.
         """
-        w_q, w_k, w_v = self._weights()
-        b_q, b_k, b_v = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
         skip_kv = cache is not None and cache.is_filled
         if query is key and key is value and not skip_kv and self._qkv_same_embed_dim:
             batch, length, _ = query.shape
             qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3E), one GEMM
             qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
             return tuple(qkv.contiguous())  # one copy into the layout the kernels read without copying
+        w_q, w_k, w_v = self._weights()
+        b_q, b_k, b_v = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
         q = F.linear(query, w_q, b_q)
         k = None if skip_kv else F.linear(key, w_k, b_k)
         v = None if skip_kv else F.linear(value, w_v, b_v)
