@@ -117,8 +117,11 @@ class SentencePieceTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
-        """Read a ``.model`` file."""
-        return cls(Path(path).read_bytes())
+        """Read a ``.model`` file; a damaged one raises ``ValueError`` naming it."""
+        try:
+            return cls(Path(path).read_bytes())
+        except RuntimeError as error:  # SentencePiece's parse error does not say which file
+            raise ValueError(f"{path} is not a valid SentencePiece model: {error}") from error
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the ``.model`` file atomically."""

@@ -34,6 +34,7 @@ from attnlab.data import (
     collate_translation,
     prepare_corpus,
 )
+from attnlab.training.checkpoints import CheckpointError
 from attnlab.training.config import RunConfig
 from attnlab.training.metrics import translation_metrics
 
@@ -54,6 +55,23 @@ def strip_special(ids: Sequence[int]) -> list[int]:
         if token != PAD_ID:
             out.append(token)
     return out
+
+
+def _line_numbers(indices: Sequence[int], shown: int = 5) -> str:
+    more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
+    return ", ".join(str(i + 1) for i in indices[:shown]) + more
+
+
+def _warn_unfit_inputs(ids: Sequence[Sequence[int]], max_length: int) -> None:
+    """One warning naming the (1-based) input lines that are empty or cut to ``max_length`` tokens."""
+    empty = [i for i, row in enumerate(ids) if not row]
+    long = [i for i, row in enumerate(ids) if len(row) > max_length]
+    if empty:
+        logger.warning("input line %s: empty; translated as an empty line", _line_numbers(empty))
+    if long:
+        longest = max(len(ids[i]) for i in long)
+        logger.warning("input line %s: longer than max_length=%d tokens (up to %d); only the first %d tokens "
+                       "are translated", _line_numbers(long), max_length, longest, max_length)
 
 
 class TranslationTask:
@@ -86,7 +104,10 @@ class TranslationTask:
         if saved is not None:
             if not (saved / "tokenizer.json").is_file():
                 raise FileNotFoundError(f"checkpoint {restore_from} is incomplete: missing {TOKENIZER_DIR}/tokenizer.json")
-            self.tokenizer = TranslationTokenizer.load(saved)
+            try:
+                self.tokenizer = TranslationTokenizer.load(saved)
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise CheckpointError(f"cannot read the tokenizer of checkpoint {restore_from}: {error}") from error
         elif self.corpus is not None:
             logger.info("training SentencePiece on %d train pairs", len(self.corpus.train))
             self.tokenizer = TranslationTokenizer.train(self.corpus.train, self.config.data.tokenizer)
@@ -191,14 +212,16 @@ class TranslationTask:
 
         data = self.config.data
         ids = self.tokenizer.source.encode(list(texts))
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch together
-        outputs: dict[int, str] = {}
+        _warn_unfit_inputs(ids, data.max_length)
+        # Blank inputs translate to blank lines (a model fed only EOS would invent a sentence).
+        order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))  # similar lengths batch together
+        outputs: dict[int, str] = {i: "" for i in range(len(ids)) if not ids[i]}
         was_training = model.training
         model.eval()
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
-                examples = [TranslationExample(i, ids[i][: data.max_length] or [EOS_ID], []) for i in rows]
+                examples = [TranslationExample(i, ids[i][: data.max_length], []) for i in rows]
                 src = collate_translation(examples).src.to(self.device)  # (B, S)
                 if beam_size > 1:
                     result = beam_search(model, src, beam_size=beam_size, max_len_a=data.max_decode_len_a,
