@@ -1,0 +1,127 @@
+"""attnlab train / translate / evaluate on a tiny generated corpus, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from attnlab.cli.main import main
+from attnlab.training.checkpoints import MODEL_FILE
+
+
+def write_config(tmp_path: Path, corpus: dict | None = None, **training) -> Path:
+    """A 1+1-layer Transformer (d_model 32) on 300 generated en->ja pairs, 30 steps, one thread."""
+    config = {
+        "task": "translation", "seed": 0, "output_dir": str(tmp_path / "run"),
+        "model": {"type": "transformer", "preset": "tiny", "d_model": 32, "num_heads": 2,
+                  "num_encoder_layers": 1, "num_decoder_layers": 1, "dim_feedforward": 64,
+                  "share_embeddings": True},
+        "data": {"corpus": corpus or {"name": "generated", "size": 300, "use_cache": False},
+                 "tokenizer": {"vocab_size": 400}, "max_length": 24, "max_tokens": 512,
+                 "eval_max_sentences": 8, "max_decode_len_a": 1.0, "max_decode_len_b": 4},
+        "training": {"optimizer": "adam", "lr": 1.0, "schedule": "noam", "warmup_steps": 10,
+                     "max_steps": 30, "eval_every": 15, "eval_at_epoch_end": False, "precision": "fp32",
+                     "num_threads": 1, "tensorboard": False, **training},
+    }
+    path = tmp_path / "tiny_translation.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("translate")
+    assert main(["train", str(write_config(tmp_path)), "--no-progress"]) == 0
+    return tmp_path / "run"
+
+
+def test_train_writes_checkpoints_with_tokenizer_and_metrics(trained_run):
+    for name in ("best", "last"):
+        assert (trained_run / "checkpoints" / name / MODEL_FILE).is_file()
+        assert (trained_run / "checkpoints" / name / "tokenizer" / "tokenizer.json").is_file()
+    kinds = [json.loads(line)["kind"] for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert kinds.count("dev") == 2 and kinds[-1] == "test"
+
+
+def test_translate_text_and_stdin_one_line_per_input(trained_run, capsys, monkeypatch):
+    assert main(["translate", str(trained_run), "--text", "March 15, 2024", "--text", "forty-two"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("May 1, 2020\nseven\n"))
+    assert main(["translate", str(trained_run), "--beam", "3"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_evaluate_writes_bleu_and_chrf_with_signatures(trained_run, capsys):
+    assert main(["evaluate", str(trained_run), "--split", "test"]) == 0
+    assert "bleu" in capsys.readouterr().out
+    metrics = json.loads((trained_run / "test_metrics.json").read_text(encoding="utf-8"))
+    assert {"bleu", "chrf", "exact_match", "loss"} <= set(metrics)
+    assert "tok:ja-mecab" in metrics["bleu_signature"] and "nc:6" in metrics["chrf_signature"]
+    assert (trained_run / "translations_test.tsv").read_text(encoding="utf-8").startswith("source\treference\t")
+
+
+def test_bad_input_lines_keep_the_output_aligned_and_are_named(trained_run, capsys, caplog, monkeypatch):
+    # Line 2 is empty, line 3 is far longer than max_length (24), line 4 holds characters the
+    # tokenizer never saw: each still gets exactly one output line, and the problems name their line.
+    lines = ["June 3, 2001", "", " ".join(["twelve"] * 200), "\u2603 \U0001f600 \u0416"]
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("\n".join(lines) + "\n"))
+    with caplog.at_level(logging.WARNING):  # the CLI's logging prints these on stderr
+        assert main(["translate", str(trained_run)]) == 0
+    out = capsys.readouterr().out.split("\n")[:-1]
+    assert len(out) == 4 and out[1] == ""
+    assert "input line 2: empty" in caplog.text
+    assert "input line 3: longer than max_length=24 tokens" in caplog.text
+
+
+def test_missing_and_corrupt_checkpoints_exit_2_with_one_line(trained_run, tmp_path, capsys):
+    assert main(["translate", str(tmp_path / "nowhere"), "--text", "x"]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+    run = tmp_path / "copy"
+    __import__("shutil").copytree(trained_run / "checkpoints", run / "checkpoints")
+    weights = run / "checkpoints" / "best" / MODEL_FILE
+    weights.write_bytes(b"not safetensors at all")
+    assert main(["translate", str(run), "--text", "x"]) == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    spm_model = next((run / "checkpoints" / "last" / "tokenizer").glob("*.model"))
+    spm_model.write_bytes(b"\x00garbage")
+    assert main(["translate", str(run), "--checkpoint", "last", "--text", "x"]) == 2
+    err = capsys.readouterr().err
+    assert spm_model.name in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_mismatched_aligned_files_name_both_files_and_counts(tmp_path, capsys):
+    src, tgt = tmp_path / "train.en", tmp_path / "train.ja"
+    src.write_text("one\ntwo\nthree\n", encoding="utf-8")
+    tgt.write_text("一\n二\n", encoding="utf-8")
+    corpus = {"name": "user", "paths": [str(src), str(tgt)], "use_cache": False}
+    assert main(["train", str(write_config(tmp_path, corpus)), "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert f"{src} has 3" in err and f"{tgt} has 2" in err and "Traceback" not in err
+
+
+def test_config_for_the_wrong_model_type_names_the_key(tmp_path, capsys):
+    path = write_config(tmp_path)
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    config["model"] = {"type": "vit", "preset": "vit_digits_patch2_8"}  # an image model asked to translate
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "model.type: a vit model does not do translation" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", str(write_config(tmp_path)), "model.patch_size=4"]) == 2
+    assert "model.patch_size" in capsys.readouterr().err
+
+
+def test_translate_refuses_a_classification_config(tmp_path, capsys):
+    run = tmp_path / "cls" / "checkpoints" / "best"
+    run.mkdir(parents=True)
+    (run / MODEL_FILE).write_bytes(b"")
+    (run / "config.yaml").write_text(yaml.safe_dump({
+        "task": "classification", "model": {"type": "cnn"}, "data": {"dataset": "digits"},
+        "training": {"max_steps": 1}}))
+    assert main(["translate", str(tmp_path / "cls"), "--text", "x"]) == 2
+    assert "is a classification run" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""TranslationTask through the Trainer: exact resume, and bad pairs reported and skipped, never fatal.
+
+Tiny Transformers (width 32) on a few hundred generated date/number pairs, one thread, fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from attnlab.training import RunConfig, Trainer
+from attnlab.training.checkpoints import checkpoint_dir, load_trainer_state
+from attnlab.training.translation import TranslationTask
+
+
+class Stop(Exception):
+    """Stands in for the process being killed."""
+
+
+def tiny_translation_config(output_dir: Path, corpus: dict[str, Any] | None = None, **training: Any) -> dict[str, Any]:
+    """A 1+1-layer Transformer (d_model 32) with dropout on 300 generated pairs; fp32, one thread."""
+    return {
+        "task": "translation", "seed": 0, "output_dir": str(output_dir),
+        "model": {"type": "transformer", "preset": "tiny", "d_model": 32, "num_heads": 2,
+                  "num_encoder_layers": 1, "num_decoder_layers": 1, "dim_feedforward": 64, "dropout": 0.1,
+                  "share_embeddings": True},
+        "data": {"corpus": corpus or {"name": "generated", "size": 300, "use_cache": False},
+                 "tokenizer": {"vocab_size": 400}, "max_length": 32, "max_tokens": 256,
+                 "eval_max_sentences": 8, "max_decode_len_a": 1.0, "max_decode_len_b": 4},
+        "training": {"optimizer": "adam", "lr": 1.0, "schedule": "noam", "warmup_steps": 4,
+                     "label_smoothing": 0.1, "precision": "fp32", "num_threads": 1, "tensorboard": False,
+                     "final_split": None, "eval_at_epoch_end": False, "log_every": 2, **training},
+    }
+
+
+def params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def killed_then_resumed(config: RunConfig, kill_after: int) -> tuple[Trainer, int]:
+    """Run ``config`` until the step event ``kill_after`` raises, then resume it in a new Trainer.
+
+    Returns the resumed trainer and the step its ``last`` checkpoint held when it was killed.
+    """
+    def kill(event):
+        if event.kind == "step" and event.step == kill_after:
+            raise Stop
+
+    with pytest.raises(Stop):
+        Trainer(config, progress=kill).run()
+    saved_step = load_trainer_state(checkpoint_dir(config.output_dir, "last"))["trainer"]["step"]
+    resumed = Trainer(config)
+    resumed.run()
+    return resumed, saved_step
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    # ~20 batches per epoch of 256 tokens: killed after step 13 (last checkpoint at step 12,
+    # mid-epoch), resumed, the weights and Adam moments must equal the uninterrupted run's at 16.
+    settings = dict(max_steps=16, checkpoint_every=4, eval_every=6)
+    straight = Trainer(RunConfig.from_dict(tiny_translation_config(tmp_path / "a", **settings)))
+    straight.run()
+    config = RunConfig.from_dict(tiny_translation_config(tmp_path / "b", **settings))
+    resumed, saved_step = killed_then_resumed(config, kill_after=13)
+    assert saved_step == 12
+    assert resumed.resumed_from == checkpoint_dir(tmp_path / "b", "last") and resumed.state.step == 16
+    assert resumed.task.tokenizer.source == straight.task.tokenizer.source  # restored, not retrained
+    expected, actual = params(straight), params(resumed)
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    moments = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(moments[0][i]["exp_avg_sq"], moments[1][i]["exp_avg_sq"]) for i in moments[0])
+    assert straight.state.best_metric == resumed.state.best_metric
+
+
+def test_bad_lines_of_a_user_corpus_are_reported_with_line_numbers_and_skipped(tmp_path, caplog):
+    lines = [f"{n} apples\t林檎{n}個" for n in range(40)]
+    lines[3] = ""                                      # empty line
+    lines[7] = "no tab here"                           # no separator
+    lines[11] = "only a source\t"                      # empty target side
+    lines[15] = " ".join(["word"] * 300) + "\t長い"    # far longer than max_length
+    lines[19] = "snowman \u2603 and \U0001f600\t雪だるま\u2603"  # characters the tokenizer has not seen
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    corpus = {"name": "user", "paths": [str(tsv)], "use_cache": False, "dev_fraction": 0.1, "test_fraction": 0.1}
+    config = RunConfig.from_dict(tiny_translation_config(tmp_path / "run", corpus, max_steps=4))
+    with caplog.at_level(logging.WARNING):
+        result = Trainer(config).run()
+    assert result.step == 4 and result.bad_batches == 0
+    text = caplog.text
+    assert f"{tsv}:4: empty line" in text and f"{tsv}:8: expected 1 tab, found 0" in text
+    assert f"{tsv}:12: empty target side" in text
+    assert "longer than max_length=32" in text
+
+
+class CorruptPairTask(TranslationTask):
+    """Raises on the 2nd training batch as a corrupt pair would, and gives NaN on the 3rd."""
+
+    calls = 0
+
+    def loss(self, model, batch, label_smoothing=None):
+        if model.training:
+            self.calls += 1
+            if self.calls == 2:
+                raise IndexError("target id 99999 out of range in pair 17")
+            if self.calls == 3:
+                return torch.tensor(float("nan"), requires_grad=True), 1
+        return super().loss(model, batch, label_smoothing)
+
+
+def test_training_skips_a_bad_batch_and_goes_on(tmp_path):
+    config = RunConfig.from_dict(tiny_translation_config(tmp_path, max_steps=5))
+    events = []
+    trainer = Trainer(config, task=CorruptPairTask(config), progress=events.append)
+    result = trainer.run()
+    assert result.step == 5 and result.bad_batches == 2
+    skips = [e.message for e in events if e.kind == "skip"]
+    assert "pair 17" in skips[0] and "non-finite loss nan" in skips[1]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in records if r["kind"] == "skip"] == [1, 2]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
