@@ -60,6 +60,7 @@ def test_evaluate_writes_bleu_and_chrf_with_signatures(trained_run, capsys):
     assert "bleu" in capsys.readouterr().out
     metrics = json.loads((trained_run / "test_metrics.json").read_text(encoding="utf-8"))
     assert {"bleu", "chrf", "exact_match", "loss"} <= set(metrics)
+    assert metrics["sentences"] > 8  # all of test, not the dev cap eval_max_sentences (8)
     assert "tok:ja-mecab" in metrics["bleu_signature"] and "nc:6" in metrics["chrf_signature"]
     assert (trained_run / "translations_test.tsv").read_text(encoding="utf-8").startswith("source\treference\t")
 

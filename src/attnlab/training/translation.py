@@ -186,7 +186,9 @@ class TranslationTask:
             loss, count = self.loss(model, batch, label_smoothing=0.0)
             total, tokens = total + float(loss), tokens + count
         loss = total / max(tokens, 1)
-        pairs = self.corpus.splits[split][: self.config.data.eval_max_sentences]
+        # eval_max_sentences caps the dev decoding done during training; test is always decoded whole.
+        limit = self.config.data.eval_max_sentences if split == self.eval_split else None
+        pairs = self.corpus.splits[split][:limit]
         hypotheses = self.translate(model, [source for source, _ in pairs])
         references = [target for _, target in pairs]
         metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "sentences": len(pairs),
