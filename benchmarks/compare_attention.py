@@ -46,10 +46,11 @@ MODELS = {
     "luong_concat": "generated_rnn_luong_concat.yaml",
     "transformer": "generated_transformer.yaml",
 }
-# The data section every model of a corpus shares, and the headline metric of that corpus.
+# The data section every model of a corpus shares, and the metrics shown per length bucket
+# (exact match alone is all-or-nothing on long numbers; chrF shows how far off they are).
 CORPORA = {
-    "generated": ("generated_transformer.yaml", "exact_match"),
-    "libreoffice": ("libreoffice_rnn_bahdanau.yaml", "chrf"),
+    "generated": ("generated_transformer.yaml", ("exact_match", "chrf")),
+    "libreoffice": ("libreoffice_rnn_bahdanau.yaml", ("chrf",)),
 }
 # Source-length buckets in SentencePiece tokens (what the encoder reads): (low, high) inclusive,
 # high None = open. Dates are 3-12 tokens, numbers in words or digits 1-44.
@@ -127,22 +128,26 @@ def train_and_evaluate(model: str, corpus: str, args: argparse.Namespace) -> dic
 
 
 def markdown(corpus: str, rows: list[dict[str, Any]]) -> str:
-    metric = CORPORA[corpus][1]
+    metrics = CORPORA[corpus][1]
     buckets = [bucket_name(*b) for b in BUCKETS[corpus]]
     sizes = rows[0]["by_source_tokens"] if rows else {}
     head = ["model", "params", "train s", "steps", "exact", "BLEU", "chrF"]
     head += [f"{b} tok (n={sizes.get(b, {}).get('sentences', 0)})" for b in buckets]
-    lines = [f"**{corpus}** (test split, greedy; by-length columns: {metric} by source tokens)", "",
+    lines = [f"**{corpus}** (test split, greedy; by-length columns: {' / '.join(metrics)} by source tokens)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         t = r["test"]
         cells = [r["model"], f"{r['parameters']:,}", f"{r['train_seconds']:.0f}", str(r["steps"]),
                  f"{100 * t['exact_match']:.1f}%", f"{t['bleu']:.1f}", f"{t['chrf']:.1f}"]
         for b in buckets:
-            value = r["by_source_tokens"].get(b, {}).get(metric)
-            cells.append("-" if value is None else (f"{100 * value:.1f}%" if metric == "exact_match" else f"{value:.1f}"))
+            bucket = r["by_source_tokens"].get(b)
+            cells.append("-" if bucket is None else " / ".join(_format(m, bucket[m]) for m in metrics))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _format(metric: str, value: float) -> str:
+    return f"{100 * value:.0f}%" if metric == "exact_match" else f"{value:.0f}"
 
 
 def main() -> None:
@@ -153,7 +158,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "compare_attention", help="run directories")
+    parser.add_argument("--table-from", type=Path, help="only print the tables of an earlier JSON report")
     args = parser.parse_args()
+    if args.table_from is not None:
+        for corpus, rows in json.loads(args.table_from.read_text(encoding="utf-8"))["results"].items():
+            print(markdown(corpus, rows) + "\n")
+        return
     models = args.models.split(",")
     unknown = [m for m in models if m not in MODELS]
     if unknown:
