@@ -25,15 +25,6 @@ DECODERS = {
 ATTENTIVE = [name for name in DECODERS if name != "none"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run many small ops; on a busy machine a second thread only waits for the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(decoder: str = "bahdanau", seed: int = 0, **overrides) -> RNNSeq2Seq:
     torch.manual_seed(seed)
     values = dict(src_vocab_size=VOCAB, tgt_vocab_size=VOCAB, embed_dim=8, hidden_size=16, dropout=0.0)
