@@ -16,11 +16,13 @@ from torch import Tensor
 
 from attnlab.functional.masks import causal_mask, check_mask, merge_masks
 from attnlab.functional.normalize import NormalizeFn, resolve_normalizer, softmax
-from attnlab.functional.scores import ScoreFn, resolve_score, scaled_dot_score
+from attnlab.functional.scores import ScoreFn, check_same_dim, resolve_score, scaled_dot_score
 
-# On CPU the explicit matmul-softmax-matmul beats SDPA's flash kernel for short key sequences
-# (fewer, larger GEMMs); benchmarks/attention.py measures the crossover. CUDA always takes SDPA.
-CPU_SDPA_MIN_KEYS = 256
+# On CPU, SDPA's flash kernel wins every forward pass, but its backward loses to a plain
+# matmul-softmax-matmul for short key sequences: below 192 keys in fp32 and below 512 in bf16
+# (benchmarks/attention_kernels.py measures the crossover). CUDA always takes SDPA.
+CPU_SDPA_MIN_KEYS_BACKWARD = {torch.float32: 192, torch.float64: 192}
+CPU_SDPA_MIN_KEYS_BACKWARD_LOW_PRECISION = 512
 # Elements of one chunk of scores when weights are computed beside the fused kernel.
 WEIGHTS_CHUNK_ELEMENTS = 1 << 22
 
@@ -93,7 +95,10 @@ def attention(
     is_fast = score_fn is scaled_dot_score and norm_fn is softmax
     if fused and not is_fast:
         raise ValueError(f"fused=True needs score='scaled_dot' and normalize='softmax', got {score!r}, {normalize!r}")
-    if is_fast and fused is not False and _prefer_sdpa(query, key, fused):
+    if is_fast:
+        check_same_dim(query, key, "scaled_dot_score")  # before a kernel that would name neither
+    per_head_weights = need_weights and weights_average_dim is None
+    if is_fast and fused is not False and _prefer_sdpa(query, key, value, fused, per_head_weights):
         context, weights = _sdpa_attention(
             query, key, value, batch_shape, mask, is_causal, dropout_p, need_weights, scale, weights_average_dim
         )
@@ -167,12 +172,22 @@ def _rows_of(mask: Tensor, rows: slice, lq: int) -> Tensor:
     return mask if mask.ndim < 2 or mask.shape[-2] == 1 else mask[..., rows, :]
 
 
-def _prefer_sdpa(query: Tensor, key: Tensor, fused: bool | None) -> bool:
+def _prefer_sdpa(query: Tensor, key: Tensor, value: Tensor, fused: bool | None, per_head_weights: bool) -> bool:
+    """The kernel the measurements favour: SDPA, except for short CPU sequences that need gradients.
+
+    Per-head weights are a full (..., Lq, Lk) map either way; the explicit path makes them once,
+    where SDPA would need a second pass.
+    """
     if fused:
         return True
+    if per_head_weights:
+        return False
     if query.device.type != "cpu":
         return True
-    return key.shape[-2] >= CPU_SDPA_MIN_KEYS
+    if not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)):
+        return True
+    min_keys = CPU_SDPA_MIN_KEYS_BACKWARD.get(query.dtype, CPU_SDPA_MIN_KEYS_BACKWARD_LOW_PRECISION)
+    return key.shape[-2] >= min_keys
 
 
 def _sdpa_attention(
@@ -265,10 +280,11 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor) -> torch.Size:
 def _check_no_nan(context: Tensor, query: Tensor, key: Tensor, value: Tensor) -> None:
     """Name the input that holds NaN, when the context shows one (a NaN that can't reach it is harmless).
 
-    Reading the context (one tensor, contiguous) is far cheaper than reading the three inputs
-    on every call; the inputs are only searched once a NaN has shown up.
+    A NaN anywhere makes the sum NaN: one reduction over the context (13x cheaper than
+    ``isnan(context).any()`` here) instead of reading three inputs on every call. The inputs are
+    searched only once a NaN has shown up (or inf - inf, which then finds nothing).
     """
-    if not _checks_enabled or torch.compiler.is_compiling() or not torch.isnan(context).any():
+    if not _checks_enabled or torch.compiler.is_compiling() or not torch.isnan(context.sum()):
         return
     for name, x in (("query", query), ("key", key), ("value", value)):
         if torch.isnan(x).any():

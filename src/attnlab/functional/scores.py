@@ -25,7 +25,8 @@ def check_feature_dim(x: Tensor, expected: int, name: str, owner: str) -> None:
         raise ValueError(f"{owner} expects {name} with last dim {expected}, got shape {tuple(x.shape)}")
 
 
-def _check_same_dim(query: Tensor, key: Tensor, name: str) -> None:
+def check_same_dim(query: Tensor, key: Tensor, name: str) -> None:
+    """Raise a ``ValueError`` naming both shapes unless query and key share their feature size."""
     if query.shape[-1] != key.shape[-1]:
         raise ValueError(
             f"{name} needs query and key of one feature size, got query {tuple(query.shape)} "
@@ -43,7 +44,7 @@ def dot_score(query: Tensor, key: Tensor) -> Tensor:
     Returns:
         ``(..., Lq, Lk)``.
     """
-    _check_same_dim(query, key, "dot_score")
+    check_same_dim(query, key, "dot_score")
     return query @ key.transpose(-2, -1)
 
 
@@ -58,7 +59,7 @@ def scaled_dot_score(query: Tensor, key: Tensor, scale: float | None = None) -> 
     Returns:
         ``(..., Lq, Lk)``.
     """
-    _check_same_dim(query, key, "scaled_dot_score")
+    check_same_dim(query, key, "scaled_dot_score")
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
     # Scaling q before the product costs Lq*d multiplies instead of Lq*Lk.
@@ -79,7 +80,7 @@ def cosine_score(query: Tensor, key: Tensor, scale: float = 10.0, eps: float = 1
     Returns:
         ``(..., Lq, Lk)``.
     """
-    _check_same_dim(query, key, "cosine_score")
+    check_same_dim(query, key, "cosine_score")
     q = F.normalize(query, dim=-1, eps=eps)
     k = F.normalize(key, dim=-1, eps=eps)
     return scale * (q @ k.transpose(-2, -1))
