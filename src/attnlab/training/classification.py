@@ -26,8 +26,6 @@ from attnlab.data.images import (
     load_image,
     split_dataset,
 )
-from attnlab.models.cnn import AttentionCNN
-from attnlab.models.vit import ViT
 from attnlab.training.config import ConfigError, ImageDataConfig, RunConfig
 from attnlab.training.metrics import classification_metrics, save_confusion_matrix_png
 
@@ -96,10 +94,7 @@ class ClassificationTask:
     def build_model(self) -> nn.Module:
         """A ViT or AttentionCNN whose input and head fit the data."""
         self.model_config = self.config.model.resolve(**self._derived_model_fields())
-        model_class = {"vit": ViT, "cnn": AttentionCNN}.get(self.config.model.type)
-        if model_class is None:
-            raise ConfigError(f"model.type {self.config.model.type!r} cannot classify images; use vit or cnn")
-        return model_class(self.model_config).to(self.device)
+        return self.config.model.build(self.model_config).to(self.device)
 
     def resolved_config(self) -> RunConfig:
         """The config with every model field written out."""

@@ -33,12 +33,15 @@ import yaml
 
 from attnlab.data.corpora import CorpusConfig
 from attnlab.data.tokenizer import TokenizerConfig
-from attnlab.models.cnn import AttentionCNNConfig
-from attnlab.models.vit import VIT_CONFIGS, ViTConfig
+from attnlab.models import rnn_seq2seq, transformer
+from attnlab.models.cnn import AttentionCNN, AttentionCNNConfig
+from attnlab.models.vit import VIT_CONFIGS, ViT, ViTConfig
 
 __all__ = [
     "ConfigError",
+    "MODEL_REGISTRY",
     "MODEL_TYPES",
+    "ModelType",
     "TASKS",
     "ModelSection",
     "ImageDataConfig",
@@ -60,31 +63,25 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the dotted key and the value."""
 
 
-def _transformer_config_class() -> type:
-    from attnlab.models.transformer import TransformerConfig  # the translation engineer's module
+@dataclass(frozen=True)
+class ModelType:
+    """What a config's ``model.type`` names: its config dataclass, module, presets and tasks."""
 
-    return TransformerConfig
-
-
-def _transformer_presets() -> dict[str, dict[str, Any]]:
-    from attnlab.models.transformer import PRESETS
-
-    return PRESETS
+    config_class: type
+    model_class: type
+    presets: Mapping[str, Mapping[str, Any]]
+    tasks: tuple[str, ...]
 
 
-def _vit_presets() -> dict[str, dict[str, Any]]:
-    return {name: config.to_dict() for name, config in VIT_CONFIGS.items()}
-
-
-# model type -> (config class, presets, tasks it serves). "rnn" slots in here when it lands.
-_MODEL_REGISTRY: dict[str, tuple[Any, Any, tuple[str, ...]]] = {
-    "vit": (lambda: ViTConfig, _vit_presets, ("classification",)),
-    "cnn": (lambda: AttentionCNNConfig, dict, ("classification",)),
-    "transformer": (_transformer_config_class, _transformer_presets, ("translation",)),
-    "rnn": (lambda: __import__("attnlab.models.rnn_seq2seq", fromlist=["_"]).Seq2SeqConfig,
-            lambda: __import__("attnlab.models.rnn_seq2seq", fromlist=["_"]).PRESETS, ("translation",)),
+MODEL_REGISTRY: dict[str, ModelType] = {
+    "vit": ModelType(ViTConfig, ViT, {name: c.to_dict() for name, c in VIT_CONFIGS.items()}, ("classification",)),
+    "cnn": ModelType(AttentionCNNConfig, AttentionCNN, {}, ("classification",)),
+    "transformer": ModelType(
+        transformer.TransformerConfig, transformer.Transformer, transformer.PRESETS, ("translation",)
+    ),
+    "rnn": ModelType(rnn_seq2seq.Seq2SeqConfig, rnn_seq2seq.RNNSeq2Seq, rnn_seq2seq.PRESETS, ("translation",)),
 }
-MODEL_TYPES = tuple(_MODEL_REGISTRY)
+MODEL_TYPES = tuple(MODEL_REGISTRY)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +213,11 @@ class ModelSection:
     @property
     def config_class(self) -> type:
         """The model's config dataclass."""
-        return _MODEL_REGISTRY[self.type][0]()
+        return MODEL_REGISTRY[self.type].config_class
+
+    def build(self, config: Any) -> Any:
+        """The model module for a resolved ``config`` (see :meth:`resolve`)."""
+        return MODEL_REGISTRY[self.type].model_class(config)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], path: str = "model") -> ModelSection:
@@ -224,11 +225,11 @@ class ModelSection:
         if not isinstance(values, Mapping) or "type" not in values:
             raise ConfigError(f"{path}.type is required: one of {list(MODEL_TYPES)}")
         kind = values["type"]
-        if kind not in _MODEL_REGISTRY:
+        if kind not in MODEL_REGISTRY:
             raise ConfigError(f"{path}.type: unknown model type {kind!r}; expected one of {list(MODEL_TYPES)}")
         section = cls(type=kind, preset=values.get("preset"))
         config_class = section.config_class
-        presets = _MODEL_REGISTRY[kind][1]()
+        presets = MODEL_REGISTRY[kind].presets
         if section.preset is not None and section.preset not in presets:
             raise ConfigError(f"{path}.preset: unknown {kind} preset {section.preset!r}; expected one of {sorted(presets)}")
         params = {k: v for k, v in values.items() if k not in ("type", "preset")}
@@ -242,7 +243,7 @@ class ModelSection:
         for key, value in derived.items():
             if key in self.params and self.params[key] != value:
                 raise ConfigError(f"model.{key} ({self.params[key]!r}) disagrees with the data, which needs {value!r}")
-        preset = _MODEL_REGISTRY[self.type][1]().get(self.preset, {}) if self.preset else {}
+        preset = MODEL_REGISTRY[self.type].presets.get(self.preset, {}) if self.preset else {}
         values = {**preset, **self.params, **derived}
         return read_dataclass(self.config_class, values, "model")
 
@@ -418,10 +419,9 @@ class RunConfig:
         if task not in TASKS:
             raise ConfigError(f"task: expected one of {list(TASKS)}, got {task!r}")
         model = ModelSection.from_dict(values.get("model", {}))
-        served = _MODEL_REGISTRY[model.type][2]
-        if task not in served:
+        if task not in MODEL_REGISTRY[model.type].tasks:
             raise ConfigError(f"model.type: a {model.type} model does not do {task}; use one of "
-                              f"{[k for k, v in _MODEL_REGISTRY.items() if task in v[2]]}")
+                              f"{[k for k, v in MODEL_REGISTRY.items() if task in v.tasks]}")
         return cls(
             task=task,
             model=model,

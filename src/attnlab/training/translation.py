@@ -121,15 +121,12 @@ class TranslationTask:
         return self.config.data.corpus.target_lang
 
     def build_model(self) -> nn.Module:
-        """A Transformer sized to the tokenizer's vocabularies, on the task's device."""
-        from attnlab.models.transformer import Transformer
-
+        """A Transformer or RNN seq2seq sized to the tokenizer's vocabularies, on the task's device."""
         derived = {"src_vocab_size": self.tokenizer.source.vocab_size,
                    "tgt_vocab_size": self.tokenizer.target.vocab_size,
                    "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID}
         self.model_config = self.config.model.resolve(**derived)
-        return (__import__("attnlab.models.rnn_seq2seq", fromlist=["_"]).RNNSeq2Seq if self.config.model.type == "rnn"
-                else Transformer)(self.model_config).to(self.device)
+        return self.config.model.build(self.model_config).to(self.device)
 
     def resolved_config(self) -> RunConfig:
         """The config with every model field written out."""
