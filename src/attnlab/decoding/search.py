@@ -82,6 +82,7 @@ def next_token_log_probs(model: IncrementalDecoder, logits: Tensor, step: int, m
     return log_probs
 
 
+@torch.no_grad()
 def greedy_search(
     model: IncrementalDecoder,
     src: Tensor,
@@ -143,6 +144,8 @@ def _select_layers(cross: Tensor | None, attention: AttentionChoice, ended: Tens
         return None
     if attention not in ("last", "all"):
         raise ValueError(f"attention must be None, 'last' or 'all', got {attention!r}")
+    if cross is None:
+        raise ValueError(f"attention={attention!r} was asked for, but the model's step returned no source attention")
     chosen = cross[:, -1:] if attention == "last" else cross
     return chosen if ended is None else chosen.masked_fill(ended[:, None, None], 0.0)
 
@@ -171,6 +174,7 @@ class _Beams:
     attention: Tensor | None  # (B * k, T, N', S)
 
 
+@torch.no_grad()
 def beam_search(
     model: IncrementalDecoder,
     src: Tensor,
