@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnlab import MultiHeadAttention
-from benchmarks.common import interleave, matmul_gflops, max_rss_mib, peak_rss_of, rss_now_mib, summary, write_json
+from benchmarks.common import interleave, matmul_gflops, peak_rss_mib, peak_rss_of, reset_peak_rss, summary, write_json
 
 PEERS = ("attnlab", "torch", "sdpa", "explicit", "attnlab+weights", "torch+weights")
 
@@ -83,12 +83,12 @@ def flops_of(run) -> int:
 
 def memory_case(argv: list[str]) -> None:
     """Child process: set up one case, run it once, print the peak RSS above the set-up (MiB)."""
-    peer, n, causal, backward, batch, heads, head_dim = argv
-    torch.set_num_threads(2)
+    peer, n, causal, backward, batch, heads, head_dim, threads = argv
+    torch.set_num_threads(int(threads))
     run = make_case(peer, int(n), causal == "1", backward == "1", int(batch), int(heads), int(head_dim))
-    base = rss_now_mib()
+    base = reset_peak_rss()
     run()
-    print(max_rss_mib() - base)
+    print(peak_rss_mib() - base)
 
 
 def main() -> None:
@@ -99,16 +99,17 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--memory-case", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-case", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_case:
         return memory_case(args.memory_case)
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     sizes = args.sizes or ([128, 512] if args.quick else [128, 512, 1024, 2048])
     rate = matmul_gflops()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 2 threads, fp32; "
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, fp32; "
           f"B={args.batch} H={args.heads} d={args.head_dim}; large matmul {rate:.0f} GFLOP/s")
     rows = []
     for n in sizes:
@@ -130,7 +131,7 @@ def measure_cell(n: int, causal: bool, backward: bool, args, rate: float) -> dic
     row["attnlab_gflops"] = flops / (stats["attnlab"]["median_ms"] / 1e3) / 1e9
     row["attnlab_mfu"] = row["attnlab_gflops"] / rate
     if not args.no_memory and not causal:
-        flags = [str(n), "0", "1" if backward else "0", *map(str, dims)]
+        flags = [str(n), "0", "1" if backward else "0", *map(str, dims), str(args.threads)]
         row["peak_mib"] = {peer: peak_rss_of("benchmarks.attention", [peer, *flags]) for peer in PEERS}
     print_row(row)
     return row

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -70,20 +69,32 @@ def matmul_gflops(n: int = 2048, dtype: torch.dtype = torch.float32, repeats: in
 
 def peak_rss_of(module: str, args: list[str]) -> float:
     """Peak RSS (MiB) above the set-up of one case, run alone in a fresh interpreter."""
+    # A fixed mmap threshold makes glibc hand large freed blocks back, so the peak RSS is the peak of
+    # live memory rather than of memory the allocator kept after a free.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     out = subprocess.run(
         [sys.executable, "-m", module, "--memory-case", *args], capture_output=True, text=True, check=True,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).parent.parent, env=env,
     )
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def rss_now_mib() -> float:
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+def reset_peak_rss() -> float:
+    """Start a new peak-RSS window (Linux: clear_refs 5 resets VmHWM); returns the RSS now (MiB)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mib("VmRSS")
 
 
-def max_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mib() -> float:
+    """The peak RSS since the last ``reset_peak_rss`` (MiB)."""
+    return _status_mib("VmHWM")
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def write_json(name: str, payload: dict) -> Path:

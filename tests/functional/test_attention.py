@@ -1,6 +1,7 @@
 """attention(): the fused path against the explicit one and SDPA, masks, empty and bad input."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -209,3 +210,19 @@ def test_input_checks_can_be_turned_off():
         assert torch.isnan(out).any()
     finally:
         set_input_checks(True)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "padding", "arbitrary", "bias_inf"])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_blockwise_path_for_averaged_weights_equals_explicit(mask_kind, is_causal, monkeypatch):
+    module = sys.modules["attnlab.functional.attention"]
+    monkeypatch.setattr(module, "WEIGHTS_CHUNK_ELEMENTS", B * H * LK * 2)  # blocks of 2 queries: 3 blocks
+    mask = _masks()[mask_kind]
+    grads = []
+    for fused in (None, False):  # None takes the blockwise path for averaged weights on CPU
+        q, k, v = (x.requires_grad_(True) for x in _qkv())
+        out, w = attention(q, k, v, mask=mask, is_causal=is_causal, need_weights=True, weights_average_dim=1, fused=fused)
+        (out.sum() + (w * torch.arange(LK)).sum()).backward()
+        grads.append((out, w, q.grad, k.grad, v.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -9,6 +9,7 @@ Notation used in this package (shape comments read against it):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +99,12 @@ def attention(
     if is_fast:
         check_same_dim(query, key, "scaled_dot_score")  # before a kernel that would name neither
     per_head_weights = need_weights and weights_average_dim is None
-    if is_fast and fused is not False and _prefer_sdpa(query, key, value, fused, per_head_weights):
+    averaged_weights_on_cpu = need_weights and weights_average_dim is not None and query.device.type == "cpu"
+    if is_fast and fused is None and averaged_weights_on_cpu:
+        context, weights = _blockwise_attention(
+            query, key, value, mask, is_causal, dropout_p, scale, weights_average_dim
+        )
+    elif is_fast and fused is not False and _prefer_sdpa(query, key, value, fused, per_head_weights):
         context, weights = _sdpa_attention(
             query, key, value, batch_shape, mask, is_causal, dropout_p, need_weights, scale, weights_average_dim
         )
@@ -155,19 +161,49 @@ def attention_weights(
     Returns:
         ``(..., Lq, Lk)``, the averaged dim removed.
     """
-    lq, lk = query.shape[-2], key.shape[-2]
-    rows_per_chunk = max(1, chunk_elements // max(1, lk * math.prod(query.shape[:-2])))
-    full_mask = merge_masks(mask, causal_mask(lq, lk, device=query.device)) if is_causal else mask
-    chunks = []
-    for start in range(0, lq, rows_per_chunk):
-        rows = slice(start, min(start + rows_per_chunk, lq))
-        chunk_mask = None if full_mask is None else _rows_of(full_mask, rows, lq)
-        weights = softmax(scaled_dot_score(query[..., rows, :], key, scale), chunk_mask)  # (..., rows, Lk)
-        chunks.append(weights if average_dim is None else weights.mean(average_dim))
+    chunks = [
+        weights if average_dim is None else weights.mean(average_dim)
+        for _, weights in _softmax_blocks(query, key, mask, is_causal, scale, chunk_elements)
+    ]
     return torch.cat(chunks, dim=-2)
 
 
-def _rows_of(mask: Tensor, rows: slice, lq: int) -> Tensor:
+def _softmax_blocks(
+    query: Tensor, key: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None, chunk_elements: int
+) -> Iterator[tuple[slice, Tensor]]:
+    """``(rows, softmax(Q[rows] K^T * scale))`` for blocks of about ``chunk_elements`` scores."""
+    lq, lk = query.shape[-2], key.shape[-2]
+    rows_per_chunk = max(1, chunk_elements // max(1, lk * math.prod(query.shape[:-2])))
+    full_mask = merge_masks(mask, causal_mask(lq, lk, device=query.device)) if is_causal else mask
+    for start in range(0, lq, rows_per_chunk):
+        rows = slice(start, min(start + rows_per_chunk, lq))
+        chunk_mask = None if full_mask is None else _rows_of(full_mask, rows)
+        yield rows, softmax(scaled_dot_score(query[..., rows, :], key, scale), chunk_mask)  # (..., rows, Lk)
+
+
+def _blockwise_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+    scale: float | None,
+    average_dim: int,
+) -> tuple[Tensor, Tensor]:
+    """Context and head-averaged weights, a block of queries at a time (one softmax per block).
+
+    Computes what ``nn.MultiheadAttention(need_weights=True)`` does, but without evaluation-time
+    memory for all heads' maps at once and with each block of scores still in cache when V meets it.
+    """
+    contexts, weights = [], []
+    for _, block in _softmax_blocks(query, key, mask, is_causal, scale, WEIGHTS_CHUNK_ELEMENTS):
+        contexts.append((F.dropout(block, dropout_p) if dropout_p > 0 else block) @ value)  # (..., rows, d_v)
+        weights.append(block.mean(average_dim))
+    return torch.cat(contexts, dim=-2), torch.cat(weights, dim=-2)
+
+
+def _rows_of(mask: Tensor, rows: slice) -> Tensor:
     """The mask's slice for a block of query rows (a mask broadcasting over queries is kept whole)."""
     return mask if mask.ndim < 2 or mask.shape[-2] == 1 else mask[..., rows, :]
 
