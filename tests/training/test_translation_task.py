@@ -123,3 +123,14 @@ def test_training_skips_a_bad_batch_and_goes_on(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["batch"] for r in records if r["kind"] == "skip"] == [1, 2]
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_split_digits_tokenizer_is_saved_with_the_run_and_restored(tmp_path):
+    from attnlab.training.runs import load_run
+
+    values = tiny_translation_config(tmp_path, max_steps=2, eval_every=2)
+    values["data"]["tokenizer"].update(model_type="bpe", split_digits=True)
+    Trainer(RunConfig.from_dict(values)).run()
+    loaded = load_run(tmp_path, "last")
+    assert loaded.task.tokenizer.config.split_digits
+    assert [p for p in loaded.task.tokenizer.source.pieces(["1,234 2083"])[0] if p.isdigit()] == list("1234" "2083")

@@ -56,6 +56,8 @@ class TokenizerConfig:
         character_coverage: share of characters covered by single-character pieces.
         byte_fallback: spell uncovered characters as bytes rather than ``<unk>``.
         max_sentences: at most this many sentences (sampled) are read per model.
+        split_digits: every digit is its own piece, so numbers are spelled digit by digit
+            (otherwise pieces such as ``"/02/1"`` or ``"2083"`` merge digits with punctuation).
     """
 
     model_type: str = "unigram"
@@ -64,6 +66,7 @@ class TokenizerConfig:
     character_coverage: float = 0.9995
     byte_fallback: bool = True
     max_sentences: int = 1_000_000
+    split_digits: bool = False
 
     def __post_init__(self) -> None:
         if self.model_type not in _MODEL_TYPES:
@@ -103,6 +106,7 @@ class SentencePieceTokenizer:
             character_coverage=config.character_coverage,
             byte_fallback=config.byte_fallback,
             input_sentence_size=config.max_sentences,
+            split_digits=config.split_digits,
             shuffle_input_sentence=True,
             pad_id=PAD_ID,
             unk_id=UNK_ID,
