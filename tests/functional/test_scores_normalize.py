@@ -157,3 +157,11 @@ def test_unknown_and_parametric_names_are_explained():
         resolve_normalizer("softmaks")
     with pytest.raises(ValueError, match=r"query \(2, 3, 5\) and key \(2, 4, 6\)"):
         dot_score(torch.randn(2, 3, 5), torch.randn(2, 4, 6))
+
+
+def test_additive_score_with_keys_projected_once_is_the_same():
+    torch.manual_seed(0)
+    score = AdditiveScore(5, 6, 7)
+    q, k = torch.randn(2, 3, 5), torch.randn(2, 4, 6)
+    torch.testing.assert_close(score(q, k, projected_keys=score.project_keys(k)), score(q, k))
+    torch.testing.assert_close(score.project_keys(k), k @ score.key_proj.weight.T + score.key_proj.bias)

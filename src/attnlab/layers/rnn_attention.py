@@ -3,14 +3,16 @@
 Bahdanau et al. (2015) query with the previous decoder state s_{t-1}; Luong et al. (2015) with the
 current one h_t. Either way the keys and values are the encoder states h_1..h_S (the "annotations")
 and the module returns the context vector c_t and the alignment a_t. No state is kept between
-calls: the key projection W_2 h_j of the additive score is recomputed each call (cheap at the sizes
-of these models) instead of being stashed on the module.
+calls: the key projection U_a h_j of the additive score comes from ``project_keys`` once per source
+and travels with the encoder output, never stashed on the module.
 
 Shapes: B batch, Lq decoder positions queried at once (1 while decoding step by step),
 S source positions, d_q decoder state size, d_k encoder state size.
 """
 
 from __future__ import annotations
+
+import functools
 
 from torch import Tensor, nn
 
@@ -50,17 +52,26 @@ class RNNSourceAttention(nn.Module):
             self.score = None
         self.score_name = score
 
-    def forward(self, query: Tensor, memory: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def project_keys(self, memory: Tensor) -> Tensor | None:
+        """The additive score's U_a h_j + b ``(B, S, hidden)``, made once per source; None for other scores."""
+        return self.score.project_keys(memory) if isinstance(self.score, AdditiveScore) else None
+
+    def forward(
+        self, query: Tensor, memory: Tensor, mask: Tensor | None = None, keys: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Attend from decoder states over encoder states.
 
         Args:
             query: decoder states ``(B, Lq, d_q)``: s_{t-1} (Bahdanau) or h_t (Luong).
             memory: encoder states h_1..h_S ``(B, S, d_k)``, the keys and the values.
             mask: ``(B, 1, S)`` or ``(B, Lq, S)``, ``True`` where a source position may be attended.
+            keys: ``project_keys(memory)``, so the additive score does not project the memory again.
 
         Returns:
             ``(context, weights)``: c ``(B, Lq, d_k)`` and a ``(B, Lq, S)``, zero on masked positions.
         """
         score = "dot" if self.score is None else self.score
+        if keys is not None:
+            score = functools.partial(self.score, projected_keys=keys)
         context, weights = attention(query, memory, memory, score=score, mask=mask, need_weights=True)
         return context, weights

@@ -57,12 +57,23 @@ class AdditiveScore(nn.Module):
         self.v = nn.Linear(hidden_dim, 1, bias=False) if reduce else None  # w
         self.hidden_dim = hidden_dim
 
-    def forward(self, query: Tensor, key: Tensor) -> Tensor:
-        """Scores ``(..., Lq, Lk)`` (or features ``(..., Lq, Lk, hidden_dim)`` when not reducing)."""
-        check_feature_dim(query, self.query_proj.in_features, "query", "AdditiveScore")
+    def project_keys(self, key: Tensor) -> Tensor:
+        """W_2 k_j + b ``(..., Lk, hidden_dim)``: the keys' half of the score, to compute once per source.
+
+        A decoder that scores the same encoder states at every step passes the result back as
+        ``projected_keys`` instead of re-projecting them each time.
+        """
         check_feature_dim(key, self.key_proj.in_features, "key", "AdditiveScore")
+        return self.key_proj(key)
+
+    def forward(self, query: Tensor, key: Tensor, *, projected_keys: Tensor | None = None) -> Tensor:
+        """Scores ``(..., Lq, Lk)`` (or features ``(..., Lq, Lk, hidden_dim)`` when not reducing).
+
+        ``projected_keys``, from ``project_keys(key)``, skips that projection.
+        """
+        check_feature_dim(query, self.query_proj.in_features, "query", "AdditiveScore")
         q = self.query_proj(query).unsqueeze(-2)  # (..., Lq, 1, h)
-        k = self.key_proj(key).unsqueeze(-3)  # (..., 1, Lk, h)
+        k = (self.project_keys(key) if projected_keys is None else projected_keys).unsqueeze(-3)  # (..., 1, Lk, h)
         features = torch.tanh(q + k)  # (..., Lq, Lk, h)
         if self.v is None:
             return features

@@ -198,12 +198,14 @@ class EncoderOutput:
         final: the decoder's initial state, ``(L, B, H)`` (a pair for an LSTM).
         summary: the fixed context c of the ``none`` decoder ``(B, H)``: the top layer's final
             state (the forward direction's last and the backward direction's first, concatenated).
+        keys: the decoder attention's projection of ``memory`` ``(B, S, A)``, or None.
     """
 
     memory: Tensor
     padding_mask: Tensor | None
     final: Hidden
     summary: Tensor
+    keys: Tensor | None = None  # the attention's U_a h_j, projected once per source (additive score)
 
     @property
     def attention_mask(self) -> Tensor | None:
@@ -216,7 +218,8 @@ class EncoderOutput:
         rep_state = lambda x: x.repeat_interleave(times, dim=1)  # noqa: E731  (L, B * times, H)
         final = tuple(map(rep_state, self.final)) if isinstance(self.final, tuple) else rep_state(self.final)
         mask = None if self.padding_mask is None else rep(self.padding_mask)
-        return EncoderOutput(rep(self.memory), mask, final, rep(self.summary))
+        keys = None if self.keys is None else rep(self.keys)
+        return EncoderOutput(rep(self.memory), mask, final, rep(self.summary), keys)
 
 
 class RNNEncoder(nn.Module):
@@ -425,7 +428,7 @@ class BahdanauDecoder(_RNNDecoder):
 
     def step(self, embedded: Tensor, state: DecoderState, source: EncoderOutput) -> _StepOutput:
         query = _top(state.hidden)[:, None]  # (B, 1, H) s_{t-1}
-        context, weights = self.attention(query, source.memory, source.attention_mask)  # (B, 1, H), (B, 1, S)
+        context, weights = self.attention(query, source.memory, source.attention_mask, source.keys)  # (B,1,H), (B,1,S)
         out, hidden = self.run_step(torch.cat([embedded[:, None], context], dim=-1), state.hidden)  # (B, 1, H)
         o = self.attentional_hidden(context[:, 0], out[:, 0])  # (B, H)
         return o, DecoderState(hidden, None), weights[:, 0]
@@ -455,13 +458,13 @@ class LuongDecoder(_RNNDecoder):
     def step(self, embedded: Tensor, state: DecoderState, source: EncoderOutput) -> _StepOutput:
         x = embedded if state.feed is None else torch.cat([embedded, state.feed], dim=-1)  # (B, E [+ H])
         out, hidden = self.run_step(x[:, None], state.hidden)  # (B, 1, H) h_t
-        context, weights = self.attention(out, source.memory, source.attention_mask)  # (B, 1, H), (B, 1, S)
+        context, weights = self.attention(out, source.memory, source.attention_mask, source.keys)  # (B,1,H), (B,1,S)
         h_tilde = self.attentional_hidden(context[:, 0], out[:, 0])  # (B, H)
         return h_tilde, DecoderState(hidden, h_tilde if self.input_feeding else None), weights[:, 0]
 
     def forward_parallel(self, embedded: Tensor, state: DecoderState, source: EncoderOutput) -> _StepOutput:
         out, hidden = self.rnn(embedded, state.hidden)  # (B, T, H)
-        context, weights = self.attention(out, source.memory, source.attention_mask)  # (B, T, H), (B, T, S)
+        context, weights = self.attention(out, source.memory, source.attention_mask, source.keys)  # (B,T,H), (B,T,S)
         return self.attentional_hidden(context, out), DecoderState(hidden, None), weights
 
 
@@ -531,7 +534,10 @@ class RNNSeq2Seq(nn.Module):
         """Run the encoder on ``src (B, S)``; the mask ``(B, S)`` is ``True`` at padding (None: ``src == pad_id``)."""
         if src_key_padding_mask is None:
             src_key_padding_mask = self.padding_mask(src)
-        return self.encoder(src, src_key_padding_mask)
+        source = self.encoder(src, src_key_padding_mask)
+        attention = getattr(self.decoder, "attention", None)  # the plain decoder has none
+        keys = None if attention is None else attention.project_keys(source.memory)
+        return dataclasses.replace(source, keys=keys)
 
     def decode(
         self, tgt_in: Tensor, source: EncoderOutput, *, need_weights: bool = False, parallel: bool = True
