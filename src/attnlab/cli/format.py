@@ -1,4 +1,4 @@
-"""Turning metrics dicts into one printable line."""
+"""Turning metrics dicts into printable lines."""
 
 from __future__ import annotations
 
@@ -15,3 +15,11 @@ def format_metrics(metrics: dict[str, Any]) -> str:
             continue
         parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
     return ", ".join(parts)
+
+
+def format_per_class(metrics: dict[str, Any]) -> str | None:
+    """``per-class accuracy: name 0.9120, ...`` for classification metrics; None for other tasks."""
+    per_class = metrics.get("per_class_accuracy")
+    if not per_class:
+        return None
+    return "per-class accuracy: " + ", ".join(f"{name} {value:.4f}" for name, value in per_class.items())

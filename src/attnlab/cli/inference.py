@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.cli.format import format_metrics
+from attnlab.cli.format import format_metrics, format_per_class
 from attnlab.training.runs import load_run
 
 
@@ -44,6 +44,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.run_dir) / f"{args.split}_metrics.json"
     out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"{args.split} ({loaded.checkpoint}): {format_metrics(metrics)}")
+    if (per_class := format_per_class(metrics)) is not None:
+        print(per_class)
     print(f"wrote {out}")
     return 0
 
@@ -61,6 +63,8 @@ def run_translate(args: argparse.Namespace) -> int:
 
 def run_classify(args: argparse.Namespace) -> int:
     """``IMAGE: label (p), label (p), ...`` per image."""
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     loaded = load_run(args.run_dir, args.checkpoint, task="classification")
     for path, top in zip(args.images, loaded.task.classify(loaded.model, args.images, args.top_k)):
         print(f"{path}: " + ", ".join(f"{label} ({p:.3f})" for label, p in top))

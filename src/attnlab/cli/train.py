@@ -8,7 +8,7 @@ import time
 
 from tqdm import tqdm
 
-from attnlab.cli.format import format_metrics
+from attnlab.cli.format import format_metrics, format_per_class
 from attnlab.training import ProgressEvent, Trainer, load_config
 
 
@@ -79,5 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped batches: {result.bad_batches}")
     if result.final_metrics:
         print(f"{config.training.final_split}: {format_metrics(result.final_metrics)}")
+        if (per_class := format_per_class(result.final_metrics)) is not None:
+            print(per_class)
     print(f"run directory: {result.run_dir}")
     return 0
