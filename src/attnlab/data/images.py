@@ -704,6 +704,8 @@ def load_image(
     _channel_mode(channels)
     size = _as_size(image_size)
     expected = f"expected (C, H, W) = ({channels}, {size[0]}, {size[1]})"
+    if path.is_dir():
+        raise IsADirectoryError(f"image {path} is a folder; give image files")
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     if not resize:
