@@ -24,6 +24,9 @@ from attnlab.functional.scores import ScoreFn, check_same_dim, resolve_score, sc
 # (benchmarks/attention_kernels.py measures the crossover). CUDA always takes SDPA.
 CPU_SDPA_MIN_KEYS_BACKWARD = {torch.float32: 192, torch.float64: 192}
 CPU_SDPA_MIN_KEYS_BACKWARD_LOW_PRECISION = 512
+# From this many keys on, SDPA's CPU kernel reads contiguous heads faster than strided views of a
+# packed (B, L, 3, H, d) projection, enough to pay for the copy; below, the copy costs more.
+SDPA_CONTIGUOUS_MIN_KEYS = 256
 # Elements of one chunk of scores when weights are computed beside the fused kernel.
 WEIGHTS_CHUNK_ELEMENTS = 1 << 22
 
@@ -244,6 +247,8 @@ def _sdpa_attention(
         # SDPA's is_causal aligns the first query with the first key and takes no extra mask.
         sdpa_mask, sdpa_causal = merge_masks(mask, causal_mask(lq, lk, device=query.device)), False
     q, k, v, m = _as_4d(query, key, value, batch_shape, sdpa_mask)
+    if lk >= SDPA_CONTIGUOUS_MIN_KEYS and query.device.type == "cpu":
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     context = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout_p, is_causal=sdpa_causal, scale=scale)
     context = context.reshape(*batch_shape, lq, value.shape[-1])
     if not need_weights:

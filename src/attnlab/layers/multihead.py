@@ -182,7 +182,7 @@ class MultiHeadAttention(nn.Module):
             batch, length, _ = query.shape
             qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3E), one GEMM
             qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
-            return tuple(qkv.contiguous())  # one copy into the layout the kernels read without copying
+            return tuple(qkv)  # strided views; the attention kernel decides whether a copy pays
         w_q, w_k, w_v = self._weights()
         b_q, b_k, b_v = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
         q = F.linear(query, w_q, b_q)
@@ -197,8 +197,7 @@ class MultiHeadAttention(nn.Module):
 
     def _split_heads(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape
-        # Contiguous heads: the kernels (and a second pass for the weights) then read them without copies.
-        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2).contiguous()  # (B, H, L, hd)
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
 
     def _attention_mask(
         self, key_padding_mask: Tensor | None, attn_mask: Tensor | None, batch: int, lq: int, lk: int
