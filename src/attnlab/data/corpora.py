@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.data.cache import atomic_write_text, default_cache_dir
-from attnlab.data.config import dataclass_from_dict
+from attnlab.config import read_dataclass
 from attnlab.data.generated_pairs import build_generated_pairs
 from attnlab.data.libreoffice_help import build_libreoffice_help_pairs
 from attnlab.data.user_corpus import SkippedLine, read_user_pairs
@@ -91,8 +91,8 @@ class CorpusConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> CorpusConfig:
-        """Build from a mapping (e.g. a YAML section); an unknown key fails with its name."""
-        return dataclass_from_dict(cls, values)
+        """Build from a mapping (e.g. a YAML section); an unknown key or a wrong type fails naming the key."""
+        return read_dataclass(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form; ``from_dict(to_dict())`` gives an equal config."""

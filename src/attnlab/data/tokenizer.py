@@ -25,7 +25,7 @@ from typing import Any
 import sentencepiece as spm
 
 from attnlab.data.cache import atomic_write_bytes, atomic_write_text
-from attnlab.data.config import dataclass_from_dict
+from attnlab.config import read_dataclass
 
 __all__ = [
     "PAD_ID",
@@ -78,8 +78,8 @@ class TokenizerConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TokenizerConfig:
-        """Build from a mapping; an unknown key fails with its name."""
-        return dataclass_from_dict(cls, values)
+        """Build from a mapping; an unknown key or a wrong type fails naming the key."""
+        return read_dataclass(cls, values)
 
 
 class SentencePieceTokenizer:

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from attnlab.data.config import dataclass_from_dict
+from attnlab.config import read_dataclass
 from attnlab.layers.channel_attention import SEBlock
 from attnlab.layers.spatial_attention import SpatialAttention
 
@@ -61,8 +61,8 @@ class AttentionCNNConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> AttentionCNNConfig:
-        """A config from a mapping (a YAML section); an unknown key fails with its name."""
-        return dataclass_from_dict(cls, values)
+        """A config from a mapping (a YAML section); an unknown key or a wrong type fails naming the key."""
+        return read_dataclass(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict ``from_dict`` reads back."""

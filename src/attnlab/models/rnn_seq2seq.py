@@ -31,8 +31,6 @@ E embedding size, H hidden size, L layers, V vocabulary.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -40,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from attnlab.config import UnknownKeyError, read_dataclass
 from attnlab.layers.rnn_attention import RNN_SCORES, RNNSourceAttention
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -147,14 +146,11 @@ class Seq2SeqConfig:
     def from_dict(cls, values: dict[str, Any]) -> Seq2SeqConfig:
         """A config from plain values (e.g. YAML); unknown keys, Transformer keys and wrong types
         raise, naming the key."""
-        hints = typing.get_type_hints(cls)
-        foreign = sorted((set(values) - set(hints)) & _transformer_only_keys())
+        known = {f.name for f in dataclasses.fields(cls)}
+        foreign = sorted((set(values) - known) & _transformer_only_keys())
         if foreign:
-            raise KeyError(f"{foreign} are Transformer keys, not Seq2SeqConfig fields; expected some of {sorted(hints)}")
-        unknown = sorted(set(values) - set(hints))
-        if unknown:
-            raise KeyError(f"unknown Seq2SeqConfig key(s) {unknown}; expected some of {sorted(hints)}")
-        return cls(**{key: _checked(key, value, hints[key]) for key, value in values.items()})
+            raise UnknownKeyError(f"{foreign} are Transformer keys, not Seq2SeqConfig fields; expected some of {sorted(known)}")
+        return read_dataclass(cls, values)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> Seq2SeqConfig:
@@ -165,22 +161,6 @@ class Seq2SeqConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _checked(key: str, value: Any, hint: Any) -> Any:
-    """``value`` if it has the field's type (ints pass for floats, None for optionals), else a
-    TypeError naming ``key``."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
-    is_bool = isinstance(value, bool)
-    for expected in options:
-        if value is None and expected is type(None):
-            return None
-        if expected is float and isinstance(value, int | float) and not is_bool:
-            return float(value)
-        if (expected is bool and is_bool) or (expected not in (bool, type(None)) and isinstance(value, expected) and not is_bool):
-            return value
-    names = " | ".join(getattr(t, "__name__", str(t)) for t in options)
-    raise TypeError(f"Seq2SeqConfig.{key} must be {names}, got {type(value).__name__} {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from attnlab.config import read_dataclass
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.positional import SinusoidalPositionalEncoding
 from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer
@@ -97,12 +97,9 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TransformerConfig:
-        """A config from plain values (e.g. YAML); unknown keys and wrong types raise, naming the key."""
-        hints = typing.get_type_hints(cls)
-        unknown = sorted(set(values) - set(hints))
-        if unknown:
-            raise KeyError(f"unknown TransformerConfig key(s) {unknown}; expected some of {sorted(hints)}")
-        return cls(**{key: _checked(key, value, hints[key]) for key, value in values.items()})
+        """A config from plain values (e.g. YAML); unknown keys (a ``KeyError``) and wrong types (a
+        ``TypeError``) raise naming the key, both as :class:`attnlab.config.ConfigError`."""
+        return read_dataclass(cls, values)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TransformerConfig:
@@ -113,16 +110,6 @@ class TransformerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _checked(key: str, value: Any, expected: type) -> Any:
-    """``value`` if it has the field's type (an int passes for a float), else a TypeError naming ``key``."""
-    is_bool = isinstance(value, bool)
-    if expected is float and isinstance(value, int | float) and not is_bool:
-        return float(value)
-    if (expected is bool and is_bool) or (expected is not bool and isinstance(value, expected) and not is_bool):
-        return value
-    raise TypeError(f"TransformerConfig.{key} must be {expected.__name__}, got {type(value).__name__} {value!r}")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnlab.data.config import dataclass_from_dict
+from attnlab.config import read_dataclass
 from attnlab.layers.patch_embed import PatchEmbed, resample_position_embeddings
 from attnlab.layers.transformer_blocks import EncoderLayer
 
@@ -85,8 +85,8 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ViTConfig:
-        """A config from a mapping (a YAML section); an unknown key fails with its name."""
-        return dataclass_from_dict(cls, values)
+        """A config from a mapping (a YAML section); an unknown key or a wrong type fails naming the key."""
+        return read_dataclass(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict ``from_dict`` reads back."""

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from attnlab.config import ConfigError, check_keys, coerce, load_yaml, read_dataclass, to_plain
 from attnlab.data.corpora import CorpusConfig
 from attnlab.data.tokenizer import TokenizerConfig
 from attnlab.models import rnn_seq2seq, transformer
@@ -59,10 +60,6 @@ SCHEDULES = ("noam", "cosine", "constant")
 OPTIMIZERS = ("adamw", "adam")
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the dotted key and the value."""
-
-
 @dataclass(frozen=True)
 class ModelType:
     """What a config's ``model.type`` names: its config dataclass, module, presets and tasks."""
@@ -87,104 +84,6 @@ MODEL_TYPES = tuple(MODEL_REGISTRY)
 # ---------------------------------------------------------------------------------------------
 # Typed reading of plain values
 # ---------------------------------------------------------------------------------------------
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """``value`` checked against the type ``hint`` (ints pass for floats, lists for tuples)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise _type_error(key, value, hint)
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        if not isinstance(value, Mapping):
-            raise _type_error(key, value, hint)
-        return read_dataclass(hint, value, key)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(key, value, hint)
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if origin is tuple and args:
-            if len(args) != len(value):
-                raise _type_error(key, value, hint)
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        items = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
-        return tuple(items) if origin is tuple else items
-    if origin is dict or hint is dict:
-        if not isinstance(value, Mapping):
-            raise _type_error(key, value, hint)
-        return dict(value)
-    return _coerce_scalar(value, hint, key)
-
-
-def _coerce_scalar(value: Any, hint: Any, key: str) -> Any:
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # PyYAML reads "3e-4" (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(key, value, hint)
-    if isinstance(hint, type) and isinstance(value, hint) and not isinstance(value, bool):
-        return value
-    raise _type_error(key, value, hint)
-
-
-def _type_error(key: str, value: Any, hint: Any) -> ConfigError:
-    return ConfigError(f"{key}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
-
-
-def _check_keys(known: Sequence[str], values: Mapping[str, Any], prefix: str, what: str = "") -> None:
-    for key in values:
-        if key not in known:
-            where = f" ({what})" if what else ""
-            raise ConfigError(f"unknown config key {prefix}{key}{where}; known keys: {', '.join(sorted(known))}")
-
-
-def read_dataclass(cls: type, values: Mapping[str, Any], path: str = "") -> Any:
-    """Build dataclass ``cls`` from ``values``, checking keys and types; errors name ``path.key``."""
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(values).__name__} {values!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    prefix = f"{path}." if path else ""
-    _check_keys(list(fields), values, prefix)
-    kwargs = {key: _coerce(value, hints[key], prefix + key) for key, value in values.items()}
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError, KeyError) as error:
-        raise ConfigError(f"{path or cls.__name__}: {error}") from error
-
-
-def to_plain(value: Any) -> Any:
-    """Dataclasses, tuples and paths as YAML-safe dicts, lists and strings."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,8 +133,8 @@ class ModelSection:
             raise ConfigError(f"{path}.preset: unknown {kind} preset {section.preset!r}; expected one of {sorted(presets)}")
         params = {k: v for k, v in values.items() if k not in ("type", "preset")}
         hints = typing.get_type_hints(config_class)
-        _check_keys([*hints, "type", "preset"], params, f"{path}.", f"not a field of {kind} model {config_class.__name__}")
-        section.params = {key: _coerce(value, hints[key], f"{path}.{key}") for key, value in params.items()}
+        check_keys([*hints, "type", "preset"], params, f"{path}.", f"not a field of {kind} model {config_class.__name__}")
+        section.params = {key: coerce(value, hints[key], f"{path}.{key}") for key, value in params.items()}
         return section
 
     def resolve(self, **derived: Any) -> Any:
@@ -414,7 +313,7 @@ class RunConfig:
         """Read and check a whole run config (see the module docstring)."""
         if not isinstance(values, Mapping):
             raise ConfigError(f"a run config must be a mapping, got {type(values).__name__}")
-        _check_keys([f.name for f in dataclasses.fields(cls)], values, "")
+        check_keys([f.name for f in dataclasses.fields(cls)], values, "")
         task = values.get("task")
         if task not in TASKS:
             raise ConfigError(f"task: expected one of {list(TASKS)}, got {task!r}")
@@ -427,8 +326,8 @@ class RunConfig:
             model=model,
             data=read_dataclass(_DATA_CLASSES[task], values.get("data", {}), "data"),
             training=read_dataclass(TrainingConfig, values.get("training", {}), "training"),
-            output_dir=_coerce(values.get("output_dir", "runs/run"), str, "output_dir"),
-            seed=_coerce(values.get("seed", 0), int, "seed"),
+            output_dir=coerce(values.get("output_dir", "runs/run"), str, "output_dir"),
+            seed=coerce(values.get("seed", 0), int, "seed"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -452,7 +351,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} must look like section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({error})") from error
     return key.split("."), value
@@ -460,7 +359,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A deep copy of ``values`` with each ``dotted.key=value`` set (unknown keys fail later, when read)."""
-    result = yaml.safe_load(yaml.safe_dump(dict(values))) or {}
+    result = load_yaml(yaml.safe_dump(dict(values))) or {}
     for text in overrides:
         path, value = parse_override(text)
         node = result
@@ -489,7 +388,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = load_yaml(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError as error:
         raise ConfigError(f"config file {path} does not exist") from error
     except (OSError, yaml.YAMLError) as error:

@@ -10,6 +10,7 @@ import torch
 import yaml
 from torch import nn
 
+from attnlab.config import load_yaml
 from attnlab.training import checkpoints as ckpt
 from attnlab.training.config import ConfigError, RunConfig
 from attnlab.training.task import Task, build_task
@@ -65,7 +66,7 @@ def load_run(run_dir: str | Path, which: str = "best", *, need_data: bool = Fals
     run_dir = Path(run_dir)
     directory = run_dir if (run_dir / ckpt.MODEL_FILE).exists() else _checkpoint_of(run_dir, which)
     try:
-        config = RunConfig.from_dict(yaml.safe_load(ckpt.read_config_text(directory)))
+        config = RunConfig.from_dict(load_yaml(ckpt.read_config_text(directory)))
     except yaml.YAMLError as error:
         raise ConfigError(f"{directory / ckpt.CONFIG_FILE} is not valid YAML: {error}") from error
     if task is not None and config.task != task:

@@ -1,0 +1,147 @@
+"""Config dataclasses from plain values (YAML): every key checked, every error naming its key.
+
+One reader for every config in attnlab (models, data, runs): an unknown key fails with its dotted
+path and the known keys, a wrong type names the key, the value and the expected type, and the
+dataclass's own checks (``__post_init__``) surface as :class:`ConfigError` too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError", "ConfigTypeError", "UnknownKeyError", "check_keys", "coerce", "load_yaml", "read_dataclass", "to_plain",
+]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the dotted key and the value."""
+
+
+class UnknownKeyError(ConfigError, KeyError):
+    """A key the config dataclass does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A value of the wrong type for its key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, plus YAML 1.2 floats: ``3e-4`` is a float, not a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also reads exponents without a dot (``1e-3``) as floats."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against the type ``hint`` (ints pass for floats, lists for tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise _type_error(key, value, hint)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, Mapping):
+            raise _type_error(key, value, hint)
+        return read_dataclass(hint, value, key)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, value, hint)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if origin is tuple and args:
+            if len(args) != len(value):
+                raise _type_error(key, value, hint)
+            return tuple(coerce(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        items = [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise _type_error(key, value, hint)
+        return dict(value)
+    return _coerce_scalar(value, hint, key)
+
+
+def _coerce_scalar(value: Any, hint: Any, key: str) -> Any:
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, value, hint)
+    if isinstance(hint, type) and isinstance(value, hint) and not isinstance(value, bool):
+        return value
+    raise _type_error(key, value, hint)
+
+
+def _type_error(key: str, value: Any, hint: Any) -> ConfigError:
+    return ConfigTypeError(f"{key}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
+
+
+def check_keys(known: Sequence[str], values: Mapping[str, Any], prefix: str, what: str = "") -> None:
+    """Raise :class:`UnknownKeyError` for the first key of ``values`` not in ``known``."""
+    for key in values:
+        if key not in known:
+            where = f" ({what})" if what else ""
+            raise UnknownKeyError(f"unknown config key {prefix}{key}{where}; known keys: {', '.join(sorted(known))}")
+
+
+def read_dataclass(cls: type, values: Mapping[str, Any], path: str = "") -> Any:
+    """Build dataclass ``cls`` from ``values``, checking keys and types; errors name ``path.key``."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(values).__name__} {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    prefix = f"{path}." if path else ""
+    check_keys(list(fields), values, prefix)
+    kwargs = {key: coerce(value, hints[key], prefix + key) for key, value in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ConfigError(f"{path or cls.__name__}: {error}") from error
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses, tuples and paths as YAML-safe dicts, lists and strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
