@@ -26,7 +26,9 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/attention.py
+	$(PY) -m benchmarks.attention
+	$(PY) -m benchmarks.translation
+	$(PY) -m benchmarks.vision
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -16,43 +16,33 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 
 
-def busy_jiffies() -> tuple[int, int]:
-    """(busy, total) CPU jiffies of the whole machine from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores have been busy since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, float]:
-    """Seconds one call takes, and the share of the machine's busy CPU time that was not ours."""
-    busy0, _ = busy_jiffies()
-    cpu0, t0 = time.process_time(), time.perf_counter()
+def timed(fn: Callable[[], object]) -> tuple[float, float, float]:
+    """Wall seconds of ``fn()``, this process's CPU seconds, and the share of all cores that other
+    processes used meanwhile (0 on a quiet machine)."""
+    busy0, own0, start = _machine_busy_seconds(), time.process_time(), time.perf_counter()
     fn()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    busy1, _ = busy_jiffies()
-    busy = (busy1 - busy0) / os.sysconf("SC_CLK_TCK")
-    foreign = max(0.0, busy - cpu) / max(busy, 1e-9)
-    return wall, foreign
+    wall = time.perf_counter() - start
+    busy, own = _machine_busy_seconds() - busy0, time.process_time() - own0
+    return wall, own, max(0.0, busy - own) / (wall * (os.cpu_count() or 1))
 
 
 def interleave(peers: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, max_foreign: float = 0.25):
-    """Run the peers A B C A B C ...; per peer the kept times (blocks where others took the CPU are dropped)."""
+    """Run the peers A B C A B C ...; per peer the wall times of the quiet rounds (no block in which
+    other processes took more than ``max_foreign`` of the cores; every round when fewer than two
+    are quiet), and the number of noisy rounds."""
     for _ in range(warmup):
         for fn in peers.values():
             fn()
-    times = {name: [] for name in peers}
-    dropped = 0
-    for _ in range(repeats):
-        for name, fn in peers.items():
-            wall, foreign = timed(fn)
-            if foreign > max_foreign:
-                dropped += 1
-            times[name].append((wall, foreign))
-    kept = {}
-    for name, samples in times.items():
-        clean = [w for w, f in samples if f <= max_foreign]
-        kept[name] = clean or [w for w, _ in samples]  # everything noisy: keep all, flag it
-    return kept, dropped
+    rounds = [{name: timed(fn) for name, fn in peers.items()} for _ in range(repeats)]
+    quiet = [r for r in rounds if all(sample[2] <= max_foreign for sample in r.values())]
+    kept = quiet if len(quiet) >= 2 else rounds
+    return {name: [r[name][0] for r in kept] for name in peers}, repeats - len(quiet)
 
 
 def summary(samples: list[float]) -> dict[str, float]:

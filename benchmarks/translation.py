@@ -9,7 +9,7 @@ Peers run interleaved (A B A B) in one process on 2 threads after a warm-up; the
 ratio of medians. Blocks during which other processes used a noticeable share of the CPU are
 dropped (when enough remain). Prints a table and writes ``benchmarks/results/translation.json``.
 
-    .venv/bin/python benchmarks/translation.py [--quick]
+    .venv/bin/python -m benchmarks.translation [--quick]
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import math
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from attnlab.decoding import beam_search, greedy_search
 from attnlab.layers import SinusoidalPositionalEncoding
 from attnlab.models.transformer import Transformer, TransformerConfig
+from benchmarks.common import timed
 
 PAD, BOS, EOS = 0, 2, 3
 FOREIGN_CPU_LIMIT = 0.25  # drop blocks where other processes used more than this share of all cores
@@ -65,25 +65,6 @@ class TorchSeq2Seq(nn.Module):
             src_key_padding_mask=src_mask, memory_key_padding_mask=src_mask, tgt_is_causal=True,
         )
         return self.output(hidden)
-
-
-def cpu_busy() -> tuple[float, float]:
-    """(busy jiffies of the whole machine, CPU seconds of this process)."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), time.process_time()
-
-
-def timed(fn: Callable[[], object]) -> tuple[float, float, float]:
-    """Wall seconds of ``fn()``, its CPU seconds, and the share of all cores other processes used meanwhile."""
-    busy0, own0 = cpu_busy()
-    start = time.perf_counter()
-    fn()
-    wall = time.perf_counter() - start
-    busy1, own1 = cpu_busy()
-    foreign = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * os.cpu_count())
-    return wall, own1 - own0, foreign
 
 
 def compare(name: str, peers: dict[str, Callable[[], object]], tokens: int, repeats: int, warmup: int) -> dict:

@@ -8,7 +8,7 @@ the explicit path for bf16 training) and the core's NaN check on attention input
 (``set_input_checks(False)``): what the core would give with the fixes reported for it. Cases: ViT-Ti/16 at 224 and the 28x28 model, inference and a training
 step (forward, cross-entropy, backward, SGD), fp32 and bf16 autocast.
 
-Usage: ``python benchmarks/vision.py [--quick] [--reps N] [--threads 2] [--out benchmarks/results/vision.json]``
+Usage: ``python -m benchmarks.vision [--quick] [--reps N] [--threads 2] [--out benchmarks/results/vision.json]``
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -30,36 +28,12 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnlab.functional.attention import set_input_checks
+from benchmarks.common import timed
 from attnlab.models.vit import ViT, vit_config
 from attnlab.models.vit_interop import vit_to_hf
 
 MODELS = {"vit_tiny_patch16_224": {"infer": 16, "train": 8}, "vit_mnist_patch4_28": {"infer": 256, "train": 128}}
 BUSY_SHARE_LIMIT = 0.15  # of all cores, used by other processes during a timed block
-
-
-def cpu_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all cores from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [float(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(step: Callable[[], None]) -> tuple[float, float]:
-    """Wall seconds of one call and the share of all cores other processes used meanwhile."""
-    busy0, total0, own0 = *cpu_busy(), own_cpu_seconds()
-    start = time.perf_counter()
-    step()
-    wall = time.perf_counter() - start
-    busy1, total1, own1 = *cpu_busy(), own_cpu_seconds()
-    ticks = os.sysconf("SC_CLK_TCK")
-    other = max(0.0, (busy1 - busy0) / ticks - (own1 - own0))
-    return wall, other / max(1e-9, (total1 - total0) / ticks)
 
 
 def make_step(model: torch.nn.Module, images: torch.Tensor, train: bool, bf16: bool, hf: bool) -> Callable[[], None]:
@@ -141,7 +115,8 @@ def run_case(name: str, mode: str, bf16: bool, reps: int, warmup: int) -> dict:
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in steps}
     for _ in range(reps):
         for key, step in steps.items():  # A B A B ...
-            samples[key].append(timed(step))
+            wall, _, others = timed(step)
+            samples[key].append((wall, others))
     return summarise(name, mode, bf16, batch, samples, flops_of(steps["attnlab"]))
 
 

@@ -22,7 +22,6 @@ raw mapping before it is checked (:func:`apply_overrides`).
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from attnlab.training import checkpoints as ckpt
 from attnlab.training.config import RunConfig
