@@ -3,7 +3,9 @@
 (a) training tokens/s (forward, backward, Adam step) of ``attnlab.models.transformer`` against
     ``nn.Transformer`` with the same embeddings, positions and tied output projection;
 (b) greedy and (c) beam-5 decoding tokens/s with our KV cache against ``MarianMTModel.generate``
-    (randomly initialised, same sizes), batch 8, EOS suppressed so both make exactly N tokens.
+    (randomly initialised, same sizes), batch 8, EOS suppressed so both make exactly N tokens;
+(d) training and greedy tokens/s of each RNN seq2seq variant (no attention, Bahdanau, Luong
+    dot / general / concat), the cost of each form of attention (``--rnn-only`` for just these).
 
 Peers run interleaved (A B A B) in one process on 2 threads after a warm-up; the result is the
 ratio of medians. Blocks during which other processes used a noticeable share of the CPU are
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 
 from attnlab.decoding import beam_search, greedy_search
 from attnlab.layers import SinusoidalPositionalEncoding
+from attnlab.models.rnn_seq2seq import RNNSeq2Seq, Seq2SeqConfig
 from attnlab.models.transformer import Transformer, TransformerConfig
 from benchmarks.common import timed
 
@@ -86,7 +89,7 @@ def compare(name: str, peers: dict[str, Callable[[], object]], tokens: int, repe
             "tokens_per_s": tokens / statistics.median(times),
             "foreign_cpu": [round(samples[peer][i][2], 3) for i in range(repeats)],
         }
-    first, second = result["peers"].values()
+    first, second = list(result["peers"].values())[:2]
     result["speedup"] = second["median_s"] / first["median_s"]
     result["cpu_time_speedup"] = second["median_cpu_s"] / first["median_cpu_s"]
     return result
@@ -171,23 +174,74 @@ def bench_decoding(config: TransformerConfig, beam: int, batch: int, src_len: in
     return compare(name, {"attnlab (KV cache)": run_ours, "HF Marian generate": run_hf}, batch * new_tokens, repeats, warmup=1)
 
 
+RNN_VARIANTS = {
+    "no attention": dict(attention="none"),
+    "Bahdanau": dict(attention="bahdanau"),
+    "Luong dot": dict(attention="luong", score="dot"),
+    "Luong general": dict(attention="luong", score="general"),
+    "Luong concat": dict(attention="luong", score="concat"),
+}
+
+
+def bench_rnn_variants(vocab: int, batch: int, length: int, new_tokens: int, repeats: int) -> dict:
+    """Training and greedy tokens/s of each RNN seq2seq variant (bi-LSTM, "small" preset), interleaved:
+    what each form of attention costs on top of the plain encoder-decoder."""
+    torch.manual_seed(0)
+    src, tgt = random_batch(batch, length, vocab, 1), random_batch(batch, length + 1, vocab, 2)
+    tgt[:, 0] = BOS
+    train_peers, decode_peers = {}, {}
+    for name, variant in RNN_VARIANTS.items():
+        config = Seq2SeqConfig.from_preset("small", src_vocab_size=vocab, tgt_vocab_size=vocab, cell="lstm",
+                                           bidirectional=True, **variant)
+        model = RNNSeq2Seq(config)
+        train_peers[name] = training_step(model.train(), torch.optim.Adam(model.parameters(), lr=1e-4), src, tgt)
+        decode_peers[name] = _greedy(RNNSeq2Seq(config).eval(), src, new_tokens)
+    train_tokens = int(tgt[:, 1:].ne(PAD).sum() + src.ne(PAD).sum())
+    return {
+        "training": compare("RNN training (fwd+bwd+Adam)", train_peers, train_tokens, repeats, warmup=1),
+        "greedy": compare("RNN greedy decoding", decode_peers, batch * new_tokens, repeats, warmup=1),
+    }
+
+
+def _greedy(model: nn.Module, src: Tensor, new_tokens: int) -> Callable[[], Tensor]:
+    def run() -> Tensor:
+        return greedy_search(model, src, max_len_a=0.0, max_len_b=new_tokens, min_len=new_tokens).tokens
+
+    return run
+
+
+def print_rnn_table(results: dict) -> None:
+    train, greedy = results["training"]["peers"], results["greedy"]["peers"]
+    base_train, base_greedy = train["no attention"]["tokens_per_s"], greedy["no attention"]["tokens_per_s"]
+    print(f"\n{'RNN seq2seq (bi-LSTM 256)':26} {'train tok/s':>11} {'vs none':>8} {'greedy tok/s':>12} {'vs none':>8}")
+    for name in RNN_VARIANTS:
+        t, g = train[name]["tokens_per_s"], greedy[name]["tokens_per_s"]
+        print(f"{name:26} {t:11.0f} {t / base_train:8.2f} {g:12.0f} {g / base_greedy:8.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the 'small' preset and fewer repeats")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--rnn-only", action="store_true", help="only the RNN variants (issue: cost of each attention)")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "translation.json")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     preset = "small" if args.quick else "base"
     repeats = args.repeats or (3 if args.quick else 5)
+    rnn = bench_rnn_variants(vocab=8000, batch=8, length=32, new_tokens=32 if args.quick else 64, repeats=repeats)
+    print_rnn_table(rnn)
+    if args.rnn_only:
+        return
     config = TransformerConfig.from_preset(preset, src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True)
     results = [
         bench_training(config, batch=8, length=32, repeats=repeats),
         bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=64, repeats=repeats),
         bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=64, repeats=max(2, repeats - 2)),
     ]
-    print(f"preset {preset}: d_model {config.d_model}, heads {config.num_heads}, layers {config.num_encoder_layers}+"
-          f"{config.num_decoder_layers}, FFN {config.dim_feedforward}, vocab {config.tgt_vocab_size}; 2 threads")
+    print(f"\npreset {preset}: d_model {config.d_model}, heads {config.num_heads}, layers {config.num_encoder_layers}+"
+          f"{config.num_decoder_layers}, FFN {config.dim_feedforward}, vocab {config.tgt_vocab_size}; {args.threads} threads")
     print(f"{'case':24} {'peer':20} {'tokens/s':>9} {'median s':>9} {'min s':>8} {'cpu s':>7} {'others':>7} "
           f"{'kept':>5} {'speedup':>8} {'cpu-time':>8}")
     for r in results:
@@ -201,9 +255,9 @@ def main() -> None:
     print("speedup = peer median wall time / ours; cpu-time = the same for CPU seconds of this process; "
           "others = median share of all cores used by other processes while timing")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"preset": preset, "config": config.to_dict(), "threads": 2, "torch": torch.__version__,
+    meta = {"preset": preset, "config": config.to_dict(), "threads": args.threads, "torch": torch.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count()}
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    args.out.write_text(json.dumps({"meta": meta, "results": results, "rnn_variants": rnn}, indent=2))
     print(f"wrote {args.out}")
 
 
