@@ -226,3 +226,16 @@ def test_blockwise_path_for_averaged_weights_equals_explicit(mask_kind, is_causa
         grads.append((out, w, q.grad, k.grad, v.grad))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False, None])
+def test_gradcheck_attention_every_path(fused):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, n, 4, generator=g, dtype=torch.float64, requires_grad=True) for n in (3, 5, 5))
+    mask = torch.tensor([True, True, False, True, False])  # key padding, broadcast over queries
+
+    def fn(q, k, v):
+        out, w = attention(q, k, v, mask=mask, need_weights=True, weights_average_dim=1, fused=fused)
+        return out, w
+
+    assert torch.autograd.gradcheck(fn, (q, k, v))
