@@ -264,6 +264,8 @@ def _as_4d(
     if query.ndim <= 4 and query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
         pad = (1,) * (4 - query.ndim)
         q, k, v = (x.reshape(*pad, *x.shape) for x in (query, key, value))
+        if mask is not None and mask.ndim < 4:  # SDPA wants a mask of the inputs' rank
+            mask = mask.reshape(*(1,) * (4 - mask.ndim), *mask.shape)
         return q, k, v, mask
     q, k, v = (x.expand(*batch, *x.shape[-2:]).reshape(-1, 1, *x.shape[-2:]) for x in (query, key, value))
     if mask is not None:
