@@ -239,3 +239,14 @@ def test_gradcheck_attention_every_path(fused):
         return out, w
 
     assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+@pytest.mark.parametrize("shape", [(LK,), (LQ, LK), (H, 1, LK), (B, 1, 1, LK), (B, H, LQ, LK)])
+def test_masks_of_every_rank_agree_on_every_path(shape):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(5)) > 0.3
+    q, k, v = _qkv()
+    ref_out, ref_w = _reference(q, k, v, mask)
+    for fused in (True, False, None):
+        out, w = attention(q, k, v, mask=mask, need_weights=True, fused=fused)
+        torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
