@@ -11,6 +11,7 @@ import torch
 
 from attnlab.cli.format import format_metrics, format_per_class
 from attnlab.training.runs import load_run
+from attnlab.viz import format_attention_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     translate.add_argument("--text", action="append", help="a sentence (repeatable); otherwise stdin, one per line")
     translate.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     translate.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    translate.add_argument("--show-attention", action="store_true",
+                           help="also print each sentence's source-target attention (rows: target pieces)")
     translate.set_defaults(func=run_translate)
 
     classify = subparsers.add_parser("classify", help="top-k labels of image files with a classification run")
@@ -56,6 +59,12 @@ def run_translate(args: argparse.Namespace) -> int:
         raise ValueError(f"--beam must be >= 1, got {args.beam}")
     loaded = load_run(args.run_dir, args.checkpoint, task="translation")
     texts = args.text if args.text else [line.rstrip("\n") for line in sys.stdin]
+    if args.show_attention:
+        for text in texts:
+            alignment = loaded.task.align(loaded.model, text, beam_size=args.beam)
+            print(alignment.translation)
+            print(format_attention_table(alignment.weights, alignment.target_pieces, alignment.source_pieces) + "\n")
+        return 0
     for line in loaded.task.translate(loaded.model, texts, beam_size=args.beam):
         print(line)
     return 0

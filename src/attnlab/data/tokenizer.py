@@ -144,6 +144,10 @@ class SentencePieceTokenizer:
         """The subword strings ``encode`` would give ids for (for labelling attention maps)."""
         return self._processor.encode(_as_list(texts), out_type=str)
 
+    def id_to_piece(self, ids: Sequence[int]) -> list[str]:
+        """The pieces of one id sequence (``▁`` marks a word start), e.g. to label attention maps."""
+        return [self._processor.id_to_piece(int(i)) for i in ids]
+
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Text of each id sequence; pad, BOS and EOS are dropped."""
         return self._processor.decode([[int(i) for i in seq] for seq in ids])

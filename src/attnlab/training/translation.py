@@ -46,6 +46,17 @@ TOKENIZER_DIR = "tokenizer"
 _SPLITS = ("train", "dev", "test")
 
 
+@dataclasses.dataclass
+class Alignment:
+    """A translation and the source attention behind it: ``weights (T, S)``, one row per target piece."""
+
+    source: str
+    translation: str
+    source_pieces: list[str]
+    target_pieces: list[str]
+    weights: torch.Tensor
+
+
 def strip_special(ids: Sequence[int]) -> list[int]:
     """Generated ids up to (not including) the first EOS, without padding."""
     out = []
@@ -204,6 +215,36 @@ class TranslationTask:
         self.tokenizer.save(target)
 
     # ----------------------------------------------------------------------------- inference
+    def align(self, model: nn.Module, text: str, beam_size: int = 1) -> Alignment:
+        """Translate one sentence and return the source attention of every generated token.
+
+        The weights are those of the last decoder layer (Transformer: mean over heads), the
+        alignment the model used, one row per target piece (EOS included) over the source pieces.
+        """
+        from attnlab.decoding import beam_search, greedy_search
+
+        data = self.config.data
+        ids = self.tokenizer.source.encode([text])[0][: data.max_length]
+        src = collate_translation([TranslationExample(0, ids, [])]).src.to(self.device)  # (1, S)
+        model.eval()
+        with torch.no_grad():
+            if beam_size > 1:
+                result = beam_search(model, src, beam_size=beam_size, max_len_a=data.max_decode_len_a,
+                                     max_len_b=data.max_decode_len_b, attention="last")
+                tokens, weights = result.tokens[0, 0], result.attention[0, 0]  # (T,), (T, S)
+            else:
+                result = greedy_search(model, src, max_len_a=data.max_decode_len_a,
+                                       max_len_b=data.max_decode_len_b, attention="last")
+                tokens, weights = result.tokens[0], result.attention[0]  # (T,), (T, S)
+        length = int(result.lengths.view(-1)[0])
+        target_ids = tokens[:length].tolist()
+        source_pieces = self.tokenizer.source.id_to_piece(src[0].tolist())
+        target_pieces = [p if i != EOS_ID else "</s>" for p, i in
+                         zip(self.tokenizer.target.id_to_piece(target_ids), target_ids)]
+        translation = self.tokenizer.target.decode([strip_special(target_ids)])[0]
+        source_pieces = [p if i != EOS_ID else "</s>" for p, i in zip(source_pieces, src[0].tolist())]
+        return Alignment(text, translation, source_pieces, target_pieces, weights[:length].float().cpu())
+
     def translate(self, model: nn.Module, texts: Sequence[str], beam_size: int = 1,
                   batch_size: int = 64) -> list[str]:
         """Translate sentences with greedy (``beam_size`` 1) or beam search, in input order."""
