@@ -102,3 +102,13 @@ def test_evaluation_keeps_best_and_last_and_early_stops(tmp_path, tiny_digits_co
 def test_time_budget_stops_the_run(tmp_path, tiny_digits_config):
     config = RunConfig.from_dict(tiny_digits_config(str(tmp_path), max_minutes=1e-6))
     assert Trainer(config).run().stop_reason == "max_minutes"
+
+
+def test_a_budget_stop_between_evaluations_evaluates_the_final_weights(tmp_path, tiny_digits_config):
+    trainer = Trainer(RunConfig.from_dict(tiny_digits_config(str(tmp_path / "run"), max_steps=7, eval_every=5)))
+    trainer.run()
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals if e["kind"] == "val"] == [5, 7]  # 7: the stop, not a multiple of 5
+    assert load_trainer_state(checkpoint_dir(tmp_path / "run", "last"))["trainer"]["step"] == 7
+    best_step = load_trainer_state(checkpoint_dir(tmp_path / "run", "best"))["trainer"]["best_step"]
+    assert best_step == trainer.state.best_step and best_step in (5, 7)

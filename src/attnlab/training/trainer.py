@@ -273,7 +273,15 @@ class Trainer:
             if self.stop_reason:
                 break
         self.stop_reason = self.stop_reason or self._budget_reason()
+        if self._evaluates() and self.stop_reason != "early_stopping" and self._last_eval_step != self.state.step:
+            # A run stopped by its budget between evaluations would keep a stale "best": judge the
+            # final weights too (the evaluation runs after the time budget).
+            self._evaluate_and_checkpoint()
         return self.stop_reason
+
+    def _evaluates(self) -> bool:
+        t = self.config.training
+        return bool(t.eval_every) or t.eval_at_epoch_end
 
     def _train_epoch(self) -> None:
         batches = self.task.train_batches(self.state.epoch, self.state.batch_in_epoch)
