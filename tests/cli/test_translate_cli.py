@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from attnlab.cli.main import main
@@ -126,3 +127,27 @@ def test_translate_refuses_a_classification_config(tmp_path, capsys):
         "training": {"max_steps": 1}}))
     assert main(["translate", str(tmp_path / "cls"), "--text", "x"]) == 2
     assert "is a classification run" in capsys.readouterr().err
+
+
+def test_show_attention_prints_the_alignment_behind_each_translation(trained_run, capsys):
+    assert main(["translate", str(trained_run), "--text", "March 15, 2024"]) == 0
+    plain = capsys.readouterr().out.splitlines()
+    assert main(["translate", str(trained_run), "--text", "March 15, 2024", "--show-attention"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == plain[0]  # the same translation, then its table
+    header, rows = lines[1], [line for line in lines[2:] if line.strip()]
+    assert "▁M" in header or "▁March" in header  # source pieces label the columns
+    assert rows  # one row per generated piece (this tiny model may stop at the length limit, before EOS)
+    for row in rows:
+        weights = [float(cell.rstrip("*")) for cell in row.split()[1:]]
+        assert abs(sum(weights) - 1) < 0.02 * len(weights)  # rows of A, shown to 2 decimals
+
+
+def test_align_weights_are_a_distribution_over_source_pieces(trained_run):
+    from attnlab.training.runs import load_run
+
+    loaded = load_run(trained_run, task="translation")
+    alignment = loaded.task.align(loaded.model, "May 1, 2020", beam_size=2)
+    assert alignment.weights.shape == (len(alignment.target_pieces), len(alignment.source_pieces))
+    torch.testing.assert_close(alignment.weights.sum(-1), torch.ones(len(alignment.target_pieces)), atol=1e-3, rtol=0)
+    assert alignment.translation == loaded.task.translate(loaded.model, ["May 1, 2020"], beam_size=2)[0]
