@@ -176,6 +176,7 @@ def _softmax_blocks(
 ) -> Iterator[tuple[slice, Tensor]]:
     """``(rows, softmax(Q[rows] K^T * scale))`` for blocks of about ``chunk_elements`` scores."""
     lq, lk = query.shape[-2], key.shape[-2]
+    key = key.contiguous()  # read by every block: one copy here, not one per block inside matmul
     rows_per_chunk = max(1, chunk_elements // max(1, lk * math.prod(query.shape[:-2])))
     full_mask = merge_masks(mask, causal_mask(lq, lk, device=query.device)) if is_causal else mask
     for start in range(0, lq, rows_per_chunk):
@@ -200,6 +201,7 @@ def _blockwise_attention(
     memory for all heads' maps at once and with each block of scores still in cache when V meets it.
     """
     contexts, weights = [], []
+    value = value.contiguous()  # read by every block
     for _, block in _softmax_blocks(query, key, mask, is_causal, scale, WEIGHTS_CHUNK_ELEMENTS):
         contexts.append((F.dropout(block, dropout_p) if dropout_p > 0 else block) @ value)  # (..., rows, d_v)
         weights.append(block.mean(average_dim))
