@@ -17,13 +17,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The main job on built-in data: a tour of the core on a real pretrained model, then a
-# Transformer trained on generated English -> Japanese dates (about 2 minutes; a second
+# Transformer trained on generated English -> Japanese dates (under 2 minutes; a second
 # `make demo` resumes the finished run) and the alignment behind two of its translations.
 DEMO_RUN := runs/demo_translation
 
 demo: $(STAMP)
 	$(VENV)/bin/attnlab demo
-	$(VENV)/bin/attnlab train configs/generated_transformer.yaml output_dir=$(DEMO_RUN) training.max_steps=600 training.max_minutes=3
+	$(VENV)/bin/attnlab train configs/generated_transformer.yaml output_dir=$(DEMO_RUN) training.max_steps=1000 training.max_minutes=4
 	$(VENV)/bin/attnlab translate $(DEMO_RUN) --show-attention --text "March 15, 2024" --text "three hundred and twelve"
 
 test: $(STAMP)
