@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "ConfigError", "ConfigTypeError", "UnknownKeyError", "check_keys", "coerce", "load_yaml", "read_dataclass", "to_plain",
+    "ConfigError", "ConfigTypeError", "UnknownKeyError", "check_keys", "coerce", "load_yaml", "preset", "read_dataclass",
+    "to_plain",
 ]
 
 
@@ -145,3 +146,10 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def preset(presets: Mapping[str, Mapping[str, Any]], name: str, **overrides: Any) -> dict[str, Any]:
+    """The values of preset ``name`` with ``overrides`` on top; an unknown name lists the known ones."""
+    if name not in presets:
+        raise UnknownKeyError(f"unknown preset {name!r}; expected one of {sorted(presets)}")
+    return {**presets[name], **overrides}

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from attnlab.config import UnknownKeyError, read_dataclass
+from attnlab.config import UnknownKeyError, preset, read_dataclass
 from attnlab.layers.rnn_attention import RNN_SCORES, RNNSourceAttention
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -155,9 +155,7 @@ class Seq2SeqConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> Seq2SeqConfig:
         """A preset of ``PRESETS`` with ``overrides`` (vocab sizes at least)."""
-        if name not in PRESETS:
-            raise KeyError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
+        return cls.from_dict(preset(PRESETS, name, **overrides))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnlab.config import read_dataclass
+from attnlab.config import preset, read_dataclass
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.positional import SinusoidalPositionalEncoding
 from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer
@@ -104,9 +104,7 @@ class TransformerConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TransformerConfig:
         """A preset of ``PRESETS`` (``base``, ``big``, ``small``, ``tiny``) with ``overrides`` (vocab sizes)."""
-        if name not in PRESETS:
-            raise KeyError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
+        return cls.from_dict(preset(PRESETS, name, **overrides))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
