@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The main job on built-in data: a tour of the core on a real pretrained model, then a
-# Transformer trained on generated English -> Japanese dates (under 2 minutes; a second
+# Transformer trained on generated English -> Japanese dates (96 s here; a second
 # `make demo` resumes the finished run) and the alignment behind two of its translations.
 DEMO_RUN := runs/demo_translation
 
