@@ -57,11 +57,11 @@ def attention(
     """Attention in the general form: S = f_sim(Q, K), A = f_norm(S), C = A V.
 
     With ``score="scaled_dot"`` and ``normalize="softmax"`` this is Eq. 1 of "Attention Is All You
-    Need", softmax(Q K^T / sqrt(d_k)) V, and runs on the fused path: the context comes from
-    ``F.scaled_dot_product_attention`` (flash kernels on CPU and CUDA) or, on CPU for short key
-    sequences, from one matmul-softmax-matmul, whichever is faster. Weights requested on the fused
-    path are computed beside the kernel, a chunk of queries at a time, so memory holds the
-    returned map and one chunk of scores; that costs one more Q K^T product and softmax.
+    Need", softmax(Q K^T / sqrt(d_k)) V, and runs on the fused path, whose kernel is chosen per
+    call (``_prefer_sdpa``; the table in docs/notation.md): ``F.scaled_dot_product_attention``
+    on CUDA and for forward passes without gradients, one matmul-softmax-matmul for short CPU
+    sequences that need gradients and for per-head weights, and, for head-averaged weights on
+    CPU, a blockwise pass that never holds all heads' maps at once (without gradients).
 
     Args:
         query: Q, ``(..., Lq, d_k)``.
