@@ -57,6 +57,11 @@ class Alignment:
     weights: torch.Tensor
 
 
+def _piece_labels(tokenizer, ids: Sequence[int]) -> list[str]:
+    """SentencePiece pieces of ``ids`` for table labels, EOS shown as ``</s>``."""
+    return [piece if i != EOS_ID else "</s>" for piece, i in zip(tokenizer.id_to_piece(ids), ids)]
+
+
 def strip_special(ids: Sequence[int]) -> list[int]:
     """Generated ids up to (not including) the first EOS, without padding."""
     out = []
@@ -221,35 +226,34 @@ class TranslationTask:
         The weights are those of the last decoder layer (Transformer: mean over heads), the
         alignment the model used, one row per target piece (EOS included) over the source pieces.
         """
-        from attnlab.decoding import beam_search, greedy_search
-
         data = self.config.data
         ids = self.tokenizer.source.encode([text])[0][: data.max_length]
         src = collate_translation([TranslationExample(0, ids, [])]).src.to(self.device)  # (1, S)
         model.eval()
         with torch.no_grad():
-            if beam_size > 1:
-                result = beam_search(model, src, beam_size=beam_size, max_len_a=data.max_decode_len_a,
-                                     max_len_b=data.max_decode_len_b, attention="last")
-                tokens, weights = result.tokens[0, 0], result.attention[0, 0]  # (T,), (T, S)
-            else:
-                result = greedy_search(model, src, max_len_a=data.max_decode_len_a,
-                                       max_len_b=data.max_decode_len_b, attention="last")
-                tokens, weights = result.tokens[0], result.attention[0]  # (T,), (T, S)
-        length = int(result.lengths.view(-1)[0])
-        target_ids = tokens[:length].tolist()
-        source_pieces = self.tokenizer.source.id_to_piece(src[0].tolist())
-        target_pieces = [p if i != EOS_ID else "</s>" for p, i in
-                         zip(self.tokenizer.target.id_to_piece(target_ids), target_ids)]
+            tokens, lengths, weights = self._search(model, src, beam_size, attention="last")  # (1, T), (1,), (1, T, S)
+        target_ids = tokens[0, : int(lengths[0])].tolist()
         translation = self.tokenizer.target.decode([strip_special(target_ids)])[0]
-        source_pieces = [p if i != EOS_ID else "</s>" for p, i in zip(source_pieces, src[0].tolist())]
-        return Alignment(text, translation, source_pieces, target_pieces, weights[:length].float().cpu())
+        return Alignment(text, translation, _piece_labels(self.tokenizer.source, src[0].tolist()),
+                         _piece_labels(self.tokenizer.target, target_ids),
+                         weights[0, : len(target_ids)].float().cpu())
+
+    def _search(self, model: nn.Module, src: torch.Tensor, beam_size: int, attention: str | None = None):
+        """Greedy (``beam_size`` 1) or beam search under the data's length limits: the best
+        hypothesis per sentence as ``(tokens (B, T), lengths (B,), source attention (B, T, S) or None)``."""
+        from attnlab.decoding import beam_search, greedy_search
+
+        limits = {"max_len_a": self.config.data.max_decode_len_a, "max_len_b": self.config.data.max_decode_len_b}
+        if beam_size == 1:
+            result = greedy_search(model, src, attention=attention, **limits)
+            return result.tokens, result.lengths, result.attention
+        result = beam_search(model, src, beam_size=beam_size, attention=attention, **limits)
+        best = None if result.attention is None else result.attention[:, 0]
+        return result.tokens[:, 0], result.lengths[:, 0], best
 
     def translate(self, model: nn.Module, texts: Sequence[str], beam_size: int = 1,
                   batch_size: int = 64) -> list[str]:
         """Translate sentences with greedy (``beam_size`` 1) or beam search, in input order."""
-        from attnlab.decoding import beam_search, greedy_search
-
         data = self.config.data
         ids = self.tokenizer.source.encode(list(texts))
         _warn_unfit_inputs(ids, data.max_length)
@@ -263,13 +267,7 @@ class TranslationTask:
                 rows = order[start:start + batch_size]
                 examples = [TranslationExample(i, ids[i][: data.max_length], []) for i in rows]
                 src = collate_translation(examples).src.to(self.device)  # (B, S)
-                if beam_size > 1:
-                    result = beam_search(model, src, beam_size=beam_size, max_len_a=data.max_decode_len_a,
-                                         max_len_b=data.max_decode_len_b)
-                    tokens = result.tokens[:, 0] if result.tokens.dim() == 3 else result.tokens  # (B, T)
-                else:
-                    tokens = greedy_search(model, src, max_len_a=data.max_decode_len_a,
-                                           max_len_b=data.max_decode_len_b).tokens  # (B, T)
+                tokens, _, _ = self._search(model, src, beam_size)  # (B, T)
                 decoded = self.tokenizer.target.decode([strip_special(row) for row in tokens.tolist()])
                 outputs.update(zip(rows, decoded))
         model.train(was_training)
