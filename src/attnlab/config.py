@@ -13,14 +13,16 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
 __all__ = [
-    "ConfigError", "ConfigTypeError", "UnknownKeyError", "check_keys", "coerce", "load_yaml", "preset", "read_dataclass",
-    "to_plain",
+    "ConfigError", "ConfigMixin", "ConfigTypeError", "UnknownKeyError", "check_keys", "coerce", "load_yaml", "preset",
+    "read_dataclass", "to_plain",
 ]
+
+_Config = TypeVar("_Config", bound="ConfigMixin")
 
 
 class ConfigError(ValueError):
@@ -153,3 +155,37 @@ def preset(presets: Mapping[str, Mapping[str, Any]], name: str, **overrides: Any
     if name not in presets:
         raise UnknownKeyError(f"unknown preset {name!r}; expected one of {sorted(presets)}")
     return {**presets[name], **overrides}
+
+
+class ConfigMixin:
+    """``from_dict``, ``to_dict`` and ``from_preset`` for a config dataclass, over :func:`read_dataclass`.
+
+    A subclass names its presets in the class-level ``presets`` mapping (name -> field values);
+    without one, every preset name is unknown.
+    """
+
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    @classmethod
+    def from_dict(cls: type[_Config], values: Mapping[str, Any]) -> _Config:
+        """A config from plain values (e.g. a YAML section).
+
+        Raises:
+            UnknownKeyError: a key that is not a field (also a ``KeyError``), naming it and the known keys.
+            ConfigTypeError: a value of the wrong type (also a ``TypeError``), naming the key and the value.
+            ConfigError: the dataclass's own checks failed (also a ``ValueError``).
+        """
+        return read_dataclass(cls, values)
+
+    @classmethod
+    def from_preset(cls: type[_Config], name: str, **overrides: Any) -> _Config:
+        """Preset ``name`` of ``cls.presets`` with ``overrides`` on top, read by :meth:`from_dict`.
+
+        Raises:
+            UnknownKeyError: ``name`` is not a preset; the message lists the presets.
+        """
+        return cls.from_dict(preset(cls.presets, name, **overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists for tuples) that YAML and JSON write and :meth:`from_dict` reads back."""
+        return to_plain(self)

@@ -106,6 +106,9 @@ def test_named_sizes():
     assert ViT.from_name("vit_mnist_patch4_28")(torch.randn(1, 1, 28, 28)).shape == (1, 10)
     with pytest.raises(ValueError, match="'vit_huge'"):
         vit_config("vit_huge")
+    assert ViTConfig.from_preset("vit_digits_patch2_8", num_classes=3) == ViTConfig(
+        image_size=8, patch_size=2, in_channels=1, num_classes=3, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0
+    )
 
 
 def test_golden_logits_under_a_fixed_seed():

@@ -21,13 +21,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnlab.config import ConfigMixin
 from attnlab.data.cache import atomic_write_text, default_cache_dir
-from attnlab.config import read_dataclass
 from attnlab.data.generated_pairs import build_generated_pairs
 from attnlab.data.libreoffice_help import build_libreoffice_help_pairs
 from attnlab.data.user_corpus import SkippedLine, read_user_pairs
@@ -43,7 +43,7 @@ _CACHE_FORMAT = 1  # bump when the prepared content of any corpus changes
 
 
 @dataclass(frozen=True)
-class CorpusConfig:
+class CorpusConfig(ConfigMixin):
     """Which corpus to prepare, in which direction, and how to split it.
 
     Attributes:
@@ -88,17 +88,6 @@ class CorpusConfig:
                 f"corpus {self.name!r} pairs English with one language: source_lang ({self.source_lang!r}) "
                 f"or target_lang ({self.target_lang!r}) must be 'en'"
             )
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> CorpusConfig:
-        """Build from a mapping (e.g. a YAML section); an unknown key or a wrong type fails naming the key."""
-        return read_dataclass(cls, values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form; ``from_dict(to_dict())`` gives an equal config."""
-        values = dataclasses.asdict(self)
-        values["paths"] = list(self.paths)
-        return values
 
     @property
     def english_first(self) -> bool:

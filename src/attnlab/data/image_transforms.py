@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from attnlab.config import ConfigMixin
 
 __all__ = [
     "ImageNormalization",
@@ -54,7 +55,7 @@ def _channel_moments(pixels: torch.Tensor) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class ImageNormalization:
+class ImageNormalization(ConfigMixin):
     """Per-channel mean and std of pixels in [0, 1]: ``x_hat = (x - mean[c]) / std[c]``.
 
     Computed once from a training split and saved with checkpoints (``to_dict``), so that
@@ -120,19 +121,6 @@ class ImageNormalization:
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)[:, None, None]
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device)[:, None, None]
         return (images - mean) / std  # (..., C, H, W)
-
-    def to_dict(self) -> dict[str, list[float]]:
-        """Plain lists, for a checkpoint or JSON."""
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> ImageNormalization:
-        """Inverse of :meth:`to_dict`; unknown keys fail with the key named."""
-        unknown = set(state) - {"mean", "std"}
-        if unknown:
-            raise KeyError(f"unknown normalisation keys {sorted(unknown)}; expected 'mean', 'std'")
-        return cls(mean=tuple(float(v) for v in state["mean"]),
-                   std=tuple(float(v) for v in state["std"]))
 
 
 def random_crop(

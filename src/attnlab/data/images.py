@@ -22,13 +22,13 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from attnlab.config import ConfigMixin
 from attnlab.data.cache import atomic_write_bytes, default_cache_dir
 from attnlab.data.image_transforms import ImageAugmentation, ImageNormalization, preprocess_batch
 
@@ -173,7 +173,7 @@ def validate_labels(labels: torch.Tensor, num_classes: int) -> None:
 
 
 @dataclass(frozen=True)
-class ImageSpec:
+class ImageSpec(ConfigMixin):
     """What a trained classifier expects of its input; saved in checkpoints for inference.
 
     Attributes:
@@ -187,23 +187,6 @@ class ImageSpec:
     image_size: tuple[int, int]
     classes: tuple[str, ...]
     normalization: ImageNormalization | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain Python values, for a checkpoint or JSON."""
-        norm = self.normalization.to_dict() if self.normalization is not None else None
-        return {"channels": self.channels, "image_size": list(self.image_size),
-                "classes": list(self.classes), "normalization": norm}
-
-    @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> ImageSpec:
-        """Inverse of :meth:`to_dict`; unknown keys fail with the key named."""
-        unknown = set(state) - {"channels", "image_size", "classes", "normalization"}
-        if unknown:
-            raise KeyError(f"unknown image spec keys {sorted(unknown)}")
-        norm = state.get("normalization")
-        return cls(channels=int(state["channels"]), image_size=_as_size(state["image_size"]),
-                   classes=tuple(state["classes"]),
-                   normalization=ImageNormalization.from_dict(norm) if norm else None)
 
 
 class ImageDataset(Dataset):

@@ -12,20 +12,18 @@ of ``<unk>``, so ``decode(encode(x)) == normalize(x)`` holds for any text.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import sentencepiece as spm
 
+from attnlab.config import ConfigMixin
 from attnlab.data.cache import atomic_write_bytes, atomic_write_text
-from attnlab.config import read_dataclass
 
 __all__ = [
     "PAD_ID",
@@ -45,7 +43,7 @@ _MANIFEST = "tokenizer.json"
 
 
 @dataclass(frozen=True)
-class TokenizerConfig:
+class TokenizerConfig(ConfigMixin):
     """How to train the tokeniser(s).
 
     Attributes:
@@ -75,11 +73,6 @@ class TokenizerConfig:
             raise ValueError(f"vocab_size ({self.vocab_size}) must exceed the {EOS_ID + 1} special ids")
         if not 0 < self.character_coverage <= 1:
             raise ValueError(f"character_coverage ({self.character_coverage}) must be in (0, 1]")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TokenizerConfig:
-        """Build from a mapping; an unknown key or a wrong type fails naming the key."""
-        return read_dataclass(cls, values)
 
 
 class SentencePieceTokenizer:
@@ -204,7 +197,7 @@ class TranslationTokenizer:
         self.source.save(directory / files["source"])
         self.target.save(directory / files["target"])
         manifest = {
-            "config": dataclasses.asdict(self.config),
+            "config": self.config.to_dict(),
             "files": files,
             "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
         }

@@ -8,15 +8,12 @@ al., 2018, Fig. 3) and CBAM (Woo et al., 2018, Fig. 3): out = ReLU(x + Attn(F(x)
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor, nn
 
-from attnlab.config import read_dataclass
+from attnlab.config import ConfigMixin
 from attnlab.layers.channel_attention import SEBlock
 from attnlab.layers.spatial_attention import SpatialAttention
 
@@ -26,7 +23,7 @@ ATTENTIONS = ("none", "se", "spatial", "cbam")
 
 
 @dataclass
-class AttentionCNNConfig:
+class AttentionCNNConfig(ConfigMixin):
     """The hyper-parameters of an ``AttentionCNN``.
 
     Args:
@@ -58,15 +55,6 @@ class AttentionCNNConfig:
             raise ValueError(f"channels {self.channels} and blocks {self.blocks} must be non-empty and of one length")
         if min(*self.channels, *self.blocks, self.in_channels, self.num_classes) <= 0:
             raise ValueError(f"sizes must be positive, got channels {self.channels}, blocks {self.blocks}")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> AttentionCNNConfig:
-        """A config from a mapping (a YAML section); an unknown key or a wrong type fails naming the key."""
-        return read_dataclass(cls, values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The plain dict ``from_dict`` reads back."""
-        return dataclasses.asdict(self)
 
 
 class BlockAttention(nn.Module):

@@ -31,14 +31,15 @@ E embedding size, H hidden size, L layers, V vocabulary.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from attnlab.config import UnknownKeyError, preset, read_dataclass
+from attnlab.config import ConfigMixin, UnknownKeyError
 from attnlab.layers.rnn_attention import RNN_SCORES, RNNSourceAttention
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -62,8 +63,10 @@ def _transformer_only_keys() -> frozenset[str]:
 
 
 @dataclass
-class Seq2SeqConfig:
+class Seq2SeqConfig(ConfigMixin):
     """Hyper-parameters of ``RNNSeq2Seq``; saved inside checkpoints via ``to_dict``.
+
+    ``from_preset`` reads ``PRESETS`` with overrides (vocab sizes at least).
 
     Attributes:
         src_vocab_size: source vocabulary size.
@@ -101,6 +104,8 @@ class Seq2SeqConfig:
     pad_id: int = 0
     bos_id: int = 2
     eos_id: int = 3
+
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
 
     def __post_init__(self) -> None:
         self._check_choices()
@@ -143,22 +148,19 @@ class Seq2SeqConfig:
         return self.hidden_size
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Seq2SeqConfig:
-        """A config from plain values (e.g. YAML); unknown keys, Transformer keys and wrong types
-        raise, naming the key."""
+    def from_dict(cls, values: Mapping[str, Any]) -> Seq2SeqConfig:
+        """:meth:`ConfigMixin.from_dict`, and a Transformer key is named as one.
+
+        Raises:
+            UnknownKeyError: a Transformer key or another unknown key, naming it.
+            ConfigTypeError: a value of the wrong type, naming the key and the value.
+            ConfigError: the checks of ``__post_init__`` failed.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         foreign = sorted((set(values) - known) & _transformer_only_keys())
         if foreign:
             raise UnknownKeyError(f"{foreign} are Transformer keys, not Seq2SeqConfig fields; expected some of {sorted(known)}")
-        return read_dataclass(cls, values)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> Seq2SeqConfig:
-        """A preset of ``PRESETS`` with ``overrides`` (vocab sizes at least)."""
-        return cls.from_dict(preset(PRESETS, name, **overrides))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return super().from_dict(values)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,15 +13,15 @@ T' target positions seen so far, D d_model, H heads, V vocabulary, N layers.
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from attnlab.config import preset, read_dataclass
+from attnlab.config import ConfigMixin
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.positional import SinusoidalPositionalEncoding
 from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer
@@ -37,8 +37,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(ConfigMixin):
     """Hyper-parameters of ``Transformer``; saved inside checkpoints via ``to_dict``.
+
+    ``from_preset`` reads ``PRESETS`` (``base``, ``big``, ``small``, ``tiny``) with overrides (vocab sizes).
 
     Attributes:
         src_vocab_size: source vocabulary size.
@@ -80,6 +82,8 @@ class TransformerConfig:
     bos_id: int = 2
     eos_id: int = 3
 
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
+
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "dim_feedforward", "max_len"):
             if getattr(self, name) <= 0:
@@ -94,20 +98,6 @@ class TransformerConfig:
         for name in ("pad_id", "bos_id", "eos_id"):
             if not 0 <= getattr(self, name) < min(self.src_vocab_size, self.tgt_vocab_size):
                 raise ValueError(f"{name} ({getattr(self, name)}) must be a valid id of both vocabularies")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TransformerConfig:
-        """A config from plain values (e.g. YAML); unknown keys (a ``KeyError``) and wrong types (a
-        ``TypeError``) raise naming the key, both as :class:`attnlab.config.ConfigError`."""
-        return read_dataclass(cls, values)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> TransformerConfig:
-        """A preset of ``PRESETS`` (``base``, ``big``, ``small``, ``tiny``) with ``overrides`` (vocab sizes)."""
-        return cls.from_dict(preset(PRESETS, name, **overrides))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass

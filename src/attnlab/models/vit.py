@@ -11,16 +11,14 @@ pre-norm ``EncoderLayer`` (``norm1``, ``self_attn`` laid out as ``MultiHeadAtten
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from attnlab.config import read_dataclass
+from attnlab.config import ConfigMixin
 from attnlab.layers.patch_embed import PatchEmbed, resample_position_embeddings
 from attnlab.layers.transformer_blocks import EncoderLayer
 
@@ -30,8 +28,10 @@ POOLS = ("cls", "mean")
 
 
 @dataclass
-class ViTConfig:
-    """The hyper-parameters of a ``ViT`` (saved in checkpoints as ``dataclasses.asdict``).
+class ViTConfig(ConfigMixin):
+    """The hyper-parameters of a ``ViT`` (saved in checkpoints via ``to_dict``).
+
+    ``from_preset`` reads the named sizes of ``VIT_CONFIGS``.
 
     Args:
         image_size: the configured (square) input size; position embeddings are learned for
@@ -83,15 +83,6 @@ class ViTConfig:
         """The MLP hidden size, ``int(embed_dim * mlp_ratio)``."""
         return int(self.embed_dim * self.mlp_ratio)
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ViTConfig:
-        """A config from a mapping (a YAML section); an unknown key or a wrong type fails naming the key."""
-        return read_dataclass(cls, values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The plain dict ``from_dict`` reads back."""
-        return dataclasses.asdict(self)
-
 
 VIT_CONFIGS: dict[str, ViTConfig] = {
     # The paper's Table 1 sizes (Ti and S from DeiT) at 224 x 224, patch 16.
@@ -110,13 +101,17 @@ VIT_CONFIGS: dict[str, ViTConfig] = {
         image_size=8, patch_size=2, in_channels=1, num_classes=10, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0
     ),
 }
+# The presets are instances of the class, so they join it once it exists.
+ViTConfig.presets = {name: config.to_dict() for name, config in VIT_CONFIGS.items()}
 
 
 def vit_config(name: str, **overrides: Any) -> ViTConfig:
-    """A named config from ``VIT_CONFIGS`` with fields replaced, e.g. ``vit_config("vit_tiny_patch16_224", num_classes=10)``."""
-    if name not in VIT_CONFIGS:
-        raise ValueError(f"unknown ViT {name!r}; expected one of {sorted(VIT_CONFIGS)}")
-    return ViTConfig.from_dict({**VIT_CONFIGS[name].to_dict(), **overrides})
+    """``ViTConfig.from_preset``: a named config with fields replaced, e.g. ``vit_config("vit_tiny_patch16_224", num_classes=10)``.
+
+    Raises:
+        UnknownKeyError: an unknown name (also a ``ValueError``); the message lists the names.
+    """
+    return ViTConfig.from_preset(name, **overrides)
 
 
 class ViT(nn.Module):
