@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from attnlab.functional._lookup import resolve_by_name
 from attnlab.functional.masks import apply_mask
 
 NormalizeFn = Callable[[Tensor, Tensor | None], Tensor]
@@ -91,15 +92,11 @@ PARAMETRIC_NORMALIZERS: dict[str, str] = {
 
 
 def resolve_normalizer(normalize: str | NormalizeFn) -> NormalizeFn:
-    """The normaliser for a name in ``NORMALIZERS`` or a callable, which is returned as is."""
-    if callable(normalize):
-        return normalize
-    if normalize in NORMALIZERS:
-        return NORMALIZERS[normalize]
-    if normalize in PARAMETRIC_NORMALIZERS:
-        cls = PARAMETRIC_NORMALIZERS[normalize]
-        raise ValueError(f"normalizer {normalize!r} has weights: pass a module such as {cls}(...)")
-    known = sorted([*NORMALIZERS, *PARAMETRIC_NORMALIZERS])
-    raise ValueError(
-        f"unknown normalizer {normalize!r}; expected one of {known} or a callable (scores, mask) -> weights"
+    """The normaliser for a name in ``NORMALIZERS`` or a callable, which is returned as is.
+
+    Raises:
+        ValueError: a name of ``PARAMETRIC_NORMALIZERS`` (naming the module to build) or an unknown name.
+    """
+    return resolve_by_name(
+        normalize, "normalizer", "normalize", NORMALIZERS, PARAMETRIC_NORMALIZERS, "(scores, mask) -> weights"
     )

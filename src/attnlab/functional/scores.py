@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.functional._lookup import resolve_by_name
+
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -97,16 +99,9 @@ PARAMETRIC_SCORES: dict[str, str] = {"additive": "AdditiveScore", "general": "Ge
 
 
 def resolve_score(score: str | ScoreFn) -> ScoreFn:
-    """The score function for a name in ``SCORES`` or a callable, which is returned as is."""
-    if callable(score):
-        return score
-    if score in SCORES:
-        return SCORES[score]
-    if score in PARAMETRIC_SCORES:
-        cls = PARAMETRIC_SCORES[score]
-        raise ValueError(
-            f"score {score!r} has learned weights: pass a module, e.g. score={cls}(d_q, d_k), "
-            f"or use MultiHeadAttention(score={score!r}), which builds one"
-        )
-    known = sorted([*SCORES, *PARAMETRIC_SCORES])
-    raise ValueError(f"unknown score {score!r}; expected one of {known} or a callable (query, key) -> scores")
+    """The score function for a name in ``SCORES`` or a callable, which is returned as is.
+
+    Raises:
+        ValueError: a name of ``PARAMETRIC_SCORES`` (naming the module to build) or an unknown name.
+    """
+    return resolve_by_name(score, "score", "score", SCORES, PARAMETRIC_SCORES, "(query, key) -> scores")
