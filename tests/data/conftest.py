@@ -1,7 +1,10 @@
-"""Fixtures of the data tests: an isolated cache, a tiny help tree, a small trained tokenizer."""
+"""Fixtures of the data tests: an isolated cache, a tiny help tree, a small trained tokenizer, a stand-in apt."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -79,3 +82,66 @@ def help_tree(tmp_path: Path) -> Path:
     only_english.parent.mkdir(parents=True)
     only_english.write_text(_PAGE.format(lang="en-US", title="New", body='<p id="par_id1">New page.</p>'))
     return root
+
+
+# apt-get download copies PKG_*.deb from $FAKE_REPO into the current folder; while the file
+# $FAKE_STALE exists it fails, as on a machine without package lists, until apt-get update has
+# run. Every call is logged to $FAKE_LOG.
+_FAKE_APT_GET = """#!/bin/sh
+echo "$*" >> "$FAKE_LOG"
+if [ "$1" = update ]; then rm -f "$FAKE_STALE"; exit 0; fi
+if [ -n "$FAKE_STALE" ] && [ -e "$FAKE_STALE" ]; then echo "E: Unable to locate package $2" >&2; exit 100; fi
+shift
+for package in "$@"; do
+    ls "$FAKE_REPO/${package}"_*.deb >/dev/null 2>&1 || { echo "E: Unable to locate package $package" >&2; exit 100; }
+    cp "$FAKE_REPO/${package}"_*.deb .
+done
+"""
+
+
+@dataclass
+class FakeApt:
+    """A package repository served by a stand-in ``apt-get`` on PATH; ``dpkg`` is the real one."""
+
+    repo: Path
+    log: Path
+
+    def add(self, package: str, files: dict[str, str | bytes]) -> Path:
+        """Build a real .deb named like Debian's (NAME_VERSION_ARCH.deb) holding ``files`` under /."""
+        tree = self.repo / f"{package}-tree"
+        (tree / "DEBIAN").mkdir(parents=True)
+        (tree / "DEBIAN" / "control").write_text(
+            f"Package: {package}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\n"
+            "Description: test\n"
+        )
+        for name, content in files.items():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                (tree / name).write_bytes(content)
+            else:
+                (tree / name).write_text(content, encoding="utf-8")
+        deb = self.repo / f"{package}_1.0-1_all.deb"
+        subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True,
+                       capture_output=True)
+        return deb
+
+    def calls(self) -> list[str]:
+        """The apt-get command lines run so far."""
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+
+@pytest.fixture
+def fake_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeApt:
+    """An empty :class:`FakeApt`; PATH holds its apt-get and the system's dpkg."""
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("needs dpkg-deb to build test packages")
+    repo, bin_dir = tmp_path / "apt-repo", tmp_path / "apt-bin"
+    repo.mkdir()
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(_FAKE_APT_GET)
+    (bin_dir / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(shutil.which('dpkg-deb')).parent}")
+    monkeypatch.setenv("FAKE_REPO", str(repo))
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "apt.log"))
+    monkeypatch.delenv("FAKE_STALE", raising=False)
+    return FakeApt(repo, tmp_path / "apt.log")

@@ -239,6 +239,21 @@ def test_bad_cache_is_refetched(tmp_path, fake_fashion_dir, caplog):
     assert "discarding a bad Fashion-MNIST cache" in caplog.text
 
 
+def test_fashion_mnist_without_a_source_unpacks_the_debian_package(tmp_path, fake_fashion_dir, fake_apt, monkeypatch):
+    monkeypatch.setattr(images_module, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "not-installed")
+    fake_apt.add("dataset-fashion-mnist", {f"usr/share/datasets/fashion-mnist/{f.name}": f.read_bytes()
+                                           for f in fake_fashion_dir.iterdir()})
+    arrays = fashion_mnist_arrays(cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(arrays["test_labels"], np.arange(10))
+    assert fake_apt.calls() == ["download dataset-fashion-mnist"]
+
+
+def test_fashion_mnist_fetch_failure_suggests_source_dir(tmp_path, fake_apt, monkeypatch):
+    monkeypatch.setattr(images_module, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "not-installed")
+    with pytest.raises(RuntimeError, match="dataset-fashion-mnist failed .* pass source_dir="):
+        fashion_mnist_arrays(cache_dir=tmp_path / "cache")
+
+
 def test_load_fashion_mnist_splits(tmp_path, fake_fashion_dir):
     splits = load_fashion_mnist(val_size=10, cache_dir=tmp_path, source_dir=fake_fashion_dir)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 10, 10)

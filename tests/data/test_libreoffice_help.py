@@ -1,4 +1,4 @@
-"""LibreOffice help pairing: ids, markup, untranslated paragraphs; and one real fetch (slow)."""
+"""LibreOffice help pairing: ids, markup, untranslated paragraphs; the fetch from (stand-in) Debian packages; one real fetch (slow)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from attnlab.data.corpora import CorpusConfig, prepare_corpus
 from attnlab.data.corpus_stats import corpus_statistics
-from attnlab.data.libreoffice_help import extract_help_paragraphs, pair_help_pages
+from attnlab.data.libreoffice_help import build_libreoffice_help_pairs, extract_help_paragraphs, pair_help_pages
 from attnlab.data.text import contains_japanese
 
 
@@ -47,6 +47,25 @@ def test_non_japanese_language_keeps_changed_text(tmp_path: Path) -> None:
         (tmp_path / lang).mkdir()
         (tmp_path / lang / "a.html").write_text(text)
     assert pair_help_pages(tmp_path / "en-US", tmp_path / "de", "de") == [("Save", "Speichern")]
+
+
+def _help_package(help_tree: Path, lang_dir: str) -> dict[str, str]:
+    return {f"usr/share/libreoffice/help/{lang_dir}/{page.relative_to(help_tree / lang_dir)}": page.read_text()
+            for page in (help_tree / lang_dir).rglob("*.html")}
+
+
+def test_pairs_come_from_the_two_debian_packages(help_tree: Path, fake_apt) -> None:
+    fake_apt.add("libreoffice-help-en-us", _help_package(help_tree, "en-US"))
+    fake_apt.add("libreoffice-help-ja", _help_package(help_tree, "ja"))
+    assert build_libreoffice_help_pairs("ja") == pair_help_pages(help_tree / "en-US", help_tree / "ja", "ja")
+    assert fake_apt.calls() == ["download libreoffice-help-en-us libreoffice-help-ja"]
+
+
+def test_a_package_without_its_help_folder_is_named(help_tree: Path, fake_apt) -> None:
+    fake_apt.add("libreoffice-help-en-us", _help_package(help_tree, "en-US"))
+    fake_apt.add("libreoffice-help-de", {"usr/share/doc/libreoffice-help-de/copyright": "x"})
+    with pytest.raises(RuntimeError, match=r"expected help folder .*/help/de after unpacking"):
+        build_libreoffice_help_pairs("de")
 
 
 @pytest.mark.slow

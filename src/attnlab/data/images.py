@@ -16,7 +16,6 @@ import io
 import logging
 import math
 import struct
-import subprocess
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from torch.utils.data import Dataset
 
 from attnlab.config import ConfigMixin
 from attnlab.data.cache import atomic_write_bytes, default_cache_dir
+from attnlab.data.debian import extract_debian_packages
 from attnlab.data.image_transforms import ImageAugmentation, ImageNormalization, preprocess_batch
 
 __all__ = [
@@ -390,34 +390,6 @@ def _read_fashion_mnist_dir(directory: Path) -> dict[str, np.ndarray]:
     return {name: read_idx(directory / filename) for name, filename in _FASHION_MNIST_FILES.items()}
 
 
-def _apt_get(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(["apt-get", *args], cwd=cwd, capture_output=True, text=True)
-    except FileNotFoundError as err:
-        raise RuntimeError(
-            "apt-get not found: Fashion-MNIST comes from the Debian package "
-            f"{FASHION_MNIST_DEBIAN_PACKAGE}; extract it elsewhere and pass source_dir="
-        ) from err
-
-
-def _extract_debian_package(package: str, workdir: Path) -> Path:
-    """``apt-get download`` + ``dpkg -x`` into ``workdir``; returns the extracted root."""
-    result = _apt_get(["download", package], workdir)
-    if result.returncode != 0:  # usually missing package lists on a fresh machine
-        logger.warning("apt-get download %s failed; running apt-get update and retrying", package)
-        _apt_get(["update"], workdir)
-        result = _apt_get(["download", package], workdir)
-    debs = sorted(workdir.glob(f"{package}_*.deb"))
-    if result.returncode != 0 or not debs:
-        raise RuntimeError(f"apt-get download {package} failed (exit {result.returncode}): "
-                           f"{result.stderr.strip()[-500:]}")
-    root = workdir / "root"
-    unpack = subprocess.run(["dpkg", "-x", str(debs[-1]), str(root)], capture_output=True, text=True)
-    if unpack.returncode != 0:
-        raise RuntimeError(f"dpkg -x {debs[-1]} failed (exit {unpack.returncode}): {unpack.stderr.strip()}")
-    return root
-
-
 def _fetch_fashion_mnist(source_dir: Path | None) -> tuple[dict[str, np.ndarray], str]:
     """Read the IDX files from ``source_dir``, the system install, or a downloaded package."""
     if source_dir is None and FASHION_MNIST_SYSTEM_DIR.is_dir():
@@ -425,7 +397,8 @@ def _fetch_fashion_mnist(source_dir: Path | None) -> tuple[dict[str, np.ndarray]
     if source_dir is not None:
         return _read_fashion_mnist_dir(Path(source_dir)), str(source_dir)
     with tempfile.TemporaryDirectory(prefix="attnlab-fashion-mnist-") as tmp:
-        root = _extract_debian_package(FASHION_MNIST_DEBIAN_PACKAGE, Path(tmp))
+        hint = f"or extract {FASHION_MNIST_DEBIAN_PACKAGE} elsewhere and pass source_dir= its IDX folder"
+        root = extract_debian_packages([FASHION_MNIST_DEBIAN_PACKAGE], Path(tmp), hint=hint)
         arrays = _read_fashion_mnist_dir(root / _FASHION_MNIST_PACKAGE_DIR)
     return arrays, f"Debian package {FASHION_MNIST_DEBIAN_PACKAGE}"
 

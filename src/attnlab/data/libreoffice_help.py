@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
+from attnlab.data.debian import extract_debian_packages
 from attnlab.data.text import contains_japanese, normalize_whitespace
 
 __all__ = [
@@ -163,24 +163,6 @@ def _help_lang_dir(lang: str) -> str:
     return f"{base}-{region.upper()}" if region else base
 
 
-def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
-
-
-def _apt_download(packages: list[str], workdir: Path) -> None:
-    """``apt-get download`` into ``workdir``; runs ``apt-get update`` once if the first try fails."""
-    result = _run(["apt-get", "download", *packages], workdir)
-    if result.returncode != 0:
-        logger.warning("apt-get download %s failed (%s); running apt-get update", packages, result.stderr.strip())
-        _run(["apt-get", "update"], workdir)
-        result = _run(["apt-get", "download", *packages], workdir)
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"apt-get download {' '.join(packages)} failed with exit code {result.returncode}: "
-            f"{result.stderr.strip()[-2000:]}"
-        )
-
-
 def fetch_libreoffice_help(lang: str, workdir: Path) -> Path:
     """Download and unpack the English and ``lang`` help packages; no root needed.
 
@@ -192,16 +174,11 @@ def fetch_libreoffice_help(lang: str, workdir: Path) -> Path:
         The unpacked help root (``workdir/root/usr/share/libreoffice/help``).
 
     Raises:
-        RuntimeError: ``apt-get download`` or ``dpkg -x`` failed; the message holds their stderr.
+        RuntimeError: ``apt-get download`` or ``dpkg -x`` failed (see
+            :func:`attnlab.data.debian.extract_debian_packages`), or the help folders are missing.
     """
     packages = ["libreoffice-help-en-us", f"libreoffice-help-{lang}"]
-    _apt_download(packages, workdir)
-    root = workdir / "root"
-    for deb in sorted(workdir.glob("*.deb")):
-        result = _run(["dpkg", "-x", str(deb), str(root)], workdir)
-        if result.returncode != 0:
-            raise RuntimeError(f"dpkg -x {deb} failed with exit code {result.returncode}: {result.stderr.strip()}")
-    help_root = root / HELP_SUBDIR
+    help_root = extract_debian_packages(packages, workdir) / HELP_SUBDIR
     for sub in ("en-US", _help_lang_dir(lang)):
         if not (help_root / sub).is_dir():
             raise RuntimeError(f"expected help folder {help_root / sub} after unpacking {packages}; not found")
