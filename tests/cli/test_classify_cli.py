@@ -52,7 +52,7 @@ def shapes_run(tmp_path_factory) -> Path:
 
 def test_train_on_a_folder_skips_bad_files_and_reports_per_class(shapes_run, capsys, caplog):
     config = shapes_run.parent / "tiny.yaml"
-    with caplog.at_level(logging.WARNING, logger="attnlab.data.images"):
+    with caplog.at_level(logging.WARNING, logger="attnlab.data.image_files"):
         assert main(["train", str(config), "--fresh", "--no-progress"]) == 0
     shapes = shapes_run.parent / "shapes"
     for bad in (shapes / "bar" / "broken.png", shapes / "dot" / "notes.txt"):

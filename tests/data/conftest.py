@@ -1,12 +1,16 @@
-"""Fixtures of the data tests: an isolated cache, a tiny help tree, a small trained tokenizer, a stand-in apt."""
+"""Fixtures of the data tests: an isolated cache, a tiny help tree, a small trained tokenizer, a stand-in apt,
+an IDX encoder."""
 
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from attnlab.data.generated_pairs import build_generated_pairs
@@ -145,3 +149,14 @@ def fake_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeApt:
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "apt.log"))
     monkeypatch.delenv("FAKE_STALE", raising=False)
     return FakeApt(repo, tmp_path / "apt.log")
+
+
+def _encode_idx(array: np.ndarray, code: int = 0x08) -> bytes:
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+@pytest.fixture
+def encode_idx() -> Callable[..., bytes]:
+    """Encode an array as an IDX file: zero magic, dtype ``code``, ndim, big-endian dims, data."""
+    return _encode_idx

@@ -1,4 +1,4 @@
-"""LibreOffice help pairing: ids, markup, untranslated paragraphs; the fetch from (stand-in) Debian packages; one real fetch (slow)."""
+"""LibreOffice help: pairing by id, markup, untranslated paragraphs; the Debian fetch; one real fetch (slow)."""
 
 from __future__ import annotations
 
