@@ -81,20 +81,52 @@ def test_classify_prints_top_k_probabilities(shapes_run, tmp_path, capsys):
     assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=2e-3)
 
 
-def test_classify_converts_rgb_and_resizes_to_the_model_input(shapes_run, tmp_path, capsys):
-    rgb = tmp_path / "rgb.png"
-    Image.fromarray(np.zeros((30, 20, 3), dtype=np.uint8), "RGB").save(rgb)
-    assert main(["classify", str(shapes_run), str(rgb), "--top-k", "1"]) == 0
-    assert capsys.readouterr().out.startswith(f"{rgb}: ")
+def test_classify_converts_and_resizes_with_one_note_per_converted_file(shapes_run, tmp_path, capsys):
+    rgb, small_rgb, fits = tmp_path / "rgb.png", tmp_path / "small.png", tmp_path / "fits.png"
+    Image.fromarray(np.zeros((30, 20, 3), dtype=np.uint8), "RGB").save(rgb)  # 20 wide, 30 high
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8), "RGB").save(small_rgb)
+    Image.fromarray(_shape("dot", np.random.default_rng(2)), "L").save(fits)
+    assert main(["classify", str(shapes_run), str(rgb), str(fits), str(small_rgb), "--top-k", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split(": ")[0] for line in out.splitlines()] == [str(rgb), str(fits), str(small_rgb)]
+    assert err.splitlines() == [
+        f"note: {rgb} is 20x30 (WxH) RGB, converted to (C, H, W) = (1, 8, 8) as the model expects",
+        f"note: {small_rgb} is 8x8 (WxH) RGB, converted to (C, H, W) = (1, 8, 8) as the model expects",
+    ]
 
 
-def test_classify_bad_files_name_the_file_and_the_expected_shape(shapes_run, tmp_path, capsys):
+def test_classify_no_resize_makes_another_size_an_error(shapes_run, tmp_path, capsys):
+    big, small_rgb = tmp_path / "big.png", tmp_path / "small.png"
+    Image.fromarray(np.zeros((16, 12), dtype=np.uint8), "L").save(big)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8), "RGB").save(small_rgb)
+    assert main(["classify", str(shapes_run), str(big), "--no-resize"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        f"attnlab classify: error: {big} is 12x16 (WxH) grayscale but the model expects (C, H, W) = (1, 8, 8), "
+        "and resizing is off"]
+    assert main(["classify", str(shapes_run), str(small_rgb), "--no-resize"]) == 0  # channels still converted
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{small_rgb}: ") and err.startswith(f"note: {small_rgb} is 8x8 (WxH) RGB, converted")
+
+
+def _truncated_png(tmp_path: Path) -> bytes:
+    """An 8x8 grey PNG whose header reads but whose pixels stop short."""
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (8, 8), dtype=np.uint8), "L").save(tmp_path / "t.png")
+    return (tmp_path / "t.png").read_bytes()[:50]
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"\x89PNG\r\n\x1a\n not really", b"", _truncated_png])
+def test_classify_a_file_that_is_no_image_is_a_user_error(shapes_run, tmp_path, capsys, content):
     corrupt = tmp_path / "corrupt.png"
-    corrupt.write_bytes(b"garbage")
-    assert main(["classify", str(shapes_run), str(corrupt)]) != 0
-    err = capsys.readouterr().err
-    assert f"cannot load {corrupt} as an image (expected (C, H, W) = (1, 8, 8))" in err
+    corrupt.write_bytes(content(tmp_path) if callable(content) else content)
+    assert main(["classify", str(shapes_run), str(corrupt)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(
+        f"attnlab classify: error: cannot load {corrupt} as an image (expected (C, H, W) = (1, 8, 8)): ")
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_classify_missing_files_and_folders_are_user_errors(shapes_run, tmp_path, capsys):
 
     assert main(["classify", str(shapes_run), str(tmp_path)]) == 2
     assert f"image {tmp_path} is a folder" in capsys.readouterr().err

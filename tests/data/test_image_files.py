@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from attnlab.data.image_dataset import split_dataset
-from attnlab.data.image_files import ImageFolderDataset, load_image
+from attnlab.data.image_files import ImageConversion, ImageFolderDataset, ImageInputError, image_conversion, load_image
 from attnlab.data.image_transforms import ImageNormalization
 
 
@@ -100,12 +100,30 @@ def test_load_image_converts_for_the_model(image_folder):
 
 def test_load_image_errors_name_file_size_mode_and_shape(image_folder):
     path = image_folder / "cat" / "a.png"
-    with pytest.raises(ValueError, match=r"a.png is 6x4 \(WxH\) mode RGB; expected \(C, H, W\) = \(1, 28, 28\)"):
+    with pytest.raises(ImageInputError, match=r"a.png is 6x4 \(WxH\) RGB but the model expects "
+                                              r"\(C, H, W\) = \(1, 28, 28\), and resizing is off"):
         load_image(path, channels=1, image_size=28, resize=False)
     broken = image_folder / "cat" / "broken.png"
-    with pytest.raises(ValueError, match=f"cannot load {broken} as an image"):
+    with pytest.raises(ImageInputError, match=rf"cannot load {broken} as an image \(expected \(C, H, W\) = \(1, 28,"):
         load_image(broken, channels=1, image_size=28)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        load_image(image_folder, channels=1, image_size=28)
     with pytest.raises(FileNotFoundError, match="missing.png"):
         load_image(image_folder / "missing.png", channels=1, image_size=28)
     with pytest.raises(ValueError, match="channels must be 1 .* got 4"):
         load_image(path, channels=4, image_size=28)
+
+
+def test_image_conversion_says_what_load_image_changes(image_folder):
+    rgb, gray, rgba = image_folder / "cat" / "a.png", image_folder / "dog" / "c.png", image_folder / "dog" / "d.png"
+    assert image_conversion(gray, channels=1, image_size=(4, 6)) is None  # 6x4 grey already
+    to_gray = image_conversion(rgb, channels=1, image_size=(4, 6))
+    assert to_gray == ImageConversion(rgb, (4, 6), "RGB", 1, (4, 6)) and not to_gray.resized
+    resized = image_conversion(rgba, channels=3, image_size=28)
+    assert resized.resized and (resized.source, resized.target) == ("6x4 (WxH) RGBA", "(C, H, W) = (3, 28, 28)")
+    assert image_conversion(rgb, channels=3, image_size=(4, 6), resize=False) is None
+    with pytest.raises(ImageInputError, match=r"c.png is 6x4 \(WxH\) grayscale but the model expects"):
+        image_conversion(gray, channels=1, image_size=28, resize=False)
+    with pytest.raises(ImageInputError, match="cannot load .*notes.txt as an image"):
+        image_conversion(image_folder / "cat" / "notes.txt", channels=1, image_size=28)
+    assert issubclass(ImageInputError, ValueError)

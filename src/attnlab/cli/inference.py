@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from attnlab.cli.format import format_metrics, format_per_class
+from attnlab.data.image_files import image_conversion
 from attnlab.training.runs import load_run
 from attnlab.viz import format_attention_table
 
@@ -36,6 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     classify.add_argument("images", nargs="+", metavar="IMAGE")
     classify.add_argument("--top-k", type=int, default=3)
     classify.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    classify.add_argument("--no-resize", action="store_true",
+                          help="an image of another size than the model's input is an error (default: resize it)")
     classify.set_defaults(func=run_classify)
 
 
@@ -71,10 +74,16 @@ def run_translate(args: argparse.Namespace) -> int:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    """``IMAGE: label (p), label (p), ...`` per image."""
+    """``IMAGE: label (p), label (p), ...`` per image; a note on stderr for each image converted to fit."""
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     loaded = load_run(args.run_dir, args.checkpoint, task="classification")
+    spec = loaded.task.spec
+    for path in args.images:
+        conversion = image_conversion(path, spec.channels, spec.image_size, resize=not args.no_resize)
+        if conversion is not None:
+            print(f"note: {path} is {conversion.source}, converted to {conversion.target} as the model expects",
+                  file=sys.stderr)
     for path, top in zip(args.images, loaded.task.classify(loaded.model, args.images, args.top_k)):
         print(f"{path}: " + ", ".join(f"{label} ({p:.3f})" for label, p in top))
     return 0

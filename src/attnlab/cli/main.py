@@ -3,7 +3,7 @@
     attnlab train CONFIG.yaml [key=value ...] [--fresh]
     attnlab evaluate RUN_DIR [--split test]
     attnlab translate RUN_DIR [--text "..."] [--beam N]
-    attnlab classify RUN_DIR IMAGE... [--top-k K]
+    attnlab classify RUN_DIR IMAGE... [--top-k K] [--no-resize]
     attnlab data prepare NAME [--target-lang ja]
     attnlab demo
 
@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from attnlab.data.image_files import ImageInputError
     from attnlab.training import CheckpointError, ConfigError
 
-    return (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+    return (ConfigError, CheckpointError, ImageInputError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from PIL import Image
 from attnlab.data.image_dataset import ImageDataset
 from attnlab.data.image_transforms import ImageNormalization, preprocess_batch
 
-__all__ = ["ImageFolderDataset", "SkippedFile", "load_image"]
+__all__ = ["ImageConversion", "ImageFolderDataset", "ImageInputError", "SkippedFile", "image_conversion", "load_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,99 @@ class ImageFolderDataset(ImageDataset):
         super().__init__(torch.from_numpy(images), labels, [f.name for f in folders], normalization)
 
 
+class ImageInputError(ValueError):
+    """An image file a model cannot take: not a readable image, not convertible to its channels,
+    or (resizing off) of another size. The message names the file and the expected (C, H, W)."""
+
+
+@dataclass(frozen=True)
+class ImageConversion:
+    """How :func:`load_image` changes a file that is not what the model takes.
+
+    Attributes:
+        path: the file.
+        size: its (H, W).
+        mode: its Pillow mode (``L``, ``RGB``, ``RGBA``, ``P``, ...).
+        channels: the C the model expects.
+        image_size: the (H, W) the model expects.
+    """
+
+    path: Path
+    size: tuple[int, int]
+    mode: str
+    channels: int
+    image_size: tuple[int, int]
+
+    @property
+    def resized(self) -> bool:
+        """Whether the file's size differs from the model's."""
+        return self.size != self.image_size
+
+    @property
+    def source(self) -> str:
+        """The file's size and mode, e.g. ``64x48 (WxH) RGB``."""
+        return f"{self.size[1]}x{self.size[0]} (WxH) {_MODE_NAMES.get(self.mode, f'mode {self.mode}')}"
+
+    @property
+    def target(self) -> str:
+        """The model's input, e.g. ``(C, H, W) = (1, 28, 28)``."""
+        return _shape_text(self.channels, self.image_size)
+
+
+_MODE_NAMES = {"1": "black-and-white", "L": "grayscale", "LA": "grayscale+alpha", "P": "palette",
+               "RGB": "RGB", "RGBA": "RGBA"}
+
+
+def _shape_text(channels: int, size: tuple[int, int]) -> str:
+    return f"(C, H, W) = ({channels}, {size[0]}, {size[1]})"
+
+
+def _unreadable(path: Path, channels: int, size: tuple[int, int], error: Exception) -> ImageInputError:
+    return ImageInputError(f"cannot load {path} as an image (expected {_shape_text(channels, size)}): {error}")
+
+
+def _image_file(path: str | Path) -> Path:
+    """``path`` if it is a file; a folder or a missing path raises, naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"image {path} is a folder; give image files")
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    return path
+
+
+def image_conversion(
+    path: str | Path, channels: int, image_size: int | Sequence[int], *, resize: bool = True
+) -> ImageConversion | None:
+    """What :func:`load_image` will change in ``path``, from the file's header; None if nothing.
+
+    Args:
+        path: any format Pillow reads.
+        channels: C the model expects, 1 or 3.
+        image_size: (H, W) or one int, the model's input size.
+        resize: False makes a size other than ``image_size`` an error.
+
+    Returns:
+        The file's size and mode beside the model's input if either differs, else None.
+
+    Raises:
+        FileNotFoundError: no such file (``IsADirectoryError`` for a folder).
+        ImageInputError: not a readable image, or (``resize=False``) the wrong size; the message
+            names the file, its size and mode, and the expected (C, H, W).
+    """
+    path, mode, size = _image_file(path), _channel_mode(channels), _as_size(image_size)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            conversion = ImageConversion(path, (height, width), img.mode, channels, size)
+    except _UNREADABLE as err:
+        raise _unreadable(path, channels, size, err) from err
+    if conversion.resized and not resize:
+        raise ImageInputError(f"{path} is {conversion.source} but the model expects {conversion.target}, "
+                              "and resizing is off")
+    return conversion if conversion.resized or conversion.mode != mode else None
+
+
 def load_image(
     path: str | Path,
     channels: int,
@@ -158,32 +251,17 @@ def load_image(
         float32 tensor (C, H, W).
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a readable image, not convertible, or (``resize=False``) the wrong
-            size; the message names the file, its size and mode, and the expected shape.
+        FileNotFoundError: no such file (``IsADirectoryError`` for a folder).
+        ImageInputError: not a readable image, not convertible, or (``resize=False``) the wrong
+            size; the message names the file, its size and mode, and the expected (C, H, W).
+        ValueError: ``channels`` is not 1 or 3.
     """
-    path = Path(path)
-    _channel_mode(channels)
-    size = _as_size(image_size)
-    expected = f"expected (C, H, W) = ({channels}, {size[0]}, {size[1]})"
-    if path.is_dir():
-        raise IsADirectoryError(f"image {path} is a folder; give image files")
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
+    path, size = _image_file(path), _as_size(image_size)
     if not resize:
-        _check_size(path, size, expected)
+        image_conversion(path, channels, size, resize=False)
+    _channel_mode(channels)
     try:
         pixels = _read_pixels(path, channels, size)
     except _UNREADABLE as err:
-        raise ValueError(f"cannot load {path} as an image ({expected}): {err}") from err
+        raise _unreadable(path, channels, size, err) from err
     return preprocess_batch(torch.from_numpy(pixels)[None], normalization)[0]  # (C, H, W)
-
-
-def _check_size(path: Path, size: tuple[int, int], expected: str) -> None:
-    try:
-        with Image.open(path) as img:
-            actual, mode = img.size, img.mode
-    except _UNREADABLE as err:
-        raise ValueError(f"cannot load {path} as an image ({expected}): {err}") from err
-    if actual != (size[1], size[0]):
-        raise ValueError(f"{path} is {actual[0]}x{actual[1]} (WxH) mode {mode}; {expected} and resize=False")

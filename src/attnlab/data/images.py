@@ -24,7 +24,14 @@ from attnlab.data.fashion_mnist import (
 )
 from attnlab.data.idx import IdxFormatError, parse_idx, read_idx
 from attnlab.data.image_dataset import ImageDataset, ImageSpec, ImageSplits, split_dataset, validate_labels
-from attnlab.data.image_files import ImageFolderDataset, SkippedFile, load_image
+from attnlab.data.image_files import (
+    ImageConversion,
+    ImageFolderDataset,
+    ImageInputError,
+    SkippedFile,
+    image_conversion,
+    load_image,
+)
 from attnlab.data.image_loader import TensorImageLoader
 from attnlab.data.image_transforms import ImageAugmentation, ImageNormalization
 
@@ -51,4 +58,7 @@ __all__ = [
     "load_digits",
     "split_dataset",
     "load_image",
+    "image_conversion",
+    "ImageConversion",
+    "ImageInputError",
 ]
