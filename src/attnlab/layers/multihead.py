@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.functional.attention import attention
@@ -11,6 +10,7 @@ from attnlab.functional.masks import merge_masks
 from attnlab.functional.normalize import NORMALIZERS, NormalizeFn
 from attnlab.functional.scores import SCORES, ScoreFn
 from attnlab.layers.kv_cache import KVCache
+from attnlab.layers.packed import Linear, linear
 from attnlab.layers.positional import RotaryEmbedding
 from attnlab.layers.scores import AdditiveScore, GeneralScore, TemperatureSoftmax, WeightedSoftmax
 
@@ -81,7 +81,7 @@ class MultiHeadAttention(nn.Module):
             self.k_proj_weight = nn.Parameter(torch.empty(e, self.kdim))
             self.v_proj_weight = nn.Parameter(torch.empty(e, self.vdim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * e)) if bias else None
-        self.out_proj = nn.Linear(e, e, bias=bias)  # W^O
+        self.out_proj = Linear(e, e, bias=bias)  # W^O
 
     def _reset_parameters(self) -> None:
         """The initialisation of ``torch.nn.MultiheadAttention``."""
@@ -180,14 +180,14 @@ class MultiHeadAttention(nn.Module):
         skip_kv = cache is not None and cache.is_filled
         if query is key and key is value and not skip_kv and self._qkv_same_embed_dim:
             batch, length, _ = query.shape
-            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3E), one GEMM
+            qkv = linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3E), one GEMM
             qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
             return tuple(qkv)  # strided views; the attention kernel decides whether a copy pays
         w_q, w_k, w_v = self._weights()
         b_q, b_k, b_v = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
-        q = F.linear(query, w_q, b_q)
-        k = None if skip_kv else F.linear(key, w_k, b_k)
-        v = None if skip_kv else F.linear(value, w_v, b_v)
+        q = linear(query, w_q, b_q)
+        k = None if skip_kv else linear(key, w_k, b_k)
+        v = None if skip_kv else linear(value, w_v, b_v)
         return tuple(None if x is None else self._split_heads(x) for x in (q, k, v))
 
     def _weights(self) -> tuple[Tensor, Tensor, Tensor]:

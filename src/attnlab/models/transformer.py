@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from attnlab.config import ConfigMixin
 from attnlab.layers.kv_cache import KVCache
+from attnlab.layers.packed import Linear, PackedWeights, packing_available
 from attnlab.layers.positional import SinusoidalPositionalEncoding
 from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer
 
@@ -147,12 +149,14 @@ class SearchState:
         memory_key_padding_mask: ``(B, S)``, ``True`` at source padding, or None.
         cache: the decoder's KV caches, or None to recompute the whole prefix every step.
         prefix: the target tokens so far ``(B, T')`` (kept only without a cache).
+        packed: the decoder's weights packed for this state's row count (CPU fp32), or None.
     """
 
     memory: Tensor
     memory_key_padding_mask: Tensor | None
     cache: DecoderCache | None
     prefix: Tensor | None = None
+    packed: PackedWeights | None = None
 
 
 class Transformer(nn.Module):
@@ -184,10 +188,14 @@ class Transformer(nn.Module):
         )
         self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
-        self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self.output = Linear(c.d_model, c.tgt_vocab_size, bias=False)
         self._reset_parameters()
         if c.tie_output:
             self.output.weight = self.tgt_embed.weight
+        # Incremental decoding on CPU in fp32 packs the decoder's weights once per row count
+        # (attnlab.layers.packed); False saves the copies' memory, about 3x the decoder's weights.
+        self.prepack_weights = True
+        self._packed: PackedWeights | None = None
 
     def _reset_parameters(self) -> None:
         """Xavier-uniform matrices (as ``nn.Transformer``); embeddings N(0, D^-1/2), so that scaled
@@ -343,7 +351,8 @@ class Transformer(nn.Module):
             if src_key_padding_mask is not None:
                 src_key_padding_mask = src_key_padding_mask.repeat_interleave(repeat, dim=0)  # (B * repeat, S)
         if use_cache:
-            return SearchState(memory, src_key_padding_mask, DecoderCache(len(self.decoder_layers)))
+            packed = self._packed_weights(memory)
+            return SearchState(memory, src_key_padding_mask, DecoderCache(len(self.decoder_layers)), packed=packed)
         return SearchState(memory, src_key_padding_mask, None, memory.new_empty(memory.shape[0], 0, dtype=torch.long))
 
     def step(
@@ -360,12 +369,26 @@ class Transformer(nn.Module):
         else:
             state.prefix = torch.cat([state.prefix, tokens[:, None]], dim=1)  # (B, T')
             new_tokens = state.prefix
-        out = self.decode(
-            new_tokens, state.memory, state.memory_key_padding_mask, state.cache, need_weights=need_weights
-        )
+        with state.packed if state.packed is not None else nullcontext():
+            out = self.decode(
+                new_tokens, state.memory, state.memory_key_padding_mask, state.cache, need_weights=need_weights
+            )
         logits, weights = out if need_weights else (out, None)
         cross = None if weights is None else torch.stack([w[:, -1] for w in weights.cross], dim=1)  # (B, N, S)
         return logits[:, -1], state, cross
+
+    def _packed_weights(self, memory: Tensor) -> PackedWeights | None:
+        """Packed weights for steps of ``memory.shape[0]`` rows, when they pay: CPU, fp32, no
+        gradients. The copies of the last row count are kept for the next search."""
+        if not (
+            self.prepack_weights and packing_available() and memory.device.type == "cpu"
+            and memory.dtype == torch.float32 and not torch.is_grad_enabled()
+        ):
+            return None
+        rows = memory.shape[0]
+        if self._packed is None or self._packed.rows != rows:
+            self._packed = PackedWeights(rows)
+        return self._packed
 
     def reorder_state(self, state: SearchState, index: Tensor) -> SearchState:
         """Keep rows ``index (B',)``, where row i of the result comes from the same source sentence

@@ -1,0 +1,102 @@
+"""Packed-weight linear products (attnlab.layers.packed) against F.linear, and in decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlab.decoding import beam_search, greedy_search
+from attnlab.layers.packed import MIN_PACKED_ELEMENTS, Linear, PackedWeights, linear, packing_available
+from attnlab.models.transformer import Transformer, TransformerConfig
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no MKL packed sgemm")
+
+
+@pytest.mark.parametrize(("rows", "shape"), [(8, (512, 256)), (40, (1024, 256)), (3, (300, 130))])
+def test_packed_product_matches_f_linear(rows: int, shape: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(rows, 1, shape[1]), torch.randn(shape), torch.randn(shape[0])
+    with PackedWeights(rows) as packed:
+        out = linear(x, weight, bias)
+    assert len(packed) == 1
+    torch.testing.assert_close(out, F.linear(x, weight, bias), rtol=1e-5, atol=1e-4)
+
+
+def test_other_row_counts_small_weights_and_grads_are_not_packed() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(256, 256)
+    small = torch.randn(8, 8)
+    with PackedWeights(8) as packed:
+        x = torch.randn(5, 256)
+        assert torch.equal(linear(x, weight), F.linear(x, weight))  # 5 rows, packed for 8
+        linear(torch.randn(8, 8), small)  # below MIN_PACKED_ELEMENTS
+        trainable = torch.randn(256, 256, requires_grad=True)
+        out = linear(torch.randn(8, 256), trainable)
+        assert out.requires_grad  # gradients flow: the plain product was used
+    assert small.numel() < MIN_PACKED_ELEMENTS
+    assert len(packed) == 0
+
+
+def test_outside_the_context_linear_is_f_linear() -> None:
+    layer = Linear(256, 512)
+    x = torch.randn(8, 256)
+    packed = PackedWeights(8)
+    with packed, torch.no_grad():
+        layer(x)
+    assert len(packed) == 1
+    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_a_changed_weight_is_packed_again() -> None:
+    torch.manual_seed(0)
+    layer = Linear(256, 512)
+    x = torch.randn(8, 256)
+    packed = PackedWeights(8)
+    with packed, torch.no_grad():
+        before = layer(x)
+        layer.weight.mul_(2.0)  # in place, as an optimizer step or load_state_dict
+        after = layer(x)
+    torch.testing.assert_close(after, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(before, after)
+
+
+def test_autocast_keeps_its_bf16_product() -> None:
+    layer = Linear(256, 512)
+    x = torch.randn(8, 256)
+    with PackedWeights(8) as packed, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    assert len(packed) == 0
+
+
+def test_bad_rows_is_refused() -> None:
+    with pytest.raises(ValueError, match="rows must be positive, got 0"):
+        PackedWeights(0)
+
+
+@pytest.fixture(scope="module")
+def model() -> Transformer:
+    config = TransformerConfig.from_preset("small", src_vocab_size=1000, tgt_vocab_size=1000, share_embeddings=True)
+    torch.manual_seed(0)
+    return Transformer(config).eval()
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_decoding_with_packed_weights_equals_decoding_without(model: Transformer, beam: int) -> None:
+    src = torch.randint(4, 1000, (3, 12), generator=torch.Generator().manual_seed(1))
+
+    def search() -> object:
+        if beam == 1:
+            return greedy_search(model, src, max_len_a=0.0, max_len_b=20, min_len=20)
+        return beam_search(model, src, beam_size=beam, max_len_a=0.0, max_len_b=20, min_len=20)
+
+    model.prepack_weights = False
+    plain = search()
+    model.prepack_weights = True
+    packed = search()
+    assert model._packed is not None and model._packed.rows == 3 * beam
+    # 3 layers x (self in-proj, self out, cross query, cross out, FFN in, FFN out) + the output layer
+    assert len(model._packed) == 3 * 6 + 1
+    assert torch.equal(packed.tokens, plain.tokens)
+    torch.testing.assert_close(packed.scores, plain.scores, rtol=1e-4, atol=1e-4)
