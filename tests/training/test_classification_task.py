@@ -44,3 +44,17 @@ def test_evaluate_rejects_an_unknown_split(tiny_digits_config, tmp_path):
     trainer.setup()
     with pytest.raises(ValueError, match=r"split 'dev' is not one of \['test', 'train', 'val'\]"):
         trainer.evaluate("dev")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [({}, (1, False)), ({"crop_padding": 0}, (0, False)), ({"crop_padding": 3, "horizontal_flip": True}, (3, True))],
+)
+def test_augmentation_keys_replace_the_recommended_ones(tiny_digits_config, tmp_path, overrides, expected):
+    values = tiny_digits_config(str(tmp_path / "run"), max_steps=1)
+    values["data"].update(overrides)
+    trainer = Trainer(RunConfig.from_dict(values), fresh=True)
+    trainer.run()
+    augmentation = trainer.task._train_loader().augmentation
+    # digits recommend 1-pixel crops and no flips (a mirrored digit is another symbol)
+    assert (augmentation.crop_padding, augmentation.horizontal_flip) == expected

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnlab.data.images import (
+    ImageAugmentation,
     ImageFolderDataset,
     ImageSpec,
     ImageSplits,
@@ -109,10 +110,19 @@ class ClassificationTask:
     def _train_loader(self) -> TensorImageLoader:
         if self._loader is None:
             data = self.config.data
-            augmentation = self.splits.augmentation if data.augment else None
+            augmentation = self._augmentation() if data.augment else None
             self._loader = TensorImageLoader(self.splits.train, data.batch_size, shuffle=True,
                                              augmentation=augmentation, seed=self.config.seed)
         return self._loader
+
+    def _augmentation(self) -> ImageAugmentation:
+        """The data set's recommended augmentation with the config's replacements."""
+        data, recommended = self.config.data, self.splits.augmentation
+        return dataclasses.replace(
+            recommended,
+            crop_padding=recommended.crop_padding if data.crop_padding is None else data.crop_padding,
+            horizontal_flip=recommended.horizontal_flip if data.horizontal_flip is None else data.horizontal_flip,
+        )
 
     def batches_per_epoch(self) -> int:
         return len(self._train_loader())

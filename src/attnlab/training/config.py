@@ -160,6 +160,8 @@ class ImageDataConfig:
         batch_size: training batch size B.
         eval_batch_size: batch size for evaluation.
         augment: apply the data set's recommended augmentation while training.
+        crop_padding: with ``augment``, replaces the recommended random-crop padding (0: no crops).
+        horizontal_flip: with ``augment``, replaces the recommended choice of random flips.
         val_fraction: digits and folders: share held out for validation.
         test_fraction: digits and folders: share held out for testing.
         val_size: fashion-mnist: training images held out for validation.
@@ -172,6 +174,8 @@ class ImageDataConfig:
     batch_size: int = 64
     eval_batch_size: int = 512
     augment: bool = True
+    crop_padding: int | None = None
+    horizontal_flip: bool | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     val_size: int = 5000
