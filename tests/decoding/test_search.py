@@ -159,3 +159,17 @@ def test_bad_arguments_are_named(model, src):
         beam_search(model, src, beam_size=2, n_best=3)
     with pytest.raises(ValueError, match="'first'"):
         greedy_search(model, src, attention="first")
+
+
+@pytest.mark.parametrize("search", [greedy_search, beam_search])
+def test_results_are_ordinary_tensors_that_training_can_use(model, src, search):
+    result = search(model, src, attention="last")  # the search itself runs in inference mode
+    assert not any(t.is_inference() for t in (result.tokens, result.scores, result.lengths, result.attention))
+    tokens = result.tokens if result.tokens.ndim == 2 else result.tokens[:, 0]
+    try:
+        logits = model(src, tokens.clamp(min=BOS))  # e.g. back-translation: train on the search output
+        logits.sum().backward()
+        grad = model.tgt_embed.weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    finally:
+        model.zero_grad(set_to_none=True)

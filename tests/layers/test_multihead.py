@@ -228,3 +228,22 @@ def test_empty_sequences():
     assert out.shape == (B, 0, E) and w.shape == (B, 0, LQ)
     out, _ = mha(x, x[:, :0], x[:, :0])
     torch.testing.assert_close(out, mha.out_proj.bias.expand(B, LQ, E))
+
+
+def test_cache_reorder_in_place_equals_index_select_and_leaves_the_callers_tensors_alone():
+    torch.manual_seed(0)
+    cache = KVCache()
+    first_k, first_v = torch.randn(4, 2, 3, 5), torch.randn(4, 2, 3, 5)
+    kept_k = first_k.clone()
+    with torch.no_grad():
+        cache.update(first_k, first_v)  # holds the caller's tensors as they are
+        cache.reorder(torch.tensor([1, 1, 3, 0]))
+        assert torch.equal(first_k, kept_k)
+        step_k, step_v = torch.randn(4, 2, 1, 5), torch.randn(4, 2, 1, 5)
+        cache.update(step_k, step_v)  # now in its own, larger buffer
+        expected_k, expected_v = cache.key.clone(), cache.value.clone()
+        index = torch.tensor([0, 0, 2, 1])  # rows 0 and 2 stay: only 1 and 3 are copied
+        cache.reorder(index)
+    torch.testing.assert_close(cache.key, expected_k[index], rtol=0, atol=0)
+    torch.testing.assert_close(cache.value, expected_v[index], rtol=0, atol=0)
+    assert len(cache) == 4

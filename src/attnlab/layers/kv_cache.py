@@ -21,6 +21,7 @@ class KVCache:
         self.static = static
         self._key: Tensor | None = None  # (B, H, capacity, d_k)
         self._value: Tensor | None = None  # (B, H, capacity, d_v)
+        self._owned = False  # the buffers are ours to write in place (not the caller's first tensors)
         self.length = 0
 
     def __len__(self) -> int:
@@ -64,10 +65,25 @@ class KVCache:
         return self.key, self.value
 
     def reorder(self, index: Tensor) -> None:
-        """Keep the batch rows ``index`` (B',), e.g. the surviving hypotheses of beam search."""
-        if self._key is not None:
+        """Keep the batch rows ``index`` (B',), e.g. the surviving hypotheses of beam search.
+
+        With as many rows as before, only the rows that change are copied, in place and only
+        their filled positions: in beam search most hypotheses keep their parent's row, and a
+        fresh buffer per step would cost a copy of its whole capacity.
+        """
+        if self._key is None:
+            return
+        if not self._owned or index.shape[0] != self._key.shape[0] or torch.is_grad_enabled() and self._key.requires_grad:
             self._key = self._key.index_select(0, index)
             self._value = self._value.index_select(0, index)
+            self._owned = True
+            return
+        rows = index.ne(torch.arange(index.shape[0], device=index.device)).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return
+        sources, end = index[rows], self.length
+        for buffer in (self._key, self._value):
+            buffer[rows, :, :end] = buffer[sources, :, :end]  # the right side is gathered first
 
     def _reserve(self, needed: int) -> None:
         capacity = self._key.shape[-2]
@@ -79,3 +95,4 @@ class KVCache:
             new = old.new_empty(*old.shape[:2], capacity, old.shape[-1])
             new[:, :, : self.length] = old[:, :, : self.length]
             setattr(self, name, new)
+        self._owned = True

@@ -82,7 +82,8 @@ class PackedWeights:
         if (
             x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
             or weight.device.type != "cpu" or weight.ndim != 2 or weight.numel() < MIN_PACKED_ELEMENTS
-            or x.numel() != self.rows * x.shape[-1] or weight.requires_grad and torch.is_grad_enabled()
+            or x.numel() != self.rows * x.shape[-1]
+            or torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)  # no backward for the packed product
             or torch.is_autocast_enabled("cpu")  # autocast would run F.linear in bf16, not this fp32 product
         ):
             return None
