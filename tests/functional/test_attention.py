@@ -250,3 +250,15 @@ def test_masks_of_every_rank_agree_on_every_path(shape):
         out, w = attention(q, k, v, mask=mask, need_weights=True, fused=fused)
         torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False, None])
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_nan_query_is_named_on_every_kernel(fused, grad):
+    # SDPA's CPU kernel gives a NaN query row zeros, not NaN: the check must look at the query too.
+    q, k, v = _qkv()
+    q = q.clone()
+    q[1, 2, 3, 4] = float("nan")
+    q.requires_grad_(grad)
+    with pytest.raises(ValueError, match=r"query of shape \(2, 3, 5, 8\) contains NaN"):
+        attention(q, k, v, fused=fused)

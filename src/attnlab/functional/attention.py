@@ -19,10 +19,11 @@ from attnlab.functional.masks import causal_mask, check_mask, merge_masks
 from attnlab.functional.normalize import NormalizeFn, resolve_normalizer, softmax
 from attnlab.functional.scores import ScoreFn, check_same_dim, resolve_score, scaled_dot_score
 
-# On CPU, SDPA's flash kernel wins every forward pass, but its backward loses to a plain
-# matmul-softmax-matmul for short key sequences: below 192 keys in fp32 and below 512 in bf16
-# (benchmarks/attention_kernels.py measures the crossover). CUDA always takes SDPA.
-CPU_SDPA_MIN_KEYS_BACKWARD = {torch.float32: 192, torch.float64: 192}
+# On CPU, SDPA's flash kernel wins every forward pass and every fp32 backward (2026-11-22,
+# torch 2.13: 1.03-1.67x at 32-197 keys, 3-8% of a whole fp32 ViT or Transformer training step),
+# but its bf16 backward loses to a plain matmul-softmax-matmul below 512 keys (~0.3x).
+# benchmarks/attention_kernels.py measures the crossover. CUDA always takes SDPA.
+CPU_SDPA_MIN_KEYS_BACKWARD = {torch.float32: 0, torch.float64: 192}
 CPU_SDPA_MIN_KEYS_BACKWARD_LOW_PRECISION = 512
 # From this many keys on, SDPA's CPU kernel reads contiguous heads faster than strided views of a
 # packed (B, L, 3, H, d) projection, enough to pay for the copy; below, the copy costs more.
@@ -102,6 +103,7 @@ def attention(
     if is_fast:
         check_same_dim(query, key, "scaled_dot_score")  # before a kernel that would name neither
     per_head_weights = need_weights and weights_average_dim is None
+    hides_nan_queries = False
     averaged_weights_on_cpu = need_weights and weights_average_dim is not None and query.device.type == "cpu"
     if is_fast and fused is None and averaged_weights_on_cpu:
         context, weights = _blockwise_attention(
@@ -111,6 +113,7 @@ def attention(
         context, weights = _sdpa_attention(
             query, key, value, batch_shape, mask, is_causal, dropout_p, need_weights, scale, weights_average_dim
         )
+        hides_nan_queries = query.device.type == "cpu"  # its CPU kernel gives a NaN query a zero row
     else:
         context, weights = _explicit_attention(
             query, key, value, batch_shape, score_fn, norm_fn, mask, is_causal, dropout_p, scale if is_fast else None
@@ -119,7 +122,7 @@ def attention(
             weights = None
         elif weights_average_dim is not None:
             weights = weights.mean(weights_average_dim)
-    _check_no_nan(context, query, key, value)
+    _check_no_nan(context, query, key, value, also_query=hides_nan_queries)
     return context, weights
 
 
@@ -322,14 +325,19 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor) -> torch.Size:
         ) from None
 
 
-def _check_no_nan(context: Tensor, query: Tensor, key: Tensor, value: Tensor) -> None:
+def _check_no_nan(context: Tensor, query: Tensor, key: Tensor, value: Tensor, *, also_query: bool = False) -> None:
     """Name the input that holds NaN, when the context shows one (a NaN that can't reach it is harmless).
 
     A NaN anywhere makes the sum NaN: one reduction over the context (13x cheaper than
     ``isnan(context).any()`` here) instead of reading three inputs on every call. The inputs are
-    searched only once a NaN has shown up (or inf - inf, which then finds nothing).
+    searched only once a NaN has shown up (or inf - inf, which then finds nothing). SDPA's CPU
+    kernel turns a query row holding NaN into zeros, so after it (``also_query``) the query's sum
+    is checked too.
     """
-    if not _checks_enabled or torch.compiler.is_compiling() or not torch.isnan(context.sum()):
+    if not _checks_enabled or torch.compiler.is_compiling():
+        return
+    total = context.sum() + query.sum() if also_query else context.sum()  # SDPA on CPU: a NaN query leaves no NaN
+    if not torch.isnan(total):
         return
     for name, x in (("query", query), ("key", key), ("value", value)):
         if torch.isnan(x).any():
