@@ -100,3 +100,20 @@ def test_decoding_with_packed_weights_equals_decoding_without(model: Transformer
     assert len(model._packed) == 3 * 6 + 1
     assert torch.equal(packed.tokens, plain.tokens)
     torch.testing.assert_close(packed.scores, plain.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_with_packed_weights_can_be_copied_and_pickled(model: Transformer) -> None:
+    import copy
+    import io
+
+    src = torch.randint(4, 1000, (2, 7), generator=torch.Generator().manual_seed(2))
+    first = greedy_search(model, src, max_len_a=0.0, max_len_b=6)
+    assert model._packed is not None and len(model._packed) > 0
+    twin = copy.deepcopy(model)
+    assert twin._packed is not None and len(twin._packed) == 0  # packs its own weights when it decodes
+    assert torch.equal(greedy_search(twin, src, max_len_a=0.0, max_len_b=6).tokens, first.tokens)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(greedy_search(loaded, src, max_len_a=0.0, max_len_b=6).tokens, first.tokens)

@@ -95,6 +95,14 @@ class PackedWeights:
         self._copies[key] = (weight, weight._version, copy)
         return copy
 
+    def __deepcopy__(self, memo: dict) -> PackedWeights:
+        """An empty cache for the same rows: the copies are derived from weights the new owner has
+        its own of (and MKL's packed tensors cannot be copied or pickled)."""
+        return PackedWeights(self.rows)
+
+    def __getstate__(self) -> dict:
+        return {"rows": self.rows, "_copies": {}, "_tokens": []}
+
     def __enter__(self) -> PackedWeights:
         self._tokens.append(_ACTIVE.set(self))
         return self

@@ -380,10 +380,10 @@ class Transformer(nn.Module):
     def _packed_weights(self, memory: Tensor) -> PackedWeights | None:
         """Packed weights for steps of ``memory.shape[0]`` rows, when they pay: CPU, fp32, no
         gradients. The copies of the last row count are kept for the next search."""
-        if not (
-            self.prepack_weights and packing_available() and memory.device.type == "cpu"
-            and memory.dtype == torch.float32 and not torch.is_grad_enabled()
-        ):
+        if not (self.prepack_weights and packing_available() and memory.device.type == "cpu" and memory.dtype == torch.float32):
+            self._packed = None  # e.g. moved to a GPU or to bf16: the copies would only hold memory
+            return None
+        if torch.is_grad_enabled():
             return None
         rows = memory.shape[0]
         if self._packed is None or self._packed.rows != rows:
