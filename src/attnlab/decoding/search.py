@@ -71,8 +71,8 @@ def _in_inference_mode(search: Callable[..., SearchResult]) -> Callable[..., Sea
     def run(*args: Any, **kwargs: Any) -> SearchResult:
         with torch.inference_mode():
             result = search(*args, **kwargs)
-        copies = {f.name: getattr(result, f.name) for f in fields(result)}
-        return replace(result, **{name: None if t is None else t.clone() for name, t in copies.items()})
+        tensors = {f.name: getattr(result, f.name) for f in fields(result)}
+        return replace(result, **{name: None if t is None else t.clone() for name, t in tensors.items()})
 
     return run
 

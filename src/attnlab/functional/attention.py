@@ -60,9 +60,10 @@ def attention(
     With ``score="scaled_dot"`` and ``normalize="softmax"`` this is Eq. 1 of "Attention Is All You
     Need", softmax(Q K^T / sqrt(d_k)) V, and runs on the fused path, whose kernel is chosen per
     call (``_prefer_sdpa``; the table in docs/notation.md): ``F.scaled_dot_product_attention``
-    on CUDA and for forward passes without gradients, one matmul-softmax-matmul for short CPU
-    sequences that need gradients and for per-head weights, and, for head-averaged weights on
-    CPU, a blockwise pass that never holds all heads' maps at once (without gradients).
+    on CUDA, for forward passes without gradients and for fp32 CPU training, one
+    matmul-softmax-matmul for short bf16 CPU sequences that need gradients and for per-head
+    weights, and, for head-averaged weights on CPU, a blockwise pass that never holds all
+    heads' maps at once (without gradients).
 
     Args:
         query: Q, ``(..., Lq, d_k)``.
@@ -217,7 +218,7 @@ def _rows_of(mask: Tensor, rows: slice) -> Tensor:
 
 
 def _prefer_sdpa(query: Tensor, key: Tensor, value: Tensor, fused: bool | None, per_head_weights: bool) -> bool:
-    """The kernel the measurements favour: SDPA, except for short CPU sequences that need gradients.
+    """The kernel the measurements favour: SDPA, except for short bf16 (or float64) CPU sequences that need gradients.
 
     Per-head weights are a full (..., Lq, Lk) map either way; the explicit path makes them once,
     where SDPA would need a second pass.
