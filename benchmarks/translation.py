@@ -4,19 +4,23 @@
     ``nn.Transformer`` with the same embeddings, positions and tied output projection;
 (b) greedy and (c) beam-5 decoding tokens/s with our KV cache against ``MarianMTModel.generate``
     (randomly initialised, same sizes), batch 8, EOS suppressed so both make exactly N tokens;
-(d) training and greedy tokens/s of each RNN seq2seq variant (no attention, Bahdanau, Luong
+(d) the same two searches in bf16: ours under bf16 autocast against HF under the same autocast
+    and HF with its weights cast to bf16, whichever is faster (``--no-bf16`` skips these);
+(e) training and greedy tokens/s of each RNN seq2seq variant (no attention, Bahdanau, Luong
     dot / general / concat), the cost of each form of attention (``--rnn-only`` for just these).
 
 Peers run interleaved (A B A B) in one process on 2 threads after a warm-up; the result is the
 ratio of medians. Blocks during which other processes used a noticeable share of the CPU are
 dropped (when enough remain). Prints a table and writes ``benchmarks/results/translation.json``.
 
-    .venv/bin/python -m benchmarks.translation [--quick]
+    .venv/bin/python -m benchmarks.translation [--quick] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import math
 import os
@@ -71,7 +75,8 @@ class TorchSeq2Seq(nn.Module):
 
 
 def compare(name: str, peers: dict[str, Callable[[], object]], tokens: int, repeats: int, warmup: int) -> dict:
-    """Interleave the peers ``repeats`` times; tokens/s medians and their ratio (first / second)."""
+    """Interleave the peers ``repeats`` times; tokens/s medians and the ratio of the first (ours)
+    to the fastest of the others."""
     for _ in range(warmup):
         for fn in peers.values():
             fn()
@@ -89,7 +94,10 @@ def compare(name: str, peers: dict[str, Callable[[], object]], tokens: int, repe
             "tokens_per_s": tokens / statistics.median(times),
             "foreign_cpu": [round(samples[peer][i][2], 3) for i in range(repeats)],
         }
-    first, second = list(result["peers"].values())[:2]
+    # Ours against the fastest of the others.
+    ours, *others = result["peers"]
+    result["versus"] = min(others, key=lambda peer: result["peers"][peer]["median_s"])
+    first, second = result["peers"][ours], result["peers"][result["versus"]]
     result["speedup"] = second["median_s"] / first["median_s"]
     result["cpu_time_speedup"] = second["median_cpu_s"] / first["median_cpu_s"]
     return result
@@ -147,31 +155,49 @@ def marian(config: TransformerConfig):
     return MarianMTModel(hf_config).eval()
 
 
-def bench_decoding(config: TransformerConfig, beam: int, batch: int, src_len: int, new_tokens: int, repeats: int) -> dict:
+def bench_decoding(
+    config: TransformerConfig, beam: int, batch: int, src_len: int, new_tokens: int, repeats: int, bf16: bool = False
+) -> dict:
+    """Ours against ``MarianMTModel.generate``. With ``bf16``, ours runs under bf16 autocast (its
+    weights stay fp32; attnlab.layers.packed keeps bf16 copies) against both ways to run HF in
+    bf16: under the same autocast, and with its weights cast to bf16."""
     torch.manual_seed(0)
     ours, hf = Transformer(config).eval(), marian(config)
     src = random_batch(batch, src_len, config.src_vocab_size, 3)
     mask = src.ne(PAD)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
     @torch.no_grad()
     def run_ours() -> Tensor:
         search = greedy_search if beam == 1 else beam_search
         kwargs = {} if beam == 1 else {"beam_size": beam}
-        out = search(ours, src, max_len_a=0.0, max_len_b=new_tokens, min_len=new_tokens, **kwargs).tokens
+        with autocast:
+            out = search(ours, src, max_len_a=0.0, max_len_b=new_tokens, min_len=new_tokens, **kwargs).tokens
         assert out.shape[-1] == new_tokens, out.shape
         return out
 
-    @torch.no_grad()
-    def run_hf() -> Tensor:
-        out = hf.generate(
-            input_ids=src, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-            num_beams=beam, do_sample=False, early_stopping=False,
-        )
-        assert out.shape[-1] == new_tokens + 1, out.shape  # + the decoder start token
-        return out
+    def hf_generate(model: nn.Module, autocast: torch.autocast) -> Callable[[], Tensor]:
+        @torch.no_grad()
+        def run() -> Tensor:
+            with autocast:
+                out = model.generate(
+                    input_ids=src, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                    num_beams=beam, do_sample=False, early_stopping=False,
+                )
+            assert out.shape[-1] == new_tokens + 1, out.shape  # + the decoder start token
+            return out
+
+        return run
 
     name = "greedy decoding" if beam == 1 else f"beam {beam} decoding"
-    return compare(name, {"attnlab (KV cache)": run_ours, "HF Marian generate": run_hf}, batch * new_tokens, repeats, warmup=1)
+    if not bf16:
+        peers = {"attnlab (KV cache)": run_ours, "HF Marian generate": hf_generate(hf, autocast)}
+    else:
+        name += ", bf16"
+        hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
+        peers = {"attnlab (bf16 autocast)": run_ours, "HF (bf16 autocast)": hf_generate(hf, autocast),
+                 "HF (bf16 weights)": hf_generate(hf_bf16, contextlib.nullcontext())}
+    return compare(name, peers, batch * new_tokens, repeats, warmup=1)
 
 
 RNN_VARIANTS = {
@@ -225,6 +251,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--rnn-only", action="store_true", help="only the RNN variants (issue: cost of each attention)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="also decode in bf16 (ours and HF's two bf16 ways)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "translation.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -240,19 +268,24 @@ def main() -> None:
         bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=64, repeats=repeats),
         bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=64, repeats=max(2, repeats - 2)),
     ]
+    if args.bf16:
+        results += [
+            bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=64, repeats=repeats, bf16=True),
+            bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=64, repeats=max(2, repeats - 2), bf16=True),
+        ]
     print(f"\npreset {preset}: d_model {config.d_model}, heads {config.num_heads}, layers {config.num_encoder_layers}+"
           f"{config.num_decoder_layers}, FFN {config.dim_feedforward}, vocab {config.tgt_vocab_size}; {args.threads} threads")
     print(f"{'case':24} {'peer':20} {'tokens/s':>9} {'median s':>9} {'min s':>8} {'cpu s':>7} {'others':>7} "
           f"{'kept':>5} {'speedup':>8} {'cpu-time':>8}")
     for r in results:
         for i, (peer, p) in enumerate(r["peers"].items()):
-            ratio = f"{r['speedup']:.2f}x" if i == 1 else ""
-            cpu_ratio = f"{r['cpu_time_speedup']:.2f}x" if i == 1 else ""
+            ratio = f"{r['speedup']:.2f}x" if peer == r["versus"] else ""
+            cpu_ratio = f"{r['cpu_time_speedup']:.2f}x" if peer == r["versus"] else ""
             others = statistics.median(p["foreign_cpu"])
             print(f"{r['case'] if i == 0 else '':24} {peer:20} {p['tokens_per_s']:9.1f} {p['median_s']:9.3f} "
                   f"{p['min_s']:8.3f} {p['median_cpu_s']:7.3f} {others:7.0%} {r['kept']:>2}/{r['repeats']:<2} "
                   f"{ratio:>8} {cpu_ratio:>8}")
-    print("speedup = peer median wall time / ours; cpu-time = the same for CPU seconds of this process; "
+    print("speedup = median wall time of the fastest peer (the row it is on) / ours; cpu-time = the same for CPU seconds of this process; "
           "others = median share of all cores used by other processes while timing")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"preset": preset, "config": config.to_dict(), "threads": args.threads, "torch": torch.__version__,

@@ -56,6 +56,23 @@ def test_translate_text_and_stdin_one_line_per_input(trained_run, capsys, monkey
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
+@pytest.mark.parametrize(("precision", "autocast"), [("fp32", False), ("bf16", True)])
+def test_translate_precision_runs_the_search_under_autocast(trained_run, capsys, monkeypatch, precision, autocast):
+    from attnlab.training.translation import TranslationTask
+
+    seen = []
+    translate = TranslationTask.translate
+
+    def spy(self, model, texts, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return translate(self, model, texts, **kwargs)
+
+    monkeypatch.setattr(TranslationTask, "translate", spy)
+    assert main(["translate", str(trained_run), "--text", "March 15, 2024", "--precision", precision]) == 0
+    assert seen == [autocast]
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
 def test_evaluate_writes_bleu_and_chrf_with_signatures(trained_run, capsys):
     assert main(["evaluate", str(trained_run), "--split", "test"]) == 0
     assert "bleu" in capsys.readouterr().out

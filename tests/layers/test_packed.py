@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.decoding import beam_search, greedy_search
-from attnlab.layers.packed import MIN_PACKED_ELEMENTS, Linear, PackedWeights, linear, packing_available
+from attnlab.layers.packed import (
+    MIN_PACKED_ELEMENTS,
+    Linear,
+    PackedWeights,
+    bf16_packing_available,
+    linear,
+    packing_available,
+)
 from attnlab.models.transformer import Transformer, TransformerConfig
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no MKL packed sgemm")
@@ -61,12 +68,39 @@ def test_a_changed_weight_is_packed_again() -> None:
     assert not torch.allclose(before, after)
 
 
-def test_autocast_keeps_its_bf16_product() -> None:
+needs_bf16 = pytest.mark.skipif(not bf16_packing_available(), reason="this CPU or build has no oneDNN bf16 linear")
+
+
+@needs_bf16
+@pytest.mark.parametrize("rows", [8, 5])  # bf16 copies serve any row count
+def test_under_bf16_autocast_the_packed_product_is_autocasts(rows: int) -> None:
+    torch.manual_seed(0)
     layer = Linear(256, 512)
-    x = torch.randn(8, 256)
-    with PackedWeights(8) as packed, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    x = torch.randn(rows, 1, 256)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = layer(x)
+        with PackedWeights(8) as packed:
+            out = layer(x)
+            again = layer(x.bfloat16())  # a bf16 input (the output of an earlier autocast product)
+    assert out.dtype == again.dtype == torch.bfloat16
+    assert len(packed) == 1
+    # Same bf16 operands, fp32 accumulation: equal up to the summation order.
+    torch.testing.assert_close(out, expected, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(again, expected, rtol=1e-2, atol=1e-2)
+    assert (out.float() - F.linear(x, layer.weight, layer.bias)).abs().max() > 0  # bf16, not the fp32 product
+
+
+@needs_bf16
+def test_a_bf16_weight_is_packed_and_an_fp16_autocast_is_not() -> None:
+    torch.manual_seed(0)
+    layer = Linear(256, 512).to(torch.bfloat16)
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    with PackedWeights(8) as packed, torch.no_grad():
         out = layer(x)
-    assert out.dtype == torch.bfloat16
+    assert len(packed) == 1
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-2, atol=1e-2)
+    with PackedWeights(8) as packed, torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        Linear(256, 512)(torch.randn(8, 256))
     assert len(packed) == 0
 
 
@@ -82,19 +116,20 @@ def model() -> Transformer:
     return Transformer(config).eval()
 
 
+def search_20_tokens(model: Transformer, beam: int) -> object:
+    """Greedy (beam 1) or beam search of 20 tokens for 3 random sources of 12 tokens."""
+    src = torch.randint(4, 1000, (3, 12), generator=torch.Generator().manual_seed(1))
+    if beam == 1:
+        return greedy_search(model, src, max_len_a=0.0, max_len_b=20, min_len=20)
+    return beam_search(model, src, beam_size=beam, max_len_a=0.0, max_len_b=20, min_len=20)
+
+
 @pytest.mark.parametrize("beam", [1, 4])
 def test_decoding_with_packed_weights_equals_decoding_without(model: Transformer, beam: int) -> None:
-    src = torch.randint(4, 1000, (3, 12), generator=torch.Generator().manual_seed(1))
-
-    def search() -> object:
-        if beam == 1:
-            return greedy_search(model, src, max_len_a=0.0, max_len_b=20, min_len=20)
-        return beam_search(model, src, beam_size=beam, max_len_a=0.0, max_len_b=20, min_len=20)
-
     model.prepack_weights = False
-    plain = search()
+    plain = search_20_tokens(model, beam)
     model.prepack_weights = True
-    packed = search()
+    packed = search_20_tokens(model, beam)
     assert model._packed is not None and model._packed.rows == 3 * beam
     # 3 layers x (self in-proj, self out, cross query, cross out, FFN in, FFN out) + the output layer
     assert len(model._packed) == 3 * 6 + 1
@@ -117,3 +152,36 @@ def test_a_model_with_packed_weights_can_be_copied_and_pickled(model: Transforme
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
     assert torch.equal(greedy_search(loaded, src, max_len_a=0.0, max_len_b=6).tokens, first.tokens)
+
+
+@needs_bf16
+@pytest.mark.parametrize("beam", [1, 4])
+def test_bf16_decoding_with_packed_weights_equals_autocast_without(model: Transformer, beam: int) -> None:
+    model.prepack_weights = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = search_20_tokens(model, beam)
+        model.prepack_weights = True
+        packed = search_20_tokens(model, beam)
+    assert model._packed is not None
+    # bf16 copies serve any row count, so the source-target keys and values (a product over the
+    # source tokens, once per search) are packed too: 3 layers x (the 6 above + key + value) + output.
+    assert sum(key[-1] == "onednn_bf16" for key in model._packed._copies) == 3 * 8 + 1
+    # Scores are bf16 logits: a near tie may break the other way, so compare where the first differs.
+    same = (packed.tokens == plain.tokens).all(dim=-1)
+    assert same.float().mean() >= 0.5
+    torch.testing.assert_close(packed.scores[same], plain.scores[same], rtol=2e-2, atol=5e-2)
+
+
+@needs_bf16
+def test_a_model_cast_to_bf16_drops_its_fp32_copies(model: Transformer) -> None:
+    import copy
+
+    twin = copy.deepcopy(model)
+    src = torch.randint(4, 1000, (2, 7), generator=torch.Generator().manual_seed(2))
+    greedy_search(twin, src, max_len_a=0.0, max_len_b=6)
+    fp32_cache = twin._packed
+    twin.to(torch.bfloat16)
+    result = greedy_search(twin, src, max_len_a=0.0, max_len_b=6)
+    assert twin._packed is not fp32_cache
+    assert all(key[3] == torch.bfloat16 for key in twin._packed._copies)
+    assert result.tokens.shape[0] == 2

@@ -1,22 +1,32 @@
-"""Linear layers whose weights are packed once for thin products (CPU fp32 inference).
+"""Linear layers whose weights are packed once for thin products (CPU inference).
 
 A decoding step multiplies a few rows (the batch, times the beam) by every weight matrix of
-the decoder. For such thin products MKL's sgemm spends most of its time repacking the weight
-into its blocked layout on every call. Packing each weight once (``cblas_sgemm_pack``, which
-PyTorch exposes as ``torch.ops.mkl._mkl_reorder_linear_weight``; Inductor's CPU freezing uses
-the same pair) and multiplying the packed copy on every step (``torch.ops.mkl._mkl_linear``)
-is the same fp32 arithmetic in another summation order, 1.3-2.7x faster per product on this
-project's CPU (8-40 rows, 256-2048 features, ``benchmarks/translation.py`` for the whole
-search). A packed copy takes about 3x the weight's memory and serves one row count only;
-other products fall back to ``F.linear``.
+the decoder, so a step costs about one read of the decoder's weights. Two copies cut that cost:
 
-Packing is lazy: inside ``with PackedWeights(rows):`` every ``linear`` call with exactly
-``rows`` rows packs its weight on first use and reuses the copy afterwards, until the weight
-changes (its version counter moves, as with ``load_state_dict`` or an optimizer step).
+- **fp32**: for such thin products MKL's sgemm spends most of its time repacking the weight into
+  its blocked layout on every call. Packing each weight once (``cblas_sgemm_pack``, which
+  PyTorch exposes as ``torch.ops.mkl._mkl_reorder_linear_weight``; Inductor's CPU freezing uses
+  the same pair) and multiplying the packed copy on every step (``torch.ops.mkl._mkl_linear``)
+  is the same fp32 arithmetic in another summation order, 1.3-2.7x faster per product on this
+  project's CPU (8-40 rows, 256-2048 features). A copy takes about 3x the weight's memory and
+  serves one row count only; other products fall back to ``F.linear``.
+- **bf16**: under ``torch.autocast("cpu", dtype=torch.bfloat16)`` ``F.linear`` casts every fp32
+  weight to bf16 on every call, which reads the fp32 weight and writes and reads a bf16 one. A
+  oneDNN-packed bf16 copy made once (``torch.ops.mkldnn._reorder_linear_weight``, multiplied by
+  ``torch.ops.mkldnn._linear_pointwise``) gives autocast's result (the same bf16 operands,
+  fp32 accumulation) from half the bytes of the fp32 weight. A model cast to bf16 gets the same
+  packed copies. These serve any row count and take half the fp32 weight's memory.
+
+Packing is lazy: inside ``with PackedWeights(rows):`` every ``linear`` call that qualifies packs
+its weight on first use and reuses the copy afterwards, until the weight changes (its version
+counter moves, as with ``load_state_dict`` or an optimizer step). ``benchmarks/translation.py``
+measures whole searches.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 
 import torch
@@ -34,14 +44,23 @@ def packing_available() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
+@functools.cache
+def bf16_packing_available() -> bool:
+    """Whether this PyTorch build and CPU have oneDNN's packed bf16 linear."""
+    return (
+        torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, from a packed copy of ``weight`` inside an active ``PackedWeights``
-    when ``x`` has its row count (all dims but the last)."""
+    """``F.linear(x, weight, bias)``, from a packed copy of ``weight`` inside an active
+    ``PackedWeights`` when the product qualifies (see ``PackedWeights.linear``)."""
     packed = _ACTIVE.get()
     if packed is not None:
-        weight_packed = packed.lookup(x, weight)
-        if weight_packed is not None:
-            return torch.ops.mkl._mkl_linear(x, weight_packed, weight, bias, packed.rows)
+        out = packed.linear(x, weight, bias)
+        if out is not None:
+            return out
     return F.linear(x, weight, bias)
 
 
@@ -54,20 +73,22 @@ class Linear(nn.Linear):
 
 
 class PackedWeights:
-    """Packed copies of fp32 CPU weights for products with exactly ``rows`` rows, made on first use.
+    """Packed copies of CPU weights for thin products, made on first use: fp32 ones for products
+    with exactly ``rows`` rows, bf16 ones under bf16 autocast (or for bf16 weights) for any.
 
     Use it as a context manager around the calls it should serve; it can be entered again later
     (e.g. once per decoding step) and keeps its copies in between.
 
     Args:
-        rows: the row count the copies are packed for (MKL's packing depends on it).
+        rows: the row count the fp32 copies are packed for (MKL's packing depends on it); the
+            bf16 copies are packed for it too, but serve any.
     """
 
     def __init__(self, rows: int) -> None:
         if rows <= 0:
             raise ValueError(f"rows must be positive, got {rows}")
         self.rows = rows
-        # (data_ptr, shape, stride) -> (the weight, its version when packed, the packed copy).
+        # (data_ptr, shape, stride, dtype, kind) -> (the weight, its version when packed, the copy).
         # Views of one parameter (the query block of a fused in-projection) get their own entry.
         self._copies: dict[tuple, tuple[Tensor, int, Tensor]] = {}
         self._tokens: list[Token] = []
@@ -76,22 +97,52 @@ class PackedWeights:
         """Weights packed so far."""
         return len(self._copies)
 
-    def lookup(self, x: Tensor, weight: Tensor) -> Tensor | None:
-        """The packed copy of ``weight`` for a product with ``x``, packing it now if it is new or
-        has changed; None when this product is not one to pack."""
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor | None:
+        """``F.linear(x, weight, bias)`` from a packed copy of ``weight`` (packed now if it is new
+        or has changed), or None when the product is not one to pack:
+
+        - fp32 (MKL): fp32 ``x`` with exactly ``rows`` rows (all dims but the last), fp32 weight,
+          autocast off;
+        - bf16 (oneDNN): CPU autocast to bf16 with an fp32 weight (the result is bf16, as from
+          autocast), or a bf16 ``x`` and weight with autocast off; any row count.
+
+        Never when autograd would need the product (no backward through packed weights) or for
+        weights below ``MIN_PACKED_ELEMENTS``.
+        """
         if (
-            x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
-            or weight.device.type != "cpu" or weight.ndim != 2 or weight.numel() < MIN_PACKED_ELEMENTS
-            or x.numel() != self.rows * x.shape[-1]
-            or torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)  # no backward for the packed product
-            or torch.is_autocast_enabled("cpu")  # autocast would run F.linear in bf16, not this fp32 product
+            x.device.type != "cpu" or weight.device.type != "cpu" or weight.ndim != 2
+            or weight.numel() < MIN_PACKED_ELEMENTS
+            or torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
         ):
             return None
-        key = (weight.data_ptr(), tuple(weight.shape), weight.stride())
+        if torch.is_autocast_enabled("cpu"):
+            if (
+                torch.get_autocast_dtype("cpu") != torch.bfloat16 or weight.dtype != torch.float32
+                or x.dtype not in (torch.float32, torch.bfloat16) or not bf16_packing_available()
+            ):
+                return None
+            x, bias = x.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
+            return self._linear_bf16(x, weight, bias)
+        if x.dtype == weight.dtype == torch.bfloat16 and bf16_packing_available():
+            return self._linear_bf16(x, weight, None if bias is None else bias.to(torch.bfloat16))
+        if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.numel() != self.rows * x.shape[-1]:
+            return None
+        copy = self._copy(weight, "mkl", lambda w: torch.ops.mkl._mkl_reorder_linear_weight(w, self.rows))
+        return torch.ops.mkl._mkl_linear(x, copy, weight, bias, self.rows)
+
+    def _linear_bf16(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        copy = self._copy(
+            weight, "onednn_bf16", lambda w: torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16), self.rows)
+        )
+        return torch.ops.mkldnn._linear_pointwise(x, copy, bias, "none", [], "")
+
+    def _copy(self, weight: Tensor, kind: str, pack: Callable[[Tensor], Tensor]) -> Tensor:
+        """The ``kind`` copy of ``weight``, made by ``pack`` unless one of its current version exists."""
+        key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype, kind)
         entry = self._copies.get(key)  # holds the weight, so no other tensor can take its storage
         if entry is not None and entry[1] == weight._version:
             return entry[2]
-        copy = torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), self.rows)
+        copy = pack(weight.detach())
         self._copies[key] = (weight, weight._version, copy)
         return copy
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from attnlab.config import ConfigMixin
 from attnlab.layers.kv_cache import KVCache
-from attnlab.layers.packed import Linear, PackedWeights, packing_available
+from attnlab.layers.packed import Linear, PackedWeights, bf16_packing_available, packing_available
 from attnlab.layers.positional import SinusoidalPositionalEncoding
 from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer
 
@@ -192,10 +192,12 @@ class Transformer(nn.Module):
         self._reset_parameters()
         if c.tie_output:
             self.output.weight = self.tgt_embed.weight
-        # Incremental decoding on CPU in fp32 packs the decoder's weights once per row count
-        # (attnlab.layers.packed); False saves the copies' memory, about 3x the decoder's weights.
+        # Incremental decoding on CPU packs the decoder's weights once per row count (fp32) or
+        # once (bf16 autocast; attnlab.layers.packed). False saves the copies' memory: about 3x
+        # the decoder's weights in fp32, half of them in bf16.
         self.prepack_weights = True
         self._packed: PackedWeights | None = None
+        self._packed_dtype = torch.float32  # of the weights the copies were made from
 
     def _reset_parameters(self) -> None:
         """Xavier-uniform matrices (as ``nn.Transformer``); embeddings N(0, D^-1/2), so that scaled
@@ -378,16 +380,22 @@ class Transformer(nn.Module):
         return logits[:, -1], state, cross
 
     def _packed_weights(self, memory: Tensor) -> PackedWeights | None:
-        """Packed weights for steps of ``memory.shape[0]`` rows, when they pay: CPU, fp32, no
-        gradients. The copies of the last row count are kept for the next search."""
-        if not (self.prepack_weights and packing_available() and memory.device.type == "cpu" and memory.dtype == torch.float32):
-            self._packed = None  # e.g. moved to a GPU or to bf16: the copies would only hold memory
+        """Packed weights for steps of ``memory.shape[0]`` rows, when they pay: CPU, no gradients,
+        fp32 weights (packed fp32, or bf16 under autocast) or bf16 ones. The copies of the last
+        row count are kept for the next search."""
+        dtype = self.output.weight.dtype
+        if not (
+            self.prepack_weights and memory.device.type == "cpu"
+            and (dtype == torch.float32 and (packing_available() or bf16_packing_available())
+                 or dtype == torch.bfloat16 and bf16_packing_available())
+        ):
+            self._packed = None  # e.g. moved to a GPU: the copies would only hold memory
             return None
         if torch.is_grad_enabled():
             return None
         rows = memory.shape[0]
-        if self._packed is None or self._packed.rows != rows:
-            self._packed = PackedWeights(rows)
+        if self._packed is None or self._packed.rows != rows or self._packed_dtype != dtype:
+            self._packed, self._packed_dtype = PackedWeights(rows), dtype  # the old copies hold the old weights
         return self._packed
 
     def reorder_state(self, state: SearchState, index: Tensor) -> SearchState:
