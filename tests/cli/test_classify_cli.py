@@ -134,10 +134,12 @@ def test_classify_missing_files_and_folders_are_user_errors(shapes_run, tmp_path
     assert "missing.png does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("top_k", ["0", "-1"])
-def test_classify_rejects_top_k_below_one(shapes_run, tmp_path, capsys, top_k):
-    assert main(["classify", str(shapes_run), "x.png", "--top-k", top_k]) != 0
-    assert f"--top-k must be >= 1, got {top_k}" in capsys.readouterr().err
+@pytest.mark.parametrize(("top_k", "shown"), [("0", "0"), ("-1", "-1"), ("three", "'three'")])
+def test_classify_rejects_top_k_below_one(shapes_run, tmp_path, capsys, top_k, shown):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["classify", str(shapes_run), "x.png", "--top-k", top_k])
+    assert exit_info.value.code == 2  # a usage error
+    assert f"argument --top-k: expected an integer >= 1, got {shown}" in capsys.readouterr().err
 
 
 def test_train_on_a_folder_with_an_empty_class_names_it(tmp_path, capsys):

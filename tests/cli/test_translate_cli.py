@@ -73,6 +73,13 @@ def test_translate_precision_runs_the_search_under_autocast(trained_run, capsys,
     assert len(capsys.readouterr().out.splitlines()) == 1
 
 
+def test_translate_rejects_a_beam_below_one(trained_run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["translate", str(trained_run), "--text", "seven", "--beam", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --beam: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
 def test_evaluate_writes_bleu_and_chrf_with_signatures(trained_run, capsys):
     assert main(["evaluate", str(trained_run), "--split", "test"]) == 0
     assert "bleu" in capsys.readouterr().out

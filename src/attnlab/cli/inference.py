@@ -16,6 +16,17 @@ from attnlab.training.trainer import resolve_precision
 from attnlab.viz import format_attention_table
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option and exits 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``evaluate``, ``translate`` and ``classify``."""
     evaluate = subparsers.add_parser("evaluate", help="metrics of a run's best checkpoint on a split")
@@ -27,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     translate = subparsers.add_parser("translate", help="translate --text or stdin lines with a translation run")
     translate.add_argument("run_dir")
     translate.add_argument("--text", action="append", help="a sentence (repeatable); otherwise stdin, one per line")
-    translate.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    translate.add_argument("--beam", type=positive_int, default=1, help="beam size (1: greedy)")
     translate.add_argument("--checkpoint", default="best", choices=("best", "last"))
     translate.add_argument("--show-attention", action="store_true",
                            help="also print each sentence's source-target attention (rows: target pieces)")
@@ -36,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     classify = subparsers.add_parser("classify", help="top-k labels of image files with a classification run")
     classify.add_argument("run_dir")
     classify.add_argument("images", nargs="+", metavar="IMAGE")
-    classify.add_argument("--top-k", type=int, default=3)
+    classify.add_argument("--top-k", type=positive_int, default=3, help="labels shown per image")
     classify.add_argument("--checkpoint", default="best", choices=("best", "last"))
     classify.add_argument("--no-resize", action="store_true",
                           help="an image of another size than the model's input is an error (default: resize it)")
@@ -72,8 +83,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_translate(args: argparse.Namespace) -> int:
     """One translation per input line, in order."""
-    if args.beam < 1:
-        raise ValueError(f"--beam must be >= 1, got {args.beam}")
     loaded = load_run(args.run_dir, args.checkpoint, task="translation")
     texts = args.text if args.text else [line.rstrip("\n") for line in sys.stdin]
     with autocast(args.precision):
@@ -94,8 +103,6 @@ def _translate(loaded: LoadedRun, texts: list[str], args: argparse.Namespace) ->
 
 def run_classify(args: argparse.Namespace) -> int:
     """``IMAGE: label (p), label (p), ...`` per image; a note on stderr for each image converted to fit."""
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     loaded = load_run(args.run_dir, args.checkpoint, task="classification")
     spec = loaded.task.spec
     for path in args.images:
