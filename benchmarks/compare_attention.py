@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import yaml
 
+from attnlab.models.rnn_seq2seq import ATTENTION_VARIANTS
 from attnlab.training import Trainer, find_checkpoint, load_weights
 from attnlab.training.config import RunConfig, apply_overrides
 from attnlab.training.metrics import translation_metrics
@@ -42,14 +43,7 @@ from attnlab.training.metrics import translation_metrics
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 RESULTS = Path(__file__).parent / "results"
-MODELS = {
-    "none": "generated_rnn_none.yaml",
-    "bahdanau": "generated_rnn_bahdanau.yaml",
-    "luong_dot": "generated_rnn_luong_dot.yaml",
-    "luong_general": "generated_rnn_luong_general.yaml",
-    "luong_concat": "generated_rnn_luong_concat.yaml",
-    "transformer": "generated_transformer.yaml",
-}
+MODELS = {**{name: f"generated_rnn_{name}.yaml" for name in ATTENTION_VARIANTS}, "transformer": "generated_transformer.yaml"}
 # The data section every model of a corpus shares, and the metrics shown per length bucket
 # (exact match alone is all-or-nothing on long numbers; chrF shows how far off they are).
 CORPORA = {

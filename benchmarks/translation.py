@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from attnlab.decoding import beam_search, greedy_search
 from attnlab.layers import SinusoidalPositionalEncoding
-from attnlab.models.rnn_seq2seq import RNNSeq2Seq, Seq2SeqConfig
+from attnlab.models.rnn_seq2seq import ATTENTION_VARIANTS, RNNSeq2Seq, Seq2SeqConfig
 from attnlab.models.transformer import Transformer, TransformerConfig
 from benchmarks.common import timed
 
@@ -200,15 +200,6 @@ def bench_decoding(
     return compare(name, peers, batch * new_tokens, repeats, warmup=1)
 
 
-RNN_VARIANTS = {
-    "no attention": dict(attention="none"),
-    "Bahdanau": dict(attention="bahdanau"),
-    "Luong dot": dict(attention="luong", score="dot"),
-    "Luong general": dict(attention="luong", score="general"),
-    "Luong concat": dict(attention="luong", score="concat"),
-}
-
-
 def bench_rnn_variants(vocab: int, batch: int, length: int, new_tokens: int, repeats: int) -> dict:
     """Training and greedy tokens/s of each RNN seq2seq variant (bi-LSTM, "small" preset), interleaved:
     what each form of attention costs on top of the plain encoder-decoder."""
@@ -216,7 +207,7 @@ def bench_rnn_variants(vocab: int, batch: int, length: int, new_tokens: int, rep
     src, tgt = random_batch(batch, length, vocab, 1), random_batch(batch, length + 1, vocab, 2)
     tgt[:, 0] = BOS
     train_peers, decode_peers = {}, {}
-    for name, variant in RNN_VARIANTS.items():
+    for name, variant in ATTENTION_VARIANTS.items():
         config = Seq2SeqConfig.from_preset("small", src_vocab_size=vocab, tgt_vocab_size=vocab, cell="lstm",
                                            bidirectional=True, **variant)
         model = RNNSeq2Seq(config)
@@ -238,9 +229,9 @@ def _greedy(model: nn.Module, src: Tensor, new_tokens: int) -> Callable[[], Tens
 
 def print_rnn_table(results: dict) -> None:
     train, greedy = results["training"]["peers"], results["greedy"]["peers"]
-    base_train, base_greedy = train["no attention"]["tokens_per_s"], greedy["no attention"]["tokens_per_s"]
+    base_train, base_greedy = train["none"]["tokens_per_s"], greedy["none"]["tokens_per_s"]
     print(f"\n{'RNN seq2seq (bi-LSTM 256)':26} {'train tok/s':>11} {'vs none':>8} {'greedy tok/s':>12} {'vs none':>8}")
-    for name in RNN_VARIANTS:
+    for name in ATTENTION_VARIANTS:
         t, g = train[name]["tokens_per_s"], greedy[name]["tokens_per_s"]
         print(f"{name:26} {t:11.0f} {t / base_train:8.2f} {g:12.0f} {g / base_greedy:8.2f}")
 

@@ -9,19 +9,13 @@ import pytest
 import torch
 
 from attnlab.decoding import beam_search, greedy_search
-from attnlab.models.rnn_seq2seq import RNNSeq2Seq, Seq2SeqConfig
+from attnlab.models.rnn_seq2seq import ATTENTION_VARIANTS, RNNSeq2Seq, Seq2SeqConfig
 from attnlab.training.config import ConfigError, ModelSection
 
 PAD, BOS, EOS = 0, 2, 3
 VOCAB = 12
 
-DECODERS = {
-    "none": dict(attention="none"),
-    "bahdanau": dict(attention="bahdanau"),
-    "luong_dot": dict(attention="luong", score="dot"),
-    "luong_general": dict(attention="luong", score="general"),
-    "luong_concat": dict(attention="luong", score="concat"),
-}
+DECODERS = ATTENTION_VARIANTS
 ATTENTIVE = [name for name in DECODERS if name != "none"]
 
 

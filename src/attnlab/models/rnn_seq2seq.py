@@ -450,6 +450,15 @@ class LuongDecoder(_RNNDecoder):
 
 DECODERS: dict[str, type[_RNNDecoder]] = {"none": PlainDecoder, "bahdanau": BahdanauDecoder, "luong": LuongDecoder}
 
+# The five decoders of the classic comparison, by name: the Seq2SeqConfig fields that choose each.
+ATTENTION_VARIANTS: dict[str, dict[str, str]] = {
+    "none": dict(attention="none"),
+    "bahdanau": dict(attention="bahdanau"),
+    "luong_dot": dict(attention="luong", score="dot"),
+    "luong_general": dict(attention="luong", score="general"),
+    "luong_concat": dict(attention="luong", score="concat"),
+}
+
 
 # ---------------------------------------------------------------------------------------------
 # The model

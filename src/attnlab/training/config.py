@@ -35,7 +35,7 @@ from attnlab.data.corpora import CorpusConfig
 from attnlab.data.tokenizer import TokenizerConfig
 from attnlab.models import rnn_seq2seq, transformer
 from attnlab.models.cnn import AttentionCNN, AttentionCNNConfig
-from attnlab.models.vit import VIT_CONFIGS, ViT, ViTConfig
+from attnlab.models.vit import ViT, ViTConfig
 
 __all__ = [
     "ConfigError",
@@ -61,21 +61,23 @@ OPTIMIZERS = ("adamw", "adam")
 
 @dataclass(frozen=True)
 class ModelType:
-    """What a config's ``model.type`` names: its config dataclass, module, presets and tasks."""
+    """What a config's ``model.type`` names: its config dataclass, module and tasks."""
 
     config_class: type
     model_class: type
-    presets: Mapping[str, Mapping[str, Any]]
     tasks: tuple[str, ...]
+
+    @property
+    def presets(self) -> Mapping[str, Mapping[str, Any]]:
+        """The config class's named presets (``ConfigMixin.presets``)."""
+        return self.config_class.presets
 
 
 MODEL_REGISTRY: dict[str, ModelType] = {
-    "vit": ModelType(ViTConfig, ViT, {name: c.to_dict() for name, c in VIT_CONFIGS.items()}, ("classification",)),
-    "cnn": ModelType(AttentionCNNConfig, AttentionCNN, {}, ("classification",)),
-    "transformer": ModelType(
-        transformer.TransformerConfig, transformer.Transformer, transformer.PRESETS, ("translation",)
-    ),
-    "rnn": ModelType(rnn_seq2seq.Seq2SeqConfig, rnn_seq2seq.RNNSeq2Seq, rnn_seq2seq.PRESETS, ("translation",)),
+    "vit": ModelType(ViTConfig, ViT, ("classification",)),
+    "cnn": ModelType(AttentionCNNConfig, AttentionCNN, ("classification",)),
+    "transformer": ModelType(transformer.TransformerConfig, transformer.Transformer, ("translation",)),
+    "rnn": ModelType(rnn_seq2seq.Seq2SeqConfig, rnn_seq2seq.RNNSeq2Seq, ("translation",)),
 }
 MODEL_TYPES = tuple(MODEL_REGISTRY)
 
@@ -100,7 +102,7 @@ class ModelSection:
 
     Attributes:
         type: one of :data:`MODEL_TYPES`.
-        preset: a named size of that model (``VIT_CONFIGS``, the Transformer's ``PRESETS``).
+        preset: a named size of that model (its config class's ``presets``).
         params: field values of the model's config dataclass, type-checked.
     """
 
