@@ -200,6 +200,40 @@ def bench_decoding(
     return compare(name, peers, batch * new_tokens, repeats, warmup=1)
 
 
+def step_weights(model: Transformer) -> list[Tensor]:
+    """The weight matrices one decoding step reads: every decoder layer's (the source-target keys
+    and values excepted: those are projected once per search) and the output projection."""
+    weights = [model.output.weight]
+    for layer in model.decoder_layers:
+        for name, p in layer.named_parameters():
+            if p.ndim == 2:
+                weights.append(p[: p.shape[1]] if name == "cross_attn.in_proj_weight" else p)  # W^Q only
+    return weights
+
+
+def weight_read_floor(config: TransformerConfig, repeats: int) -> dict:
+    """What a decoding step cannot beat on this machine: the time to read once every weight the
+    step multiplies (``Tensor.sum`` over each, the median of ``repeats`` passes), in fp32 and bf16.
+    Every search here reads them once per step, whatever the batch; the rest of a step is compute
+    and overhead."""
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    result = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        weights = [w.detach().to(dtype).contiguous() for w in step_weights(model)]
+        total = sum(w.numel() * w.element_size() for w in weights)
+
+        def read(weights: list[Tensor] = weights) -> None:
+            for w in weights:
+                w.sum()
+
+        read()
+        times = [timed(read)[0] for _ in range(repeats)]
+        seconds = statistics.median(times)
+        result[name] = {"bytes": total, "seconds": seconds, "gb_per_s": total / seconds / 1e9}
+    return result
+
+
 def bench_rnn_variants(vocab: int, batch: int, length: int, new_tokens: int, repeats: int) -> dict:
     """Training and greedy tokens/s of each RNN seq2seq variant (bi-LSTM, "small" preset), interleaved:
     what each form of attention costs on top of the plain encoder-decoder."""
@@ -264,6 +298,7 @@ def main() -> None:
             bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=64, repeats=repeats, bf16=True),
             bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=64, repeats=max(2, repeats - 2), bf16=True),
         ]
+    floor = weight_read_floor(config, repeats=max(5, repeats))
     print(f"\npreset {preset}: d_model {config.d_model}, heads {config.num_heads}, layers {config.num_encoder_layers}+"
           f"{config.num_decoder_layers}, FFN {config.dim_feedforward}, vocab {config.tgt_vocab_size}; {args.threads} threads")
     print(f"{'case':24} {'peer':20} {'tokens/s':>9} {'median s':>9} {'min s':>8} {'cpu s':>7} {'others':>7} "
@@ -276,12 +311,18 @@ def main() -> None:
             print(f"{r['case'] if i == 0 else '':24} {peer:20} {p['tokens_per_s']:9.1f} {p['median_s']:9.3f} "
                   f"{p['min_s']:8.3f} {p['median_cpu_s']:7.3f} {others:7.0%} {r['kept']:>2}/{r['repeats']:<2} "
                   f"{ratio:>8} {cpu_ratio:>8}")
+    print(f"\nper decoding step (64 steps a search, the encoder included): one read of the step's weights takes "
+          + ", ".join(f"{p} {1e3 * f['seconds']:.2f} ms ({f['bytes'] / 1e6:.0f} MB at {f['gb_per_s']:.1f} GB/s)"
+                      for p, f in floor.items()))
+    for r in results[1:]:
+        print(f"{r['case']:24} " + ", ".join(f"{peer} {1e3 * p['median_s'] / 64:.2f} ms" for peer, p in r["peers"].items()))
     print("speedup = median wall time of the fastest peer (the row it is on) / ours; cpu-time = the same for CPU seconds of this process; "
           "others = median share of all cores used by other processes while timing")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"preset": preset, "config": config.to_dict(), "threads": args.threads, "torch": torch.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count()}
-    args.out.write_text(json.dumps({"meta": meta, "results": results, "rnn_variants": rnn}, indent=2))
+    args.out.write_text(json.dumps({"meta": meta, "results": results, "weight_read_floor": floor, "rnn_variants": rnn},
+                                   indent=2))
     print(f"wrote {args.out}")
 
 

@@ -94,8 +94,8 @@ class PackedWeights:
         self._tokens: list[Token] = []
 
     def __len__(self) -> int:
-        """Weights packed so far."""
-        return len(self._copies)
+        """Weights packed so far (the bf16 copies of biases not counted)."""
+        return sum(key[-1] != "bias_bf16" for key in self._copies)
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor | None:
         """``F.linear(x, weight, bias)`` from a packed copy of ``weight`` (packed now if it is new
@@ -121,10 +121,9 @@ class PackedWeights:
                 or x.dtype not in (torch.float32, torch.bfloat16) or not bf16_packing_available()
             ):
                 return None
-            x, bias = x.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
-            return self._linear_bf16(x, weight, bias)
+            return self._linear_bf16(x.to(torch.bfloat16), weight, bias)
         if x.dtype == weight.dtype == torch.bfloat16 and bf16_packing_available():
-            return self._linear_bf16(x, weight, None if bias is None else bias.to(torch.bfloat16))
+            return self._linear_bf16(x, weight, bias)
         if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.numel() != self.rows * x.shape[-1]:
             return None
         copy = self._copy(weight, "mkl", lambda w: torch.ops.mkl._mkl_reorder_linear_weight(w, self.rows))
@@ -134,10 +133,12 @@ class PackedWeights:
         copy = self._copy(
             weight, "onednn_bf16", lambda w: torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16), self.rows)
         )
+        if bias is not None and bias.dtype != torch.bfloat16:
+            bias = self._copy(bias, "bias_bf16", lambda b: b.to(torch.bfloat16))
         return torch.ops.mkldnn._linear_pointwise(x, copy, bias, "none", [], "")
 
     def _copy(self, weight: Tensor, kind: str, pack: Callable[[Tensor], Tensor]) -> Tensor:
-        """The ``kind`` copy of ``weight``, made by ``pack`` unless one of its current version exists."""
+        """The ``kind`` copy of ``weight`` (or bias), made by ``pack`` unless one of its current version exists."""
         key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype, kind)
         entry = self._copies.get(key)  # holds the weight, so no other tensor can take its storage
         if entry is not None and entry[1] == weight._version:
