@@ -74,6 +74,11 @@ def test_evaluate_prints_test_metrics(trained_run, capsys):
     assert json.loads((trained_run / "test_metrics.json").read_text())["examples"] == 359
 
 
+def test_evaluate_beam_on_a_classification_run_is_a_usage_error(trained_run, capsys):
+    assert main(["evaluate", str(trained_run), "--beam", "2"]) == 2
+    assert "--beam applies to translation runs" in capsys.readouterr().err
+
+
 def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
     assert main(["train", str(write_config(tmp_path)), "model.d_model=64"]) == 2
     err = capsys.readouterr().err

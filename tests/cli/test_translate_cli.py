@@ -73,6 +73,18 @@ def test_translate_precision_runs_the_search_under_autocast(trained_run, capsys,
     assert len(capsys.readouterr().out.splitlines()) == 1
 
 
+def test_evaluate_with_a_beam_scores_beam_search_translations(trained_run, capsys):
+    from attnlab.training.runs import load_run
+
+    assert main(["evaluate", str(trained_run), "--split", "test", "--beam", "3"]) == 0
+    metrics = json.loads((trained_run / "test_beam3_metrics.json").read_text(encoding="utf-8"))
+    assert metrics["beam_size"] == 3
+    rows = (trained_run / "translations_test_beam3.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    loaded = load_run(trained_run, "best", need_data=True)
+    sources = [row.split("\t")[0] for row in rows[:5]]
+    assert [row.split("\t")[2] for row in rows[:5]] == loaded.task.translate(loaded.model, sources, beam_size=3)
+
+
 def test_translate_rejects_a_beam_below_one(trained_run, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["translate", str(trained_run), "--text", "seven", "--beam", "0"])

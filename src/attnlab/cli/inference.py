@@ -11,6 +11,7 @@ import torch
 
 from attnlab.cli.format import format_metrics, format_per_class
 from attnlab.data.image_files import image_conversion
+from attnlab.training.config import ConfigError
 from attnlab.training.runs import LoadedRun, load_run
 from attnlab.training.trainer import resolve_precision
 from attnlab.viz import format_attention_table
@@ -33,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--split", default="test", help="test (default), val/dev or train")
     evaluate.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    evaluate.add_argument("--beam", type=positive_int, default=1,
+                          help="translation runs: beam size of the decoding scored (1: greedy)")
     evaluate.set_defaults(func=run_evaluate)
 
     translate = subparsers.add_parser("translate", help="translate --text or stdin lines with a translation run")
@@ -70,9 +73,14 @@ def autocast(precision: str, device: torch.device = torch.device("cpu")) -> torc
 def run_evaluate(args: argparse.Namespace) -> int:
     """Print the metrics and write ``RUN_DIR/<split>_metrics.json`` (plus plots / translations)."""
     loaded = load_run(args.run_dir, args.checkpoint, need_data=True)
+    options = {}
+    if args.beam > 1:
+        if loaded.config.task != "translation":
+            raise ConfigError(f"--beam applies to translation runs; {args.run_dir} is a {loaded.config.task} run")
+        options["beam_size"] = args.beam
     with torch.no_grad(), autocast(args.precision):
-        metrics = loaded.task.evaluate(loaded.model, args.split, output_dir=Path(args.run_dir))
-    out = Path(args.run_dir) / f"{args.split}_metrics.json"
+        metrics = loaded.task.evaluate(loaded.model, args.split, output_dir=Path(args.run_dir), **options)
+    out = Path(args.run_dir) / f"{args.split}{'' if args.beam == 1 else f'_beam{args.beam}'}_metrics.json"
     out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"{args.split} ({loaded.checkpoint}): {format_metrics(metrics)}")
     if (per_class := format_per_class(metrics)) is not None:

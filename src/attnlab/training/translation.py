@@ -191,8 +191,10 @@ class TranslationTask:
         sampler = TokenBudgetBatchSampler(dataset.costs(), self.config.data.eval_max_tokens, shuffle=False)
         return (collate_translation([dataset[i] for i in indices]) for indices in sampler)
 
-    def evaluate(self, model: nn.Module, split: str, output_dir: Path | None = None) -> dict[str, Any]:
-        """Loss and perplexity (no smoothing) on a split; BLEU, chrF and exact match of greedy translations."""
+    def evaluate(self, model: nn.Module, split: str, output_dir: Path | None = None, beam_size: int = 1) -> dict[str, Any]:
+        """Loss and perplexity (no smoothing) on a split; BLEU, chrF and exact match of greedy
+        (``beam_size`` 1) or beam-search translations, written to ``translations_<split>.tsv``
+        (``translations_<split>_beam<N>.tsv`` for beams)."""
         dataset = self._dataset(split)
         total, tokens = 0.0, 0
         for batch in self._eval_batches(dataset):
@@ -202,12 +204,12 @@ class TranslationTask:
         # eval_max_sentences caps the dev decoding done during training; test is always decoded whole.
         limit = self.config.data.eval_max_sentences if split == self.eval_split else None
         pairs = self.corpus.splits[split][:limit]
-        hypotheses = self.translate(model, [source for source, _ in pairs])
+        hypotheses = self.translate(model, [source for source, _ in pairs], beam_size=beam_size)
         references = [target for _, target in pairs]
-        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "sentences": len(pairs),
+        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "sentences": len(pairs), "beam_size": beam_size,
                    **translation_metrics(hypotheses, references, self.target_lang)}
         if output_dir is not None:
-            path = Path(output_dir) / f"translations_{split}.tsv"
+            path = Path(output_dir) / f"translations_{split}{'' if beam_size == 1 else f'_beam{beam_size}'}.tsv"
             rows = [f"{s}\t{r}\t{h}" for (s, r), h in zip(pairs, hypotheses)]
             path.write_text("source\treference\thypothesis\n" + "\n".join(rows) + "\n", encoding="utf-8")
             metrics["translations_file"] = str(path)
