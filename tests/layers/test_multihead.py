@@ -197,8 +197,10 @@ def test_dot_score_equals_scaled_dot_with_rescaled_queries():
 def test_bad_construction_and_inputs_name_the_values():
     with pytest.raises(ValueError, match=r"embed_dim \(10\) must be divisible by num_heads \(3\)"):
         MultiHeadAttention(10, 3)
-    with pytest.raises(ValueError, match="unknown score 'bilinear'"):
+    with pytest.raises(ValueError, match=r"unknown score 'bilinear'; expected one of \[.*'additive'.*'general'"):
         MultiHeadAttention(E, H, score="bilinear")
+    with pytest.raises(ValueError, match=r"unknown normalizer 'softmaks'; expected one of \[.*'weighted_softmax'"):
+        MultiHeadAttention(E, H, normalize="softmaks")
     with pytest.raises(ValueError, match="weighted_softmax"):
         MultiHeadAttention(E, H, normalize="weighted_softmax")
     mha = MultiHeadAttention(E, H)

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 
 from attnlab.functional.attention import attention
 from attnlab.functional.masks import merge_masks
-from attnlab.functional.normalize import NORMALIZERS, NormalizeFn
-from attnlab.functional.scores import SCORES, ScoreFn
+from attnlab.functional.normalize import NormalizeFn, resolve_normalizer
+from attnlab.functional.scores import ScoreFn, resolve_score
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.packed import Linear, linear
 from attnlab.layers.positional import RotaryEmbedding
@@ -270,12 +270,12 @@ def _build_score_and_normalizer(
         normalize = WeightedSoftmax(score.hidden_dim)
     elif normalize == "temperature_softmax":
         normalize = TemperatureSoftmax(learnable=True)
-    elif isinstance(normalize, str) and normalize not in NORMALIZERS:
-        raise ValueError(f"unknown normalize {normalize!r}; expected one of {sorted([*NORMALIZERS, 'weighted_softmax', 'temperature_softmax'])}")
+    elif isinstance(normalize, str):
+        resolve_normalizer(normalize)  # an unknown name raises, listing the known ones
     if score == "additive":
         score = AdditiveScore(head_dim, head_dim, head_dim)
     elif score == "general":
         score = GeneralScore(head_dim, head_dim)
-    elif isinstance(score, str) and score not in SCORES:
-        raise ValueError(f"unknown score {score!r}; expected one of {sorted([*SCORES, 'additive', 'general'])}")
+    elif isinstance(score, str):
+        resolve_score(score)
     return score, normalize
