@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -79,6 +80,30 @@ def test_classify_prints_top_k_probabilities(shapes_run, tmp_path, capsys):
     assert sorted(label for label, _ in top) == sorted(CLASSES)
     probs = [float(p.rstrip(")")) for _, p in top]
     assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_classify_in_bf16_gives_the_fp32_probabilities_within_bf16_rounding(shapes_run, tmp_path, capsys, monkeypatch):
+    from attnlab.training.classification import ClassificationTask
+
+    seen = []
+    classify = ClassificationTask.classify
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return classify(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClassificationTask, "classify", spy)
+    path = tmp_path / "ring.png"
+    Image.fromarray(_shape("ring", np.random.default_rng(2)), "L").save(path)
+    tops = {}
+    for precision in ("fp32", "bf16"):
+        assert main(["classify", str(shapes_run), str(path), "--top-k", "3", "--precision", precision]) == 0
+        items = capsys.readouterr().out.strip().split(": ", 1)[1].split(", ")
+        tops[precision] = {label: float(p.rstrip(")")) for label, p in (item.rsplit(" (", 1) for item in items)}
+    assert seen == [False, True]
+    assert tops["bf16"].keys() == tops["fp32"].keys()
+    for label, p in tops["fp32"].items():
+        assert tops["bf16"][label] == pytest.approx(p, abs=0.03)
 
 
 def test_classify_converts_and_resizes_with_one_note_per_converted_file(shapes_run, tmp_path, capsys):
