@@ -110,9 +110,8 @@ class PackedWeights:
         weights below ``MIN_PACKED_ELEMENTS``.
         """
         if (
-            x.device.type != "cpu" or weight.device.type != "cpu" or weight.ndim != 2
-            or weight.numel() < MIN_PACKED_ELEMENTS
-            or torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+            weight.ndim != 2 or weight.numel() < MIN_PACKED_ELEMENTS or not (x.is_cpu and weight.is_cpu)
+            or (x.requires_grad or weight.requires_grad) and torch.is_grad_enabled()
         ):
             return None
         if torch.is_autocast_enabled("cpu"):
@@ -139,7 +138,7 @@ class PackedWeights:
 
     def _copy(self, weight: Tensor, kind: str, pack: Callable[[Tensor], Tensor]) -> Tensor:
         """The ``kind`` copy of ``weight`` (or bias), made by ``pack`` unless one of its current version exists."""
-        key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype, kind)
+        key = (weight.data_ptr(), weight.shape, weight.stride(), weight.dtype, kind)
         entry = self._copies.get(key)  # holds the weight, so no other tensor can take its storage
         if entry is not None and entry[1] == weight._version:
             return entry[2]
