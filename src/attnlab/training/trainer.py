@@ -178,9 +178,7 @@ def release_free_memory() -> None:
     on 300 steps of a 1.7M-parameter Transformer (one thread): without trimming the resident size
     climbed to 2.9 GB; trimmed every 50 steps it went between 1.4 and 2.3 GB, in 210 s against
     205 s. (A fixed ``MALLOC_MMAP_THRESHOLD_=131072`` kept it at 1.2-1.6 GB but maps and faults
-    every large buffer anew: 244 s.) It lowers the peak without bounding it: the 7.6M-parameter
-    LibreOffice config peaked at 4.8 GB after 20 minutes with the trim, 5.6 GB without. No-op
-    off glibc.
+    every large buffer anew: 244 s.) No-op off glibc.
     """
     trim = _malloc_trim()
     if trim is not None:
