@@ -112,18 +112,3 @@ def test_a_budget_stop_between_evaluations_evaluates_the_final_weights(tmp_path,
     assert load_trainer_state(checkpoint_dir(tmp_path / "run", "last"))["trainer"]["step"] == 7
     best_step = load_trainer_state(checkpoint_dir(tmp_path / "run", "best"))["trainer"]["best_step"]
     assert best_step == trainer.state.best_step and best_step in (5, 7)
-
-
-def test_cpu_training_returns_freed_heap_pages_every_trim_every_steps(tmp_path, tiny_digits_config, monkeypatch):
-    import sys
-
-    from attnlab.training import trainer as trainer_module
-
-    if sys.platform.startswith("linux"):
-        assert trainer_module._malloc_trim() is not None  # glibc: the trim is real, not a no-op
-    steps = []
-    monkeypatch.setattr(trainer_module, "TRIM_EVERY", 3)
-    trainer = Trainer(RunConfig.from_dict(tiny_digits_config(str(tmp_path / "run"), max_steps=7)))
-    monkeypatch.setattr(trainer_module, "release_free_memory", lambda: steps.append(trainer.state.step))
-    trainer.run()
-    assert steps == [3, 6]

@@ -16,14 +16,11 @@ metrics to ``metrics.jsonl`` (and TensorBoard), messages to ``logging``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import json
 import logging
 import math
 import random
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -152,37 +149,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainingError("training.device is 'cuda' but torch.cuda.is_available() is False")
     return torch.device(name)
-
-
-# Steps between returns of freed heap memory to the system (see release_free_memory).
-TRIM_EVERY = 50
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where there is none (other platforms or C libraries)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def release_free_memory() -> None:
-    """Give the pages glibc's heap holds free back to the system (``malloc_trim(0)``).
-
-    Batches of varying shape (length bucketing) allocate and free many large activations. glibc
-    raises its mmap threshold after the first large frees, so later ones come from the heap, and
-    the freed space there stays resident: a LibreOffice run's memory grows by gigabytes. Measured
-    on 300 steps of a 1.7M-parameter Transformer (one thread): without trimming the resident size
-    climbed to 2.9 GB; trimmed every 50 steps it went between 1.4 and 2.3 GB, in 210 s against
-    205 s. (A fixed ``MALLOC_MMAP_THRESHOLD_=131072`` kept it at 1.2-1.6 GB but maps and faults
-    every large buffer anew: 244 s.) No-op off glibc.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -384,8 +350,6 @@ class Trainer:
         self._window = window
         lr = self.scheduler.get_last_lr()[0]
         self._emit("step", loss=loss, lr=lr, units=units)
-        if self.device.type == "cpu" and self.state.step % TRIM_EVERY == 0:
-            release_free_memory()
         if self.state.step % self.config.training.log_every == 0:
             seconds = max(time.monotonic() - window["t0"], 1e-9)
             self.metrics.log("train", self.state.step, {
