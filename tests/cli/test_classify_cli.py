@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -82,17 +81,10 @@ def test_classify_prints_top_k_probabilities(shapes_run, tmp_path, capsys):
     assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=2e-3)
 
 
-def test_classify_in_bf16_gives_the_fp32_probabilities_within_bf16_rounding(shapes_run, tmp_path, capsys, monkeypatch):
+def test_classify_in_bf16_gives_the_fp32_probabilities_within_bf16_rounding(shapes_run, tmp_path, capsys, autocast_spy):
     from attnlab.training.classification import ClassificationTask
 
-    seen = []
-    classify = ClassificationTask.classify
-
-    def spy(self, *args, **kwargs):
-        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-        return classify(self, *args, **kwargs)
-
-    monkeypatch.setattr(ClassificationTask, "classify", spy)
+    seen = autocast_spy(ClassificationTask, "classify")
     path = tmp_path / "ring.png"
     Image.fromarray(_shape("ring", np.random.default_rng(2)), "L").save(path)
     tops = {}

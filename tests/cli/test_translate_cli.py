@@ -57,17 +57,10 @@ def test_translate_text_and_stdin_one_line_per_input(trained_run, capsys, monkey
 
 
 @pytest.mark.parametrize(("precision", "autocast"), [("fp32", False), ("bf16", True)])
-def test_translate_precision_runs_the_search_under_autocast(trained_run, capsys, monkeypatch, precision, autocast):
+def test_translate_precision_runs_the_search_under_autocast(trained_run, capsys, autocast_spy, precision, autocast):
     from attnlab.training.translation import TranslationTask
 
-    seen = []
-    translate = TranslationTask.translate
-
-    def spy(self, model, texts, **kwargs):
-        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-        return translate(self, model, texts, **kwargs)
-
-    monkeypatch.setattr(TranslationTask, "translate", spy)
+    seen = autocast_spy(TranslationTask, "translate")
     assert main(["translate", str(trained_run), "--text", "March 15, 2024", "--precision", precision]) == 0
     assert seen == [autocast]
     assert len(capsys.readouterr().out.splitlines()) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from attnlab.cli.format import format_metrics, format_per_class
 from attnlab.data.image_files import image_conversion
 from attnlab.training.config import ConfigError
 from attnlab.training.runs import LoadedRun, load_run
-from attnlab.training.trainer import resolve_precision
+from attnlab.training.translation import beam_suffix
+from attnlab.training.trainer import autocast_to, resolve_precision
 from attnlab.viz import format_attention_table
 
 
@@ -64,10 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         )
 
 
-def autocast(precision: str, device: torch.device = torch.device("cpu")) -> torch.autocast:
-    """Autocast to ``precision``'s dtype on ``device`` (disabled for fp32)."""
-    dtype = resolve_precision(precision, device)
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+def autocast(precision: str, device: torch.device = torch.device("cpu")) -> contextlib.AbstractContextManager:
+    """Autocast to ``precision``'s dtype on ``device`` (none for fp32)."""
+    return autocast_to(resolve_precision(precision, device), device)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -80,7 +81,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         options["beam_size"] = args.beam
     with torch.no_grad(), autocast(args.precision):
         metrics = loaded.task.evaluate(loaded.model, args.split, output_dir=Path(args.run_dir), **options)
-    out = Path(args.run_dir) / f"{args.split}{'' if args.beam == 1 else f'_beam{args.beam}'}_metrics.json"
+    out = Path(args.run_dir) / f"{args.split}{beam_suffix(args.beam)}_metrics.json"
     out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"{args.split} ({loaded.checkpoint}): {format_metrics(metrics)}")
     if (per_class := format_per_class(metrics)) is not None:

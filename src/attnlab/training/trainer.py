@@ -37,7 +37,7 @@ from attnlab.training.schedules import build_scheduler
 from attnlab.training.task import Task, build_task
 
 __all__ = ["Trainer", "TrainerState", "TrainResult", "ProgressEvent", "TrainingError", "resolve_device",
-           "resolve_precision", "seed_everything", "cpu_has_bf16"]
+           "resolve_precision", "autocast_to", "seed_everything", "cpu_has_bf16"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +159,13 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if name == "bf16" and not has_bf16:
         logger.warning("precision bf16 asked for, but %s lacks native bf16; autocast will be slow", device)
     return torch.bfloat16 if (name == "bf16" or has_bf16) else None
+
+
+def autocast_to(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``; a no-op context for None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def seed_everything(seed: int) -> None:
@@ -297,9 +304,7 @@ class Trainer:
             self.stop_reason = self._evaluate_and_checkpoint()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast_to(self.autocast_dtype, self.device)
 
     def _train_step(self, batch: Any) -> bool:
         """Forward, backward, clip, update; a bad batch is reported and skipped (returns False)."""

@@ -90,6 +90,11 @@ def _warn_unfit_inputs(ids: Sequence[Sequence[int]], max_length: int) -> None:
                        "are translated", _line_numbers(long), max_length, longest, max_length)
 
 
+def beam_suffix(beam_size: int) -> str:
+    """What names a report of beam-search output: ``""`` for greedy, ``"_beam5"`` for beam 5."""
+    return "" if beam_size == 1 else f"_beam{beam_size}"
+
+
 class TranslationTask:
     """Sequence-to-sequence translation; selects checkpoints on dev BLEU.
 
@@ -209,7 +214,7 @@ class TranslationTask:
         metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "sentences": len(pairs), "beam_size": beam_size,
                    **translation_metrics(hypotheses, references, self.target_lang)}
         if output_dir is not None:
-            path = Path(output_dir) / f"translations_{split}{'' if beam_size == 1 else f'_beam{beam_size}'}.tsv"
+            path = Path(output_dir) / f"translations_{split}{beam_suffix(beam_size)}.tsv"
             rows = [f"{s}\t{r}\t{h}" for (s, r), h in zip(pairs, hypotheses)]
             path.write_text("source\treference\thypothesis\n" + "\n".join(rows) + "\n", encoding="utf-8")
             metrics["translations_file"] = str(path)
