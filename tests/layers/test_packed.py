@@ -17,7 +17,7 @@ from attnlab.layers.packed import (
 )
 from attnlab.models.transformer import Transformer, TransformerConfig
 
-pytestmark = pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no MKL packed sgemm")
+pytestmark = pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no oneDNN")
 
 
 @pytest.mark.parametrize(("rows", "shape"), [(8, (512, 256)), (40, (1024, 256)), (3, (300, 130))])
@@ -30,17 +30,27 @@ def test_packed_product_matches_f_linear(rows: int, shape: tuple[int, int]) -> N
     torch.testing.assert_close(out, F.linear(x, weight, bias), rtol=1e-5, atol=1e-4)
 
 
-def test_other_row_counts_small_weights_and_grads_are_not_packed() -> None:
+def test_one_copy_serves_any_row_count() -> None:
     torch.manual_seed(0)
-    weight = torch.randn(256, 256)
+    weight = torch.randn(512, 256)
+    with PackedWeights(8) as packed:
+        for rows in (8, 5, 40, 1):
+            x = torch.randn(rows, 256)
+            torch.testing.assert_close(linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-4)
+    assert len(packed) == 1
+
+
+def test_small_weights_grads_and_other_dtypes_are_not_packed() -> None:
+    torch.manual_seed(0)
     small = torch.randn(8, 8)
     with PackedWeights(8) as packed:
-        x = torch.randn(5, 256)
-        assert torch.equal(linear(x, weight), F.linear(x, weight))  # 5 rows, packed for 8
         linear(torch.randn(8, 8), small)  # below MIN_PACKED_ELEMENTS
         trainable = torch.randn(256, 256, requires_grad=True)
         out = linear(torch.randn(8, 256), trainable)
         assert out.requires_grad  # gradients flow: the plain product was used
+        weight = torch.randn(256, 256, dtype=torch.float64)
+        x = torch.randn(8, 256, dtype=torch.float64)
+        assert torch.equal(linear(x, weight), F.linear(x, weight))
     assert small.numel() < MIN_PACKED_ELEMENTS
     assert len(packed) == 0
 
@@ -129,10 +139,12 @@ def test_decoding_with_packed_weights_equals_decoding_without(model: Transformer
     model.prepack_weights = False
     plain = search_20_tokens(model, beam)
     model.prepack_weights = True
+    model._packed = None
     packed = search_20_tokens(model, beam)
     assert model._packed is not None and model._packed.rows == 3 * beam
-    # 3 layers x (self in-proj, self out, cross query, cross out, FFN in, FFN out) + the output layer
-    assert len(model._packed) == 3 * 6 + 1
+    # 3 layers x (self in-proj, self out, cross query, key, value, cross out, FFN in, FFN out)
+    # + the output layer; the source-target keys and values are the one product over the source.
+    assert len(model._packed) == 3 * 8 + 1
     assert torch.equal(packed.tokens, plain.tokens)
     torch.testing.assert_close(packed.scores, plain.scores, rtol=1e-4, atol=1e-4)
 
@@ -185,3 +197,14 @@ def test_a_model_cast_to_bf16_drops_its_fp32_copies(model: Transformer) -> None:
     assert twin._packed is not fp32_cache
     assert all(key[3] == torch.bfloat16 for key in twin._packed._copies)
     assert result.tokens.shape[0] == 2
+
+
+def test_searches_of_other_row_counts_reuse_the_copies(model: Transformer) -> None:
+    model.prepack_weights = True
+    search_20_tokens(model, 1)
+    copies = model._packed
+    beam = search_20_tokens(model, 4)
+    assert model._packed is copies and len(copies) == 3 * 8 + 1  # no second set for 12 rows
+    model.prepack_weights = False
+    assert torch.equal(search_20_tokens(model, 4).tokens, beam.tokens)
+    model.prepack_weights = True

@@ -1,21 +1,25 @@
 """Linear layers whose weights are packed once for thin products (CPU inference).
 
 A decoding step multiplies a few rows (the batch, times the beam) by every weight matrix of
-the decoder, so a step costs about one read of the decoder's weights. Two copies cut that cost:
+the decoder, so a step costs about one read of the decoder's weights. ``F.linear`` serves such
+thin products poorly: the BLAS it calls repacks the weight into its blocked layout on every
+call. A copy packed once into oneDNN's layout (``torch.ops.mkldnn._reorder_linear_weight``,
+multiplied by ``torch.ops.mkldnn._linear_pointwise``; Inductor's CPU freezing uses the same
+pair) is read as it lies on every step (``python -m benchmarks.thin_products`` times both):
 
-- **fp32**: for such thin products MKL's sgemm spends most of its time repacking the weight into
-  its blocked layout on every call. Packing each weight once (``cblas_sgemm_pack``, which
-  PyTorch exposes as ``torch.ops.mkl._mkl_reorder_linear_weight``; Inductor's CPU freezing uses
-  the same pair) and multiplying the packed copy on every step (``torch.ops.mkl._mkl_linear``)
-  is the same fp32 arithmetic in another summation order, 1.3-2.7x faster per product on this
-  project's CPU (8-40 rows, 256-2048 features). A copy takes about 3x the weight's memory and
-  serves one row count only; other products fall back to ``F.linear``.
+- **fp32**: the same fp32 arithmetic in another summation order. Per product, with the weights
+  streamed from memory as in a step (the base decoder's shapes, 2 threads, an AVX2 AMD EPYC),
+  1.5-2.5x faster than ``F.linear`` with 8 rows and 1.1-2.1x with 40; on the AVX-512 machine of
+  earlier measurements a decoding step took as long as with MKL's packed sgemm, which this
+  module used before (and which is slower than ``F.linear`` on the EPYC).
 - **bf16**: under ``torch.autocast("cpu", dtype=torch.bfloat16)`` ``F.linear`` casts every fp32
   weight to bf16 on every call, which reads the fp32 weight and writes and reads a bf16 one. A
-  oneDNN-packed bf16 copy made once (``torch.ops.mkldnn._reorder_linear_weight``, multiplied by
-  ``torch.ops.mkldnn._linear_pointwise``) gives autocast's result (the same bf16 operands,
-  fp32 accumulation) from half the bytes of the fp32 weight. A model cast to bf16 gets the same
-  packed copies. These serve any row count and take half the fp32 weight's memory.
+  packed bf16 copy made once gives autocast's result (the same bf16 operands, fp32
+  accumulation) from half the bytes of the fp32 weight. A model cast to bf16 gets the same
+  packed copies. Only where the CPU has bf16 instructions (``bf16_packing_available``).
+
+The copies take the weight's own memory (half of it in bf16) and serve any row count; the
+row count they are packed for is a hint to oneDNN.
 
 Packing is lazy: inside ``with PackedWeights(rows):`` every ``linear`` call that qualifies packs
 its weight on first use and reuses the copy afterwards, until the weight changes (its version
@@ -39,18 +43,16 @@ MIN_PACKED_ELEMENTS = 128 * 128
 _ACTIVE: ContextVar[PackedWeights | None] = ContextVar("attnlab_packed_weights", default=None)
 
 
+@functools.cache
 def packing_available() -> bool:
-    """Whether this PyTorch build has MKL's packed sgemm (x86 builds with MKL do; others fall back)."""
-    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+    """Whether this PyTorch build has oneDNN's packed linear (x86 and Arm builds do; others fall back)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 @functools.cache
 def bf16_packing_available() -> bool:
     """Whether this PyTorch build and CPU have oneDNN's packed bf16 linear."""
-    return (
-        torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
+    return packing_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -73,15 +75,15 @@ class Linear(nn.Linear):
 
 
 class PackedWeights:
-    """Packed copies of CPU weights for thin products, made on first use: fp32 ones for products
-    with exactly ``rows`` rows, bf16 ones under bf16 autocast (or for bf16 weights) for any.
+    """Packed copies of CPU weights for thin products, made on first use: fp32 ones for fp32
+    products, bf16 ones under bf16 autocast (or for bf16 weights).
 
     Use it as a context manager around the calls it should serve; it can be entered again later
     (e.g. once per decoding step) and keeps its copies in between.
 
     Args:
-        rows: the row count the fp32 copies are packed for (MKL's packing depends on it); the
-            bf16 copies are packed for it too, but serve any.
+        rows: the row count the copies are packed for (oneDNN's layout hint: the products of a
+            decoding step); they serve any.
     """
 
     def __init__(self, rows: int) -> None:
@@ -101,10 +103,9 @@ class PackedWeights:
         """``F.linear(x, weight, bias)`` from a packed copy of ``weight`` (packed now if it is new
         or has changed), or None when the product is not one to pack:
 
-        - fp32 (MKL): fp32 ``x`` with exactly ``rows`` rows (all dims but the last), fp32 weight,
-          autocast off;
-        - bf16 (oneDNN): CPU autocast to bf16 with an fp32 weight (the result is bf16, as from
-          autocast), or a bf16 ``x`` and weight with autocast off; any row count.
+        - fp32: fp32 ``x`` and weight, autocast off;
+        - bf16: CPU autocast to bf16 with an fp32 weight (the result is bf16, as from autocast),
+          or a bf16 ``x`` and weight with autocast off.
 
         Never when autograd would need the product (no backward through packed weights) or for
         weights below ``MIN_PACKED_ELEMENTS``.
@@ -123,10 +124,10 @@ class PackedWeights:
             return self._linear_bf16(x.to(torch.bfloat16), weight, bias)
         if x.dtype == weight.dtype == torch.bfloat16 and bf16_packing_available():
             return self._linear_bf16(x, weight, bias)
-        if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.numel() != self.rows * x.shape[-1]:
+        if x.dtype != torch.float32 or weight.dtype != torch.float32 or not packing_available():
             return None
-        copy = self._copy(weight, "mkl", lambda w: torch.ops.mkl._mkl_reorder_linear_weight(w, self.rows))
-        return torch.ops.mkl._mkl_linear(x, copy, weight, bias, self.rows)
+        copy = self._copy(weight, "onednn", lambda w: torch.ops.mkldnn._reorder_linear_weight(w, self.rows))
+        return torch.ops.mkldnn._linear_pointwise(x, copy, bias, "none", [], "")
 
     def _linear_bf16(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         copy = self._copy(
@@ -148,7 +149,7 @@ class PackedWeights:
 
     def __deepcopy__(self, memo: dict) -> PackedWeights:
         """An empty cache for the same rows: the copies are derived from weights the new owner has
-        its own of (and MKL's packed tensors cannot be copied or pickled)."""
+        its own of (and oneDNN's packed tensors cannot be copied or pickled)."""
         return PackedWeights(self.rows)
 
     def __getstate__(self) -> dict:

@@ -149,7 +149,7 @@ class SearchState:
         memory_key_padding_mask: ``(B, S)``, ``True`` at source padding, or None.
         cache: the decoder's KV caches, or None to recompute the whole prefix every step.
         prefix: the target tokens so far ``(B, T')`` (kept only without a cache).
-        packed: the decoder's weights packed for this state's row count (CPU fp32), or None.
+        packed: the decoder's weights packed for CPU products (attnlab.layers.packed), or None.
     """
 
     memory: Tensor
@@ -192,9 +192,9 @@ class Transformer(nn.Module):
         self._reset_parameters()
         if c.tie_output:
             self.output.weight = self.tgt_embed.weight
-        # Incremental decoding on CPU packs the decoder's weights once per row count (fp32) or
-        # once (bf16 autocast; attnlab.layers.packed). False saves the copies' memory: about 3x
-        # the decoder's weights in fp32, half of them in bf16.
+        # Incremental decoding on CPU packs the decoder's weights once (attnlab.layers.packed).
+        # False saves the copies' memory: the decoder's weights once more in fp32, half of
+        # that in bf16.
         self.prepack_weights = True
         self._packed: PackedWeights | None = None
         self._packed_dtype = torch.float32  # of the weights the copies were made from
@@ -380,22 +380,20 @@ class Transformer(nn.Module):
         return logits[:, -1], state, cross
 
     def _packed_weights(self, memory: Tensor) -> PackedWeights | None:
-        """Packed weights for steps of ``memory.shape[0]`` rows, when they pay: CPU, no gradients,
-        fp32 weights (packed fp32, or bf16 under autocast) or bf16 ones. The copies of the last
-        row count are kept for the next search."""
+        """Packed weights for the decoding steps, when they pay: CPU, no gradients, fp32 weights
+        (packed fp32, or bf16 under autocast) or bf16 ones. The copies are kept for the next
+        search; packed for the first search's row count, they serve any."""
         dtype = self.output.weight.dtype
         if not (
             self.prepack_weights and memory.device.type == "cpu"
-            and (dtype == torch.float32 and (packing_available() or bf16_packing_available())
-                 or dtype == torch.bfloat16 and bf16_packing_available())
+            and (dtype == torch.float32 and packing_available() or dtype == torch.bfloat16 and bf16_packing_available())
         ):
             self._packed = None  # e.g. moved to a GPU: the copies would only hold memory
             return None
         if torch.is_grad_enabled():
             return None
-        rows = memory.shape[0]
-        if self._packed is None or self._packed.rows != rows or self._packed_dtype != dtype:
-            self._packed, self._packed_dtype = PackedWeights(rows), dtype  # the old copies hold the old weights
+        if self._packed is None or self._packed_dtype != dtype:
+            self._packed, self._packed_dtype = PackedWeights(memory.shape[0]), dtype  # the old copies hold the old weights
         return self._packed
 
     def reorder_state(self, state: SearchState, index: Tensor) -> SearchState:

@@ -1,0 +1,77 @@
+"""The thin products of a decoding step: ``F.linear`` against packed copies of the weight.
+
+A decoding step multiplies 8 rows (greedy, batch 8) or 40 (beam 5) by each weight matrix of a
+base-size decoder. Each kernel runs over enough copies of the weight (about 100 MB) that they
+stream from memory, as the decoder's weights do in a real step, instead of sitting in cache:
+
+- ``F.linear``: what PyTorch calls for ``nn.Linear`` (the BLAS repacks the weight every call);
+- ``oneDNN packed``: ``attnlab.layers.packed``'s copy, packed once by oneDNN;
+- ``MKL packed``: MKL's ``cblas_sgemm_pack`` copy (what ``attnlab.layers.packed`` used until
+  2026-11-26), where this build has it.
+
+Microseconds per product (median of interleaved rounds) and the ratio F.linear / oneDNN packed.
+
+    .venv/bin/python -m benchmarks.thin_products [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import RESULTS, interleave
+
+SHAPES = [(512, 1536), (512, 512), (512, 2048), (2048, 512), (512, 8000)]  # (in, out) of a base decoder
+STREAMED_BYTES = 100e6
+
+
+def kernels(x: torch.Tensor, weights: list[torch.Tensor], bias: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """One callable per kernel that multiplies ``x`` by every weight in turn."""
+    rows = x.shape[0]
+    onednn = [torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in weights]
+    peers = {
+        "F.linear": lambda: [F.linear(x, w, bias) for w in weights],
+        "oneDNN packed": lambda: [torch.ops.mkldnn._linear_pointwise(x, p, bias, "none", [], "") for p in onednn],
+    }
+    if torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"):
+        mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in weights]
+        peers["MKL packed"] = lambda: [torch.ops.mkl._mkl_linear(x, p, w, bias, rows) for p, w in zip(mkl, weights)]
+    return peers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = []
+    print(f"{args.threads} threads; microseconds per product, weights streamed from memory")
+    with torch.inference_mode():
+        for rows in (8, 40):
+            for n_in, n_out in SHAPES:
+                copies = max(2, round(STREAMED_BYTES / (4 * n_in * n_out)))
+                weights = [torch.randn(n_out, n_in) for _ in range(copies)]
+                x, bias = torch.randn(rows, n_in), torch.randn(n_out)
+                samples, _ = interleave(kernels(x, weights, bias), args.repeats)
+                us = {name: 1e6 * statistics.median(t) / copies for name, t in samples.items()}
+                ratio = us["F.linear"] / us["oneDNN packed"]
+                results.append({"rows": rows, "in": n_in, "out": n_out, "us": us, "f_linear_over_onednn": ratio})
+                print(f"rows {rows:2} {n_in:4}x{n_out:<4} " + "  ".join(f"{k} {v:7.0f}" for k, v in us.items())
+                      + f"   F.linear / oneDNN packed {ratio:.2f}x")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "thin_products.json"
+    meta = {"threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
