@@ -62,6 +62,31 @@ def test_decoder_layer_matches_torch(norm_first):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("average", [True, False])
+def test_decoder_layer_rows_per_source_sentence_match_a_repeated_memory(average):
+    """k rows of x per sentence (beam hypotheses) against memory (B, S, D) give what those rows
+    give against the memory repeated k times, the reference torch's layer accepts."""
+    torch.manual_seed(0)
+    ref = nn.TransformerDecoderLayer(D, H, FF, dropout=0.0, batch_first=True).eval()
+    ours = DecoderLayer(D, H, FF, dropout=0.0).eval()
+    ours.load_state_dict(torch_to_ours(ref.state_dict()))
+    memory, memory_mask = padded(2, 6, [6, 3])
+    k = 3
+    tgt = torch.randn(2 * k, 4, D)
+    causal = torch.ones(4, 4, dtype=torch.bool).triu(1)
+    repeated, repeated_mask = memory.repeat_interleave(k, dim=0), memory_mask.repeat_interleave(k, dim=0)
+    expected = ref(tgt, repeated, tgt_mask=causal, memory_key_padding_mask=repeated_mask)
+    got, _, cross = ours(tgt, memory, memory_key_padding_mask=memory_mask, need_weights=True, average_attn_weights=average)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    _, _, cross_repeated = ours(
+        tgt, repeated, memory_key_padding_mask=repeated_mask, need_weights=True, average_attn_weights=average
+    )
+    assert cross.shape == cross_repeated.shape == ((2 * k, 4, 6) if average else (2 * k, H, 4, 6))
+    torch.testing.assert_close(cross, cross_repeated, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="x has 5 rows, not a multiple of the 2 source sentences"):
+        ours(tgt[:5], memory)
+
+
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_cached_decoding_matches_full_prefix(norm_first):
     torch.manual_seed(0)

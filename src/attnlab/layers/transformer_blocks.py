@@ -133,8 +133,10 @@ class DecoderLayer(_ResidualBlock):
         """Decode ``x`` against the encoder output; target position i sees positions <= i only.
 
         Args:
-            x: ``(B, T, D)``, the newest T target positions when ``self_cache`` holds earlier ones.
-            memory: the encoder output ``(B, S, D)`` (unused once ``cross_cache`` is filled).
+            x: ``(B, T, D)``, the newest T target positions when ``self_cache`` holds earlier ones;
+                or ``(B k, T, D)``, k rows per source sentence (row b k + j reads memory row b).
+            memory: the encoder output ``(B, S, D)`` (its keys and values are cached once
+                ``cross_cache`` is filled).
             tgt_key_padding_mask: ``(B, T')``, ``True`` at target padding.
             memory_key_padding_mask: ``(B, S)``, ``True`` at source padding.
             self_cache: a growing ``KVCache`` for incremental decoding.
@@ -157,11 +159,29 @@ class DecoderLayer(_ResidualBlock):
             )
 
         def cross_attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
-            return self.cross_attn(
-                h, memory, memory, key_padding_mask=memory_key_padding_mask, cache=cross_cache,
+            # k rows of x per source sentence (the hypotheses of a beam) ask their queries
+            # together: one read of the sentence's keys and values instead of k.
+            rows, length, dim = h.shape
+            group = rows // memory.shape[0]
+            out, weights = self.cross_attn(
+                h.reshape(memory.shape[0], group * length, dim), memory, memory,
+                key_padding_mask=memory_key_padding_mask, cache=cross_cache,
                 need_weights=need_weights, average_attn_weights=average_attn_weights,
-            )
+            )  # (B, k T, D), weights (B, [H,] k T, S)
+            out = out.reshape(rows, length, dim)
+            if weights is None or group == 1:
+                return out, weights
+            sources = weights.shape[-1]
+            if average_attn_weights:
+                return out, weights.reshape(rows, length, sources)
+            heads = weights.shape[1]
+            weights = weights.view(-1, heads, group, length, sources).transpose(1, 2)  # (B, k, H, T, S)
+            return out, weights.reshape(rows, heads, length, sources)
 
+        if x.shape[0] % memory.shape[0]:
+            raise ValueError(
+                f"x has {x.shape[0]} rows, not a multiple of the {memory.shape[0]} source sentences of memory"
+            )
         x, self_weights = self._residual(x, self.norm1, self_attend)
         x, cross_weights = self._residual(x, self.norm2, cross_attend)
         x, _ = self._residual(x, self.norm3, self._feedforward)

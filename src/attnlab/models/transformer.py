@@ -281,7 +281,8 @@ class Transformer(nn.Module):
         it comes after the tokens that matter, which the causal mask keeps from seeing it.
 
         Args:
-            tgt_in: decoder input ids ``(B, T)`` (BOS y_1 ... y_{T-1} when training).
+            tgt_in: decoder input ids ``(B, T)`` (BOS y_1 ... y_{T-1} when training), or
+                ``(B k, T)``: k rows per source sentence (beam hypotheses), row b k + j reads memory row b.
             memory: the encoder output ``(B, S, D)``.
             memory_key_padding_mask: ``(B, S)``, ``True`` at source padding.
             cache: a ``DecoderCache`` for incremental decoding, updated in place.
@@ -347,15 +348,14 @@ class Transformer(nn.Module):
         """Encode ``src (B, S)`` once; the state holds ``repeat`` rows per sentence (row b * repeat + j)."""
         if src_key_padding_mask is None:
             src_key_padding_mask = self.padding_mask(src)
+        # The memory is not repeated: the decoder layers group the ``repeat`` rows of a sentence
+        # for source-target attention.
         memory = self.encode(src, src_key_padding_mask)  # (B, S, D)
-        if repeat > 1:
-            memory = memory.repeat_interleave(repeat, dim=0)  # (B * repeat, S, D)
-            if src_key_padding_mask is not None:
-                src_key_padding_mask = src_key_padding_mask.repeat_interleave(repeat, dim=0)  # (B * repeat, S)
+        rows = memory.shape[0] * repeat
         if use_cache:
-            packed = self._packed_weights(memory)
+            packed = self._packed_weights(memory, rows)
             return SearchState(memory, src_key_padding_mask, DecoderCache(len(self.decoder_layers)), packed=packed)
-        return SearchState(memory, src_key_padding_mask, None, memory.new_empty(memory.shape[0], 0, dtype=torch.long))
+        return SearchState(memory, src_key_padding_mask, None, memory.new_empty(rows, 0, dtype=torch.long))
 
     def step(
         self, state: SearchState, tokens: Tensor, *, need_weights: bool = False
@@ -379,10 +379,10 @@ class Transformer(nn.Module):
         cross = None if weights is None else torch.stack([w[:, -1] for w in weights.cross], dim=1)  # (B, N, S)
         return logits[:, -1], state, cross
 
-    def _packed_weights(self, memory: Tensor) -> PackedWeights | None:
-        """Packed weights for the decoding steps, when they pay: CPU, no gradients, fp32 weights
-        (packed fp32, or bf16 under autocast) or bf16 ones. The copies are kept for the next
-        search; packed for the first search's row count, they serve any."""
+    def _packed_weights(self, memory: Tensor, rows: int) -> PackedWeights | None:
+        """Packed weights for decoding steps of ``rows`` rows, when they pay: CPU, no gradients,
+        fp32 weights (packed fp32, or bf16 under autocast) or bf16 ones. The copies are kept for
+        the next search; packed for the first search's row count, they serve any."""
         dtype = self.output.weight.dtype
         if not (
             self.prepack_weights and memory.device.type == "cpu"
@@ -393,7 +393,7 @@ class Transformer(nn.Module):
         if torch.is_grad_enabled():
             return None
         if self._packed is None or self._packed_dtype != dtype:
-            self._packed, self._packed_dtype = PackedWeights(memory.shape[0]), dtype  # the old copies hold the old weights
+            self._packed, self._packed_dtype = PackedWeights(rows), dtype  # the old copies hold the old weights
         return self._packed
 
     def reorder_state(self, state: SearchState, index: Tensor) -> SearchState:
