@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from attnlab.decoding import beam_search, greedy_search
 from attnlab.layers import SinusoidalPositionalEncoding
+from attnlab.layers.packed import bf16_packing_available
 from attnlab.models.rnn_seq2seq import ATTENTION_VARIANTS, RNNSeq2Seq, Seq2SeqConfig
 from attnlab.models.transformer import Transformer, TransformerConfig
 from benchmarks.common import timed
@@ -276,8 +277,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--rnn-only", action="store_true", help="only the RNN variants (issue: cost of each attention)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                        help="also decode in bf16 (ours and HF's two bf16 ways)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=bf16_packing_available(),
+                        help="also decode in bf16 (ours and HF's two bf16 ways); on by default where the CPU has bf16")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "translation.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -320,7 +321,7 @@ def main() -> None:
           "others = median share of all cores used by other processes while timing")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"preset": preset, "config": config.to_dict(), "threads": args.threads, "torch": torch.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count()}
+            "machine": platform.machine(), "cpus": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     args.out.write_text(json.dumps({"meta": meta, "results": results, "weight_read_floor": floor, "rnn_variants": rnn},
                                    indent=2))
     print(f"wrote {args.out}")
