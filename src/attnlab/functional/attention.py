@@ -253,14 +253,32 @@ def _sdpa_attention(
         # SDPA's is_causal aligns the first query with the first key and takes no extra mask.
         sdpa_mask, sdpa_causal = merge_masks(mask, causal_mask(lq, lk, device=query.device)), False
     q, k, v, m = _as_4d(query, key, value, batch_shape, sdpa_mask)
-    if lk >= SDPA_CONTIGUOUS_MIN_KEYS and query.device.type == "cpu":
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    context = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout_p, is_causal=sdpa_causal, scale=scale)
+    context = fused_attention(q, k, v, m, dropout_p=dropout_p, is_causal=sdpa_causal, scale=scale)
     context = context.reshape(*batch_shape, lq, value.shape[-1])
     if not need_weights:
         return context, None
     weights = attention_weights(query, key, mask=mask, is_causal=is_causal, scale=scale, average_dim=weights_average_dim)
     return context, weights
+
+
+def fused_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None = None,
+    *,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> Tensor:
+    """``F.scaled_dot_product_attention`` on ``(B, H, L, d)`` inputs, made contiguous where that
+    pays, and without ``attention``'s checks: for callers that have checked their inputs
+    (``MultiHeadAttention.step``). ``mask`` as SDPA's: bool ``True`` = may attend, or a float bias."""
+    if key.shape[-2] >= SDPA_CONTIGUOUS_MIN_KEYS and query.device.type == "cpu":
+        query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+    )
 
 
 def _as_4d(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnlab.functional.attention import attention
+from attnlab.functional.attention import attention, fused_attention
 from attnlab.functional.masks import merge_masks
 from attnlab.functional.normalize import NormalizeFn, resolve_normalizer
 from attnlab.functional.scores import ScoreFn, resolve_score
@@ -147,6 +147,40 @@ class MultiHeadAttention(nn.Module):
         if unbatched:
             return output.squeeze(0), None if weights is None else weights.squeeze(0)
         return (output if self.batch_first else output.transpose(0, 1)), weights
+
+    @property
+    def is_plain(self) -> bool:
+        """softmax(Q K^T / sqrt(d)) V on the fused kernel: the default score and normaliser, no
+        rotary positions, one fused in-projection. ``step`` serves such modules."""
+        return (
+            isinstance(self.score, str) and self.score == "scaled_dot"
+            and isinstance(self.normalize, str) and self.normalize == "softmax"
+            and self.rope is None and self.fused is not False and self._qkv_same_embed_dim
+        )
+
+    def step(self, query: Tensor, cache: KVCache, memory: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """``forward``'s output for the queries of one decoding step, on the plain path only
+        (``is_plain``, evaluation: no dropout, no weights) and without its checks and options.
+
+        Args:
+            query: ``(B, L, E)``, batch first.
+            cache: self-attention (``memory`` None): the growing cache this step's keys and
+                values are appended to; source-target attention: the static cache of ``memory``'s
+                keys and values, filled by the first step.
+            memory: ``(B, S, E)`` for source-target attention.
+            mask: ``(B, 1, 1, S)``, bool ``True`` = may attend (SDPA's sense, not torch's
+                ``key_padding_mask``), or None.
+
+        Returns:
+            ``(B, L, E)``. Self-attention lets every query see every cached key (one new
+            position per row); several new positions need ``forward``'s causal mask.
+        """
+        batch, length, _ = query.shape
+        source = query if memory is None else memory
+        q, k, v = self.project(query, source, source, cache=cache)  # (B, H, L, hd); k, v None once cached
+        k, v = cache.update(k, v)
+        context = fused_attention(q, k, v, mask)  # (B, H, L, hd)
+        return self.out_proj(context.transpose(1, 2).reshape(batch, length, self.embed_dim))
 
     def _to_batch_first(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
         if query.ndim == 2:

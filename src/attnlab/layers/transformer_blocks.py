@@ -186,3 +186,32 @@ class DecoderLayer(_ResidualBlock):
         x, cross_weights = self._residual(x, self.norm2, cross_attend)
         x, _ = self._residual(x, self.norm3, self._feedforward)
         return x, self_weights, cross_weights
+
+    def step(self, x: Tensor, memory: Tensor, self_cache: KVCache, cross_cache: KVCache, memory_mask: Tensor | None = None) -> Tensor:
+        """``forward``'s output for one decoding step on the plain path (both attentions
+        ``is_plain``, evaluation mode, no weights), without its checks and options: a step's
+        dozen small operators cost as much Python as arithmetic at decoding sizes.
+
+        Args:
+            x: ``(B k, 1, D)``, the newest position of each row, k rows per source sentence.
+            memory: the encoder output ``(B, S, D)``.
+            self_cache: the growing self-attention ``KVCache``.
+            cross_cache: the static source-target ``KVCache``.
+            memory_mask: ``(B, 1, 1, S)``, bool ``True`` where a source position may be attended
+                (the negation of ``memory_key_padding_mask``), or None.
+
+        Returns:
+            ``(B k, 1, D)``.
+        """
+        rows, length, dim = x.shape
+
+        def cross_attend(h: Tensor) -> Tensor:  # a sentence's k rows ask together, as in forward
+            out = self.cross_attn.step(h.reshape(memory.shape[0], -1, dim), cross_cache, memory, memory_mask)
+            return out.reshape(rows, length, dim)
+
+        sublayers = (
+            (self.norm1, lambda h: self.self_attn.step(h, self_cache)), (self.norm2, cross_attend), (self.norm3, self.ffn)
+        )
+        for norm, sublayer in sublayers:
+            x = x + sublayer(norm(x)) if self.norm_first else norm(x + sublayer(x))
+        return x

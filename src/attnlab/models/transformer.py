@@ -293,6 +293,8 @@ class Transformer(nn.Module):
             logits ``(B, T, V)``, or ``(logits, AttentionWeights)`` with ``decoder`` and ``cross``.
         """
         offset = 0 if cache is None else len(cache)
+        if cache is not None and tgt_in.shape[1] == 1 and not need_weights and self._plain_steps():
+            return self._decode_step(tgt_in, memory, memory_key_padding_mask, cache, offset)
         x, weights = self._embed(self.tgt_embed, tgt_in, offset), AttentionWeights()
         for i, layer in enumerate(self.decoder_layers):
             x, self_w, cross_w = layer(
@@ -305,6 +307,23 @@ class Transformer(nn.Module):
             weights.cross.append(cross_w)
         logits = self.output(self.decoder_norm(x))  # (B, T, V)
         return (logits, weights) if need_weights else logits
+
+    def _plain_steps(self) -> bool:
+        """Whether decoding steps may take ``DecoderLayer.step``: evaluation mode, plain attention."""
+        return not self.training and all(
+            layer.self_attn.is_plain and layer.cross_attn.is_plain for layer in self.decoder_layers
+        )
+
+    def _decode_step(
+        self, tgt_in: Tensor, memory: Tensor, memory_key_padding_mask: Tensor | None, cache: DecoderCache, offset: int
+    ) -> Tensor:
+        """``decode`` of one new token per row ``(B', 1)`` through ``DecoderLayer.step``: the same
+        products and kernels as the general path, without its per-call checks and options."""
+        x = self._embed(self.tgt_embed, tgt_in, offset)
+        allowed = None if memory_key_padding_mask is None else ~memory_key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
+        for layer, self_cache, cross_cache in zip(self.decoder_layers, cache.self_attn, cache.cross_attn):
+            x = layer.step(x, memory, self_cache, cross_cache, allowed)
+        return self.output(self.decoder_norm(x))  # (B', 1, V)
 
     def forward(
         self,
