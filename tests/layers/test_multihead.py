@@ -155,13 +155,19 @@ def test_static_cache_projects_memory_once_and_reorders():
     torch.testing.assert_close(reordered, first[[2, 2, 0]])
 
 
-def test_cache_grows_by_doubling_and_keeps_earlier_entries():
+def test_cache_reserves_a_minimum_then_doubles_and_keeps_earlier_entries():
+    from attnlab.layers.kv_cache import MIN_CAPACITY
+
     cache = KVCache()
-    keys = [torch.randn(2, 3, 1, 4) for _ in range(5)]
+    keys = [torch.randn(2, 3, 1, 4) for _ in range(MIN_CAPACITY + 1)]
+    capacities = []
     for k in keys:
         all_k, _ = cache.update(k, k)
+        capacities.append(cache._key.shape[2])
     torch.testing.assert_close(all_k, torch.cat(keys, 2))
-    assert cache._key.shape[2] == 8
+    assert capacities[0] == 1  # the first keys are kept as given
+    assert set(capacities[1:MIN_CAPACITY]) == {MIN_CAPACITY}  # one buffer up to MIN_CAPACITY positions
+    assert capacities[MIN_CAPACITY] == 2 * MIN_CAPACITY
 
 
 @pytest.mark.parametrize(

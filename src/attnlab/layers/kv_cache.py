@@ -5,12 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# Positions a growing cache reserves at its first append: most sentences then never copy their
+# keys and values to a larger buffer (doubling from 1 copied them six times by 64 tokens).
+MIN_CAPACITY = 64
+
 
 class KVCache:
     """The projected keys and values of one attention layer, kept across decoding steps.
 
-    Self-attention caches grow by the new positions of each step (storage doubles when full, so
-    decoding N tokens copies O(N) rather than O(N^2) elements). A ``static`` cache, for
+    Self-attention caches grow by the new positions of each step (storage for at least
+    ``MIN_CAPACITY`` positions, doubled when full, so decoding N tokens copies O(N) rather than
+    O(N^2) elements). A ``static`` cache, for
     source-target attention, is filled once from the encoder output and reused as is.
 
     Args:
@@ -92,7 +97,7 @@ class KVCache:
         capacity = self._key.shape[-2]
         if needed <= capacity:
             return
-        capacity = max(needed, 2 * capacity)
+        capacity = max(needed, 2 * capacity, MIN_CAPACITY)
         for name in ("_key", "_value"):
             old = getattr(self, name)
             new = old.new_empty(*old.shape[:2], capacity, old.shape[-1])
