@@ -44,6 +44,31 @@ def test_resume_after_kill_is_bit_identical(tmp_path, tiny_digits_config):
     assert all(torch.equal(a[i]["exp_avg_sq"], b[i]["exp_avg_sq"]) for i in a)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_the_optimizer_is_fused_and_matches_the_per_tensor_update(tmp_path, tiny_digits_config, optimizer):
+    config = tiny_digits_config(str(tmp_path), optimizer=optimizer, weight_decay=0.01, max_steps=1)
+    trainer = Trainer(RunConfig.from_dict(config))
+    trainer.setup()
+    assert trainer.optimizer.defaults["fused"] is True
+    model = trainer.model
+    reference = {name: p.detach().clone() for name, p in model.named_parameters()}
+    plain_params = [torch.nn.Parameter(p.clone()) for p in reference.values()]
+    t = trainer.config.training
+    plain = (torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW)(
+        plain_params, lr=trainer.optimizer.param_groups[0]["lr"], betas=t.betas, eps=t.eps,
+        weight_decay=t.weight_decay, foreach=False,
+    )  # the learning rate the schedule set for step 0
+    torch.manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in plain_params]
+        for p, q, g in zip(model.parameters(), plain_params, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        trainer.optimizer.step()
+        plain.step()
+    for p, q in zip(model.parameters(), plain_params):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 class FlakyTask(ClassificationTask):
     """Gives a NaN loss on the 2nd batch and raises on the 4th."""
 
