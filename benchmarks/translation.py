@@ -134,7 +134,9 @@ def bench_training(config: TransformerConfig, batch: int, length: int, repeats: 
     # Both with the fused Adam that attnlab's trainer builds (the optimiser is not what is compared).
     peers = {
         "attnlab": training_step(ours, torch.optim.Adam(ours.parameters(), lr=1e-4, fused=True), src, tgt),
-        "nn.Transformer": training_step(ref, torch.optim.Adam(ref.parameters(), lr=1e-4, fused=True), src, tgt),
+        "nn.Transformer": training_step(
+            ref, torch.optim.Adam(ref.parameters(), lr=1e-4, fused=True), src, tgt
+        ),
     }
     tokens = int(tgt[:, 1:].ne(PAD).sum() + src.ne(PAD).sum())
     return compare("training (fwd+bwd+Adam)", peers, tokens, repeats, warmup=1)
@@ -290,15 +292,18 @@ def main() -> None:
     if args.rnn_only:
         return
     config = TransformerConfig.from_preset(preset, src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True)
+    new_tokens = 64  # a search's steps
     results = [
         bench_training(config, batch=8, length=32, repeats=repeats),
-        bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=64, repeats=repeats),
-        bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=64, repeats=max(2, repeats - 2)),
+        bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=new_tokens, repeats=repeats),
+        bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=new_tokens, repeats=max(2, repeats - 2)),
     ]
     if args.bf16:
         results += [
-            bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=64, repeats=repeats, bf16=True),
-            bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=64, repeats=max(2, repeats - 2), bf16=True),
+            bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=new_tokens, repeats=repeats, bf16=True),
+            bench_decoding(
+                config, beam=5, batch=8, src_len=32, new_tokens=new_tokens, repeats=max(2, repeats - 2), bf16=True
+            ),
         ]
     floor = weight_read_floor(config, repeats=max(5, repeats))
     print(f"\npreset {preset}: d_model {config.d_model}, heads {config.num_heads}, layers {config.num_encoder_layers}+"
@@ -313,16 +318,18 @@ def main() -> None:
             print(f"{r['case'] if i == 0 else '':24} {peer:20} {p['tokens_per_s']:9.1f} {p['median_s']:9.3f} "
                   f"{p['min_s']:8.3f} {p['median_cpu_s']:7.3f} {others:7.0%} {r['kept']:>2}/{r['repeats']:<2} "
                   f"{ratio:>8} {cpu_ratio:>8}")
-    print(f"\nper decoding step (64 steps a search, the encoder included): one read of the step's weights takes "
+    print(f"\nper decoding step ({new_tokens} steps a search, the encoder included): one read of the step's weights takes "
           + ", ".join(f"{p} {1e3 * f['seconds']:.2f} ms ({f['bytes'] / 1e6:.0f} MB at {f['gb_per_s']:.1f} GB/s)"
                       for p, f in floor.items()))
     for r in results[1:]:
-        print(f"{r['case']:24} " + ", ".join(f"{peer} {1e3 * p['median_s'] / 64:.2f} ms" for peer, p in r["peers"].items()))
+        print(f"{r['case']:24} " + ", ".join(f"{peer} {1e3 * p['median_s'] / new_tokens:.2f} ms"
+                                         for peer, p in r["peers"].items()))
     print("speedup = median wall time of the fastest peer (the row it is on) / ours; cpu-time = the same for CPU seconds of this process; "
           "others = median share of all cores used by other processes while timing")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"preset": preset, "config": config.to_dict(), "threads": args.threads, "torch": torch.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "machine": platform.machine(), "cpus": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     args.out.write_text(json.dumps({"meta": meta, "results": results, "weight_read_floor": floor, "rnn_variants": rnn},
                                    indent=2))
     print(f"wrote {args.out}")

@@ -76,7 +76,9 @@ def test_decoder_layer_rows_per_source_sentence_match_a_repeated_memory(average)
     causal = torch.ones(4, 4, dtype=torch.bool).triu(1)
     repeated, repeated_mask = memory.repeat_interleave(k, dim=0), memory_mask.repeat_interleave(k, dim=0)
     expected = ref(tgt, repeated, tgt_mask=causal, memory_key_padding_mask=repeated_mask)
-    got, _, cross = ours(tgt, memory, memory_key_padding_mask=memory_mask, need_weights=True, average_attn_weights=average)
+    got, _, cross = ours(
+        tgt, memory, memory_key_padding_mask=memory_mask, need_weights=True, average_attn_weights=average
+    )
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     _, _, cross_repeated = ours(
         tgt, repeated, memory_key_padding_mask=repeated_mask, need_weights=True, average_attn_weights=average

@@ -273,7 +273,8 @@ def fused_attention(
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` on ``(B, H, L, d)`` inputs, made contiguous where that
     pays, and without ``attention``'s checks: for callers that have checked their inputs
-    (``MultiHeadAttention.step``). ``mask`` as SDPA's: bool ``True`` = may attend, or a float bias."""
+    (``MultiHeadAttention.step``). ``mask`` as SDPA's: bool ``True`` = may attend, or a float
+    bias."""
     if key.shape[-2] >= SDPA_CONTIGUOUS_MIN_KEYS and query.device.type == "cpu":
         query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
     return F.scaled_dot_product_attention(

@@ -15,8 +15,8 @@ class KVCache:
 
     Self-attention caches grow by the new positions of each step (storage for at least
     ``MIN_CAPACITY`` positions, doubled when full, so decoding N tokens copies O(N) rather than
-    O(N^2) elements). A ``static`` cache, for
-    source-target attention, is filled once from the encoder output and reused as is.
+    O(N^2) elements). A ``static`` cache, for source-target attention, is filled once from the
+    encoder output and reused as is.
 
     Args:
         static: keep the first keys/values and ignore later ones (cross-attention).

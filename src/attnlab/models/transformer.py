@@ -320,7 +320,7 @@ class Transformer(nn.Module):
         """``decode`` of one new token per row ``(B', 1)`` through ``DecoderLayer.step``: the same
         products and kernels as the general path, without its per-call checks and options."""
         x = self._embed(self.tgt_embed, tgt_in, offset)
-        allowed = None if memory_key_padding_mask is None else ~memory_key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
+        allowed = None if memory_key_padding_mask is None else ~memory_key_padding_mask[:, None, None, :]  # (B,1,1,S)
         for layer, self_cache, cross_cache in zip(self.decoder_layers, cache.self_attn, cache.cross_attn):
             x = layer.step(x, memory, self_cache, cross_cache, allowed)
         return self.output(self.decoder_norm(x))  # (B', 1, V)
@@ -405,7 +405,8 @@ class Transformer(nn.Module):
         dtype = self.output.weight.dtype
         if not (
             self.prepack_weights and memory.device.type == "cpu"
-            and (dtype == torch.float32 and packing_available() or dtype == torch.bfloat16 and bf16_packing_available())
+            and (dtype == torch.float32 and packing_available()
+                 or dtype == torch.bfloat16 and bf16_packing_available())
         ):
             self._packed = None  # e.g. moved to a GPU: the copies would only hold memory
             return None
