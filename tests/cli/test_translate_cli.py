@@ -66,6 +66,31 @@ def test_translate_precision_runs_the_search_under_autocast(trained_run, capsys,
     assert len(capsys.readouterr().out.splitlines()) == 1
 
 
+@pytest.mark.parametrize(("trained_in", "autocast"), [("fp32", False), ("bf16", True)])
+def test_by_default_evaluate_and_translate_take_the_runs_precision(
+    trained_run, tmp_path, capsys, autocast_spy, trained_in, autocast
+):
+    """The trainer scored its final test in the run's precision; evaluate and translate repeat it."""
+    import shutil
+
+    from attnlab.training.translation import TranslationTask
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    for path in run.glob("**/config.yaml"):  # the run's and each checkpoint's
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        config["training"]["precision"] = trained_in
+        path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    translated, evaluated = autocast_spy(TranslationTask, "translate"), autocast_spy(TranslationTask, "evaluate")
+    assert main(["translate", str(run), "--text", "March 15, 2024"]) == 0
+    assert translated == [autocast]
+    assert main(["evaluate", str(run), "--split", "test"]) == 0
+    assert evaluated == [autocast]
+    translated.clear()
+    assert main(["translate", str(run), "--text", "March 15, 2024", "--precision", "fp32"]) == 0
+    assert translated == [False]
+
+
 def test_evaluate_with_a_beam_scores_beam_search_translations(trained_run, capsys):
     from attnlab.training.runs import load_run
 

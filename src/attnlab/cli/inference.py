@@ -60,14 +60,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     for command in (evaluate, translate, classify):
         command.add_argument(
-            "--precision", default="fp32", choices=("fp32", "bf16", "auto"),
-            help="fp32 (default), bf16 autocast (on CPU the decoder keeps bf16 copies of its weights: "
-                 "faster search, scores within bf16 rounding), or auto (bf16 where the hardware has it)",
+            "--precision", default="run", choices=("run", "fp32", "bf16", "auto"),
+            help="run (default: the run's training.precision, as its final test was scored), fp32, bf16 "
+                 "autocast (on CPU the decoder keeps bf16 copies of its weights: faster search, scores within "
+                 "bf16 rounding), or auto (bf16 where the hardware has it)",
         )
 
 
-def autocast(precision: str, device: torch.device = torch.device("cpu")) -> contextlib.AbstractContextManager:
-    """Autocast to ``precision``'s dtype on ``device`` (none for fp32)."""
+def autocast(
+    precision: str, loaded: LoadedRun, device: torch.device = torch.device("cpu")
+) -> contextlib.AbstractContextManager:
+    """Autocast to ``precision``'s dtype on ``device`` (none for fp32); ``run`` takes the run's own."""
+    if precision == "run":
+        precision = loaded.config.training.precision
     return autocast_to(resolve_precision(precision, device), device)
 
 
@@ -79,7 +84,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if loaded.config.task != "translation":
             raise ConfigError(f"--beam applies to translation runs; {args.run_dir} is a {loaded.config.task} run")
         options["beam_size"] = args.beam
-    with torch.no_grad(), autocast(args.precision):
+    with torch.no_grad(), autocast(args.precision, loaded):
         metrics = loaded.task.evaluate(loaded.model, args.split, output_dir=Path(args.run_dir), **options)
     out = Path(args.run_dir) / f"{args.split}{beam_suffix(args.beam)}_metrics.json"
     out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -94,7 +99,7 @@ def run_translate(args: argparse.Namespace) -> int:
     """One translation per input line, in order."""
     loaded = load_run(args.run_dir, args.checkpoint, task="translation")
     texts = args.text if args.text else [line.rstrip("\n") for line in sys.stdin]
-    with autocast(args.precision):
+    with autocast(args.precision, loaded):
         return _translate(loaded, texts, args)
 
 
@@ -119,7 +124,7 @@ def run_classify(args: argparse.Namespace) -> int:
         if conversion is not None:
             print(f"note: {path} is {conversion.source}, converted to {conversion.target} as the model expects",
                   file=sys.stderr)
-    with autocast(args.precision):
+    with autocast(args.precision, loaded):
         predictions = loaded.task.classify(loaded.model, args.images, args.top_k)
     for path, top in zip(args.images, predictions):
         print(f"{path}: " + ", ".join(f"{label} ({p:.3f})" for label, p in top))
