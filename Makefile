@@ -35,6 +35,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.attention
 	$(PY) -m benchmarks.translation
+	$(PY) -m benchmarks.thin_products
 	$(PY) -m benchmarks.vision
 
 clean:
