@@ -10,10 +10,11 @@
     dot / general / concat), the cost of each form of attention (``--rnn-only`` for just these).
 
 Peers run interleaved (A B A B) in one process on 2 threads after a warm-up; the result is the
-ratio of medians. Blocks during which other processes used a noticeable share of the CPU are
+ratio of medians. ``--device cuda`` runs every case on the GPU (each call ends with a
+synchronize), and with ``--bf16`` adds training under bf16 autocast. Blocks during which other processes used a noticeable share of the CPU are
 dropped (when enough remain). Prints a table and writes ``benchmarks/results/translation.json``.
 
-    .venv/bin/python -m benchmarks.translation [--quick] [--threads N]
+    .venv/bin/python -m benchmarks.translation [--quick] [--threads N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class TorchSeq2Seq(nn.Module):
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         src_mask = src.eq(PAD)
         length = tgt_in.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool).triu(1)  # bool like the padding masks: no conversion
+        causal = torch.ones(length, length, dtype=torch.bool, device=tgt_in.device).triu(1)  # bool like the padding masks: no conversion
         hidden = self.transformer(
             self._embed(self.src_embed, src), self._embed(self.tgt_embed, tgt_in), tgt_mask=causal,
             src_key_padding_mask=src_mask, memory_key_padding_mask=src_mask, tgt_is_causal=True,
@@ -75,9 +76,24 @@ class TorchSeq2Seq(nn.Module):
         return self.output(hidden)
 
 
-def compare(name: str, peers: dict[str, Callable[[], object]], tokens: int, repeats: int, warmup: int) -> dict:
+def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn`` that returns only once the GPU has finished its work (CUDA runs asynchronously)."""
+    if device.type != "cuda":
+        return fn
+
+    def run() -> object:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
+
+
+def compare(name: str, peers: dict[str, Callable[[], object]], tokens: int, repeats: int, warmup: int,
+            device: torch.device = torch.device("cpu")) -> dict:
     """Interleave the peers ``repeats`` times; tokens/s medians and the ratio of the first (ours)
     to the fastest of the others."""
+    peers = {peer: synced(fn, device) for peer, fn in peers.items()}
     for _ in range(warmup):
         for fn in peers.values():
             fn()
@@ -115,9 +131,13 @@ def random_batch(batch: int, length: int, vocab: int, seed: int) -> Tensor:
     return tokens.masked_fill(positions >= lengths[:, None], PAD)
 
 
-def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, src: Tensor, tgt: Tensor) -> Callable[[], None]:
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, src: Tensor, tgt: Tensor,
+                  bf16: bool = False) -> Callable[[], None]:
+    autocast = torch.autocast(src.device.type, dtype=torch.bfloat16, enabled=bf16)
+
     def step() -> None:
-        logits = model(src, tgt[:, :-1])
+        with autocast:
+            logits = model(src, tgt[:, :-1])
         loss = nn.functional.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], ignore_index=PAD)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -126,20 +146,23 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, src: Tenso
     return step
 
 
-def bench_training(config: TransformerConfig, batch: int, length: int, repeats: int) -> dict:
+def bench_training(config: TransformerConfig, batch: int, length: int, repeats: int,
+                   device: torch.device = torch.device("cpu"), bf16: bool = False) -> dict:
     torch.manual_seed(0)
-    ours, ref = Transformer(config).train(), TorchSeq2Seq(config).train()
+    ours, ref = Transformer(config).train().to(device), TorchSeq2Seq(config).train().to(device)
     src, tgt = random_batch(batch, length, config.src_vocab_size, 1), random_batch(batch, length + 1, config.tgt_vocab_size, 2)
     tgt[:, 0] = BOS
+    src, tgt = src.to(device), tgt.to(device)
     # Both with the fused Adam that attnlab's trainer builds (the optimiser is not what is compared).
     peers = {
-        "attnlab": training_step(ours, torch.optim.Adam(ours.parameters(), lr=1e-4, fused=True), src, tgt),
+        "attnlab": training_step(ours, torch.optim.Adam(ours.parameters(), lr=1e-4, fused=True), src, tgt, bf16),
         "nn.Transformer": training_step(
-            ref, torch.optim.Adam(ref.parameters(), lr=1e-4, fused=True), src, tgt
+            ref, torch.optim.Adam(ref.parameters(), lr=1e-4, fused=True), src, tgt, bf16
         ),
     }
     tokens = int(tgt[:, 1:].ne(PAD).sum() + src.ne(PAD).sum())
-    return compare("training (fwd+bwd+Adam)", peers, tokens, repeats, warmup=1)
+    name = "training (fwd+bwd+Adam)" + (", bf16" if bf16 else "")
+    return compare(name, peers, tokens, repeats, warmup=2 if device.type == "cuda" else 1, device=device)
 
 
 def marian(config: TransformerConfig):
@@ -160,16 +183,17 @@ def marian(config: TransformerConfig):
 
 
 def bench_decoding(
-    config: TransformerConfig, beam: int, batch: int, src_len: int, new_tokens: int, repeats: int, bf16: bool = False
+    config: TransformerConfig, beam: int, batch: int, src_len: int, new_tokens: int, repeats: int, bf16: bool = False,
+    device: torch.device = torch.device("cpu"),
 ) -> dict:
     """Ours against ``MarianMTModel.generate``. With ``bf16``, ours runs under bf16 autocast (its
     weights stay fp32; attnlab.layers.packed keeps bf16 copies) against both ways to run HF in
     bf16: under the same autocast, and with its weights cast to bf16."""
     torch.manual_seed(0)
-    ours, hf = Transformer(config).eval(), marian(config)
-    src = random_batch(batch, src_len, config.src_vocab_size, 3)
+    ours, hf = Transformer(config).eval().to(device), marian(config).to(device)
+    src = random_batch(batch, src_len, config.src_vocab_size, 3).to(device)
     mask = src.ne(PAD)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     @torch.no_grad()
     def run_ours() -> Tensor:
@@ -201,7 +225,7 @@ def bench_decoding(
         hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
         peers = {"attnlab (bf16 autocast)": run_ours, "HF (bf16 autocast)": hf_generate(hf, autocast),
                  "HF (bf16 weights)": hf_generate(hf_bf16, contextlib.nullcontext())}
-    return compare(name, peers, batch * new_tokens, repeats, warmup=1)
+    return compare(name, peers, batch * new_tokens, repeats, warmup=1, device=device)
 
 
 def step_weights(model: Transformer) -> list[Tensor]:
@@ -215,7 +239,7 @@ def step_weights(model: Transformer) -> list[Tensor]:
     return weights
 
 
-def weight_read_floor(config: TransformerConfig, repeats: int) -> dict:
+def weight_read_floor(config: TransformerConfig, repeats: int, device: torch.device = torch.device("cpu")) -> dict:
     """What a decoding step cannot beat on this machine: the time to read once every weight the
     step multiplies (``Tensor.sum`` over each, the median of ``repeats`` passes), in fp32 and bf16.
     Every search here reads them once per step, whatever the batch; the rest of a step is compute
@@ -224,12 +248,14 @@ def weight_read_floor(config: TransformerConfig, repeats: int) -> dict:
     model = Transformer(config).eval()
     result = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        weights = [w.detach().to(dtype).contiguous() for w in step_weights(model)]
+        weights = [w.detach().to(device, dtype).contiguous() for w in step_weights(model)]
         total = sum(w.numel() * w.element_size() for w in weights)
 
         def read(weights: list[Tensor] = weights) -> None:
             for w in weights:
                 w.sum()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
 
         read()
         times = [timed(read)[0] for _ in range(repeats)]
@@ -238,23 +264,25 @@ def weight_read_floor(config: TransformerConfig, repeats: int) -> dict:
     return result
 
 
-def bench_rnn_variants(vocab: int, batch: int, length: int, new_tokens: int, repeats: int) -> dict:
+def bench_rnn_variants(vocab: int, batch: int, length: int, new_tokens: int, repeats: int,
+                       device: torch.device = torch.device("cpu")) -> dict:
     """Training and greedy tokens/s of each RNN seq2seq variant (bi-LSTM, "small" preset), interleaved:
     what each form of attention costs on top of the plain encoder-decoder."""
     torch.manual_seed(0)
     src, tgt = random_batch(batch, length, vocab, 1), random_batch(batch, length + 1, vocab, 2)
     tgt[:, 0] = BOS
+    src, tgt = src.to(device), tgt.to(device)
     train_peers, decode_peers = {}, {}
     for name, variant in ATTENTION_VARIANTS.items():
         config = Seq2SeqConfig.from_preset("small", src_vocab_size=vocab, tgt_vocab_size=vocab, cell="lstm",
                                            bidirectional=True, **variant)
-        model = RNNSeq2Seq(config)
+        model = RNNSeq2Seq(config).to(device)
         train_peers[name] = training_step(model.train(), torch.optim.Adam(model.parameters(), lr=1e-4), src, tgt)
-        decode_peers[name] = _greedy(RNNSeq2Seq(config).eval(), src, new_tokens)
+        decode_peers[name] = _greedy(RNNSeq2Seq(config).eval().to(device), src, new_tokens)
     train_tokens = int(tgt[:, 1:].ne(PAD).sum() + src.ne(PAD).sum())
     return {
-        "training": compare("RNN training (fwd+bwd+Adam)", train_peers, train_tokens, repeats, warmup=1),
-        "greedy": compare("RNN greedy decoding", decode_peers, batch * new_tokens, repeats, warmup=1),
+        "training": compare("RNN training (fwd+bwd+Adam)", train_peers, train_tokens, repeats, warmup=1, device=device),
+        "greedy": compare("RNN greedy decoding", decode_peers, batch * new_tokens, repeats, warmup=1, device=device),
     }
 
 
@@ -280,34 +308,44 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--rnn-only", action="store_true", help="only the RNN variants (issue: cost of each attention)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=bf16_packing_available(),
-                        help="also decode in bf16 (ours and HF's two bf16 ways); on by default where the CPU has bf16")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="also decode in bf16 (ours and HF's two bf16 ways), and on CUDA train in bf16; "
+                             "on by default on CUDA and where the CPU has bf16")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "translation.json")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.bf16 is None:
+        args.bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else bf16_packing_available()
     torch.set_num_threads(args.threads)
     preset = "small" if args.quick else "base"
     repeats = args.repeats or (3 if args.quick else 5)
-    rnn = bench_rnn_variants(vocab=8000, batch=8, length=32, new_tokens=32 if args.quick else 64, repeats=repeats)
+    rnn = bench_rnn_variants(vocab=8000, batch=8, length=32, new_tokens=32 if args.quick else 64, repeats=repeats,
+                             device=device)
     print_rnn_table(rnn)
     if args.rnn_only:
         return
     config = TransformerConfig.from_preset(preset, src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True)
     new_tokens = 64  # a search's steps
     results = [
-        bench_training(config, batch=8, length=32, repeats=repeats),
-        bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=new_tokens, repeats=repeats),
-        bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=new_tokens, repeats=max(2, repeats - 2)),
+        bench_training(config, batch=8, length=32, repeats=repeats, device=device),
+        bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=new_tokens, repeats=repeats, device=device),
+        bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=new_tokens, repeats=max(2, repeats - 2),
+                       device=device),
     ]
     if args.bf16:
+        if device.type == "cuda":
+            results.insert(1, bench_training(config, batch=8, length=32, repeats=repeats, device=device, bf16=True))
         results += [
-            bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=new_tokens, repeats=repeats, bf16=True),
-            bench_decoding(
-                config, beam=5, batch=8, src_len=32, new_tokens=new_tokens, repeats=max(2, repeats - 2), bf16=True
-            ),
+            bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=new_tokens, repeats=repeats, bf16=True,
+                           device=device),
+            bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=new_tokens, repeats=max(2, repeats - 2),
+                           bf16=True, device=device),
         ]
-    floor = weight_read_floor(config, repeats=max(5, repeats))
+    floor = weight_read_floor(config, repeats=max(5, repeats), device=device)
     print(f"\npreset {preset}: d_model {config.d_model}, heads {config.num_heads}, layers {config.num_encoder_layers}+"
-          f"{config.num_decoder_layers}, FFN {config.dim_feedforward}, vocab {config.tgt_vocab_size}; {args.threads} threads")
+          f"{config.num_decoder_layers}, FFN {config.dim_feedforward}, vocab {config.tgt_vocab_size}; "
+          + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"))
     print(f"{'case':24} {'peer':20} {'tokens/s':>9} {'median s':>9} {'min s':>8} {'cpu s':>7} {'others':>7} "
           f"{'kept':>5} {'speedup':>8} {'cpu-time':>8}")
     for r in results:
@@ -321,7 +359,9 @@ def main() -> None:
     print(f"\nper decoding step ({new_tokens} steps a search, the encoder included): one read of the step's weights takes "
           + ", ".join(f"{p} {1e3 * f['seconds']:.2f} ms ({f['bytes'] / 1e6:.0f} MB at {f['gb_per_s']:.1f} GB/s)"
                       for p, f in floor.items()))
-    for r in results[1:]:
+    for r in results:
+        if "decoding" not in r["case"]:
+            continue
         print(f"{r['case']:24} " + ", ".join(f"{peer} {1e3 * p['median_s'] / new_tokens:.2f} ms"
                                          for peer, p in r["peers"].items()))
     print("speedup = median wall time of the fastest peer (the row it is on) / ours; cpu-time = the same for CPU seconds of this process; "
@@ -329,7 +369,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"preset": preset, "config": config.to_dict(), "threads": args.threads, "torch": torch.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": args.device,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     args.out.write_text(json.dumps({"meta": meta, "results": results, "weight_read_floor": floor, "rnn_variants": rnn},
                                    indent=2))
     print(f"wrote {args.out}")
