@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from attnlab.layers.dropout import Dropout
 from attnlab.layers.feedforward import FeedForward
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.multihead import MultiHeadAttention
@@ -46,7 +47,7 @@ class _ResidualBlock(nn.Module):
         self.ffn = FeedForward(d_model, dim_feedforward, dropout, activation)
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _residual(self, x: Tensor, norm: nn.LayerNorm, sublayer: Sublayer) -> tuple[Tensor, Tensor | None]:
         """Post-norm LN(x + Dropout(F(x))) (Section 5.4) or pre-norm x + Dropout(F(LN(x)))."""

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from attnlab.config import ConfigMixin
 from attnlab.layers.channel_attention import SEBlock
+from attnlab.layers.dropout import Dropout
 from attnlab.layers.spatial_attention import SpatialAttention
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class AttentionCNN(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.blocks = nn.ModuleList(self._build_blocks(c))
-        self.head_drop = nn.Dropout(c.dropout)
+        self.head_drop = Dropout(c.dropout)
         self.head = nn.Linear(c.channels[-1], c.num_classes)
 
     @staticmethod

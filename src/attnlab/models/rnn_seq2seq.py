@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnlab.config import ConfigMixin, UnknownKeyError
+from attnlab.layers.dropout import Dropout
 from attnlab.layers.rnn_attention import RNN_SCORES, RNNSourceAttention
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -218,7 +219,7 @@ class RNNEncoder(nn.Module):
         super().__init__()
         c = config
         self.embedding = embedding
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.bidirectional = c.bidirectional
         per_direction = c.hidden_size // 2 if c.bidirectional else c.hidden_size
         self.rnn = CELLS[c.cell](
@@ -496,7 +497,7 @@ class RNNSeq2Seq(nn.Module):
         self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.embed_dim, padding_idx=c.pad_id)
         self.encoder = RNNEncoder(c, self.src_embed)
         self.decoder = DECODERS[c.attention](c)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.output = nn.Linear(c.hidden_size, c.tgt_vocab_size, bias=not c.tie_embeddings)
         if c.tie_embeddings:
             self.output.weight = self.tgt_embed.weight

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.config import ConfigMixin
+from attnlab.layers.dropout import Dropout
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.packed import Linear, PackedWeights, bf16_packing_available, packing_available
 from attnlab.layers.positional import SinusoidalPositionalEncoding
@@ -175,7 +176,7 @@ class Transformer(nn.Module):
         self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id)
         self.tgt_embed = self.src_embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id)
         self.positional = SinusoidalPositionalEncoding(c.d_model, c.max_len)
-        self.embed_dropout = nn.Dropout(c.dropout)
+        self.embed_dropout = Dropout(c.dropout)
         layer_args = dict(
             dropout=c.dropout, attn_dropout=c.attn_dropout, activation=c.activation,
             norm_first=c.norm_first, layer_norm_eps=c.layer_norm_eps,

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.config import ConfigMixin
+from attnlab.layers.dropout import Dropout
 from attnlab.layers.patch_embed import PatchEmbed, resample_position_embeddings
 from attnlab.layers.transformer_blocks import EncoderLayer
 
@@ -133,12 +134,12 @@ class ViT(nn.Module):
         self.patch_embed = PatchEmbed(c.image_size, c.patch_size, c.in_channels, c.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))  # x_class
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, c.embed_dim))  # E_pos
-        self.pos_drop = nn.Dropout(c.dropout)
+        self.pos_drop = Dropout(c.dropout)
         self.blocks = nn.ModuleList(self._build_block(c) for _ in range(c.depth))
         mean_pool = c.pool == "mean"
         self.norm = nn.Identity() if mean_pool else nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps)
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps) if mean_pool else nn.Identity()
-        self.head_drop = nn.Dropout(c.dropout)
+        self.head_drop = Dropout(c.dropout)
         self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self._init_weights()
 
