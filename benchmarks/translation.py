@@ -138,7 +138,8 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, src: Tenso
     def step() -> None:
         with autocast:
             logits = model(src, tgt[:, :-1])
-        loss = nn.functional.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], ignore_index=PAD)
+        # As the trainer computes it: flat (B*T, V) logits (a transposed (B, V, T) view costs a copy).
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=PAD)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
