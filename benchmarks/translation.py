@@ -59,6 +59,11 @@ class TorchSeq2Seq(nn.Module):
             c.d_model, c.num_heads, c.num_encoder_layers, c.num_decoder_layers, c.dim_feedforward,
             c.dropout, batch_first=True, norm_first=c.norm_first,
         )
+        # nn.Transformer drops attention weights at its one dropout rate; the paper's model (and
+        # ours by default) does not: the same attn_dropout on both sides.
+        for module in self.transformer.modules():
+            if isinstance(module, nn.MultiheadAttention):
+                module.dropout = c.attn_dropout
         self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
         self.output.weight = self.tgt_embed.weight
 
