@@ -3,7 +3,7 @@
 (a) training tokens/s (forward, backward, fused Adam step) of ``attnlab.models.transformer``
     against ``nn.Transformer`` with the same embeddings, positions and tied output projection;
 (b) greedy and (c) beam-5 decoding tokens/s with our KV cache against ``MarianMTModel.generate``
-    (randomly initialised, same sizes), batch 8, EOS suppressed so both make exactly N tokens;
+    (randomly initialised, same sizes), batch 8 (``--batch``), EOS suppressed so both make exactly N tokens;
 (d) the same two searches in bf16: ours under bf16 autocast against HF under the same autocast
     and HF with its weights cast to bf16, whichever is faster (``--no-bf16`` skips these);
 (e) training and greedy tokens/s of each RNN seq2seq variant (no attention, Bahdanau, Luong
@@ -315,6 +315,8 @@ def main() -> None:
     parser.add_argument("--rnn-only", action="store_true", help="only the RNN variants (issue: cost of each attention)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batch", type=int, default=8, help="sentences a batch (training, decoding, RNN variants)")
+    parser.add_argument("--skip-rnn", action="store_true", help="leave out the RNN variants")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="also decode in bf16 (ours and HF's two bf16 ways), and on CUDA train in bf16; "
                              "on by default on CUDA and where the CPU has bf16")
@@ -326,30 +328,32 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     preset = "small" if args.quick else "base"
     repeats = args.repeats or (3 if args.quick else 5)
-    rnn = bench_rnn_variants(vocab=8000, batch=8, length=32, new_tokens=32 if args.quick else 64, repeats=repeats,
-                             device=device)
-    print_rnn_table(rnn)
+    rnn = None if args.skip_rnn else bench_rnn_variants(
+        vocab=8000, batch=args.batch, length=32, new_tokens=32 if args.quick else 64, repeats=repeats, device=device
+    )
+    if rnn is not None:
+        print_rnn_table(rnn)
     if args.rnn_only:
         return
     config = TransformerConfig.from_preset(preset, src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True)
     new_tokens = 64  # a search's steps
     results = [
-        bench_training(config, batch=8, length=32, repeats=repeats, device=device),
-        bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=new_tokens, repeats=repeats, device=device),
-        bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=new_tokens, repeats=max(2, repeats - 2),
+        bench_training(config, batch=args.batch, length=32, repeats=repeats, device=device),
+        bench_decoding(config, beam=1, batch=args.batch, src_len=32, new_tokens=new_tokens, repeats=repeats, device=device),
+        bench_decoding(config, beam=5, batch=args.batch, src_len=32, new_tokens=new_tokens, repeats=max(2, repeats - 2),
                        device=device),
     ]
     if args.bf16:
         if device.type == "cuda":
-            results.insert(1, bench_training(config, batch=8, length=32, repeats=repeats, device=device, bf16=True))
+            results.insert(1, bench_training(config, batch=args.batch, length=32, repeats=repeats, device=device, bf16=True))
         results += [
-            bench_decoding(config, beam=1, batch=8, src_len=32, new_tokens=new_tokens, repeats=repeats, bf16=True,
+            bench_decoding(config, beam=1, batch=args.batch, src_len=32, new_tokens=new_tokens, repeats=repeats, bf16=True,
                            device=device),
-            bench_decoding(config, beam=5, batch=8, src_len=32, new_tokens=new_tokens, repeats=max(2, repeats - 2),
+            bench_decoding(config, beam=5, batch=args.batch, src_len=32, new_tokens=new_tokens, repeats=max(2, repeats - 2),
                            bf16=True, device=device),
         ]
     floor = weight_read_floor(config, repeats=max(5, repeats), device=device)
-    print(f"\npreset {preset}: d_model {config.d_model}, heads {config.num_heads}, layers {config.num_encoder_layers}+"
+    print(f"\npreset {preset}, batch {args.batch}: d_model {config.d_model}, heads {config.num_heads}, layers {config.num_encoder_layers}+"
           f"{config.num_decoder_layers}, FFN {config.dim_feedforward}, vocab {config.tgt_vocab_size}; "
           + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"))
     print(f"{'case':24} {'peer':20} {'tokens/s':>9} {'median s':>9} {'min s':>8} {'cpu s':>7} {'others':>7} "
@@ -373,7 +377,7 @@ def main() -> None:
     print("speedup = median wall time of the fastest peer (the row it is on) / ours; cpu-time = the same for CPU seconds of this process; "
           "others = median share of all cores used by other processes while timing")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"preset": preset, "config": config.to_dict(), "threads": args.threads, "torch": torch.__version__,
+    meta = {"preset": preset, "config": config.to_dict(), "batch": args.batch, "threads": args.threads, "torch": torch.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": args.device,
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
