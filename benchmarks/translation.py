@@ -10,9 +10,10 @@
     dot / general / concat), the cost of each form of attention (``--rnn-only`` for just these).
 
 Peers run interleaved (A B A B) in one process on 2 threads after a warm-up; the result is the
-ratio of medians. ``--device cuda`` runs every case on the GPU (each call ends with a
-synchronize), and with ``--bf16`` adds training under bf16 autocast. Blocks during which other processes used a noticeable share of the CPU are
-dropped (when enough remain). Prints a table and writes ``benchmarks/results/translation.json``.
+ratio of medians. Blocks during which other processes used a noticeable share of the CPU are
+dropped (when enough remain). ``--device cuda`` runs every case on the GPU (each call ends with a
+synchronize) and, with ``--bf16``, adds training under bf16 autocast. Prints a table and
+writes ``benchmarks/results/translation.json``.
 
     .venv/bin/python -m benchmarks.translation [--quick] [--threads N] [--device cuda]
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -337,24 +339,19 @@ def main() -> None:
         return
     config = TransformerConfig.from_preset(preset, src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True)
     new_tokens = 64  # a search's steps
-    results = [
-        bench_training(config, batch=args.batch, length=32, repeats=repeats, device=device),
-        bench_decoding(config, beam=1, batch=args.batch, src_len=32, new_tokens=new_tokens, repeats=repeats, device=device),
-        bench_decoding(config, beam=5, batch=args.batch, src_len=32, new_tokens=new_tokens, repeats=max(2, repeats - 2),
-                       device=device),
-    ]
+    train = functools.partial(bench_training, config, batch=args.batch, length=32, repeats=repeats, device=device)
+    decode = functools.partial(bench_decoding, config, batch=args.batch, src_len=32, new_tokens=new_tokens,
+                               device=device)
+    beam_repeats = max(2, repeats - 2)
+    results = [train(), decode(beam=1, repeats=repeats), decode(beam=5, repeats=beam_repeats)]
     if args.bf16:
         if device.type == "cuda":
-            results.insert(1, bench_training(config, batch=args.batch, length=32, repeats=repeats, device=device, bf16=True))
-        results += [
-            bench_decoding(config, beam=1, batch=args.batch, src_len=32, new_tokens=new_tokens, repeats=repeats, bf16=True,
-                           device=device),
-            bench_decoding(config, beam=5, batch=args.batch, src_len=32, new_tokens=new_tokens, repeats=max(2, repeats - 2),
-                           bf16=True, device=device),
-        ]
+            results.insert(1, train(bf16=True))
+        results += [decode(beam=1, repeats=repeats, bf16=True), decode(beam=5, repeats=beam_repeats, bf16=True)]
     floor = weight_read_floor(config, repeats=max(5, repeats), device=device)
-    print(f"\npreset {preset}, batch {args.batch}: d_model {config.d_model}, heads {config.num_heads}, layers {config.num_encoder_layers}+"
-          f"{config.num_decoder_layers}, FFN {config.dim_feedforward}, vocab {config.tgt_vocab_size}; "
+    print(f"\npreset {preset}, batch {args.batch}: d_model {config.d_model}, heads {config.num_heads}, "
+          f"layers {config.num_encoder_layers}+{config.num_decoder_layers}, FFN {config.dim_feedforward}, "
+          f"vocab {config.tgt_vocab_size}; "
           + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"))
     print(f"{'case':24} {'peer':20} {'tokens/s':>9} {'median s':>9} {'min s':>8} {'cpu s':>7} {'others':>7} "
           f"{'kept':>5} {'speedup':>8} {'cpu-time':>8}")
@@ -377,7 +374,8 @@ def main() -> None:
     print("speedup = median wall time of the fastest peer (the row it is on) / ours; cpu-time = the same for CPU seconds of this process; "
           "others = median share of all cores used by other processes while timing")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"preset": preset, "config": config.to_dict(), "batch": args.batch, "threads": args.threads, "torch": torch.__version__,
+    meta = {"preset": preset, "config": config.to_dict(), "batch": args.batch, "threads": args.threads,
+            "torch": torch.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": args.device,
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}

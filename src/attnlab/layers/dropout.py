@@ -24,6 +24,8 @@ On other devices, and for tensors below ``MIN_ELEMENTS``, it is ``F.dropout``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,9 +39,7 @@ MIN_ELEMENTS = 4096
 def keep_mask(shape: torch.Size | tuple[int, ...], keep_levels: int) -> Tensor:
     """A bool mask of ``shape``, each element True with probability ``keep_levels / 65536``,
     independently; seeded from torch's default CPU generator."""
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     seed = int(torch.empty((), dtype=torch.int64).random_())
     words = np.random.PCG64(seed).random_raw((n + 3) // 4)  # uint64, 4 uniforms of 16 bits each
     uniforms = torch.from_numpy(words.view(np.int16)[:n]).view(shape)  # [-32768, 32767]
