@@ -1,7 +1,15 @@
-"""Suite-wide fixtures."""
+"""Suite-wide fixtures, and the tiny translation runs that the trainer tests share (on CPU and on CUDA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+
+from attnlab.training import RunConfig, Trainer
+from attnlab.training.checkpoints import checkpoint_dir, load_trainer_state
 
 
 @pytest.fixture(autouse=True)
@@ -14,3 +22,55 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class Stop(Exception):
+    """Stands in for the process being killed."""
+
+
+def make_tiny_translation_config(
+    output_dir: Path, corpus: dict[str, Any] | None = None, **training: Any
+) -> dict[str, Any]:
+    """A 1+1-layer Transformer (d_model 32) with dropout on 300 generated pairs; fp32, one thread
+    (``training`` keys override: ``device="cuda"``, ``precision="bf16"``...)."""
+    return {
+        "task": "translation", "seed": 0, "output_dir": str(output_dir),
+        "model": {"type": "transformer", "preset": "tiny", "d_model": 32, "num_heads": 2,
+                  "num_encoder_layers": 1, "num_decoder_layers": 1, "dim_feedforward": 64, "dropout": 0.1,
+                  "share_embeddings": True},
+        "data": {"corpus": corpus or {"name": "generated", "size": 300, "use_cache": False},
+                 "tokenizer": {"vocab_size": 400}, "max_length": 32, "max_tokens": 256,
+                 "eval_max_sentences": 8, "max_decode_len_a": 1.0, "max_decode_len_b": 4},
+        "training": {"optimizer": "adam", "lr": 1.0, "schedule": "noam", "warmup_steps": 4,
+                     "label_smoothing": 0.1, "precision": "fp32", "num_threads": 1, "tensorboard": False,
+                     "final_split": None, "eval_at_epoch_end": False, "log_every": 2, **training},
+    }
+
+
+def run_killed_then_resumed(config: RunConfig, kill_after: int) -> tuple[Trainer, int]:
+    """Run ``config`` until the step event ``kill_after`` raises, then resume it in a new Trainer.
+
+    Returns the resumed trainer and the step its ``last`` checkpoint held when it was killed.
+    """
+    def kill(event):
+        if event.kind == "step" and event.step == kill_after:
+            raise Stop
+
+    with pytest.raises(Stop):
+        Trainer(config, progress=kill).run()
+    saved_step = load_trainer_state(checkpoint_dir(config.output_dir, "last"))["trainer"]["step"]
+    resumed = Trainer(config)
+    resumed.run()
+    return resumed, saved_step
+
+
+@pytest.fixture
+def tiny_translation_config():
+    """:func:`make_tiny_translation_config`, for tests (importlib mode cannot import conftest)."""
+    return make_tiny_translation_config
+
+
+@pytest.fixture
+def killed_then_resumed():
+    """:func:`run_killed_then_resumed`, for tests."""
+    return run_killed_then_resumed

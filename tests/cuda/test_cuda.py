@@ -8,7 +8,6 @@ These run only where ``torch.cuda.is_available()``; CI has no GPU. Run them on o
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +20,6 @@ from attnlab.decoding import beam_search, greedy_search
 from attnlab.functional import attention
 from attnlab.models.transformer import Transformer, TransformerConfig
 from attnlab.training import RunConfig, Trainer
-from attnlab.training.checkpoints import checkpoint_dir, load_trainer_state
 from attnlab.training.runs import load_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -163,43 +161,18 @@ def test_bf16_autocast_training_step_on_cuda_is_close_to_fp32():
     assert F.cosine_similarity(flat32, flat16, dim=0) > 0.99
 
 
-def _translation_config(output_dir: Path, **training) -> dict:
-    """A 1+1-layer Transformer on 300 generated pairs, on the GPU in bf16."""
-    return {
-        "task": "translation", "seed": 0, "output_dir": str(output_dir),
-        "model": {"type": "transformer", "preset": "tiny", "d_model": 32, "num_heads": 2,
-                  "num_encoder_layers": 1, "num_decoder_layers": 1, "dim_feedforward": 64, "dropout": 0.1,
-                  "share_embeddings": True},
-        "data": {"corpus": {"name": "generated", "size": 300, "use_cache": False},
-                 "tokenizer": {"vocab_size": 400}, "max_length": 32, "max_tokens": 256,
-                 "eval_max_sentences": 8, "max_decode_len_a": 1.0, "max_decode_len_b": 4},
-        "training": {"optimizer": "adam", "lr": 1.0, "schedule": "noam", "warmup_steps": 4,
-                     "label_smoothing": 0.1, "device": "cuda", "precision": "bf16", "tensorboard": False,
-                     "final_split": None, "eval_at_epoch_end": False, "log_every": 2, **training},
-    }
-
-
-def test_trainer_on_cuda_in_bf16_resumes_and_its_run_loads_on_the_cpu(tmp_path):
-    settings = dict(max_steps=12, checkpoint_every=4, eval_every=6)
-    straight = Trainer(RunConfig.from_dict(_translation_config(tmp_path / "a", **settings)))
+def test_trainer_on_cuda_in_bf16_resumes_and_its_run_loads_on_the_cpu(
+    tmp_path, tiny_translation_config, killed_then_resumed
+):
+    settings = dict(max_steps=12, checkpoint_every=4, eval_every=6, device="cuda", precision="bf16")
+    straight = Trainer(RunConfig.from_dict(tiny_translation_config(tmp_path / "a", **settings)))
     straight.run()
     assert next(straight.model.parameters()).device.type == "cuda"
     assert all(p.is_cuda for group in straight.optimizer.param_groups for p in group["params"])
 
-    class Stop(Exception):
-        pass
-
-    def kill_at_10(event):
-        if event.kind == "step" and event.step == 10:
-            raise Stop
-
-    config = RunConfig.from_dict(_translation_config(tmp_path / "b", **settings))
-    with pytest.raises(Stop):
-        Trainer(config, progress=kill_at_10).run()
-    assert load_trainer_state(checkpoint_dir(tmp_path / "b", "last"))["trainer"]["step"] == 8
-    resumed = Trainer(config)
-    resumed.run()
-    assert resumed.state.step == 12
+    config = RunConfig.from_dict(tiny_translation_config(tmp_path / "b", **settings))
+    resumed, saved_step = killed_then_resumed(config, kill_after=10)
+    assert saved_step == 8 and resumed.state.step == 12
     # Same data order, RNG and optimiser state; GPU kernels with atomics (the embedding's
     # backward) may add in another order, so equal up to float rounding.
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):

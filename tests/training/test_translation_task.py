@@ -7,59 +7,18 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
-from typing import Any
-
-import pytest
 import torch
 
 from attnlab.training import RunConfig, Trainer
-from attnlab.training.checkpoints import checkpoint_dir, load_trainer_state
+from attnlab.training.checkpoints import checkpoint_dir
 from attnlab.training.translation import TranslationTask
-
-
-class Stop(Exception):
-    """Stands in for the process being killed."""
-
-
-def tiny_translation_config(output_dir: Path, corpus: dict[str, Any] | None = None, **training: Any) -> dict[str, Any]:
-    """A 1+1-layer Transformer (d_model 32) with dropout on 300 generated pairs; fp32, one thread."""
-    return {
-        "task": "translation", "seed": 0, "output_dir": str(output_dir),
-        "model": {"type": "transformer", "preset": "tiny", "d_model": 32, "num_heads": 2,
-                  "num_encoder_layers": 1, "num_decoder_layers": 1, "dim_feedforward": 64, "dropout": 0.1,
-                  "share_embeddings": True},
-        "data": {"corpus": corpus or {"name": "generated", "size": 300, "use_cache": False},
-                 "tokenizer": {"vocab_size": 400}, "max_length": 32, "max_tokens": 256,
-                 "eval_max_sentences": 8, "max_decode_len_a": 1.0, "max_decode_len_b": 4},
-        "training": {"optimizer": "adam", "lr": 1.0, "schedule": "noam", "warmup_steps": 4,
-                     "label_smoothing": 0.1, "precision": "fp32", "num_threads": 1, "tensorboard": False,
-                     "final_split": None, "eval_at_epoch_end": False, "log_every": 2, **training},
-    }
 
 
 def params(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def killed_then_resumed(config: RunConfig, kill_after: int) -> tuple[Trainer, int]:
-    """Run ``config`` until the step event ``kill_after`` raises, then resume it in a new Trainer.
-
-    Returns the resumed trainer and the step its ``last`` checkpoint held when it was killed.
-    """
-    def kill(event):
-        if event.kind == "step" and event.step == kill_after:
-            raise Stop
-
-    with pytest.raises(Stop):
-        Trainer(config, progress=kill).run()
-    saved_step = load_trainer_state(checkpoint_dir(config.output_dir, "last"))["trainer"]["step"]
-    resumed = Trainer(config)
-    resumed.run()
-    return resumed, saved_step
-
-
-def test_resume_after_kill_is_bit_identical(tmp_path):
+def test_resume_after_kill_is_bit_identical(tmp_path, tiny_translation_config, killed_then_resumed):
     # ~20 batches per epoch of 256 tokens: killed after step 13 (last checkpoint at step 12,
     # mid-epoch), resumed, the weights and Adam moments must equal the uninterrupted run's at 16.
     settings = dict(max_steps=16, checkpoint_every=4, eval_every=6)
@@ -77,7 +36,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     assert straight.state.best_metric == resumed.state.best_metric
 
 
-def test_bad_lines_of_a_user_corpus_are_reported_with_line_numbers_and_skipped(tmp_path, caplog):
+def test_bad_lines_of_a_user_corpus_are_reported_with_line_numbers_and_skipped(tmp_path, caplog, tiny_translation_config):
     lines = [f"{n} apples\t林檎{n}個" for n in range(40)]
     lines[3] = ""                                      # empty line
     lines[7] = "no tab here"                           # no separator
@@ -112,7 +71,7 @@ class CorruptPairTask(TranslationTask):
         return super().loss(model, batch, label_smoothing)
 
 
-def test_training_skips_a_bad_batch_and_goes_on(tmp_path):
+def test_training_skips_a_bad_batch_and_goes_on(tmp_path, tiny_translation_config):
     config = RunConfig.from_dict(tiny_translation_config(tmp_path, max_steps=5))
     events = []
     trainer = Trainer(config, task=CorruptPairTask(config), progress=events.append)
@@ -125,7 +84,7 @@ def test_training_skips_a_bad_batch_and_goes_on(tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
-def test_split_digits_tokenizer_is_saved_with_the_run_and_restored(tmp_path):
+def test_split_digits_tokenizer_is_saved_with_the_run_and_restored(tmp_path, tiny_translation_config):
     from attnlab.training.runs import load_run
 
     values = tiny_translation_config(tmp_path, max_steps=2, eval_every=2)
