@@ -90,13 +90,14 @@ def max_lengths(src: Tensor, src_key_padding_mask: Tensor | None, a: float, b: f
     return (a * src_len + b).floor().long().clamp(min=1)
 
 
-def next_token_log_probs(model: IncrementalDecoder, logits: Tensor, step: int, min_len: int) -> Tensor:
-    """log softmax of ``logits (B, V)``; padding never, EOS not before ``min_len`` tokens."""
+def next_tokens(model: IncrementalDecoder, logits: Tensor, step: int, min_len: int, count: int) -> tuple[Tensor, Tensor]:
+    """The ``count`` best next tokens of every row of ``logits (B, V)`` and their log-probabilities,
+    ``(B, count)`` each. Padding never, EOS not before ``min_len`` tokens."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     log_probs[:, model.pad_id] = -math.inf
     if step < min_len:
         log_probs[:, model.eos_id] = -math.inf
-    return log_probs
+    return log_probs.topk(count, dim=-1) if count > 1 else log_probs.max(dim=-1, keepdim=True)
 
 
 @_in_inference_mode
@@ -135,7 +136,7 @@ def greedy_search(
     steps, attns = [], []
     for t in range(int(limits.max())):
         logits, state, cross = model.step(state, tokens, need_weights=attention is not None)
-        best, tokens = next_token_log_probs(model, logits, t, min_len).max(dim=-1)  # (B,), (B,)
+        best, tokens = (x.squeeze(1) for x in next_tokens(model, logits, t, min_len, 1))  # (B,), (B,)
         tokens = tokens.masked_fill(ended, model.pad_id)
         scores += best.masked_fill(ended, 0.0)
         steps.append(tokens)
@@ -241,8 +242,9 @@ def beam_search(
     last = src.new_full((batch * k,), model.bos_id)
     for t in range(max(limits)):
         logits, state, cross = model.step(state, last, need_weights=attention is not None)
-        log_probs = next_token_log_probs(model, logits, t, min_len)  # (B * k, V)
-        scores, rows, tokens = _top_candidates(beams.scores, log_probs, 2 * k)  # (B, 2k) each
+        # A sentence's 2k best extensions are among the 2k best of each of its beams.
+        log_probs, candidates = next_tokens(model, logits, t, min_len, 2 * k)  # (B * k, 2k) each
+        scores, rows, tokens = _top_candidates(beams.scores, log_probs, candidates)  # (B, 2k) each
         cross = _select_layers(cross, attention)
         _finish_eos(beams, cross, scores, rows, tokens, model.eos_id, finished, done, alpha, k)
         beams, parents = _advance(beams, cross, scores, rows, tokens, model.eos_id, k)
@@ -262,14 +264,15 @@ def _initial_scores(batch: int, k: int, device: torch.device) -> Tensor:
     return scores
 
 
-def _top_candidates(beam_scores: Tensor, log_probs: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The ``count`` best extensions per sentence: scores, parent rows (b * k + j) and tokens, ``(B, count)``."""
+def _top_candidates(beam_scores: Tensor, log_probs: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The best extensions per sentence among every beam's ``candidates (B * k, c)`` with their
+    ``log_probs``: scores, parent rows (b * k + j) and tokens, ``(B, c)`` each."""
     batch, k = beam_scores.shape
-    vocab = log_probs.shape[-1]
-    extended = (beam_scores.reshape(-1, 1) + log_probs).view(batch, k * vocab)  # (B, k * V)
-    scores, flat = extended.topk(count, dim=1)  # (B, 2k)
-    rows = flat // vocab + torch.arange(batch, device=flat.device)[:, None] * k  # (B, 2k)
-    return scores, rows, flat % vocab
+    count = candidates.shape[1]
+    extended = (beam_scores.reshape(-1, 1) + log_probs).view(batch, k * count)  # (B, k * c)
+    scores, flat = extended.topk(count, dim=1)  # (B, c)
+    rows = flat // count + torch.arange(batch, device=flat.device)[:, None] * k  # (B, c)
+    return scores, rows, candidates.view(batch, k * count).gather(1, flat)
 
 
 def _finish_eos(

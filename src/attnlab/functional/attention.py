@@ -28,6 +28,12 @@ CPU_SDPA_MIN_KEYS_BACKWARD_LOW_PRECISION = 512
 # From this many keys on, SDPA's CPU kernel reads contiguous heads faster than strided views of a
 # packed (B, L, 3, H, d) projection, enough to pay for the copy; below, the copy costs more.
 SDPA_CONTIGUOUS_MIN_KEYS = 256
+# SDPA's CPU kernel spends microseconds on every block of queries of every (batch, head): with
+# 2 to 8 fp32 queries against at most 128 keys (a sentence's beam hypotheses asking together in
+# a decoding step), two plain products and a softmax take 0.4-0.98x its time; with more of
+# either they lose (python -m benchmarks.attention_kernels --decoding). One query stays fused.
+CPU_PLAIN_MAX_QUERIES = 8
+CPU_PLAIN_MAX_KEYS = 128
 # Elements of one chunk of scores when weights are computed beside the fused kernel.
 WEIGHTS_CHUNK_ELEMENTS = 1 << 22
 
@@ -280,6 +286,24 @@ def fused_attention(
     return F.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
     )
+
+
+def step_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
+    """SDPA for the queries of a decoding step against the keys of a cache (no dropout, no causal mask, no
+    gradients needed): on CPU, 2 to ``CPU_PLAIN_MAX_QUERIES`` fp32 queries per row against at most
+    ``CPU_PLAIN_MAX_KEYS`` keys take plain products, faster than SDPA's kernel there; queries with
+    no key allowed get zeros, as from SDPA."""
+    plain = (
+        query.device.type == "cpu" and query.dtype == torch.float32
+        and 1 < query.shape[-2] <= CPU_PLAIN_MAX_QUERIES and key.shape[-2] <= CPU_PLAIN_MAX_KEYS
+    )
+    if not plain:  # caches hold contiguous heads: no copy to pay for, unlike fused_attention's callers
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    scores = torch.matmul(query, key.transpose(-2, -1)).mul_(query.shape[-1] ** -0.5)  # (B, H, Lq, Lk)
+    if mask is not None:
+        scores = scores.masked_fill_(~mask, -math.inf) if mask.dtype == torch.bool else scores.add_(mask)
+    weights = torch.softmax(scores, dim=-1)
+    return torch.matmul(weights if mask is None else weights.nan_to_num(0.0), value)
 
 
 def _as_4d(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnlab.functional.attention import attention, fused_attention
+from attnlab.functional.attention import attention
 from attnlab.functional.masks import merge_masks
 from attnlab.functional.normalize import NormalizeFn, resolve_normalizer
 from attnlab.functional.scores import ScoreFn, resolve_score
@@ -178,8 +178,7 @@ class MultiHeadAttention(nn.Module):
         batch, length, _ = query.shape
         source = query if memory is None else memory
         q, k, v = self.project(query, source, source, cache=cache)  # (B, H, L, hd); k, v None once cached
-        k, v = cache.update(k, v)
-        context = fused_attention(q, k, v, mask)  # (B, H, L, hd)
+        context = cache.attend(q, k, v, mask)  # (B, H, L, hd)
         return self.out_proj(context.transpose(1, 2).reshape(batch, length, self.embed_dim))
 
     def _to_batch_first(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:

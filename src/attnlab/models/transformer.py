@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from attnlab.config import ConfigMixin
 from attnlab.layers.dropout import Dropout
-from attnlab.layers.kv_cache import KVCache
+from attnlab.layers.kv_cache import BeamAncestry, BeamKVCache, KVCache
 from attnlab.layers.packed import Linear, PackedWeights, bf16_packing_available, packing_available
 from attnlab.layers.positional import SinusoidalPositionalEncoding
 from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer
@@ -124,10 +124,13 @@ class DecoderCache:
 
     Args:
         num_layers: decoder layers N.
+        beam_size: k rows per source sentence: with k > 1 the self-attention caches are
+            ``BeamKVCache``s, whose keys stay in place when ``reorder`` picks new parents.
     """
 
-    def __init__(self, num_layers: int) -> None:
-        self.self_attn = [KVCache() for _ in range(num_layers)]
+    def __init__(self, num_layers: int, *, beam_size: int = 1) -> None:
+        self.ancestry = BeamAncestry(beam_size) if beam_size > 1 else None
+        self.self_attn = [KVCache() if self.ancestry is None else BeamKVCache(self.ancestry) for _ in range(num_layers)]
         self.cross_attn = [KVCache(static=True) for _ in range(num_layers)]
 
     def __len__(self) -> int:
@@ -136,8 +139,14 @@ class DecoderCache:
 
     def reorder(self, index: Tensor, *, static: bool = True) -> None:
         """Keep the batch rows ``index (B',)``; ``static=False`` leaves source-target caches as
-        they are, which is right when ``index`` never moves a row to another source sentence."""
-        for cache in self.self_attn + (self.cross_attn if static else []):
+        they are, which is right when ``index`` never moves a row to another source sentence
+        (with ``beam_size`` > 1 it must not: the hypotheses of a sentence stay its rows)."""
+        if self.ancestry is not None:
+            self.ancestry.reorder(index, len(self))
+        else:
+            for cache in self.self_attn:
+                cache.reorder(index)
+        for cache in self.cross_attn if static else []:
             cache.reorder(index)
 
 
@@ -374,7 +383,8 @@ class Transformer(nn.Module):
         rows = memory.shape[0] * repeat
         if use_cache:
             packed = self._packed_weights(memory, rows)
-            return SearchState(memory, src_key_padding_mask, DecoderCache(len(self.decoder_layers)), packed=packed)
+            cache = DecoderCache(len(self.decoder_layers), beam_size=repeat)
+            return SearchState(memory, src_key_padding_mask, cache, packed=packed)
         return SearchState(memory, src_key_padding_mask, None, memory.new_empty(rows, 0, dtype=torch.long))
 
     def step(

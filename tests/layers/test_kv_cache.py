@@ -1,0 +1,99 @@
+"""BeamKVCache against KVCache (which copies keys when beams change parents), step_attention
+against SDPA, and the errors of a cache used the wrong way."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlab.functional.attention import CPU_PLAIN_MAX_KEYS, CPU_PLAIN_MAX_QUERIES, step_attention
+from attnlab.layers.kv_cache import MIN_CAPACITY, BeamAncestry, BeamKVCache, KVCache
+
+SENTENCES, BEAM, HEADS, DIM = 3, 4, 2, 8
+
+
+def _beam_parents(g: torch.Generator) -> torch.Tensor:
+    """A beam search's reorder: every row continues some row of its own sentence."""
+    parents = torch.randint(0, BEAM, (SENTENCES, BEAM), generator=g)
+    return (parents + torch.arange(SENTENCES)[:, None] * BEAM).view(-1)
+
+
+@pytest.mark.parametrize("steps", [5, MIN_CAPACITY + 3])  # the second grows both caches' buffers
+def test_beam_cache_holds_and_attends_what_a_copying_cache_does(steps):
+    g = torch.Generator().manual_seed(0)
+    rows = SENTENCES * BEAM
+    reference, ancestry = KVCache(), BeamAncestry(BEAM)
+    beam = BeamKVCache(ancestry)
+    with torch.no_grad():
+        for t in range(steps):
+            q, k, v = (torch.randn(rows, HEADS, 1, DIM, generator=g) for _ in range(3))
+            expected = reference.attend(q, k, v)
+            got = beam.attend(q, k, v)
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+            if t % 3 != 2:  # some steps keep every row's parent (no reorder at all)
+                index = _beam_parents(g)
+                reference.reorder(index)
+                ancestry.reorder(index, len(beam))
+    assert len(beam) == len(reference) == steps
+    # The keys gathered row by row are the copied ones, bit for bit.
+    assert torch.equal(beam.key, reference.key) and torch.equal(beam.value, reference.value)
+
+
+def test_beam_cache_update_returns_rows_for_the_general_path():
+    g = torch.Generator().manual_seed(1)
+    reference, ancestry = KVCache(), BeamAncestry(BEAM)
+    beam = BeamKVCache(ancestry)
+    with torch.no_grad():
+        first = torch.randn(SENTENCES * BEAM, HEADS, 3, DIM, generator=g)  # a prompt of 3 positions
+        reference.update(first, first + 1)
+        beam.update(first, first + 1)
+        index = _beam_parents(g)
+        reference.reorder(index)
+        ancestry.reorder(index, len(beam))
+        step = torch.randn(SENTENCES * BEAM, HEADS, 1, DIM, generator=g)
+        expected, got = reference.update(step, step), beam.update(step, step)
+    for e, o in zip(expected, got):
+        assert torch.equal(o, e)
+
+
+def test_beam_ancestry_keeps_rows_within_their_sentence():
+    ancestry, cache = BeamAncestry(2), None
+    cache = BeamKVCache(ancestry)
+    with torch.no_grad():
+        cache.update(torch.zeros(4, 1, 1, 2), torch.zeros(4, 1, 1, 2))
+    with pytest.raises(ValueError, match="each a row of the same sentence"):
+        ancestry.reorder(torch.tensor([0, 2, 2, 3]), 1)  # row 1 would continue sentence 1
+    with pytest.raises(ValueError, match="4 rows"):
+        ancestry.reorder(torch.tensor([0, 1]), 1)
+    with pytest.raises(TypeError, match="reorder its BeamAncestry"):
+        cache.reorder(torch.tensor([0, 0, 2, 2]))
+    with pytest.raises(ValueError, match="k = 2 rows per sentence"):
+        cache.update(torch.zeros(3, 1, 1, 2), torch.zeros(3, 1, 1, 2))
+    with pytest.raises(ValueError, match="beam_size must be >= 1, got 0"):
+        BeamAncestry(0)
+
+
+@pytest.mark.parametrize("queries", [1, 2, 5, CPU_PLAIN_MAX_QUERIES, CPU_PLAIN_MAX_QUERIES + 1])
+@pytest.mark.parametrize("keys", [11, CPU_PLAIN_MAX_KEYS + 1])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_step_attention_equals_sdpa(queries, keys, mask_kind):
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(3, 2, queries, 8, generator=g)
+    k, v = torch.randn(3, 2, keys, 8, generator=g), torch.randn(3, 2, keys, 8, generator=g)
+    mask = None
+    if mask_kind != "none":
+        mask = torch.rand(3, 1, queries, keys, generator=g) > 0.5
+        mask[..., 0] = True
+        if mask_kind == "float":
+            mask = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    ref_mask = mask.double() if mask_kind == "float" else mask  # SDPA wants a float mask of the inputs' dtype
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=ref_mask).float()
+    torch.testing.assert_close(step_attention(q, k, v, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_step_attention_gives_zeros_where_no_key_is_allowed():
+    q, k, v = torch.randn(1, 1, 3, 4), torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 4)
+    mask = torch.ones(1, 1, 3, 5, dtype=torch.bool)
+    mask[0, 0, 1] = False
+    out = step_attention(q, k, v, mask)
+    assert torch.equal(out[0, 0, 1], torch.zeros(4))
+    torch.testing.assert_close(out[0, 0, [0, 2]], F.scaled_dot_product_attention(q, k, v)[0, 0, [0, 2]])
