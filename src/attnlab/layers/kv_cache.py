@@ -3,6 +3,8 @@ beam search, whose keys stay where they were written while hypotheses change par
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -11,6 +13,9 @@ from attnlab.functional.attention import step_attention
 # Positions a growing cache reserves at its first append: most sentences then never copy their
 # keys and values to a larger buffer (doubling from 1 copied them six times by 64 tokens).
 MIN_CAPACITY = 64
+# Keys a beam search's pool holds before it may be compacted (see BeamAncestry).
+MIN_COMPACTION = 32
+COMPACT_RATIO = 2.0
 
 
 class KVCache:
@@ -119,14 +124,17 @@ class KVCache:
 
 
 class BeamAncestry:
-    """Which of a sentence's k beam slots wrote each past position of each live hypothesis.
+    """Where each live beam hypothesis finds the keys of its past positions, for the
+    ``BeamKVCache`` of every decoder layer.
 
     Beam search keeps k hypotheses per sentence (rows b * k + j) and after every step each one
-    continues some hypothesis of the same sentence. ``KVCache.reorder`` copies the parents' keys
-    and values into their children's rows, in every layer; with ``BeamKVCache`` the keys stay in
-    the slot that computed them and only this ``(B, k, T)`` table of slot ids follows the
-    parents, once for all layers. A hypothesis then attends to the keys of the slots on its own
-    line (``mask``): more scores per step, no copies.
+    continues a hypothesis of the same sentence. ``KVCache.reorder`` copies the parents' keys and
+    values into their children's rows, in every layer, every step. Here the keys of a sentence
+    lie in one pool per layer and never move when parents change: this ``(B, k, T)`` table of
+    pool indices follows the parents instead, once for all layers, and a hypothesis attends to
+    the pool through ``mask``. Hypotheses share most of their past, so most of a pool soon
+    belongs to no live hypothesis: once it holds twice as many keys as are live, the pools are
+    compacted (``moved``, applied by every cache before its next step).
 
     Args:
         beam_size: k, hypotheses per sentence.
@@ -136,68 +144,96 @@ class BeamAncestry:
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         self.beam_size = beam_size
-        self._slots: Tensor | None = None  # (B, k, capacity): slot of position s of hypothesis j
-        self._known = 0  # positions written in _slots; later ones are each hypothesis's own slot
-        self._mask: tuple[int, Tensor] | None = None  # (length, mask), built once per step
+        self.length = 0  # positions of every hypothesis
+        self.keys = 0  # keys in each sentence's pool, live or not
+        self.generation = 0  # compactions so far
+        self.moved: Tensor | None = None  # (B, keys): the last compaction's pool, as old indices
+        self._lines: Tensor | None = None  # (B, k, capacity): pool index of position s of hypothesis j
+        self._step: tuple[int, int] = (-1, 0)  # (position, pool index) of the latest appended keys
+        self._mask: Tensor | None = None  # built once per step
 
-    def mask(self, length: int) -> Tensor:
-        """``(B, 1, k, length * k)``, ``True`` where hypothesis j may attend key s * k + i: its
-        position s was written by slot i."""
-        if self._mask is not None and self._mask[0] == length:
-            return self._mask[1]
-        slots = self.slots(length)  # (B, k, length)
-        batch, k = slots.shape[:2]
-        allowed = slots[..., None] == torch.arange(k, device=slots.device)  # (B, k, length, k)
-        self._mask = (length, allowed.view(batch, 1, k, length * k))
-        return self._mask[1]
+    def record(self, batch: int, position: int, new: int, device: torch.device) -> int:
+        """Positions ``position .. position + new - 1`` of every hypothesis get keys; return the
+        pool index of the first: hypothesis j's i-th new key goes to ``start + i * k + j``.
+        The first cache to append a step records it; the others get the same indices."""
+        if position == self._step[0] and position + new == self.length:
+            return self._step[1]
+        if position != self.length:
+            raise RuntimeError(f"caches sharing a BeamAncestry must append the same positions: "
+                               f"got position {position}, expected {self.length}")
+        k = self.beam_size
+        if self._lines is None:
+            self._lines = torch.empty(batch, k, MIN_CAPACITY, dtype=torch.long, device=device)
+        elif self._lines.shape[0] != batch:
+            raise ValueError(f"the caches hold {self._lines.shape[0]} sentences, got keys for {batch}")
+        if self.length + new > self._lines.shape[2]:
+            grown = self._lines.new_empty(batch, k, max(self.length + new, 2 * self._lines.shape[2]))
+            grown[:, :, : self.length] = self._lines[:, :, : self.length]
+            self._lines = grown
+        start = self.keys
+        fresh = torch.arange(start, start + new * k, device=device).view(new, k).t()  # (k, new)
+        self._lines[:, :, self.length : self.length + new] = fresh
+        self._step = (position, start)
+        self.length += new
+        self.keys += new * k
+        self._mask = None
+        return start
 
-    def start(self, batch: int, device: torch.device) -> None:
-        """Track ``batch`` sentences (called by the first cache that sees keys)."""
-        if self._slots is None:
-            self._slots = torch.empty(batch, self.beam_size, MIN_CAPACITY, dtype=torch.long, device=device)
-        elif self._slots.shape[0] != batch:
-            raise ValueError(f"the caches hold {self._slots.shape[0]} sentences, got keys for {batch}")
+    def lines(self) -> Tensor:
+        """``(B, k, T)``: the pool index of position s of hypothesis j."""
+        if self._lines is None:
+            raise RuntimeError("no keys were cached yet")
+        return self._lines[:, :, : self.length]
 
-    def reorder(self, index: Tensor, length: int) -> None:
-        """Hypothesis row i continues row ``index[i]`` ``(B k,)``, a row of the same sentence,
-        whose first ``length`` positions it inherits."""
-        if self._slots is None:
+    def mask(self) -> Tensor:
+        """``(B, 1, k, keys)``, ``True`` where hypothesis j may attend a key of its sentence's pool."""
+        if self._mask is None:
+            lines = self.lines()
+            batch, k, _ = lines.shape
+            allowed = torch.zeros(batch, k, self.keys, dtype=torch.bool, device=lines.device)
+            self._mask = allowed.scatter_(2, lines, True).view(batch, 1, k, self.keys)
+        return self._mask
+
+    def reorder(self, index: Tensor) -> None:
+        """Hypothesis row i continues row ``index[i]`` ``(B k,)``, a row of the same sentence."""
+        if self._lines is None:
             return
-        batch, k = self._slots.shape[:2]
+        batch, k = self._lines.shape[:2]
         rows = torch.arange(batch * k, device=index.device)
-        same_sentence = index.shape == rows.shape and torch.equal(index.div(k, rounding_mode="floor"), rows.div(k, rounding_mode="floor"))
-        if not same_sentence:
+        floor = functools.partial(torch.div, rounding_mode="floor")
+        if index.shape != rows.shape or not torch.equal(floor(index, k), floor(rows, k)):
             raise ValueError(
                 f"index must keep {k} rows per sentence in place, each a row of the same sentence "
                 f"({batch * k} rows), got {index.tolist()}"
             )
-        slots = self.slots(length)
-        parents = index.remainder(k).view(batch, k, 1).expand(batch, k, length)
-        slots.copy_(slots.gather(1, parents))
+        lines = self.lines()
+        lines.copy_(lines.gather(1, index.remainder(k).view(batch, k, 1).expand_as(lines)))
         self._mask = None
+        self._compact()
 
-    def slots(self, length: int) -> Tensor:
-        """``(B, k, length)``: the slot that wrote position s of hypothesis j, for s < ``length``
-        (positions not reordered since they were written are the hypothesis's own)."""
-        if self._slots is None:
-            raise RuntimeError("no keys were cached yet")
-        batch, k, capacity = self._slots.shape
-        if length > capacity:
-            grown = self._slots.new_empty(batch, k, max(length, 2 * capacity))
-            grown[:, :, : self._known] = self._slots[:, :, : self._known]
-            self._slots = grown
-        if length > self._known:
-            own = torch.arange(k, device=self._slots.device)[None, :, None]
-            self._slots[:, :, self._known : length] = own
-            self._known = length
-        return self._slots[:, :, :length]
+    def _compact(self) -> None:
+        """Drop the keys no live hypothesis reads once they are half of the pool or more."""
+        lines = self.lines()
+        batch = lines.shape[0]
+        live = torch.zeros(batch, self.keys, dtype=torch.bool, device=lines.device)
+        live.scatter_(1, lines.reshape(batch, -1), True)
+        kept = int(live.sum(1).max())
+        if self.keys < max(COMPACT_RATIO * kept, MIN_COMPACTION):
+            return
+        # Live keys first, in their order; sentences with fewer pad with keys no line reads.
+        self.moved = torch.argsort(live.logical_not().byte(), dim=1, stable=True)[:, :kept]  # (B, kept)
+        new_index = live.long().cumsum(1) - 1  # (B, keys): where a live key goes
+        lines.copy_(new_index.gather(1, lines.reshape(batch, -1)).view_as(lines))
+        self.keys = kept
+        self.generation += 1
+        self._step = (-1, 0)
 
 
 class BeamKVCache(KVCache):
-    """A self-attention cache for beam search whose keys and values never move (see
-    ``BeamAncestry``): step t's keys of a sentence's k hypotheses lie side by side at positions
-    t * k .. t * k + k - 1 of ``(B, H, T k, d)`` buffers, and ``attend`` lets the k queries of a
-    sentence read the sentence's keys together, each through the ancestry's mask.
+    """A self-attention cache for beam search whose keys and values stay where they were
+    written (see ``BeamAncestry``): each sentence's keys of all its hypotheses lie in one pool
+    ``(B, H, keys, d)``, and ``attend`` lets a sentence's k queries read its pool together, each
+    through the ancestry's mask.
 
     ``update``, ``key`` and ``value`` give what a ``KVCache`` would hold, gathered row by row
     (for callers that need the keys themselves, e.g. for attention weights). Reordering goes
@@ -210,6 +246,7 @@ class BeamKVCache(KVCache):
     def __init__(self, ancestry: BeamAncestry) -> None:
         super().__init__()
         self.ancestry = ancestry
+        self._generation = 0
 
     @property
     def key(self) -> Tensor | None:
@@ -233,14 +270,26 @@ class BeamKVCache(KVCache):
             return super().attend(query, key, value, mask)
         self._append(key, value)
         rows, heads, _, dim = query.shape
-        k = self.ancestry.beam_size
+        k, keys = self.ancestry.beam_size, self.ancestry.keys
         grouped = query.view(rows // k, k, heads, dim).transpose(1, 2)  # (B, H, k, d)
-        end, mask = self.length * k, self.ancestry.mask(self.length)
-        context = step_attention(grouped, self._key[:, :, :end], self._value[:, :, :end], mask)  # (B, H, k, d_v)
-        return context.transpose(1, 2).reshape(rows, heads, 1, -1)
+        context = step_attention(grouped, self._key[:, :, :keys], self._value[:, :, :keys], self.ancestry.mask())
+        return context.transpose(1, 2).reshape(rows, heads, 1, -1)  # (B k, H, 1, d_v)
 
     def reorder(self, index: Tensor) -> None:
         raise TypeError("a BeamKVCache's keys do not move: reorder its BeamAncestry, once for all layers")
+
+    def _sync(self) -> None:
+        """Apply the ancestry's compaction to this cache's pools."""
+        if self._generation == self.ancestry.generation or self._key is None:
+            self._generation = self.ancestry.generation
+            return
+        if self._generation + 1 != self.ancestry.generation:
+            raise RuntimeError("the ancestry was compacted twice since this cache's last step")
+        moved = self.ancestry.moved  # (B, kept)
+        for buffer in (self._key, self._value):
+            index = moved[:, None, :, None].expand(-1, buffer.shape[1], -1, buffer.shape[-1])
+            buffer[:, :, : moved.shape[1]] = buffer.gather(2, index)
+        self._generation = self.ancestry.generation
 
     def _append(self, key: Tensor, value: Tensor) -> None:
         rows, heads, new, _ = key.shape
@@ -248,8 +297,9 @@ class BeamKVCache(KVCache):
         if rows % k:
             raise ValueError(f"keys must have k = {k} rows per sentence, got shape {tuple(key.shape)}")
         batch = rows // k
-        self.ancestry.start(batch, key.device)
-        start, end = self.length * k, (self.length + new) * k
+        self._sync()
+        start = self.ancestry.record(batch, self.length, new, key.device)
+        end = start + new * k
         for name, x in (("_key", key), ("_value", value)):
             grouped = x.view(batch, k, heads, new, x.shape[-1]).permute(0, 2, 3, 1, 4)  # (B, H, n, k, d)
             buffer = getattr(self, name)
@@ -267,11 +317,11 @@ class BeamKVCache(KVCache):
         self.length += new
 
     def _per_row(self, buffer: Tensor) -> Tensor:
-        """``(B, H, T k, d)`` -> ``(B k, H, T, d)``: each row's keys along its line."""
-        batch, heads, _, dim = buffer.shape
-        k, length = self.ancestry.beam_size, self.length
-        slots = self.ancestry.slots(length)  # (B, k, T)
-        positions = torch.arange(length, device=buffer.device) * k + slots  # (B, k, T)
-        index = positions.view(batch, 1, k * length, 1).expand(batch, heads, k * length, dim)
-        rows = buffer[:, :, : length * k].gather(2, index)  # (B, H, k T, d)
+        """``(B, H, keys, d)`` -> ``(B k, H, T, d)``: each row's keys along its line."""
+        self._sync()
+        lines = self.ancestry.lines()  # (B, k, T)
+        batch, k, length = lines.shape
+        heads, dim = buffer.shape[1], buffer.shape[-1]
+        index = lines.reshape(batch, 1, k * length, 1).expand(batch, heads, k * length, dim)
+        rows = buffer.gather(2, index)  # (B, H, k T, d)
         return rows.view(batch, heads, k, length, dim).transpose(1, 2).reshape(batch * k, heads, length, dim)

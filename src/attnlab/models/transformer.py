@@ -142,7 +142,7 @@ class DecoderCache:
         they are, which is right when ``index`` never moves a row to another source sentence
         (with ``beam_size`` > 1 it must not: the hypotheses of a sentence stay its rows)."""
         if self.ancestry is not None:
-            self.ancestry.reorder(index, len(self))
+            self.ancestry.reorder(index)
         else:
             for cache in self.self_attn:
                 cache.reorder(index)
