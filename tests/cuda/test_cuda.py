@@ -132,6 +132,11 @@ def test_cuda_decoding_cached_equals_uncached_and_beam_one_equals_greedy():
         uncached = greedy_search(model, src, max_len_a=0.0, max_len_b=8, min_len=8, use_cache=False)
         beam = beam_search(model, src, beam_size=1, alpha=0.0, max_len_a=0.0, max_len_b=8, min_len=8)
         beam4 = beam_search(model, src, beam_size=4, n_best=2, max_len_a=0.0, max_len_b=8)
+        # 40 steps: the beam cache's key pools are compacted on the GPU too.
+        long_beam = [beam_search(model, src, beam_size=4, max_len_a=0.0, max_len_b=40, min_len=40, use_cache=c)
+                     for c in (True, False)]
+    assert torch.equal(long_beam[0].tokens, long_beam[1].tokens)
+    torch.testing.assert_close(long_beam[0].scores, long_beam[1].scores, atol=1e-4, rtol=1e-4)
     assert torch.equal(cached.tokens, uncached.tokens)
     torch.testing.assert_close(cached.scores, uncached.scores, atol=1e-4, rtol=1e-4)
     assert torch.equal(beam.tokens[:, 0], cached.tokens)
