@@ -291,8 +291,9 @@ def fused_attention(
 def step_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
     """SDPA for the queries of a decoding step against the keys of a cache (no dropout, no causal mask, no
     gradients needed): on CPU, 2 to ``CPU_PLAIN_MAX_QUERIES`` fp32 queries per row against at most
-    ``CPU_PLAIN_MAX_KEYS`` keys take plain products, faster than SDPA's kernel there; queries with
-    no key allowed get zeros, as from SDPA."""
+    ``CPU_PLAIN_MAX_KEYS`` keys take plain products, faster than SDPA's kernel there. Queries that
+    a bool mask allows no key get zeros, as from SDPA; a float mask must leave every query a
+    finite score (there the check would cost a pass over the weights)."""
     plain = (
         query.device.type == "cpu" and query.dtype == torch.float32
         and 1 < query.shape[-2] <= CPU_PLAIN_MAX_QUERIES and key.shape[-2] <= CPU_PLAIN_MAX_KEYS
@@ -303,7 +304,9 @@ def step_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | Non
     if mask is not None:
         scores = scores.masked_fill_(~mask, -math.inf) if mask.dtype == torch.bool else scores.add_(mask)
     weights = torch.softmax(scores, dim=-1)
-    return torch.matmul(weights if mask is None else weights.nan_to_num(0.0), value)
+    if mask is not None and mask.dtype == torch.bool:
+        weights = weights.nan_to_num(0.0)
+    return torch.matmul(weights, value)
 
 
 def _as_4d(
