@@ -328,7 +328,8 @@ class Transformer(nn.Module):
         self, tgt_in: Tensor, memory: Tensor, memory_key_padding_mask: Tensor | None, cache: DecoderCache, offset: int
     ) -> Tensor:
         """``decode`` of one new token per row ``(B', 1)`` through ``DecoderLayer.step``: the same
-        products and kernels as the general path, without its per-call checks and options."""
+        products as the general path, without its per-call checks and options (the caches choose
+        the attention kernel: ``KVCache.attend``)."""
         x = self._embed(self.tgt_embed, tgt_in, offset)
         allowed = None if memory_key_padding_mask is None else ~memory_key_padding_mask[:, None, None, :]  # (B,1,1,S)
         for layer, self_cache, cross_cache in zip(self.decoder_layers, cache.self_attn, cache.cross_attn):
