@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(config, progress=ProgressBar(enabled=not args.no_progress), fresh=args.fresh)
     started = time.monotonic()
     result = trainer.run()
+    if not trainer.is_main:  # under torchrun, rank 0 reports
+        return 0
     print(f"stopped: {result.stop_reason} at step {result.step} (epoch {result.epoch}) after "
           f"{result.elapsed_seconds:.1f} s training, {time.monotonic() - started:.1f} s wall")
     if result.best_metric is not None:

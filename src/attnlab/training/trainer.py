@@ -9,6 +9,10 @@ epoch and every RNG state; tasks yield batches as a pure function of ``(seed, ep
 A run stopped after a checkpoint and resumed therefore takes the same steps, with the same
 dropout masks, as one that never stopped (bit-identical on CPU in fp32).
 
+Under ``torchrun`` the same loop runs data-parallel (:mod:`attnlab.training.distributed`): each
+process takes every N-th batch of the one batch order, gradients are averaged over the
+processes' tokens, and rank 0 evaluates, saves and decides when to stop.
+
 The library never prints: progress goes to an optional callback of :class:`ProgressEvent`,
 metrics to ``metrics.jsonl`` (and TensorBoard), messages to ``logging``.
 """
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 
 from attnlab.training import checkpoints as ckpt
+from attnlab.training import distributed
 from attnlab.training.config import RunConfig
 from attnlab.training.metrics import MetricsLogger, scalar_metrics
 from attnlab.training.schedules import build_scheduler
@@ -175,6 +180,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+class _NoMetrics:
+    """The metrics log of a process other than rank 0: writes nothing."""
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Trainer:
     """Train any :class:`~attnlab.training.task.Task` from a :class:`RunConfig`.
 
@@ -208,6 +223,12 @@ class Trainer:
         self.stop_reason = ""
         self._last_eval_step: int | None = None
         self._window: dict[str, float] | None = None
+        self.dist: distributed.Distributed | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process evaluates, saves and reports (always, unless under ``torchrun``)."""
+        return self.dist is None or self.dist.is_main
 
     # ----------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -215,15 +236,17 @@ class Trainer:
         t = self.config.training
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
-        self.device = resolve_device(t.device)
+        device = resolve_device(t.device)
+        self.dist = distributed.from_environment(device)
+        self.device = device if self.dist is None else self.dist.device(device)
         self.autocast_dtype = resolve_precision(t.precision, self.device)
-        self._prepare_run_dir()
         seed_everything(self.config.seed)
-        self.task.prepare(self.device, restore_from=self.resumed_from)
+        self._prepare()
         self.model = self.task.build_model()
         self.config = self.task.resolved_config()
         self.config_yaml = self.config.to_yaml()
-        (self.run_dir / "config.yaml").write_text(self.config_yaml, encoding="utf-8")
+        if self.is_main:
+            (self.run_dir / "config.yaml").write_text(self.config_yaml, encoding="utf-8")
         self.optimizer = self._build_optimizer()
         self.scheduler = build_scheduler(
             self.optimizer, t.schedule, warmup_steps=t.warmup_steps, total_steps=t.max_steps,
@@ -231,8 +254,36 @@ class Trainer:
         )
         if self.resumed_from is not None:
             self._restore(self.resumed_from)
-        self.metrics = MetricsLogger(self.run_dir, tensorboard=t.tensorboard)
+        # What the loss runs: the model, or under torchrun its DistributedDataParallel, without
+        # broadcast_buffers: no collective in forward, so a process whose batch fails before its
+        # forward still meets the others at the step's all-reduce.
+        self.trained = self.model if self.dist is None else torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+        self.metrics = MetricsLogger(self.run_dir, tensorboard=t.tensorboard) if self.is_main else _NoMetrics()
+        if not self.is_main:
+            self.progress = lambda event: None
         self._emit("start", message=self._start_message())
+
+    def _prepare(self) -> None:
+        """The run directory and the task's data; under ``torchrun`` rank 0 first (it may cache the
+        corpus and train the tokenizer), then the others, with the tokenizer rank 0 wrote."""
+        if self.is_main:
+            self._prepare_run_dir()
+            self.task.prepare(self.device, restore_from=self.resumed_from)
+            if self.dist is not None:
+                self.task.write_extras(self._shared_dir())
+                self.dist.barrier()
+            return
+        self.dist.barrier()
+        self.resumed_from = ckpt.find_checkpoint(self.run_dir, "last")
+        self.task.prepare(self.device, restore_from=self.resumed_from or self._shared_dir())
+
+    def _shared_dir(self) -> Path:
+        directory = self.run_dir / ".distributed"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
 
     def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -268,8 +319,9 @@ class Trainer:
         params = sum(p.numel() for p in self.model.parameters())
         how = f"resumed from {self.resumed_from} at step {self.state.step}" if self.resumed_from else "fresh start"
         dtype = "bf16 autocast" if self.autocast_dtype else "fp32"
+        processes = f", {self.dist.world_size} processes" if self.dist is not None else ""
         return (f"{self.config.task}: {self.config.model.type} with {params:,} parameters on {self.device} "
-                f"({dtype}, {torch.get_num_threads()} threads); {how}")
+                f"({dtype}, {torch.get_num_threads()} threads{processes}); {how}")
 
     # ----------------------------------------------------------------------------- train
     def train(self) -> str:
@@ -294,22 +346,44 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         batches = self.task.train_batches(self.state.epoch, self.state.batch_in_epoch)
-        for batch in batches:
+        for batch in self._own_batches(batches):
             stepped = self._train_step(batch)
             self.state.elapsed_seconds = self._elapsed_before + time.monotonic() - self._session_start
-            self.stop_reason = self._after_step() if stepped else self._budget_reason()
+            self.stop_reason = self._agreed(self._after_step() if stepped else self._budget_reason())
             if self.stop_reason:
                 return
         self.state.epoch += 1
         self.state.batch_in_epoch = 0
         if self.config.training.eval_at_epoch_end and self._last_eval_step != self.state.step:
-            self.stop_reason = self._evaluate_and_checkpoint()
+            self.stop_reason = self._agreed(self._evaluate_and_checkpoint())
+
+    def _own_batches(self, batches: Any) -> Any:
+        """This process's batches: all of them, or under ``torchrun`` the rank-th of every
+        world_size consecutive ones (an incomplete last group is left out)."""
+        if self.dist is None:
+            yield from batches
+            return
+        group: list[Any] = []
+        for batch in batches:
+            group.append(batch)
+            if len(group) == self.dist.world_size:
+                yield group[self.dist.rank]
+                group = []
+
+    def _agreed(self, reason: str) -> str:
+        """Rank 0's stop reason and training time in every process, so that all stop together."""
+        if self.dist is None:
+            return reason
+        reason, self.state.elapsed_seconds = self.dist.from_main((reason, self.state.elapsed_seconds))
+        return reason
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast_to(self.autocast_dtype, self.device)
 
     def _train_step(self, batch: Any) -> bool:
         """Forward, backward, clip, update; a bad batch is reported and skipped (returns False)."""
+        if self.dist is not None:
+            return self._train_step_distributed(batch)
         self.state.batch_in_epoch += 1
         try:
             loss, grad_norm = self._forward_backward(batch)
@@ -336,6 +410,44 @@ class Trainer:
         if not torch.isfinite(grad_norm):
             raise BadBatch(f"non-finite gradient norm {grad_norm.item()}")
         return loss.item(), grad_norm.item()
+
+    def _train_step_distributed(self, batch: Any) -> bool:
+        """``_train_step`` of one process of several: the processes agree on skipping before any
+        backward (a failed batch anywhere skips the step everywhere), and the gradient is the
+        mean over all processes' tokens (``DistributedDataParallel`` averages over processes)."""
+        world = self.dist.world_size
+        self.state.batch_in_epoch += world
+        self.dist.reseed(self.config.seed, self.state.step)
+        error: Exception | None = None
+        loss_sum, count = None, 0
+        try:
+            with self._autocast():
+                loss_sum, count = self.task.loss(self.trained, batch)
+            loss_sum = loss_sum.float()
+            if not torch.isfinite(loss_sum):
+                error = BadBatch(f"non-finite loss {loss_sum.item()}")
+        except Exception as caught:  # one bad example must not end a long run, in any process
+            error = caught
+        local = [float(error is not None), 0.0 if error else loss_sum.item(), count, self.task.batch_units(batch)]
+        failed, total_loss, total_count, units = self.dist.all_sum(local, self.device)
+        if failed:
+            self.optimizer.zero_grad(set_to_none=True)
+            others = BadBatch(f"{int(failed)} process(es) failed on their batch of this step")
+            self._skip_batch(batch, error or others)
+            return False
+        (loss_sum * (world / max(total_count, 1.0))).backward()
+        clip = self.config.training.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
+        if not torch.isfinite(grad_norm):  # the same averaged gradients, the same decision everywhere
+            self.optimizer.zero_grad(set_to_none=True)
+            self._skip_batch(batch, BadBatch(f"non-finite gradient norm {grad_norm.item()}"))
+            return False
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self._window_update(total_loss / max(total_count, 1.0), grad_norm.item(), int(units))
+        return True
 
     def _skip_batch(self, batch: Any, error: Exception) -> None:
         self.state.bad_batches += 1
@@ -371,7 +483,7 @@ class Trainer:
         reason = self._budget_reason()
         if t.eval_every and step % t.eval_every == 0:
             reason = self._evaluate_and_checkpoint() or reason
-        elif t.checkpoint_every and step % t.checkpoint_every == 0:
+        elif t.checkpoint_every and step % t.checkpoint_every == 0 and self.is_main:
             self.save("last")
         return reason
 
@@ -396,7 +508,11 @@ class Trainer:
             self.model.train()
 
     def _evaluate_and_checkpoint(self) -> str:
-        """Evaluate, keep ``best``, save ``last``; returns ``early_stopping`` when patience runs out."""
+        """Evaluate, keep ``best``, save ``last``; returns ``early_stopping`` when patience runs out.
+        Only the main process evaluates (the others wait for its decision)."""
+        if not self.is_main:
+            self._last_eval_step = self.state.step
+            return ""
         metrics = self.evaluate()
         self._last_eval_step = self.state.step
         self.metrics.log(self.task.eval_split, self.state.step, {"epoch": self.state.epoch, **scalar_metrics(metrics)})
@@ -437,10 +553,16 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- cleanup
     def cleanup(self) -> TrainResult:
-        """Save ``last``, evaluate the best checkpoint on ``training.final_split``, close the logs."""
-        self.save("last")
+        """Save ``last``, evaluate the best checkpoint on ``training.final_split``, close the logs
+        (the main process; under ``torchrun`` the others leave the process group)."""
         final: dict[str, Any] = {}
-        split = self.config.training.final_split
+        split = self.config.training.final_split if self.is_main else None
+        if self.is_main:
+            self.save("last")
+        if self.dist is not None:
+            self.dist.close()
+            if self.is_main:
+                shutil.rmtree(self._shared_dir(), ignore_errors=True)
         if split:
             best = ckpt.find_checkpoint(self.run_dir, "best")
             if best is not None:
