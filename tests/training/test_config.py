@@ -73,6 +73,8 @@ def test_model_type_must_fit_the_task():
 def test_invalid_values_name_the_field():
     with pytest.raises(ConfigError, match="precision 'fp16'"):
         read("training.precision=fp16")
+    with pytest.raises(ConfigError, match=r"accumulate_batches \(0\) must be >= 1"):
+        read("training.accumulate_batches=0")
     with pytest.raises(ConfigError, match="model.num_classes \\(3\\) disagrees with the data"):
         read("model.num_classes=3").model.resolve(num_classes=10)
 

@@ -1,5 +1,6 @@
-"""Data-parallel training under torchrun: two processes, one batch each a step, against one
-process that trains on the same two batches a step (the definition of data parallelism)."""
+"""Several batches a step: data-parallel training under torchrun (two processes, one batch each a
+step) and gradient accumulation (one process, two batches a step), each against one process
+that trains on the same two batches' summed loss a step (the definition of both)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,17 @@ class TwoBatchesAStep:
         return sum(self.task.batch_units(batch) for batch in pair)
 
 
+def _assert_same_weights(expected_model: torch.nn.Module, model: torch.nn.Module) -> None:
+    d_model = expected_model.config.d_model
+    queries_and_values = torch.cat([torch.arange(d_model), torch.arange(2 * d_model, 3 * d_model)])
+    for (name, expected), got in zip(expected_model.state_dict().items(), model.state_dict().values()):
+        if name.endswith("in_proj_bias"):
+            # The key bias has no gradient (softmax ignores a score added to every key), and Adam
+            # scales each side's rounding noise there to whole steps: compare the rest.
+            got, expected = got[queries_and_values], expected[queries_and_values]
+        torch.testing.assert_close(got, expected, atol=3e-5, rtol=1e-4, msg=name)
+
+
 def test_two_processes_train_like_one_process_on_both_batches(tmp_path, tiny_translation_config):
     def config(name: str) -> dict:
         raw = tiny_translation_config(tmp_path / name, max_steps=STEPS)
@@ -73,23 +85,16 @@ def test_two_processes_train_like_one_process_on_both_batches(tmp_path, tiny_tra
     reference_config = RunConfig.from_dict(config("one"))
     reference = Trainer(reference_config, task=TwoBatchesAStep(TranslationTask(reference_config), last))
     reference.run()
-    ddp_logged = [row["loss"] for row in logged if row["kind"] == "train"]
     one_logged = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    torch.testing.assert_close(ddp_logged, [row["loss"] for row in one_logged if row["kind"] == "train"])
+    for key in ("loss", "grad_norm"):  # Adam would hide a wrong gradient scale: the norms show it
+        torch.testing.assert_close([row[key] for row in logged if row["kind"] == "train"],
+                                   [row[key] for row in one_logged if row["kind"] == "train"], rtol=1e-5, atol=1e-6, msg=key)
 
     trained = TranslationTask(reference_config)
     trained.prepare(torch.device("cpu"), restore_from=last, need_data=False)
     model = trained.build_model()
     load_weights(model, last)
-    d_model = reference.model.config.d_model
-    queries_and_values = torch.cat([torch.arange(d_model), torch.arange(2 * d_model, 3 * d_model)])
-    for (name, expected), got in zip(reference.model.state_dict().items(), model.state_dict().values()):
-        if name.endswith("in_proj_bias"):
-            # The key bias has no gradient (softmax ignores a score added to every key), and Adam
-            # scales each side's rounding noise there to whole steps: compare the rest.
-            got, expected = got[queries_and_values], expected[queries_and_values]
-        torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5, msg=name)
-
+    _assert_same_weights(reference.model, model)
 
 def test_two_processes_resume_where_they_stopped(tmp_path, tiny_translation_config):
     """With dropout (each process draws its own masks from seed, rank and step): 4 steps, then
@@ -142,3 +147,23 @@ def test_a_batch_failing_in_one_process_skips_the_step_in_all(tmp_path, tiny_tra
     assert [row["kind"] for row in logged].count("skip") == 1
     state = load_trainer_state(checkpoint_dir(tmp_path / "run", "last"))["trainer"]
     assert state["batch_in_epoch"] == 2 * 5  # four steps and the skipped one, two batches each
+
+
+def test_accumulating_two_batches_trains_like_one_step_on_both(tmp_path, tiny_translation_config):
+    """One process, ``accumulate_batches: 2`` (two backward passes, then one update), against
+    the two batches' summed loss in one backward pass; with dropout, drawn in the same order."""
+    accumulated_config = RunConfig.from_dict(tiny_translation_config(tmp_path / "acc", max_steps=STEPS,
+                                                                     accumulate_batches=2))
+    accumulated = Trainer(accumulated_config)
+    accumulated.run()
+    last = checkpoint_dir(tmp_path / "acc", "last")
+    assert load_trainer_state(last)["trainer"]["batch_in_epoch"] == 2 * STEPS
+    reference_config = RunConfig.from_dict(tiny_translation_config(tmp_path / "one", max_steps=STEPS))
+    reference = Trainer(reference_config, task=TwoBatchesAStep(TranslationTask(reference_config), last))
+    reference.run()
+    logged = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+              for name in ("acc", "one")}
+    for key in ("loss", "grad_norm"):  # Adam would hide a wrong gradient scale: the norms show it
+        values = {name: [row[key] for row in rows if row["kind"] == "train"] for name, rows in logged.items()}
+        torch.testing.assert_close(values["acc"], values["one"], rtol=1e-5, atol=1e-6, msg=key)
+    _assert_same_weights(reference.model, accumulated.model)

@@ -235,6 +235,8 @@ class TrainingConfig:
         schedule_d_model: noam: d_model of the formula; None takes the model's width.
         label_smoothing: epsilon_ls of the cross-entropy (0.1 in the paper).
         grad_clip: clip the global gradient norm to this; None disables.
+        accumulate_batches: batches whose gradients make one optimiser step (in each process
+            under ``torchrun``); the step's gradient is the mean over all their tokens (images).
         max_steps: stop after this many optimiser steps.
         max_epochs: stop after this many epochs.
         max_minutes: stop after this much training time (a resumed run counts earlier time).
@@ -262,6 +264,7 @@ class TrainingConfig:
     schedule_d_model: int | None = None
     label_smoothing: float = 0.0
     grad_clip: float | None = 1.0
+    accumulate_batches: int = 1
     max_steps: int | None = None
     max_epochs: int | None = None
     max_minutes: float | None = None
@@ -286,6 +289,8 @@ class TrainingConfig:
             raise ValueError("set at least one of max_steps, max_epochs, max_minutes")
         if self.schedule == "cosine" and self.max_steps is None:
             raise ValueError("schedule 'cosine' decays to max_steps: set max_steps (or use 'noam' / 'constant')")
+        if self.accumulate_batches < 1:
+            raise ValueError(f"accumulate_batches ({self.accumulate_batches}) must be >= 1")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing ({self.label_smoothing}) must be in [0, 1)")
 

@@ -346,8 +346,8 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         batches = self.task.train_batches(self.state.epoch, self.state.batch_in_epoch)
-        for batch in self._own_batches(batches):
-            stepped = self._train_step(batch)
+        for step_batches in self._step_batches(batches):
+            stepped = self._train_step(step_batches)
             self.state.elapsed_seconds = self._elapsed_before + time.monotonic() - self._session_start
             self.stop_reason = self._agreed(self._after_step() if stepped else self._budget_reason())
             if self.stop_reason:
@@ -357,17 +357,18 @@ class Trainer:
         if self.config.training.eval_at_epoch_end and self._last_eval_step != self.state.step:
             self.stop_reason = self._agreed(self._evaluate_and_checkpoint())
 
-    def _own_batches(self, batches: Any) -> Any:
-        """This process's batches: all of them, or under ``torchrun`` the rank-th of every
-        world_size consecutive ones (an incomplete last group is left out)."""
-        if self.dist is None:
-            yield from batches
-            return
+    def _step_batches(self, batches: Any) -> Any:
+        """This process's batches of each step: ``accumulate_batches`` consecutive ones, or under
+        ``torchrun`` the rank-th run of them in every ``world_size`` runs (an incomplete last group
+        is left out)."""
+        per_process = self.config.training.accumulate_batches
+        world = 1 if self.dist is None else self.dist.world_size
+        rank = 0 if self.dist is None else self.dist.rank
         group: list[Any] = []
         for batch in batches:
             group.append(batch)
-            if len(group) == self.dist.world_size:
-                yield group[self.dist.rank]
+            if len(group) == world * per_process:
+                yield group[rank * per_process : (rank + 1) * per_process]
                 group = []
 
     def _agreed(self, reason: str) -> str:
@@ -380,10 +381,11 @@ class Trainer:
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast_to(self.autocast_dtype, self.device)
 
-    def _train_step(self, batch: Any) -> bool:
+    def _train_step(self, batches: list[Any]) -> bool:
         """Forward, backward, clip, update; a bad batch is reported and skipped (returns False)."""
-        if self.dist is not None:
-            return self._train_step_distributed(batch)
+        if self.dist is not None or len(batches) > 1:
+            return self._train_step_accumulated(batches)
+        batch = batches[0]
         self.state.batch_in_epoch += 1
         try:
             loss, grad_norm = self._forward_backward(batch)
@@ -411,42 +413,55 @@ class Trainer:
             raise BadBatch(f"non-finite gradient norm {grad_norm.item()}")
         return loss.item(), grad_norm.item()
 
-    def _train_step_distributed(self, batch: Any) -> bool:
-        """``_train_step`` of one process of several: the processes agree on skipping before any
-        backward (a failed batch anywhere skips the step everywhere), and the gradient is the
-        mean over all processes' tokens (``DistributedDataParallel`` averages over processes)."""
-        world = self.dist.world_size
-        self.state.batch_in_epoch += world
-        self.dist.reseed(self.config.seed, self.state.step)
+    def _train_step_accumulated(self, batches: list[Any]) -> bool:
+        """``_train_step`` over several batches: this process's ``accumulate_batches`` and, under
+        ``torchrun``, the other processes' ones. The gradient is the mean over all their tokens:
+        each batch's summed loss is backpropagated (the processes synchronise on the last one;
+        ``DistributedDataParallel`` averages over processes) and the sum divided by the tokens of
+        all. The processes agree on skipping before that last backward: a failed batch anywhere
+        skips the step everywhere."""
+        world = 1 if self.dist is None else self.dist.world_size
+        self.state.batch_in_epoch += world * len(batches)
+        if self.dist is not None:
+            self.dist.reseed(self.config.seed, self.state.step)
         error: Exception | None = None
-        loss_sum, count = None, 0
-        try:
-            with self._autocast():
-                loss_sum, count = self.task.loss(self.trained, batch)
-            loss_sum = loss_sum.float()
-            if not torch.isfinite(loss_sum):
-                error = BadBatch(f"non-finite loss {loss_sum.item()}")
-        except Exception as caught:  # one bad example must not end a long run, in any process
-            error = caught
-        local = [float(error is not None), 0.0 if error else loss_sum.item(), count, self.task.batch_units(batch)]
-        failed, total_loss, total_count, units = self.dist.all_sum(local, self.device)
+        local = [0.0, 0.0, 0, 0]  # failed, summed loss, count, units
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            local_only = self.trained.no_sync() if self.dist is not None and not last else contextlib.nullcontext()
+            try:
+                with local_only:
+                    with self._autocast():
+                        loss_sum, count = self.task.loss(self.trained, batch)
+                    loss_sum = loss_sum.float()
+                    if not torch.isfinite(loss_sum):
+                        raise BadBatch(f"non-finite loss {loss_sum.item()}")
+                    if not last:
+                        (loss_sum * world).backward()
+            except Exception as caught:  # one bad example must not end a long run, in any process
+                error, local[0] = caught, 1.0
+                break
+            local[1:] = [local[1] + loss_sum.item(), local[2] + count, local[3] + self.task.batch_units(batch)]
+        failed, total_loss, total_count, units = local if self.dist is None else self.dist.all_sum(local, self.device)
         if failed:
             self.optimizer.zero_grad(set_to_none=True)
             others = BadBatch(f"{int(failed)} process(es) failed on their batch of this step")
-            self._skip_batch(batch, error or others)
+            self._skip_batch(batches[-1], error or others)
             return False
-        (loss_sum * (world / max(total_count, 1.0))).backward()
+        (loss_sum * world).backward()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, 1.0 / max(total_count, 1))
         clip = self.config.training.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
-        if not torch.isfinite(grad_norm):  # the same averaged gradients, the same decision everywhere
+        if not torch.isfinite(grad_norm):  # the same gradients everywhere, the same decision
             self.optimizer.zero_grad(set_to_none=True)
-            self._skip_batch(batch, BadBatch(f"non-finite gradient norm {grad_norm.item()}"))
+            self._skip_batch(batches[-1], BadBatch(f"non-finite gradient norm {grad_norm.item()}"))
             return False
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        self._window_update(total_loss / max(total_count, 1.0), grad_norm.item(), int(units))
+        self._window_update(total_loss / max(total_count, 1), grad_norm.item(), int(units))
         return True
 
     def _skip_batch(self, batch: Any, error: Exception) -> None:
