@@ -151,12 +151,13 @@ def test_lengths_follow_min_and_max(model, src):
     assert limited.lengths.tolist() == [15, 7, 11, 3]  # floor(2 |x| + 1) without EOS from a random model
 
 
-def test_beam_finds_what_greedy_misses_and_ranks_n_best():
+@pytest.mark.parametrize("beam_size", [2, 4])  # 4: 2k = 8 candidates a beam from a vocabulary of 6
+def test_beam_finds_what_greedy_misses_and_ranks_n_best(beam_size):
     src = torch.tensor([[4, 3], [5, 3]])
     greedy = greedy_search(Markov(), src)
     assert greedy.tokens.tolist() == [[4, EOS], [4, EOS]]
     torch.testing.assert_close(greedy.scores, torch.tensor([math.log(0.55 * 0.35)] * 2))
-    beam = beam_search(Markov(), src, beam_size=2, n_best=2, alpha=0.0)
+    beam = beam_search(Markov(), src, beam_size=beam_size, n_best=2, alpha=0.0)
     assert beam.tokens[0].tolist() == [[5, EOS], [4, EOS]]
     torch.testing.assert_close(beam.scores[0], torch.tensor([math.log(0.405), math.log(0.55 * 0.35)]))
     assert beam.lengths.tolist() == [[2, 2], [2, 2]]

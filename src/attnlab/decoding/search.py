@@ -243,8 +243,9 @@ def beam_search(
     for t in range(max(limits)):
         logits, state, cross = model.step(state, last, need_weights=attention is not None)
         # A sentence's 2k best extensions are among the 2k best of each of its beams.
-        log_probs, candidates = next_tokens(model, logits, t, min_len, 2 * k)  # (B * k, 2k) each
-        scores, rows, tokens = _top_candidates(beams.scores, log_probs, candidates)  # (B, 2k) each
+        per_beam = min(2 * k, logits.shape[-1])
+        log_probs, candidates = next_tokens(model, logits, t, min_len, per_beam)  # (B * k, 2k) each
+        scores, rows, tokens = _top_candidates(beams.scores, log_probs, candidates, 2 * k)  # (B, 2k) each
         cross = _select_layers(cross, attention)
         _finish_eos(beams, cross, scores, rows, tokens, model.eos_id, finished, done, alpha, k)
         beams, parents = _advance(beams, cross, scores, rows, tokens, model.eos_id, k)
@@ -264,15 +265,17 @@ def _initial_scores(batch: int, k: int, device: torch.device) -> Tensor:
     return scores
 
 
-def _top_candidates(beam_scores: Tensor, log_probs: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The best extensions per sentence among every beam's ``candidates (B * k, c)`` with their
-    ``log_probs``: scores, parent rows (b * k + j) and tokens, ``(B, c)`` each."""
+def _top_candidates(
+    beam_scores: Tensor, log_probs: Tensor, candidates: Tensor, count: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``count`` best extensions per sentence among every beam's ``candidates (B * k, c)``
+    with their ``log_probs``: scores, parent rows (b * k + j) and tokens, ``(B, count)`` each."""
     batch, k = beam_scores.shape
-    count = candidates.shape[1]
-    extended = (beam_scores.reshape(-1, 1) + log_probs).view(batch, k * count)  # (B, k * c)
-    scores, flat = extended.topk(count, dim=1)  # (B, c)
-    rows = flat // count + torch.arange(batch, device=flat.device)[:, None] * k  # (B, c)
-    return scores, rows, candidates.view(batch, k * count).gather(1, flat)
+    per_beam = candidates.shape[1]
+    extended = (beam_scores.reshape(-1, 1) + log_probs).view(batch, k * per_beam)  # (B, k * c)
+    scores, flat = extended.topk(count, dim=1)  # (B, count)
+    rows = flat // per_beam + torch.arange(batch, device=flat.device)[:, None] * k  # (B, count)
+    return scores, rows, candidates.view(batch, k * per_beam).gather(1, flat)
 
 
 def _finish_eos(
