@@ -3,7 +3,8 @@
 (a) training tokens/s (forward, backward, fused Adam step) of ``attnlab.models.transformer``
     against ``nn.Transformer`` with the same embeddings, positions and tied output projection;
 (b) greedy and (c) beam-5 decoding tokens/s with our KV cache against ``MarianMTModel.generate``
-    (randomly initialised, same sizes), batch 8 (``--batch``), EOS suppressed so both make exactly N tokens;
+    (randomly initialised, same sizes), batch 8 (``--batch``), EOS suppressed so both make exactly N
+    tokens (64, ``--new-tokens``);
 (d) the same two searches in bf16: ours under bf16 autocast against HF under the same autocast
     and HF with its weights cast to bf16, whichever is faster (``--no-bf16`` skips these);
 (e) training and greedy tokens/s of each RNN seq2seq variant (no attention, Bahdanau, Luong
@@ -319,6 +320,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--batch", type=int, default=8, help="sentences a batch (training, decoding, RNN variants)")
     parser.add_argument("--skip-rnn", action="store_true", help="leave out the RNN variants")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens a Transformer search makes (its steps)")
+    parser.add_argument("--decoding-only", action="store_true", help="leave out Transformer training")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="also decode in bf16 (ours and HF's two bf16 ways), and on CUDA train in bf16; "
                              "on by default on CUDA and where the CPU has bf16")
@@ -338,14 +341,15 @@ def main() -> None:
     if args.rnn_only:
         return
     config = TransformerConfig.from_preset(preset, src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True)
-    new_tokens = 64  # a search's steps
+    new_tokens = args.new_tokens  # a search's steps
     train = functools.partial(bench_training, config, batch=args.batch, length=32, repeats=repeats, device=device)
     decode = functools.partial(bench_decoding, config, batch=args.batch, src_len=32, new_tokens=new_tokens,
                                device=device)
     beam_repeats = max(2, repeats - 2)
-    results = [train(), decode(beam=1, repeats=repeats), decode(beam=5, repeats=beam_repeats)]
+    results = ([] if args.decoding_only else [train()]) + [decode(beam=1, repeats=repeats),
+                                                            decode(beam=5, repeats=beam_repeats)]
     if args.bf16:
-        if device.type == "cuda":
+        if device.type == "cuda" and not args.decoding_only:
             results.insert(1, train(bf16=True))
         results += [decode(beam=1, repeats=repeats, bf16=True), decode(beam=5, repeats=beam_repeats, bf16=True)]
     floor = weight_read_floor(config, repeats=max(5, repeats), device=device)
