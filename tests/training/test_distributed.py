@@ -87,8 +87,9 @@ def test_two_processes_train_like_one_process_on_both_batches(tmp_path, tiny_tra
     reference.run()
     one_logged = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     for key in ("loss", "grad_norm"):  # Adam would hide a wrong gradient scale: the norms show it
-        torch.testing.assert_close([row[key] for row in logged if row["kind"] == "train"],
-                                   [row[key] for row in one_logged if row["kind"] == "train"], rtol=1e-5, atol=1e-6, msg=key)
+        ddp_values = [row[key] for row in logged if row["kind"] == "train"]
+        one_values = [row[key] for row in one_logged if row["kind"] == "train"]
+        torch.testing.assert_close(ddp_values, one_values, rtol=1e-5, atol=1e-6, msg=key)
 
     trained = TranslationTask(reference_config)
     trained.prepare(torch.device("cpu"), restore_from=last, need_data=False)
@@ -107,7 +108,8 @@ def test_two_processes_resume_where_they_stopped(tmp_path, tiny_translation_conf
     resumed = _torchrun(tmp_path / "stopped.yaml")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr and "stopped: max_steps at step 8" in resumed.stdout
-    whole, stopped = (load_file(checkpoint_dir(tmp_path / name, "last") / "model.safetensors") for name in ("whole", "stopped"))
+    whole, stopped = (load_file(checkpoint_dir(tmp_path / name, "last") / "model.safetensors")
+                      for name in ("whole", "stopped"))
     assert whole.keys() == stopped.keys()
     for name in whole:
         assert torch.equal(whole[name], stopped[name]), name

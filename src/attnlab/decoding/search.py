@@ -90,7 +90,9 @@ def max_lengths(src: Tensor, src_key_padding_mask: Tensor | None, a: float, b: f
     return (a * src_len + b).floor().long().clamp(min=1)
 
 
-def next_tokens(model: IncrementalDecoder, logits: Tensor, step: int, min_len: int, count: int) -> tuple[Tensor, Tensor]:
+def next_tokens(
+    model: IncrementalDecoder, logits: Tensor, step: int, min_len: int, count: int
+) -> tuple[Tensor, Tensor]:
     """The ``count`` best next tokens of every row of ``logits (B, V)`` and their log-probabilities,
     ``(B, count)`` each. Padding never, EOS not before ``min_len`` tokens."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)

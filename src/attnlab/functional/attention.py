@@ -289,8 +289,8 @@ def fused_attention(
 
 
 def step_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
-    """SDPA for the queries of a decoding step against the keys of a cache (no dropout, no causal mask, no
-    gradients needed): on CPU, 2 to ``CPU_PLAIN_MAX_QUERIES`` fp32 queries per row against at most
+    """SDPA for the queries of a decoding step against the keys of a cache (no dropout, no causal
+    mask, no gradients needed): on CPU, 2 to ``CPU_PLAIN_MAX_QUERIES`` fp32 queries per row against at most
     ``CPU_PLAIN_MAX_KEYS`` keys take plain products, faster than SDPA's kernel there. Queries that
     a bool mask allows no key get zeros, as from SDPA; a float mask must leave every query a
     finite score (there the check would cost a pass over the weights)."""
