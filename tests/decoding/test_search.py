@@ -163,6 +163,35 @@ def test_beam_finds_what_greedy_misses_and_ranks_n_best(beam_size):
     assert beam.lengths.tolist() == [[2, 2], [2, 2]]
 
 
+class LateEnding(Markov):
+    """p(y_t | y_{t-1}) where the best sequence, a c d EOS (p = 0.6 * 0.99^2 = 0.588), ends late
+    and two poor ones end early: b EOS (0.36) at step 2, b b EOS (0.4 * 0.06 * 0.9 = 0.0216) at
+    step 3, both among a beam of 2's best candidates when they appear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        a, b, c, d = 4, 5, 6, 7
+        probs = torch.full((8, 8), 1e-9)
+        probs[BOS, a], probs[BOS, b] = 0.6, 0.4
+        probs[a, c], probs[a, EOS] = 0.99, 0.01
+        probs[b, EOS], probs[b, b], probs[b, a] = 0.9, 0.06, 0.04
+        probs[c, d], probs[c, EOS] = 0.99, 0.01
+        probs[d, EOS] = 1.0
+        probs[EOS, EOS] = 1.0
+        self.table = probs.log()
+
+
+def test_beam_does_not_stop_while_a_live_beam_can_still_win():
+    src = torch.tensor([[4, 3]])
+    greedy = greedy_search(LateEnding(), src)
+    beam = beam_search(LateEnding(), src, beam_size=2, n_best=2, alpha=0.0)
+    assert greedy.tokens[0].tolist() == [4, 6, 7, EOS]
+    # Two finished hypotheses after step 3 (b EOS, b b EOS), but the live a c d may still win: it does.
+    assert beam.tokens[0, 0].tolist() == [4, 6, 7, EOS]
+    torch.testing.assert_close(beam.scores[0, 0], torch.tensor(math.log(0.6 * 0.99**2)))
+    assert beam.tokens[0, 1, :2].tolist() == [5, EOS]
+
+
 def test_length_penalty_and_early_finish():
     assert length_penalty(1, 0.6) == 1.0
     assert length_penalty(7, 0.6) == pytest.approx(2.0**0.6)

@@ -212,9 +212,13 @@ def beam_search(
     """Beam search for a batch, ranking by log p(Y | X) / lp(Y) (GNMT length penalty).
 
     Each step takes the 2k best extensions of a sentence's k beams: those ending in EOS among
-    the best k are finished, the best k others live on. A sentence is done with k finished
-    hypotheses or at its length limit floor(a * |x| + b) (live beams then finish as they are);
-    the search stops when every sentence is done.
+    the best k are finished, the best k others live on. A sentence is done at its length limit
+    floor(a * |x| + b) (live beams then finish as they are), or once it has k finished
+    hypotheses and no live beam can still beat the k-th of them: log-probabilities only fall, so
+    a beam's best reachable score is its score now over the largest length penalty ahead. (Stopping
+    at k finished ones alone, as fairseq does, can keep early, poor endings and lose a confident
+    beam one step short of EOS: on a trained date/number model it scored below greedy search.)
+    The search stops when every sentence is done.
 
     Args:
         model: an ``IncrementalDecoder``.
@@ -252,7 +256,7 @@ def beam_search(
         _finish_eos(beams, cross, scores, rows, tokens, model.eos_id, finished, done, alpha, k)
         beams, parents = _advance(beams, cross, scores, rows, tokens, model.eos_id, k)
         _finish_at_limit(beams, t + 1, limits, finished, done, alpha)
-        done = [d or len(f) >= k for d, f in zip(done, finished)]
+        done = _settled(beams, t + 1, limits, finished, done, alpha)
         if all(done):
             break
         state = model.reorder_state(state, parents)
@@ -328,6 +332,23 @@ def _finish_at_limit(
                 attn = None if beams.attention is None else beams.attention[b * k + j]
                 finished[b].append(_Hypothesis(score / length_penalty(length, alpha), beams.tokens[b * k + j], attn))
         done[b] = True
+
+
+def _settled(
+    beams: _Beams, length: int, limits: list[int], finished: list[list[_Hypothesis]], done: list[bool], alpha: float
+) -> list[bool]:
+    """``done``, and the sentences whose k best finished hypotheses no live beam can beat."""
+    k = beams.scores.shape[1]
+    best_live = beams.scores.max(dim=1).values.tolist()  # (B,) raw log-probabilities, falling from here
+    settled = []
+    for b, (is_done, hyps) in enumerate(zip(done, finished)):
+        if not is_done and len(hyps) >= k:
+            kth = sorted((h.score for h in hyps), reverse=True)[k - 1]
+            # score / lp is largest (score <= 0) with the largest lp of a length still reachable.
+            penalty = max(length_penalty(length + 1, alpha), length_penalty(limits[b], alpha))
+            is_done = best_live[b] / penalty <= kth
+        settled.append(is_done)
+    return settled
 
 
 def _collect(finished: list[list[_Hypothesis]], n_best: int, pad_id: int, attention: AttentionChoice) -> SearchResult:
