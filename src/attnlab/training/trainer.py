@@ -11,7 +11,9 @@ dropout masks, as one that never stopped (bit-identical on CPU in fp32).
 
 Under ``torchrun`` the same loop runs data-parallel (:mod:`attnlab.training.distributed`): each
 process takes every N-th batch of the one batch order, gradients are averaged over the
-processes' tokens, and rank 0 evaluates, saves and decides when to stop.
+processes' tokens, and rank 0 evaluates, saves and decides when to stop. With
+``training.accumulate_batches`` a step takes several batches (in each process), its gradient
+the mean over all their tokens.
 
 The library never prints: progress goes to an optional callback of :class:`ProgressEvent`,
 metrics to ``metrics.jsonl`` (and TensorBoard), messages to ``logging``.
