@@ -395,11 +395,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self._skip_batch(batch, error)
             return False
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.state.step += 1
-        self._window_update(loss, grad_norm, self.task.batch_units(batch))
+        self._update(loss, grad_norm, self.task.batch_units(batch))
         return True
 
     def _forward_backward(self, batch: Any) -> tuple[float, float]:
@@ -409,11 +405,24 @@ class Trainer:
         if not torch.isfinite(loss):
             raise BadBatch(f"non-finite loss {loss.item()}")
         loss.backward()
+        return loss.item(), self._clipped_grad_norm()
+
+    def _clipped_grad_norm(self) -> float:
+        """Clip the gradients to ``training.grad_clip``; their norm before clipping (a
+        ``BadBatch`` when it is not finite)."""
         clip = self.config.training.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
         if not torch.isfinite(grad_norm):
             raise BadBatch(f"non-finite gradient norm {grad_norm.item()}")
-        return loss.item(), grad_norm.item()
+        return grad_norm.item()
+
+    def _update(self, loss: float, grad_norm: float, units: int) -> None:
+        """The optimiser and schedule step after a batch's (or batches') gradients."""
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self._window_update(loss, grad_norm, units)
 
     def _train_step_accumulated(self, batches: list[Any]) -> bool:
         """``_train_step`` over several batches: this process's ``accumulate_batches`` and, under
@@ -453,17 +462,13 @@ class Trainer:
         (loss_sum * world).backward()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         torch._foreach_mul_(grads, 1.0 / max(total_count, 1))
-        clip = self.config.training.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
-        if not torch.isfinite(grad_norm):  # the same gradients everywhere, the same decision
+        try:
+            grad_norm = self._clipped_grad_norm()
+        except BadBatch as error:  # the same gradients everywhere, the same decision
             self.optimizer.zero_grad(set_to_none=True)
-            self._skip_batch(batches[-1], BadBatch(f"non-finite gradient norm {grad_norm.item()}"))
+            self._skip_batch(batches[-1], error)
             return False
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.state.step += 1
-        self._window_update(total_loss / max(total_count, 1), grad_norm.item(), int(units))
+        self._update(total_loss / max(total_count, 1), grad_norm, int(units))
         return True
 
     def _skip_batch(self, batch: Any, error: Exception) -> None:
