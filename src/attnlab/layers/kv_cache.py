@@ -20,6 +20,17 @@ MIN_COMPACTION = 32
 COMPACT_RATIO = 1.5
 
 
+def _grown(buffer: Tensor, needed: int, filled: int, minimum: int) -> Tensor:
+    """``buffer`` with room for ``needed`` entries along dim 2 (at least ``minimum``, at least
+    double its capacity): a new tensor holding its first ``filled``, or ``buffer`` if it has room."""
+    capacity = buffer.shape[2]
+    if needed <= capacity:
+        return buffer
+    grown = buffer.new_empty(*buffer.shape[:2], max(needed, 2 * capacity, minimum), *buffer.shape[3:])
+    grown[:, :, :filled] = buffer[:, :, :filled]
+    return grown
+
+
 class KVCache:
     """The projected keys and values of one attention layer, kept across decoding steps.
 
@@ -113,15 +124,10 @@ class KVCache:
             filled.index_copy_(0, rows, filled.index_select(0, sources))
 
     def _reserve(self, needed: int) -> None:
-        capacity = self._key.shape[-2]
-        if needed <= capacity:
+        if needed <= self._key.shape[-2]:
             return
-        capacity = max(needed, 2 * capacity, MIN_CAPACITY)
-        for name in ("_key", "_value"):
-            old = getattr(self, name)
-            new = old.new_empty(*old.shape[:2], capacity, old.shape[-1])
-            new[:, :, : self.length] = old[:, :, : self.length]
-            setattr(self, name, new)
+        self._key = _grown(self._key, needed, self.length, MIN_CAPACITY)
+        self._value = _grown(self._value, needed, self.length, MIN_CAPACITY)
         self._owned = True
 
 
@@ -168,10 +174,7 @@ class BeamAncestry:
             self._lines = torch.empty(batch, k, MIN_CAPACITY, dtype=torch.long, device=device)
         elif self._lines.shape[0] != batch:
             raise ValueError(f"the caches hold {self._lines.shape[0]} sentences, got keys for {batch}")
-        if self.length + new > self._lines.shape[2]:
-            grown = self._lines.new_empty(batch, k, max(self.length + new, 2 * self._lines.shape[2]))
-            grown[:, :, : self.length] = self._lines[:, :, : self.length]
-            self._lines = grown
+        self._lines = _grown(self._lines, self.length + new, self.length, MIN_CAPACITY)
         start = self.keys
         fresh = torch.arange(start, start + new * k, device=device).view(new, k).t()  # (k, new)
         self._lines[:, :, self.length : self.length + new] = fresh
@@ -311,12 +314,10 @@ class BeamKVCache(KVCache):
                 past = x.new_empty(batch, heads, 0, x.shape[-1]) if buffer is None else buffer[:, :, :start]
                 setattr(self, name, torch.cat([past, grouped.reshape(batch, heads, new * k, -1)], 2))
                 continue
-            if buffer is None or buffer.shape[2] < end:  # MIN_CAPACITY positions, doubled when full
-                capacity = max(end, MIN_CAPACITY * k, 0 if buffer is None else 2 * buffer.shape[2])
-                grown = x.new_empty(batch, heads, capacity, x.shape[-1])
-                if buffer is not None:
-                    grown[:, :, :start] = buffer[:, :, :start]
-                setattr(self, name, buffer := grown)
+            if buffer is None:  # MIN_CAPACITY positions, doubled when full
+                buffer = x.new_empty(batch, heads, 0, x.shape[-1])
+            buffer = _grown(buffer, end, start, MIN_CAPACITY * k)
+            setattr(self, name, buffer)
             buffer[:, :, start:end].view(batch, heads, new, k, -1).copy_(grouped)
         self.length += new
 
