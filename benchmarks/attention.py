@@ -109,8 +109,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sizes = args.sizes or ([128, 512] if args.quick else [128, 512, 1024, 2048])
     rate = matmul_gflops()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, fp32; "
-          f"B={args.batch} H={args.heads} d={args.head_dim}; large matmul {rate:.0f} GFLOP/s")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, fp32; "
+        f"B={args.batch} H={args.heads} d={args.head_dim}; large matmul {rate:.0f} GFLOP/s"
+    )
     rows = []
     for n in sizes:
         for backward in (False, True):

@@ -48,10 +48,11 @@ def cell(shape, n, dtype, backward, causal, repeats):
 
     def wrap(fn):
         def run():
-            with autocast, (contextlib.nullcontext() if backward else torch.no_grad()):
+            with autocast, contextlib.nullcontext() if backward else torch.no_grad():
                 out = fn()
                 if backward:
                     out.float().sum().backward()
+
         return run
 
     times, dropped = interleave({name: wrap(fn) for name, fn in kernels(q, k, v, causal).items()}, repeats)
@@ -74,6 +75,7 @@ def decoding_cell(batch: int, queries: int, keys: int, repeats: int, calls: int 
             with torch.no_grad():
                 for _ in range(calls):
                     fn(q, k, v, mask)
+
         return run
 
     def sdpa(q, k, v, mask):
@@ -86,14 +88,24 @@ def decoding_cell(batch: int, queries: int, keys: int, repeats: int, calls: int 
 
 def decoding(repeats: int, threads: int) -> None:
     rows = []
-    print(f"step_attention / SDPA median time (< 1: step_attention faster); (B, 8 heads, queries, 64); {threads} threads")
+    print(
+        f"step_attention / SDPA median time (< 1: step_attention faster); (B, 8 heads, queries, 64); {threads} threads"
+    )
     for batch in (8, 32):
         for queries in (1, 2, 5, 10, 16, 32):
             line = []
             for keys in (32, 64, 128, 256, 320, 1024):
                 stats, ratio, dropped = decoding_cell(batch, queries, keys, repeats)
-                rows.append({"B": batch, "queries": queries, "keys": keys, "ratio": ratio,
-                             "dropped_noisy": dropped, "peers": stats})
+                rows.append(
+                    {
+                        "B": batch,
+                        "queries": queries,
+                        "keys": keys,
+                        "ratio": ratio,
+                        "dropped_noisy": dropped,
+                        "peers": stats,
+                    }
+                )
                 line.append(f"{keys}:{ratio:5.2f}{'~' if dropped else ' '}")
             print(f"B={batch:<3} queries={queries:<3} " + " ".join(line), flush=True)
     data = {"threads": threads, "rows": rows}
@@ -118,12 +130,23 @@ def main() -> None:
                 line = []
                 for n in args.sizes:
                     stats, ratio, dropped = cell(shape, n, dtype, backward, False, args.repeats)
-                    rows.append({"B,H,d": shape, "N": n, "dtype": dtype, "backward": backward, "ratio": ratio,
-                                 "dropped_noisy": dropped, "peers": stats})
+                    rows.append(
+                        {
+                            "B,H,d": shape,
+                            "N": n,
+                            "dtype": dtype,
+                            "backward": backward,
+                            "ratio": ratio,
+                            "dropped_noisy": dropped,
+                            "peers": stats,
+                        }
+                    )
                     line.append(f"{n}:{ratio:5.2f}{'~' if dropped else ' '}")
                 mode = "fwd+bwd" if backward else "fwd"
                 print(f"B,H,d={shape} {dtype} {mode:<7} " + " ".join(line), flush=True)
-    print(f"wrote {write_json('attention_kernels', {'threads': args.threads, 'rows': rows})}  (~: noisy blocks dropped)")
+    print(
+        f"wrote {write_json('attention_kernels', {'threads': args.threads, 'rows': rows})}  (~: noisy blocks dropped)"
+    )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,12 @@ def peak_rss_of(module: str, args: list[str]) -> float:
     # live memory rather than of memory the allocator kept after a free.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     out = subprocess.run(
-        [sys.executable, "-m", module, "--memory-case", *args], capture_output=True, text=True, check=True,
-        cwd=Path(__file__).parent.parent, env=env,
+        [sys.executable, "-m", module, "--memory-case", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+        env=env,
     )
     return float(out.stdout.strip().splitlines()[-1])
 

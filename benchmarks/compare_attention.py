@@ -43,7 +43,10 @@ from attnlab.training.metrics import translation_metrics
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 RESULTS = Path(__file__).parent / "results"
-MODELS = {**{name: f"generated_rnn_{name}.yaml" for name in ATTENTION_VARIANTS}, "transformer": "generated_transformer.yaml"}
+MODELS = {
+    **{name: f"generated_rnn_{name}.yaml" for name in ATTENTION_VARIANTS},
+    "transformer": "generated_transformer.yaml",
+}
 # The data section every model of a corpus shares, and the metrics shown per length bucket
 # (exact match alone is all-or-nothing on long numbers; chrF shows how far off they are).
 CORPORA = {
@@ -67,9 +70,14 @@ def run_config(model: str, corpus: str, args: argparse.Namespace) -> RunConfig:
     values = _read(MODELS[model])
     values["data"] = _read(CORPORA[corpus][0])["data"]
     overrides = [
-        f"training.max_minutes={args.minutes}", f"training.num_threads={args.threads}", "training.final_split=null",
-        "training.tensorboard=false", f"training.eval_every={args.eval_every}", "data.eval_max_sentences=200",
-        f"output_dir={args.out / corpus / model}", f"seed={args.seed}",
+        f"training.max_minutes={args.minutes}",
+        f"training.num_threads={args.threads}",
+        "training.final_split=null",
+        "training.tensorboard=false",
+        f"training.eval_every={args.eval_every}",
+        "data.eval_max_sentences=200",
+        f"output_dir={args.out / corpus / model}",
+        f"seed={args.seed}",
     ]
     return RunConfig.from_dict(apply_overrides(values, overrides))
 
@@ -93,9 +101,13 @@ def evaluate_by_length(trainer: Trainer, corpus: str) -> dict[str, Any]:
     for low, high in BUCKETS[corpus]:
         rows = [i for i, n in enumerate(lengths) if low <= n and (high is None or n <= high)]
         if rows:
-            metrics = translation_metrics([hypotheses[i] for i in rows], [references[i] for i in rows], task.target_lang)
+            metrics = translation_metrics(
+                [hypotheses[i] for i in rows], [references[i] for i in rows], task.target_lang
+            )
             buckets[bucket_name(low, high)] = {"sentences": len(rows), **_scalars(metrics)}
-    examples = [{"source": s, "reference": r, "hypothesis": h} for s, r, h in list(zip(sources, references, hypotheses))[:5]]
+    examples = [
+        {"source": s, "reference": r, "hypothesis": h} for s, r, h in list(zip(sources, references, hypotheses))[:5]
+    ]
     return {"test": {"sentences": len(pairs), **_scalars(overall)}, "by_source_tokens": buckets, "examples": examples}
 
 
@@ -131,12 +143,23 @@ def markdown(corpus: str, rows: list[dict[str, Any]]) -> str:
     sizes = rows[0]["by_source_tokens"] if rows else {}
     head = ["model", "params", "train s", "steps", "exact", "BLEU", "chrF"]
     head += [f"{b} tok (n={sizes.get(b, {}).get('sentences', 0)})" for b in buckets]
-    lines = [f"**{corpus}** (test split, greedy; by-length columns: {' / '.join(metrics)} by source tokens)", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"**{corpus}** (test split, greedy; by-length columns: {' / '.join(metrics)} by source tokens)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in rows:
         t = r["test"]
-        cells = [r["model"], f"{r['parameters']:,}", f"{r['train_seconds']:.0f}", str(r["steps"]),
-                 f"{100 * t['exact_match']:.1f}%", f"{t['bleu']:.1f}", f"{t['chrf']:.1f}"]
+        cells = [
+            r["model"],
+            f"{r['parameters']:,}",
+            f"{r['train_seconds']:.0f}",
+            str(r["steps"]),
+            f"{100 * t['exact_match']:.1f}%",
+            f"{t['bleu']:.1f}",
+            f"{t['chrf']:.1f}",
+        ]
         for b in buckets:
             bucket = r["by_source_tokens"].get(b)
             cells.append("-" if bucket is None else " / ".join(_format(m, bucket[m]) for m in metrics))
@@ -156,9 +179,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="threads per model")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at once, in separate processes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-every", type=int, default=200,
-                        help="steps between dev evaluations (on 200 sentences; the best checkpoint is tested); "
-                             "dev decoding counts against the budget, and the trainer also evaluates where it stops")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=200,
+        help="steps between dev evaluations (on 200 sentences; the best checkpoint is tested); "
+        "dev decoding counts against the budget, and the trainer also evaluates where it stops",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "compare_attention", help="run directories")
     parser.add_argument("--table-from", type=Path, help="only print the tables of an earlier JSON report")
     args = parser.parse_args()
@@ -178,7 +205,10 @@ def main() -> None:
         rows = run_models(models, corpus, args)
         print("\n" + markdown(corpus, rows) + "\n", flush=True)
         report = {
-            "minutes_per_model": args.minutes, "threads": args.threads, "jobs": args.jobs, "seed": args.seed,
+            "minutes_per_model": args.minutes,
+            "threads": args.threads,
+            "jobs": args.jobs,
+            "seed": args.seed,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
             "results": {corpus: rows},
         }

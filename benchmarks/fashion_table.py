@@ -82,13 +82,32 @@ def train_and_test(name: str, minutes: float | None, out: Path) -> dict[str, Any
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = ["model", "params", "train min", "wall min", "steps", "epochs", "images/s", "test acc", "best val acc",
-            "others' share of the cores"]
+    head = [
+        "model",
+        "params",
+        "train min",
+        "wall min",
+        "steps",
+        "epochs",
+        "images/s",
+        "test acc",
+        "best val acc",
+        "others' share of the cores",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], f"{r['parameters']:,}", f"{r['train_seconds'] / 60:.1f}", f"{r['wall_seconds'] / 60:.1f}",
-                 str(r["steps"]), f"{r['epochs']:.1f}", f"{r['images_per_second']:.0f}",
-                 _percent(r["test_accuracy"]), _percent(r["best_val_accuracy"]), f"{100 * r['others_cpu_share']:.0f}%"]
+        cells = [
+            r["model"],
+            f"{r['parameters']:,}",
+            f"{r['train_seconds'] / 60:.1f}",
+            f"{r['wall_seconds'] / 60:.1f}",
+            str(r["steps"]),
+            f"{r['epochs']:.1f}",
+            f"{r['images_per_second']:.0f}",
+            _percent(r["test_accuracy"]),
+            _percent(r["best_val_accuracy"]),
+            f"{100 * r['others_cpu_share']:.0f}%",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -105,8 +124,12 @@ def _merged(previous: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=list(MODELS), action="append",
-                        help="train only this model (repeatable); its row replaces the old one in the JSON")
+    parser.add_argument(
+        "--only",
+        choices=list(MODELS),
+        action="append",
+        help="train only this model (repeatable); its row replaces the old one in the JSON",
+    )
     parser.add_argument("--minutes", type=float, help="cap every training at this many minutes (default: the configs')")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fashion_table", help="run directories")
     parser.add_argument("--table-from", type=Path, help="only print the table of an earlier JSON report")
@@ -118,9 +141,14 @@ def main() -> None:
     for name in args.only or list(MODELS):
         rows.append(train_and_test(name, args.minutes, args.out))
         r = rows[-1]
-        print(f"{name}: test accuracy {_percent(r['test_accuracy'])} after {r['steps']} steps, "
-              f"{r['train_seconds'] / 60:.1f} min training ({r['stop_reason']})", flush=True)
-    previous = json.loads(RESULT_FILE.read_text(encoding="utf-8"))["results"] if args.only and RESULT_FILE.is_file() else []
+        print(
+            f"{name}: test accuracy {_percent(r['test_accuracy'])} after {r['steps']} steps, "
+            f"{r['train_seconds'] / 60:.1f} min training ({r['stop_reason']})",
+            flush=True,
+        )
+    previous = (
+        json.loads(RESULT_FILE.read_text(encoding="utf-8"))["results"] if args.only and RESULT_FILE.is_file() else []
+    )
     report = {
         "command": "python -m benchmarks.fashion_table" + (f" --minutes {args.minutes}" if args.minutes else ""),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},

@@ -63,12 +63,19 @@ def main() -> None:
                 us = {name: 1e6 * statistics.median(t) / copies for name, t in samples.items()}
                 ratio = us["F.linear"] / us["oneDNN packed"]
                 results.append({"rows": rows, "in": n_in, "out": n_out, "us": us, "f_linear_over_onednn": ratio})
-                print(f"rows {rows:2} {n_in:4}x{n_out:<4} " + "  ".join(f"{k} {v:7.0f}" for k, v in us.items())
-                      + f"   F.linear / oneDNN packed {ratio:.2f}x")
+                print(
+                    f"rows {rows:2} {n_in:4}x{n_out:<4} "
+                    + "  ".join(f"{k} {v:7.0f}" for k, v in us.items())
+                    + f"   F.linear / oneDNN packed {ratio:.2f}x"
+                )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "thin_products.json"
-    meta = {"threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    meta = {
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(f"wrote {out}")
 

@@ -59,8 +59,14 @@ class TorchSeq2Seq(nn.Module):
         self.positional = SinusoidalPositionalEncoding(c.d_model, c.max_len)
         self.dropout = nn.Dropout(c.dropout)
         self.transformer = nn.Transformer(
-            c.d_model, c.num_heads, c.num_encoder_layers, c.num_decoder_layers, c.dim_feedforward,
-            c.dropout, batch_first=True, norm_first=c.norm_first,
+            c.d_model,
+            c.num_heads,
+            c.num_encoder_layers,
+            c.num_decoder_layers,
+            c.dim_feedforward,
+            c.dropout,
+            batch_first=True,
+            norm_first=c.norm_first,
         )
         # nn.Transformer drops attention weights at its one dropout rate; the paper's model (and
         # ours by default) does not: the same attn_dropout on both sides.
@@ -76,10 +82,16 @@ class TorchSeq2Seq(nn.Module):
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         src_mask = src.eq(PAD)
         length = tgt_in.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=tgt_in.device).triu(1)  # bool like the padding masks: no conversion
+        causal = torch.ones(length, length, dtype=torch.bool, device=tgt_in.device).triu(
+            1
+        )  # bool like the padding masks: no conversion
         hidden = self.transformer(
-            self._embed(self.src_embed, src), self._embed(self.tgt_embed, tgt_in), tgt_mask=causal,
-            src_key_padding_mask=src_mask, memory_key_padding_mask=src_mask, tgt_is_causal=True,
+            self._embed(self.src_embed, src),
+            self._embed(self.tgt_embed, tgt_in),
+            tgt_mask=causal,
+            src_key_padding_mask=src_mask,
+            memory_key_padding_mask=src_mask,
+            tgt_is_causal=True,
         )
         return self.output(hidden)
 
@@ -97,8 +109,14 @@ def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], objec
     return run
 
 
-def compare(name: str, peers: dict[str, Callable[[], object]], tokens: int, repeats: int, warmup: int,
-            device: torch.device = torch.device("cpu")) -> dict:
+def compare(
+    name: str,
+    peers: dict[str, Callable[[], object]],
+    tokens: int,
+    repeats: int,
+    warmup: int,
+    device: torch.device = torch.device("cpu"),
+) -> dict:
     """Interleave the peers ``repeats`` times; tokens/s medians and the ratio of the first (ours)
     to the fastest of the others."""
     peers = {peer: synced(fn, device) for peer, fn in peers.items()}
@@ -115,7 +133,9 @@ def compare(name: str, peers: dict[str, Callable[[], object]], tokens: int, repe
     for peer in peers:
         times, cpu = [samples[peer][i][0] for i in kept], [samples[peer][i][1] for i in kept]
         result["peers"][peer] = {
-            "median_s": statistics.median(times), "min_s": min(times), "median_cpu_s": statistics.median(cpu),
+            "median_s": statistics.median(times),
+            "min_s": min(times),
+            "median_cpu_s": statistics.median(cpu),
             "tokens_per_s": tokens / statistics.median(times),
             "foreign_cpu": [round(samples[peer][i][2], 3) for i in range(repeats)],
         }
@@ -139,8 +159,9 @@ def random_batch(batch: int, length: int, vocab: int, seed: int) -> Tensor:
     return tokens.masked_fill(positions >= lengths[:, None], PAD)
 
 
-def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, src: Tensor, tgt: Tensor,
-                  bf16: bool = False) -> Callable[[], None]:
+def training_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, src: Tensor, tgt: Tensor, bf16: bool = False
+) -> Callable[[], None]:
     autocast = torch.autocast(src.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def step() -> None:
@@ -155,19 +176,26 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, src: Tenso
     return step
 
 
-def bench_training(config: TransformerConfig, batch: int, length: int, repeats: int,
-                   device: torch.device = torch.device("cpu"), bf16: bool = False) -> dict:
+def bench_training(
+    config: TransformerConfig,
+    batch: int,
+    length: int,
+    repeats: int,
+    device: torch.device = torch.device("cpu"),
+    bf16: bool = False,
+) -> dict:
     torch.manual_seed(0)
     ours, ref = Transformer(config).train().to(device), TorchSeq2Seq(config).train().to(device)
-    src, tgt = random_batch(batch, length, config.src_vocab_size, 1), random_batch(batch, length + 1, config.tgt_vocab_size, 2)
+    src, tgt = (
+        random_batch(batch, length, config.src_vocab_size, 1),
+        random_batch(batch, length + 1, config.tgt_vocab_size, 2),
+    )
     tgt[:, 0] = BOS
     src, tgt = src.to(device), tgt.to(device)
     # Both with the fused Adam that attnlab's trainer builds (the optimiser is not what is compared).
     peers = {
         "attnlab": training_step(ours, torch.optim.Adam(ours.parameters(), lr=1e-4, fused=True), src, tgt, bf16),
-        "nn.Transformer": training_step(
-            ref, torch.optim.Adam(ref.parameters(), lr=1e-4, fused=True), src, tgt, bf16
-        ),
+        "nn.Transformer": training_step(ref, torch.optim.Adam(ref.parameters(), lr=1e-4, fused=True), src, tgt, bf16),
     }
     tokens = int(tgt[:, 1:].ne(PAD).sum() + src.ne(PAD).sum())
     name = "training (fwd+bwd+Adam)" + (", bf16" if bf16 else "")
@@ -178,13 +206,25 @@ def marian(config: TransformerConfig):
     from transformers import MarianConfig, MarianMTModel
 
     hf_config = MarianConfig(
-        vocab_size=config.tgt_vocab_size, d_model=config.d_model,
-        encoder_layers=config.num_encoder_layers, decoder_layers=config.num_decoder_layers,
-        encoder_attention_heads=config.num_heads, decoder_attention_heads=config.num_heads,
-        encoder_ffn_dim=config.dim_feedforward, decoder_ffn_dim=config.dim_feedforward,
-        activation_function=config.activation, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-        max_position_embeddings=config.max_len, scale_embedding=True, share_encoder_decoder_embeddings=True,
-        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS,
+        vocab_size=config.tgt_vocab_size,
+        d_model=config.d_model,
+        encoder_layers=config.num_encoder_layers,
+        decoder_layers=config.num_decoder_layers,
+        encoder_attention_heads=config.num_heads,
+        decoder_attention_heads=config.num_heads,
+        encoder_ffn_dim=config.dim_feedforward,
+        decoder_ffn_dim=config.dim_feedforward,
+        activation_function=config.activation,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        max_position_embeddings=config.max_len,
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=BOS,
         # No forced EOS at the last step: both sides make exactly N tokens with EOS suppressed.
         forced_eos_token_id=None,
     )
@@ -192,7 +232,13 @@ def marian(config: TransformerConfig):
 
 
 def bench_decoding(
-    config: TransformerConfig, beam: int, batch: int, src_len: int, new_tokens: int, repeats: int, bf16: bool = False,
+    config: TransformerConfig,
+    beam: int,
+    batch: int,
+    src_len: int,
+    new_tokens: int,
+    repeats: int,
+    bf16: bool = False,
     device: torch.device = torch.device("cpu"),
 ) -> dict:
     """Ours against ``MarianMTModel.generate``. With ``bf16``, ours runs under bf16 autocast (its
@@ -218,8 +264,13 @@ def bench_decoding(
         def run() -> Tensor:
             with autocast:
                 out = model.generate(
-                    input_ids=src, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                    num_beams=beam, do_sample=False, early_stopping=False,
+                    input_ids=src,
+                    attention_mask=mask,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    num_beams=beam,
+                    do_sample=False,
+                    early_stopping=False,
                 )
             assert out.shape[-1] == new_tokens + 1, out.shape  # + the decoder start token
             return out
@@ -232,8 +283,11 @@ def bench_decoding(
     else:
         name += ", bf16"
         hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
-        peers = {"attnlab (bf16 autocast)": run_ours, "HF (bf16 autocast)": hf_generate(hf, autocast),
-                 "HF (bf16 weights)": hf_generate(hf_bf16, contextlib.nullcontext())}
+        peers = {
+            "attnlab (bf16 autocast)": run_ours,
+            "HF (bf16 autocast)": hf_generate(hf, autocast),
+            "HF (bf16 weights)": hf_generate(hf_bf16, contextlib.nullcontext()),
+        }
     return compare(name, peers, batch * new_tokens, repeats, warmup=1, device=device)
 
 
@@ -273,8 +327,9 @@ def weight_read_floor(config: TransformerConfig, repeats: int, device: torch.dev
     return result
 
 
-def bench_rnn_variants(vocab: int, batch: int, length: int, new_tokens: int, repeats: int,
-                       device: torch.device = torch.device("cpu")) -> dict:
+def bench_rnn_variants(
+    vocab: int, batch: int, length: int, new_tokens: int, repeats: int, device: torch.device = torch.device("cpu")
+) -> dict:
     """Training and greedy tokens/s of each RNN seq2seq variant (bi-LSTM, "small" preset), interleaved:
     what each form of attention costs on top of the plain encoder-decoder."""
     torch.manual_seed(0)
@@ -283,8 +338,9 @@ def bench_rnn_variants(vocab: int, batch: int, length: int, new_tokens: int, rep
     src, tgt = src.to(device), tgt.to(device)
     train_peers, decode_peers = {}, {}
     for name, variant in ATTENTION_VARIANTS.items():
-        config = Seq2SeqConfig.from_preset("small", src_vocab_size=vocab, tgt_vocab_size=vocab, cell="lstm",
-                                           bidirectional=True, **variant)
+        config = Seq2SeqConfig.from_preset(
+            "small", src_vocab_size=vocab, tgt_vocab_size=vocab, cell="lstm", bidirectional=True, **variant
+        )
         model = RNNSeq2Seq(config).to(device)
         train_peers[name] = training_step(model.train(), torch.optim.Adam(model.parameters(), lr=1e-4), src, tgt)
         decode_peers[name] = _greedy(RNNSeq2Seq(config).eval().to(device), src, new_tokens)
@@ -322,9 +378,13 @@ def main() -> None:
     parser.add_argument("--skip-rnn", action="store_true", help="leave out the RNN variants")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens a Transformer search makes (its steps)")
     parser.add_argument("--decoding-only", action="store_true", help="leave out Transformer training")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="also decode in bf16 (ours and HF's two bf16 ways), and on CUDA train in bf16; "
-                             "on by default on CUDA and where the CPU has bf16")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also decode in bf16 (ours and HF's two bf16 ways), and on CUDA train in bf16; "
+        "on by default on CUDA and where the CPU has bf16",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "translation.json")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -333,8 +393,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     preset = "small" if args.quick else "base"
     repeats = args.repeats or (3 if args.quick else 5)
-    rnn = None if args.skip_rnn else bench_rnn_variants(
-        vocab=8000, batch=args.batch, length=32, new_tokens=32 if args.quick else 64, repeats=repeats, device=device
+    rnn = (
+        None
+        if args.skip_rnn
+        else bench_rnn_variants(
+            vocab=8000, batch=args.batch, length=32, new_tokens=32 if args.quick else 64, repeats=repeats, device=device
+        )
     )
     if rnn is not None:
         print_rnn_table(rnn)
@@ -343,48 +407,75 @@ def main() -> None:
     config = TransformerConfig.from_preset(preset, src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True)
     new_tokens = args.new_tokens  # a search's steps
     train = functools.partial(bench_training, config, batch=args.batch, length=32, repeats=repeats, device=device)
-    decode = functools.partial(bench_decoding, config, batch=args.batch, src_len=32, new_tokens=new_tokens,
-                               device=device)
+    decode = functools.partial(
+        bench_decoding, config, batch=args.batch, src_len=32, new_tokens=new_tokens, device=device
+    )
     beam_repeats = max(2, repeats - 2)
-    results = ([] if args.decoding_only else [train()]) + [decode(beam=1, repeats=repeats),
-                                                            decode(beam=5, repeats=beam_repeats)]
+    results = ([] if args.decoding_only else [train()]) + [
+        decode(beam=1, repeats=repeats),
+        decode(beam=5, repeats=beam_repeats),
+    ]
     if args.bf16:
         if device.type == "cuda" and not args.decoding_only:
             results.insert(1, train(bf16=True))
         results += [decode(beam=1, repeats=repeats, bf16=True), decode(beam=5, repeats=beam_repeats, bf16=True)]
     floor = weight_read_floor(config, repeats=max(5, repeats), device=device)
-    print(f"\npreset {preset}, batch {args.batch}: d_model {config.d_model}, heads {config.num_heads}, "
-          f"layers {config.num_encoder_layers}+{config.num_decoder_layers}, FFN {config.dim_feedforward}, "
-          f"vocab {config.tgt_vocab_size}; "
-          + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"))
-    print(f"{'case':24} {'peer':20} {'tokens/s':>9} {'median s':>9} {'min s':>8} {'cpu s':>7} {'others':>7} "
-          f"{'kept':>5} {'speedup':>8} {'cpu-time':>8}")
+    print(
+        f"\npreset {preset}, batch {args.batch}: d_model {config.d_model}, heads {config.num_heads}, "
+        f"layers {config.num_encoder_layers}+{config.num_decoder_layers}, FFN {config.dim_feedforward}, "
+        f"vocab {config.tgt_vocab_size}; "
+        + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads")
+    )
+    print(
+        f"{'case':24} {'peer':20} {'tokens/s':>9} {'median s':>9} {'min s':>8} {'cpu s':>7} {'others':>7} "
+        f"{'kept':>5} {'speedup':>8} {'cpu-time':>8}"
+    )
     for r in results:
         for i, (peer, p) in enumerate(r["peers"].items()):
             ratio = f"{r['speedup']:.2f}x" if peer == r["versus"] else ""
             cpu_ratio = f"{r['cpu_time_speedup']:.2f}x" if peer == r["versus"] else ""
             others = statistics.median(p["foreign_cpu"])
-            print(f"{r['case'] if i == 0 else '':24} {peer:20} {p['tokens_per_s']:9.1f} {p['median_s']:9.3f} "
-                  f"{p['min_s']:8.3f} {p['median_cpu_s']:7.3f} {others:7.0%} {r['kept']:>2}/{r['repeats']:<2} "
-                  f"{ratio:>8} {cpu_ratio:>8}")
-    print(f"\nper decoding step ({new_tokens} steps a search, the encoder included): one read of the step's weights takes "
-          + ", ".join(f"{p} {1e3 * f['seconds']:.2f} ms ({f['bytes'] / 1e6:.0f} MB at {f['gb_per_s']:.1f} GB/s)"
-                      for p, f in floor.items()))
+            print(
+                f"{r['case'] if i == 0 else '':24} {peer:20} {p['tokens_per_s']:9.1f} {p['median_s']:9.3f} "
+                f"{p['min_s']:8.3f} {p['median_cpu_s']:7.3f} {others:7.0%} {r['kept']:>2}/{r['repeats']:<2} "
+                f"{ratio:>8} {cpu_ratio:>8}"
+            )
+    print(
+        f"\nper decoding step ({new_tokens} steps a search, the encoder included): one read of the step's weights "
+        "takes "
+        + ", ".join(
+            f"{p} {1e3 * f['seconds']:.2f} ms ({f['bytes'] / 1e6:.0f} MB at {f['gb_per_s']:.1f} GB/s)"
+            for p, f in floor.items()
+        )
+    )
     for r in results:
         if "decoding" not in r["case"]:
             continue
-        print(f"{r['case']:24} " + ", ".join(f"{peer} {1e3 * p['median_s'] / new_tokens:.2f} ms"
-                                         for peer, p in r["peers"].items()))
-    print("speedup = median wall time of the fastest peer (the row it is on) / ours; cpu-time = the same for CPU seconds of this process; "
-          "others = median share of all cores used by other processes while timing")
+        print(
+            f"{r['case']:24} "
+            + ", ".join(f"{peer} {1e3 * p['median_s'] / new_tokens:.2f} ms" for peer, p in r["peers"].items())
+        )
+    print(
+        "speedup = median wall time of the fastest peer (the row it is on) / ours; "
+        "cpu-time = the same for CPU seconds of this process; "
+        "others = median share of all cores used by other processes while timing"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"preset": preset, "config": config.to_dict(), "batch": args.batch, "threads": args.threads,
-            "torch": torch.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": args.device,
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-    args.out.write_text(json.dumps({"meta": meta, "results": results, "weight_read_floor": floor, "rnn_variants": rnn},
-                                   indent=2))
+    meta = {
+        "preset": preset,
+        "config": config.to_dict(),
+        "batch": args.batch,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+    args.out.write_text(
+        json.dumps({"meta": meta, "results": results, "weight_read_floor": floor, "rnn_variants": rnn}, indent=2)
+    )
     print(f"wrote {args.out}")
 
 

@@ -5,7 +5,8 @@ warm-up; the ratio of median times is reported (>1 means ours is faster). Blocks
 other processes took a noticeable share of the CPU (read from /proc/stat) are dropped when
 enough clean ones remain. "tuned" is our model with the attention path chosen per case (SDPA, but
 the explicit path for bf16 training) and the core's NaN check on attention inputs switched off
-(``set_input_checks(False)``): what the core would give with the fixes reported for it. Cases: ViT-Ti/16 at 224 and the 28x28 model, inference and a training
+(``set_input_checks(False)``): what the core would give with the fixes reported for it. Cases:
+ViT-Ti/16 at 224 and the 28x28 model, inference and a training
 step (forward, cross-entropy, backward, SGD), fp32 and bf16 autocast.
 
 Usage: ``python -m benchmarks.vision [--quick] [--reps N] [--threads 2] [--out benchmarks/results/vision.json]``
@@ -28,9 +29,9 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnlab.functional.attention import set_input_checks
-from benchmarks.common import timed
 from attnlab.models.vit import ViT, vit_config
 from attnlab.models.vit_interop import vit_to_hf
+from benchmarks.common import timed
 
 MODELS = {"vit_tiny_patch16_224": {"infer": 16, "train": 8}, "vit_mnist_patch4_28": {"infer": 256, "train": 128}}
 BUSY_SHARE_LIMIT = 0.15  # of all cores, used by other processes during a timed block
@@ -121,14 +122,24 @@ def run_case(name: str, mode: str, bf16: bool, reps: int, warmup: int) -> dict:
 
 
 def summarise(name: str, mode: str, bf16: bool, batch: int, samples: dict, flops: float) -> dict:
-    result = {"model": name, "mode": mode, "dtype": "bf16" if bf16 else "fp32", "batch": batch, "gflop_per_step": flops / 1e9}
+    result = {
+        "model": name,
+        "mode": mode,
+        "dtype": "bf16" if bf16 else "fp32",
+        "batch": batch,
+        "gflop_per_step": flops / 1e9,
+    }
     for key, values in samples.items():
         clean = [wall for wall, busy in values if busy < BUSY_SHARE_LIMIT]
         kept = clean if len(clean) >= max(3, len(values) // 2) else [wall for wall, _ in values]
         median = statistics.median(kept)
         result[key] = {
-            "median_s": median, "min_s": min(kept), "images_per_s": batch / median,
-            "gflops": flops / median / 1e9, "blocks_kept": len(kept), "blocks": len(values),
+            "median_s": median,
+            "min_s": min(kept),
+            "images_per_s": batch / median,
+            "gflops": flops / median / 1e9,
+            "blocks_kept": len(kept),
+            "blocks": len(values),
             "other_cpu_share": statistics.median(busy for _, busy in values),
         }
     result["ratio"] = result["hf"]["median_s"] / result["attnlab"]["median_s"]
@@ -156,9 +167,13 @@ def main() -> None:
                 results.append(result)
     print_table(results, peaks)
     report = {
-        "threads": args.threads, "quick": args.quick, "torch": torch.__version__,
-        "transformers": transformers.__version__, "machine": platform.processor() or platform.machine(),
-        "matmul_gflops": peaks, "results": results,
+        "threads": args.threads,
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "matmul_gflops": peaks,
+        "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
@@ -168,7 +183,10 @@ def main() -> None:
 def print_table(results: list[dict], peaks: dict[str, float]) -> None:
     print(f"matmul 1024^3: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     print("ratio = HF time / ours (>1: ours faster); other CPU = median share of all cores used by other processes")
-    header = f"{'model':<22}{'mode':<7}{'dtype':<6}{'batch':>6}{'ours img/s':>12}{'HF img/s':>11}{'ratio':>7}{'tuned':>7}{'ours MFU':>10}{'kept':>7}{'other CPU':>11}"
+    header = (
+        f"{'model':<22}{'mode':<7}{'dtype':<6}{'batch':>6}{'ours img/s':>12}{'HF img/s':>11}{'ratio':>7}"
+        f"{'tuned':>7}{'ours MFU':>10}{'kept':>7}{'other CPU':>11}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:

@@ -34,16 +34,43 @@ def make_tiny_translation_config(
     """A 1+1-layer Transformer (d_model 32) with dropout on 300 generated pairs; fp32, one thread
     (``training`` keys override: ``device="cuda"``, ``precision="bf16"``...)."""
     return {
-        "task": "translation", "seed": 0, "output_dir": str(output_dir),
-        "model": {"type": "transformer", "preset": "tiny", "d_model": 32, "num_heads": 2,
-                  "num_encoder_layers": 1, "num_decoder_layers": 1, "dim_feedforward": 64, "dropout": 0.1,
-                  "share_embeddings": True},
-        "data": {"corpus": corpus or {"name": "generated", "size": 300, "use_cache": False},
-                 "tokenizer": {"vocab_size": 400}, "max_length": 32, "max_tokens": 256,
-                 "eval_max_sentences": 8, "max_decode_len_a": 1.0, "max_decode_len_b": 4},
-        "training": {"optimizer": "adam", "lr": 1.0, "schedule": "noam", "warmup_steps": 4,
-                     "label_smoothing": 0.1, "precision": "fp32", "num_threads": 1, "tensorboard": False,
-                     "final_split": None, "eval_at_epoch_end": False, "log_every": 2, **training},
+        "task": "translation",
+        "seed": 0,
+        "output_dir": str(output_dir),
+        "model": {
+            "type": "transformer",
+            "preset": "tiny",
+            "d_model": 32,
+            "num_heads": 2,
+            "num_encoder_layers": 1,
+            "num_decoder_layers": 1,
+            "dim_feedforward": 64,
+            "dropout": 0.1,
+            "share_embeddings": True,
+        },
+        "data": {
+            "corpus": corpus or {"name": "generated", "size": 300, "use_cache": False},
+            "tokenizer": {"vocab_size": 400},
+            "max_length": 32,
+            "max_tokens": 256,
+            "eval_max_sentences": 8,
+            "max_decode_len_a": 1.0,
+            "max_decode_len_b": 4,
+        },
+        "training": {
+            "optimizer": "adam",
+            "lr": 1.0,
+            "schedule": "noam",
+            "warmup_steps": 4,
+            "label_smoothing": 0.1,
+            "precision": "fp32",
+            "num_threads": 1,
+            "tensorboard": False,
+            "final_split": None,
+            "eval_at_epoch_end": False,
+            "log_every": 2,
+            **training,
+        },
     }
 
 
@@ -52,6 +79,7 @@ def run_killed_then_resumed(config: RunConfig, kill_after: int) -> tuple[Trainer
 
     Returns the resumed trainer and the step its ``last`` checkpoint held when it was killed.
     """
+
     def kill(event):
         if event.kind == "step" and event.step == kill_after:
             raise Stop

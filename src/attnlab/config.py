@@ -18,8 +18,16 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 
 __all__ = [
-    "ConfigError", "ConfigMixin", "ConfigTypeError", "UnknownKeyError", "check_keys", "coerce", "load_yaml", "preset",
-    "read_dataclass", "to_plain",
+    "ConfigError",
+    "ConfigMixin",
+    "ConfigTypeError",
+    "UnknownKeyError",
+    "check_keys",
+    "coerce",
+    "load_yaml",
+    "preset",
+    "read_dataclass",
+    "to_plain",
 ]
 
 _Config = TypeVar("_Config", bound="ConfigMixin")
@@ -53,7 +61,7 @@ _Loader.add_implicit_resolver(
 
 def load_yaml(text: str) -> Any:
     """``yaml.safe_load`` that also reads exponents without a dot (``1e-3``) as floats."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load(text, Loader=_Loader)
 
 
 def _type_name(hint: Any) -> str:

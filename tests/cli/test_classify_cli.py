@@ -40,11 +40,20 @@ def shapes_run(tmp_path_factory) -> Path:
     (tmp / "shapes" / "bar" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp / "shapes" / "dot" / "notes.txt").write_text("not an image")
     config = {
-        "task": "classification", "seed": 0, "output_dir": str(tmp / "run"),
+        "task": "classification",
+        "seed": 0,
+        "output_dir": str(tmp / "run"),
         "model": {"type": "cnn", "channels": [8], "blocks": [1], "attention": "se", "reduction": 4},
         "data": {"dataset": f"folder:{tmp / 'shapes'}", "channels": 1, "batch_size": 16, "augment": False},
-        "training": {"max_steps": 10, "eval_every": 5, "schedule": "constant", "lr": 3e-3, "num_threads": 1,
-                     "tensorboard": False, "eval_at_epoch_end": False},
+        "training": {
+            "max_steps": 10,
+            "eval_every": 5,
+            "schedule": "constant",
+            "lr": 3e-3,
+            "num_threads": 1,
+            "tensorboard": False,
+            "eval_at_epoch_end": False,
+        },
     }
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(config))
     return tmp / "run"
@@ -120,7 +129,8 @@ def test_classify_no_resize_makes_another_size_an_error(shapes_run, tmp_path, ca
     out, err = capsys.readouterr()
     assert out == "" and err.splitlines() == [
         f"attnlab classify: error: {big} is 12x16 (WxH) grayscale but the model expects (C, H, W) = (1, 8, 8), "
-        "and resizing is off"]
+        "and resizing is off"
+    ]
     assert main(["classify", str(shapes_run), str(small_rgb), "--no-resize"]) == 0  # channels still converted
     out, err = capsys.readouterr()
     assert out.startswith(f"{small_rgb}: ") and err.startswith(f"note: {small_rgb} is 8x8 (WxH) RGB, converted")
@@ -139,7 +149,8 @@ def test_classify_a_file_that_is_no_image_is_a_user_error(shapes_run, tmp_path, 
     assert main(["classify", str(shapes_run), str(corrupt)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(
-        f"attnlab classify: error: cannot load {corrupt} as an image (expected (C, H, W) = (1, 8, 8)): ")
+        f"attnlab classify: error: cannot load {corrupt} as an image (expected (C, H, W) = (1, 8, 8)): "
+    )
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
@@ -164,9 +175,13 @@ def test_train_on_a_folder_with_an_empty_class_names_it(tmp_path, capsys):
     (root / "cat").mkdir(parents=True)
     (root / "dog").mkdir()
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8), "L").save(root / "cat" / "a.png")
-    config = {"task": "classification", "output_dir": str(tmp_path / "run"), "model": {"type": "cnn"},
-              "data": {"dataset": f"folder:{root}", "channels": 1},
-              "training": {"max_steps": 1, "schedule": "constant", "num_threads": 1}}
+    config = {
+        "task": "classification",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"type": "cnn"},
+        "data": {"dataset": f"folder:{root}", "channels": 1},
+        "training": {"max_steps": 1, "schedule": "constant", "num_threads": 1},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     assert main(["train", str(tmp_path / "c.yaml"), "--no-progress"]) != 0
     err = capsys.readouterr().err

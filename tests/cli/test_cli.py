@@ -19,11 +19,22 @@ REPO = Path(__file__).parents[2]
 
 def write_config(tmp_path: Path, **training) -> Path:
     config = {
-        "task": "classification", "seed": 0, "output_dir": str(tmp_path / "run"),
+        "task": "classification",
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
         "model": {"type": "cnn", "channels": [8, 16], "blocks": [1, 1], "attention": "se", "reduction": 4},
         "data": {"dataset": "digits", "batch_size": 128, "augment": False},
-        "training": {"max_steps": 6, "eval_every": 3, "schedule": "constant", "warmup_steps": 2, "lr": 3e-3,
-                     "num_threads": 1, "tensorboard": False, "eval_at_epoch_end": False, **training},
+        "training": {
+            "max_steps": 6,
+            "eval_every": 3,
+            "schedule": "constant",
+            "warmup_steps": 2,
+            "lr": 3e-3,
+            "num_threads": 1,
+            "tensorboard": False,
+            "eval_at_epoch_end": False,
+            **training,
+        },
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -97,7 +108,11 @@ def test_missing_checkpoint_and_wrong_task_exit_2(trained_run, tmp_path, capsys)
 
 
 def test_console_entry_point_exit_code(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "attnlab.cli.main", "train", str(write_config(tmp_path)),
-                             "training.bogus=1"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "attnlab.cli.main", "train", str(write_config(tmp_path)), "training.bogus=1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 2
     assert "training.bogus" in result.stderr

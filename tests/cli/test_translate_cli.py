@@ -17,16 +17,41 @@ from attnlab.training.checkpoints import MODEL_FILE
 def write_config(tmp_path: Path, corpus: dict | None = None, **training) -> Path:
     """A 1+1-layer Transformer (d_model 32) on 300 generated en->ja pairs, 30 steps, one thread."""
     config = {
-        "task": "translation", "seed": 0, "output_dir": str(tmp_path / "run"),
-        "model": {"type": "transformer", "preset": "tiny", "d_model": 32, "num_heads": 2,
-                  "num_encoder_layers": 1, "num_decoder_layers": 1, "dim_feedforward": 64,
-                  "share_embeddings": True},
-        "data": {"corpus": corpus or {"name": "generated", "size": 300, "use_cache": False},
-                 "tokenizer": {"vocab_size": 400}, "max_length": 24, "max_tokens": 512,
-                 "eval_max_sentences": 8, "max_decode_len_a": 1.0, "max_decode_len_b": 4},
-        "training": {"optimizer": "adam", "lr": 1.0, "schedule": "noam", "warmup_steps": 10,
-                     "max_steps": 30, "eval_every": 15, "eval_at_epoch_end": False, "precision": "fp32",
-                     "num_threads": 1, "tensorboard": False, **training},
+        "task": "translation",
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "model": {
+            "type": "transformer",
+            "preset": "tiny",
+            "d_model": 32,
+            "num_heads": 2,
+            "num_encoder_layers": 1,
+            "num_decoder_layers": 1,
+            "dim_feedforward": 64,
+            "share_embeddings": True,
+        },
+        "data": {
+            "corpus": corpus or {"name": "generated", "size": 300, "use_cache": False},
+            "tokenizer": {"vocab_size": 400},
+            "max_length": 24,
+            "max_tokens": 512,
+            "eval_max_sentences": 8,
+            "max_decode_len_a": 1.0,
+            "max_decode_len_b": 4,
+        },
+        "training": {
+            "optimizer": "adam",
+            "lr": 1.0,
+            "schedule": "noam",
+            "warmup_steps": 10,
+            "max_steps": 30,
+            "eval_every": 15,
+            "eval_at_epoch_end": False,
+            "precision": "fp32",
+            "num_threads": 1,
+            "tensorboard": False,
+            **training,
+        },
     }
     path = tmp_path / "tiny_translation.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
@@ -176,9 +201,16 @@ def test_translate_refuses_a_classification_config(tmp_path, capsys):
     run = tmp_path / "cls" / "checkpoints" / "best"
     run.mkdir(parents=True)
     (run / MODEL_FILE).write_bytes(b"")
-    (run / "config.yaml").write_text(yaml.safe_dump({
-        "task": "classification", "model": {"type": "cnn"}, "data": {"dataset": "digits"},
-        "training": {"max_steps": 1}}))
+    (run / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": "classification",
+                "model": {"type": "cnn"},
+                "data": {"dataset": "digits"},
+                "training": {"max_steps": 1},
+            }
+        )
+    )
     assert main(["translate", str(tmp_path / "cls"), "--text", "x"]) == 2
     assert "is a classification run" in capsys.readouterr().err
 

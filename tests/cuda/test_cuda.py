@@ -101,8 +101,16 @@ def test_multihead_attention_matches_torch_on_cuda(need_weights):
 
 
 def _model(**overrides) -> Transformer:
-    values = dict(src_vocab_size=41, tgt_vocab_size=37, d_model=64, num_heads=4, dim_feedforward=128,
-                  num_encoder_layers=2, num_decoder_layers=2, dropout=0.0)
+    values = dict(
+        src_vocab_size=41,
+        tgt_vocab_size=37,
+        d_model=64,
+        num_heads=4,
+        dim_feedforward=128,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        dropout=0.0,
+    )
     torch.manual_seed(0)
     return Transformer(TransformerConfig.from_dict({**values, **overrides})).eval()
 
@@ -133,8 +141,10 @@ def test_cuda_decoding_cached_equals_uncached_and_beam_one_equals_greedy():
         beam = beam_search(model, src, beam_size=1, alpha=0.0, max_len_a=0.0, max_len_b=8, min_len=8)
         beam4 = beam_search(model, src, beam_size=4, n_best=2, max_len_a=0.0, max_len_b=8)
         # 40 steps: the beam cache's key pools are compacted on the GPU too.
-        long_beam = [beam_search(model, src, beam_size=4, max_len_a=0.0, max_len_b=40, min_len=40, use_cache=c)
-                     for c in (True, False)]
+        long_beam = [
+            beam_search(model, src, beam_size=4, max_len_a=0.0, max_len_b=40, min_len=40, use_cache=c)
+            for c in (True, False)
+        ]
     assert torch.equal(long_beam[0].tokens, long_beam[1].tokens)
     torch.testing.assert_close(long_beam[0].scores, long_beam[1].scores, atol=1e-4, rtol=1e-4)
     assert torch.equal(cached.tokens, uncached.tokens)

@@ -115,8 +115,7 @@ class FakeApt:
         tree = self.repo / f"{package}-tree"
         (tree / "DEBIAN").mkdir(parents=True)
         (tree / "DEBIAN" / "control").write_text(
-            f"Package: {package}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\n"
-            "Description: test\n"
+            f"Package: {package}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: test\n"
         )
         for name, content in files.items():
             (tree / name).parent.mkdir(parents=True, exist_ok=True)
@@ -125,8 +124,9 @@ class FakeApt:
             else:
                 (tree / name).write_text(content, encoding="utf-8")
         deb = self.repo / f"{package}_1.0-1_all.deb"
-        subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True, capture_output=True
+        )
         return deb
 
     def calls(self) -> list[str]:

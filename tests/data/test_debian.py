@@ -35,8 +35,11 @@ def test_a_failed_download_runs_apt_get_update_once_and_retries(tmp_path, work, 
 
 
 def test_an_unknown_package_names_the_command_its_stderr_and_the_hint(work, fake_apt):
-    with pytest.raises(RuntimeError, match=r"apt-get download data-a nope failed with exit code 100: "
-                                           r"E: Unable to locate package nope; or pass source_dir="):
+    with pytest.raises(
+        RuntimeError,
+        match=r"apt-get download data-a nope failed with exit code 100: "
+        r"E: Unable to locate package nope; or pass source_dir=",
+    ):
         extract_debian_packages(["data-a", "nope"], work, hint="or pass source_dir=")
     assert fake_apt.calls() == ["download data-a nope", "update", "download data-a nope"]
 

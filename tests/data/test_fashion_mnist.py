@@ -66,8 +66,10 @@ def test_bad_cache_is_refetched(tmp_path, fake_fashion_dir, caplog):
 
 def test_fashion_mnist_without_a_source_unpacks_the_debian_package(tmp_path, fake_fashion_dir, fake_apt, monkeypatch):
     monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "not-installed")
-    fake_apt.add("dataset-fashion-mnist", {f"usr/share/datasets/fashion-mnist/{f.name}": f.read_bytes()
-                                           for f in fake_fashion_dir.iterdir()})
+    fake_apt.add(
+        "dataset-fashion-mnist",
+        {f"usr/share/datasets/fashion-mnist/{f.name}": f.read_bytes() for f in fake_fashion_dir.iterdir()},
+    )
     arrays = fashion_mnist_arrays(cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(arrays["test_labels"], np.arange(10))
     assert fake_apt.calls() == ["download dataset-fashion-mnist"]

@@ -38,8 +38,10 @@ def test_split_dataset_is_disjoint_and_complete():
     images = torch.stack([ids // 256, ids % 256], dim=1).to(torch.uint8).reshape(n, 1, 1, 2)
     ds = ImageDataset(images, ids % 4, ["a", "b", "c", "d"])
     splits = split_dataset(ds, 0.1, 0.2, seed=3)
-    parts = [set((s.images.reshape(len(s), 2).long() @ torch.tensor([256, 1])).tolist())
-             for s in (splits.train, splits.val, splits.test)]
+    parts = [
+        set((s.images.reshape(len(s), 2).long() @ torch.tensor([256, 1])).tolist())
+        for s in (splits.train, splits.val, splits.test)
+    ]
     assert [len(p) for p in parts] == [210, 30, 60]
     assert set.union(*parts) == set(range(n)) and sum(len(p) for p in parts) == n
     for s in (splits.train, splits.val, splits.test):

@@ -86,22 +86,28 @@ def test_folder_split_is_stratified(tmp_path):
             save_image(tmp_path / "r" / f"c{c}" / f"{i}.png", "L", seed=10 * c + i)
     splits = split_dataset(ImageFolderDataset(tmp_path / "r", channels=1), 0.2, 0.2, seed=0)
     assert [np.bincount(s.labels.numpy()).tolist() for s in (splits.train, splits.val, splits.test)] == [
-        [6, 6], [2, 2], [2, 2]]
+        [6, 6],
+        [2, 2],
+        [2, 2],
+    ]
 
 
 def test_load_image_converts_for_the_model(image_folder):
     norm = ImageNormalization((0.5,), (0.5,))
     x = load_image(image_folder / "cat" / "a.png", channels=1, image_size=28, normalization=norm)
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32
-    assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
     same = load_image(image_folder / "dog" / "c.png", channels=3, image_size=(4, 6), resize=False)
     assert same.shape == (3, 4, 6)
 
 
 def test_load_image_errors_name_file_size_mode_and_shape(image_folder):
     path = image_folder / "cat" / "a.png"
-    with pytest.raises(ImageInputError, match=r"a.png is 6x4 \(WxH\) RGB but the model expects "
-                                              r"\(C, H, W\) = \(1, 28, 28\), and resizing is off"):
+    with pytest.raises(
+        ImageInputError,
+        match=r"a.png is 6x4 \(WxH\) RGB but the model expects "
+        r"\(C, H, W\) = \(1, 28, 28\), and resizing is off",
+    ):
         load_image(path, channels=1, image_size=28, resize=False)
     broken = image_folder / "cat" / "broken.png"
     with pytest.raises(ImageInputError, match=rf"cannot load {broken} as an image \(expected \(C, H, W\) = \(1, 28,"):

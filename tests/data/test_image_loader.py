@@ -49,8 +49,7 @@ def test_loader_is_deterministic_per_seed_and_epoch(indexed_dataset):
 def test_loader_resume_skips_batches_exactly():
     images = torch.randint(0, 256, (50, 1, 6, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     ds = ImageDataset(images, torch.zeros(50, dtype=torch.long), ["x"], ImageNormalization((0.5,), (0.3,)))
-    loader = TensorImageLoader(ds, batch_size=8, seed=5,
-                               augmentation=FASHION_MNIST_AUGMENTATION)
+    loader = TensorImageLoader(ds, batch_size=8, seed=5, augmentation=FASHION_MNIST_AUGMENTATION)
     loader.set_epoch(3)
     full = list(loader)
     loader.set_epoch(3, start_batch=4)

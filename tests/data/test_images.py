@@ -9,5 +9,14 @@ def test_images_re_exports_the_objects_of_their_home_modules():
         owners = [home for home in homes if name in home.__all__]
         assert len(owners) == 1, f"{name} is exported by {owners}"
         assert getattr(images, name) is getattr(owners[0], name)
-    assert set(images.__all__) >= {"ImageSpec", "ImageSplits", "TensorImageLoader", "load_image", "load_digits",
-                                   "load_fashion_mnist", "split_dataset", "ImageFolderDataset", "FASHION_MNIST_CLASSES"}
+    assert set(images.__all__) >= {
+        "ImageSpec",
+        "ImageSplits",
+        "TensorImageLoader",
+        "load_image",
+        "load_digits",
+        "load_fashion_mnist",
+        "split_dataset",
+        "ImageFolderDataset",
+        "FASHION_MNIST_CLASSES",
+    }

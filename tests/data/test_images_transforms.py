@@ -61,7 +61,7 @@ def _reference_crop(images: np.ndarray, padding: int, tops, lefts) -> np.ndarray
     out = []
     for image, top, left in zip(images, tops, lefts):
         padded = np.pad(image, ((0, 0), (padding, padding), (padding, padding)))
-        out.append(padded[:, top:top + h, left:left + w])
+        out.append(padded[:, top : top + h, left : left + w])
     return np.stack(out)
 
 
@@ -108,7 +108,9 @@ def test_augmentation_keeps_shape_and_is_seeded(rgb_batch):
 def test_preprocess_batch_is_scale_then_normalise(rgb_batch):
     norm = ImageNormalization.from_images(rgb_batch)
     out = preprocess_batch(rgb_batch, norm)
-    expected = (rgb_batch.double() / 255 - torch.tensor(norm.mean)[:, None, None]) / torch.tensor(norm.std)[:, None, None]
+    expected = (rgb_batch.double() / 255 - torch.tensor(norm.mean)[:, None, None]) / torch.tensor(norm.std)[
+        :, None, None
+    ]
     assert out.dtype == torch.float32
     assert torch.allclose(out.double(), expected, atol=1e-6)
     assert torch.equal(preprocess_batch(rgb_batch), to_unit_float(rgb_batch))

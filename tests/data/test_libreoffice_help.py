@@ -50,8 +50,10 @@ def test_non_japanese_language_keeps_changed_text(tmp_path: Path) -> None:
 
 
 def _help_package(help_tree: Path, lang_dir: str) -> dict[str, str]:
-    return {f"usr/share/libreoffice/help/{lang_dir}/{page.relative_to(help_tree / lang_dir)}": page.read_text()
-            for page in (help_tree / lang_dir).rglob("*.html")}
+    return {
+        f"usr/share/libreoffice/help/{lang_dir}/{page.relative_to(help_tree / lang_dir)}": page.read_text()
+        for page in (help_tree / lang_dir).rglob("*.html")
+    }
 
 
 def test_pairs_come_from_the_two_debian_packages(help_tree: Path, fake_apt) -> None:

@@ -68,8 +68,17 @@ class Markov:
 def model() -> Transformer:
     torch.manual_seed(0)
     config = TransformerConfig.from_dict(
-        dict(src_vocab_size=21, tgt_vocab_size=21, d_model=32, num_heads=4, dim_feedforward=64,
-             num_encoder_layers=2, num_decoder_layers=2, dropout=0.0, share_embeddings=True)
+        dict(
+            src_vocab_size=21,
+            tgt_vocab_size=21,
+            d_model=32,
+            num_heads=4,
+            dim_feedforward=64,
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+            dropout=0.0,
+            share_embeddings=True,
+        )
     )
     return Transformer(config).eval()
 
@@ -138,7 +147,9 @@ def test_batched_equals_one_by_one(model, src, search, kwargs):
         assert torch.equal(batched.tokens[b, ..., :width], alone.tokens[0])
         assert torch.all(batched.tokens[b, ..., width:] == PAD)
         torch.testing.assert_close(batched.scores[b], alone.scores[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(batched.attention[b, ..., :width, : row.shape[1]], alone.attention[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            batched.attention[b, ..., :width, : row.shape[1]], alone.attention[0], atol=1e-5, rtol=1e-5
+        )
 
 
 def test_lengths_follow_min_and_max(model, src):

@@ -137,7 +137,7 @@ def test_general_form_with_additive_score_and_weighted_softmax():
 
 def test_sparsemax_attention_and_dropout():
     q, k, v = _qkv()
-    out, w = attention(q, k, v, normalize="sparsemax", need_weights=True)
+    _out, w = attention(q, k, v, normalize="sparsemax", need_weights=True)
     torch.testing.assert_close(w, sparsemax(q @ k.transpose(-2, -1) / math.sqrt(D)))
     torch.manual_seed(0)
     dropped, w_drop = attention(q, k, v, dropout_p=0.5, need_weights=True, fused=False)
@@ -179,7 +179,11 @@ def test_any_number_of_batch_dims():
         (lambda q, k, v: (q[:1].expand(1, H, LQ, D), k[:, :2], v[:, :2]), ValueError, "batch dims"),
         (lambda q, k, v: (q[..., :4], k, v), ValueError, r"query \(2, 3, 5, 4\) and key \(2, 3, 7, 8\)"),
         (lambda q, k, v: (q.long(), k, v), TypeError, "floating point"),
-        (lambda q, k, v: (q, torch.full_like(k, float("nan")), v), ValueError, r"key of shape \(2, 3, 7, 8\) contains NaN"),
+        (
+            lambda q, k, v: (q, torch.full_like(k, float("nan")), v),
+            ValueError,
+            r"key of shape \(2, 3, 7, 8\) contains NaN",
+        ),
         (lambda q, k, v: (q[0, 0, 0], k, v), ValueError, r"must have shape \(\.\.\., L, d\), got \(8,\)"),
     ],
 )
@@ -221,7 +225,9 @@ def test_blockwise_path_for_averaged_weights_equals_explicit(mask_kind, is_causa
     grads = []
     for fused in (None, False):  # None takes the blockwise path for averaged weights on CPU
         q, k, v = (x.requires_grad_(True) for x in _qkv())
-        out, w = attention(q, k, v, mask=mask, is_causal=is_causal, need_weights=True, weights_average_dim=1, fused=fused)
+        out, w = attention(
+            q, k, v, mask=mask, is_causal=is_causal, need_weights=True, weights_average_dim=1, fused=fused
+        )
         (out.sum() + (w * torch.arange(LK)).sum()).backward()
         grads.append((out, w, q.grad, k.grad, v.grad))
     for a, b in zip(*grads):

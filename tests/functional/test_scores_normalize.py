@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from attnlab.functional import cosine_score, dot_score, resolve_normalizer, resolve_score, scaled_dot_score, softmax, sparsemax
+from attnlab.functional import (
+    cosine_score,
+    dot_score,
+    resolve_normalizer,
+    resolve_score,
+    scaled_dot_score,
+    softmax,
+    sparsemax,
+)
 from attnlab.layers import AdditiveScore, GeneralScore, TemperatureSoftmax, WeightedSoftmax
 
 
@@ -149,16 +157,25 @@ def test_gradcheck_weighted_and_temperature_softmax():
 
 
 def test_unknown_and_parametric_names_are_explained():
-    with pytest.raises(ValueError, match=r"unknown score 'dott'; expected one of "
-                       r"\['additive', 'cosine', 'dot', 'general', 'scaled_dot'\] or a callable \(query, key\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown score 'dott'; expected one of "
+        r"\['additive', 'cosine', 'dot', 'general', 'scaled_dot'\] or a callable \(query, key\)",
+    ):
         resolve_score("dott")
     with pytest.raises(ValueError, match=r"score 'additive' has learned weights: .*score=AdditiveScore\(\.\.\.\)"):
         resolve_score("additive")
-    with pytest.raises(ValueError, match=r"unknown normalizer 'softmaks'; expected one of \['softmax', 'sparsemax', "
-                       r"'temperature_softmax', 'weighted_softmax'\] or a callable \(scores, mask\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown normalizer 'softmaks'; expected one of \['softmax', 'sparsemax', "
+        r"'temperature_softmax', 'weighted_softmax'\] or a callable \(scores, mask\)",
+    ):
         resolve_normalizer("softmaks")
-    with pytest.raises(ValueError, match=r"normalizer 'weighted_softmax' has learned weights: "
-                       r".*normalize=WeightedSoftmax\(\.\.\.\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"normalizer 'weighted_softmax' has learned weights: "
+        r".*normalize=WeightedSoftmax\(\.\.\.\)",
+    ):
         resolve_normalizer("weighted_softmax")
     with pytest.raises(ValueError, match=r"query \(2, 3, 5\) and key \(2, 4, 6\)"):
         dot_score(torch.randn(2, 3, 5), torch.randn(2, 4, 6))
@@ -166,7 +183,7 @@ def test_unknown_and_parametric_names_are_explained():
 
 def test_names_resolve_to_the_functions_and_callables_pass_through():
     assert resolve_score("scaled_dot") is scaled_dot_score and resolve_normalizer("sparsemax") is sparsemax
-    mine = lambda q, k: q @ k.transpose(-2, -1)  # noqa: E731
+    mine = lambda q, k: q @ k.transpose(-2, -1)
     assert resolve_score(mine) is mine and resolve_normalizer(softmax) is softmax
 
 

@@ -30,7 +30,7 @@ def test_cbam_channel_gate_adds_the_max_pooled_branch():
     torch.manual_seed(0)
     se = SEBlock(6, reduction=2, pool="avg_max")
     x = torch.randn(2, 6, 3, 3)
-    mlp = lambda v: se.fc2(torch.relu(se.fc1(v)))  # noqa: E731
+    mlp = lambda v: se.fc2(torch.relu(se.fc1(v)))
     expected = torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3))))
     torch.testing.assert_close(se.excitation(x), expected)
 

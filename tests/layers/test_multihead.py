@@ -172,8 +172,15 @@ def test_cache_reserves_a_minimum_then_doubles_and_keeps_earlier_entries():
 
 @pytest.mark.parametrize(
     "score,normalize",
-    [("dot", "softmax"), ("cosine", "softmax"), ("general", "softmax"), ("additive", "softmax"),
-     ("additive", "weighted_softmax"), ("scaled_dot", "sparsemax"), ("scaled_dot", "temperature_softmax")],
+    [
+        ("dot", "softmax"),
+        ("cosine", "softmax"),
+        ("general", "softmax"),
+        ("additive", "softmax"),
+        ("additive", "weighted_softmax"),
+        ("scaled_dot", "sparsemax"),
+        ("scaled_dot", "temperature_softmax"),
+    ],
 )
 def test_every_score_and_normalizer_trains(score, normalize):
     torch.manual_seed(0)

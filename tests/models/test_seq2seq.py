@@ -67,7 +67,7 @@ def _one_step(model: RNNSeq2Seq, src: torch.Tensor, token: int = 4):
     source = model.encode(src)
     state = model.decoder.start(source)
     embedded = model.tgt_embed(torch.full((src.shape[0],), token))  # (B, E)
-    o, new_state, weights = model.decoder.step(embedded, state, source)
+    o, _new_state, weights = model.decoder.step(embedded, state, source)
     return source, state, embedded, o, weights
 
 
@@ -105,7 +105,9 @@ def test_luong_step_matches_eq_5_7_8(score_name):
     elif score_name == "general":
         scores = torch.einsum("bh,hk,bsk->bs", h_t, score.weight, h_s)
     else:
-        hidden = torch.tanh((h_t @ score.query_proj.weight.T)[:, None] + h_s @ score.key_proj.weight.T + score.key_proj.bias)
+        hidden = torch.tanh(
+            (h_t @ score.query_proj.weight.T)[:, None] + h_s @ score.key_proj.weight.T + score.key_proj.bias
+        )
         scores = hidden @ score.v.weight[0]
     alpha = _softmax_on_real(scores, src)  # Eq. 7
     context = torch.einsum("bs,bsh->bh", alpha, h_s)
@@ -190,7 +192,9 @@ def test_overfits_a_few_pairs(decoder, cell, bidirectional):
 # --------------------------------------------------------------------------------- search
 
 
-@pytest.mark.parametrize("decoder,cell", list(itertools.product(ATTENTIVE, ["lstm"])) + [("bahdanau", "gru"), ("luong_dot", "rnn")])
+@pytest.mark.parametrize(
+    "decoder,cell", [*list(itertools.product(ATTENTIVE, ["lstm"])), ("bahdanau", "gru"), ("luong_dot", "rnn")]
+)
 def test_beam_one_equals_greedy_and_cache_equals_recompute(decoder, cell):
     model = make(decoder, cell=cell, num_layers=2).eval()
     src = padded_source()

@@ -187,7 +187,11 @@ def test_every_parameter_gets_a_gradient(overrides):
 def test_config_from_dict_and_presets():
     base = TransformerConfig.from_preset("base", src_vocab_size=100, tgt_vocab_size=100)
     assert (base.d_model, base.num_heads, base.num_encoder_layers, base.num_decoder_layers, base.dim_feedforward) == (
-        512, 8, 6, 6, 2048,
+        512,
+        8,
+        6,
+        6,
+        2048,
     )
     assert (base.pad_id, base.bos_id, base.eos_id) == (0, 2, 3)
     assert TransformerConfig.from_dict(base.to_dict()) == base
@@ -217,10 +221,15 @@ def test_config_errors_name_the_key(values, error, named):
 def test_two_layer_model_overfits_a_handful_of_pairs():
     torch.manual_seed(0)
     model = Transformer(tiny_config(d_model=64, dim_feedforward=128, share_embeddings=True, tgt_vocab_size=23))
-    pairs = [([5, 6, 7, 8], [8, 7, 6, 5]), ([9, 10, 11], [11, 10, 9]), ([12, 13], [13, 12]),
-             ([14, 15, 16, 17, 18], [18, 17, 16, 15, 14]), ([19, 20, 21, 22], [22, 21, 20, 19])]
-    src = nn.utils.rnn.pad_sequence([torch.tensor(s + [3]) for s, _ in pairs], batch_first=True)
-    tgt = nn.utils.rnn.pad_sequence([torch.tensor([2] + t + [3]) for _, t in pairs], batch_first=True)
+    pairs = [
+        ([5, 6, 7, 8], [8, 7, 6, 5]),
+        ([9, 10, 11], [11, 10, 9]),
+        ([12, 13], [13, 12]),
+        ([14, 15, 16, 17, 18], [18, 17, 16, 15, 14]),
+        ([19, 20, 21, 22], [22, 21, 20, 19]),
+    ]
+    src = nn.utils.rnn.pad_sequence([torch.tensor([*s, 3]) for s, _ in pairs], batch_first=True)
+    tgt = nn.utils.rnn.pad_sequence([torch.tensor([2, *t, 3]) for _, t in pairs], batch_first=True)
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(150):

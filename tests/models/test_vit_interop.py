@@ -81,8 +81,16 @@ def test_bare_vit_model_drops_the_pooler(hf_model):
 def test_timm_layout_through_a_converted_state_dict(hf_model):
     """timm cannot be installed here: check its key layout on a state dict converted from HF's."""
     timm_sd = attnlab_to_timm(hf_to_attnlab(hf_model.state_dict()))
-    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
-                "norm.bias", "head.weight", "head.bias"}
+    expected = {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm.weight",
+        "norm.bias",
+        "head.weight",
+        "head.bias",
+    }
     for i in range(CONFIG.depth):
         for module in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
             expected |= {f"blocks.{i}.{module}.weight", f"blocks.{i}.{module}.bias"}

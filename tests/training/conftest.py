@@ -14,12 +14,27 @@ def make_tiny_digits_config(output_dir: str, **training: Any) -> dict[str, Any]:
         "task": "classification",
         "seed": 0,
         "output_dir": output_dir,
-        "model": {"type": "vit", "preset": "vit_digits_patch2_8", "embed_dim": 16, "depth": 1,
-                  "num_heads": 2, "dropout": 0.1},
+        "model": {
+            "type": "vit",
+            "preset": "vit_digits_patch2_8",
+            "embed_dim": 16,
+            "depth": 1,
+            "num_heads": 2,
+            "dropout": 0.1,
+        },
         "data": {"dataset": "digits", "batch_size": 128, "eval_batch_size": 512, "augment": True},
-        "training": {"lr": 3e-3, "schedule": "constant", "warmup_steps": 3, "precision": "fp32",
-                     "num_threads": 1, "tensorboard": False, "final_split": None,
-                     "eval_at_epoch_end": False, "log_every": 2, **training},
+        "training": {
+            "lr": 3e-3,
+            "schedule": "constant",
+            "warmup_steps": 3,
+            "precision": "fp32",
+            "num_threads": 1,
+            "tensorboard": False,
+            "final_split": None,
+            "eval_at_epoch_end": False,
+            "log_every": 2,
+            **training,
+        },
     }
 
 

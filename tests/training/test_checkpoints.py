@@ -24,10 +24,15 @@ def test_round_trip_weights_optimizer_rng_and_config(tmp_path):
     rng = ckpt.capture_rng_state()
     expected_draw = torch.rand(3)
     state = {"optimizer": optimizer.state_dict(), "trainer": {"step": 1}, "rng": rng}
-    directory = ckpt.save_checkpoint(tmp_path / "checkpoints" / "last", model, "task: x\n", state,
-                                     lambda d: (d / "extra.json").write_text("{}"))
-    assert sorted(p.name for p in directory.iterdir()) == ["config.yaml", "extra.json", "model.safetensors",
-                                                           "trainer_state.pt"]
+    directory = ckpt.save_checkpoint(
+        tmp_path / "checkpoints" / "last", model, "task: x\n", state, lambda d: (d / "extra.json").write_text("{}")
+    )
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "config.yaml",
+        "extra.json",
+        "model.safetensors",
+        "trainer_state.pt",
+    ]
     restored = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
     ckpt.load_weights(restored, directory)
     for a, b in zip(model.state_dict().values(), restored.state_dict().values()):

@@ -12,8 +12,9 @@ from attnlab.training import RunConfig, Trainer
 
 
 def test_metrics_are_consistent_and_the_confusion_png_is_written(tiny_digits_config, tmp_path):
-    config = RunConfig.from_dict(tiny_digits_config(str(tmp_path / "run"), max_steps=4, eval_every=2,
-                                                    final_split="test"))
+    config = RunConfig.from_dict(
+        tiny_digits_config(str(tmp_path / "run"), max_steps=4, eval_every=2, final_split="test")
+    )
     result = Trainer(config, fresh=True).run()
     test = result.final_metrics
     matrix = np.array(test["confusion_matrix"])  # (K, K), row = true class
@@ -28,13 +29,15 @@ def test_metrics_are_consistent_and_the_confusion_png_is_written(tiny_digits_con
 
 
 def test_bf16_autocast_trains_with_finite_losses(tiny_digits_config, tmp_path):
-    config = RunConfig.from_dict(tiny_digits_config(str(tmp_path / "run"), max_steps=6, eval_every=3,
-                                                    precision="bf16"))
+    config = RunConfig.from_dict(tiny_digits_config(str(tmp_path / "run"), max_steps=6, eval_every=3, precision="bf16"))
     trainer = Trainer(config, fresh=True)
     result = trainer.run()
     assert result.step == 6 and result.bad_batches == 0
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-              if json.loads(line)["kind"] == "train"]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
     assert losses and all(math.isfinite(loss) for loss in losses)
     assert 0.0 <= result.best_metric <= 1.0
 

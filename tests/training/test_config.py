@@ -20,8 +20,14 @@ def read(*overrides: str) -> RunConfig:
 
 
 def test_overrides_apply_with_yaml_typing():
-    config = read("training.max_steps=200", "model.embed_dim=128", "training.lr=3e-4",
-                  "training.grad_clip=null", "data.augment=false", "training.betas=[0.9, 0.99]")
+    config = read(
+        "training.max_steps=200",
+        "model.embed_dim=128",
+        "training.lr=3e-4",
+        "training.grad_clip=null",
+        "data.augment=false",
+        "training.betas=[0.9, 0.99]",
+    )
     assert config.training.max_steps == 200
     assert config.model.params["embed_dim"] == 128
     assert config.training.lr == pytest.approx(3e-4)
@@ -84,11 +90,14 @@ def test_round_trip_through_yaml(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(config.to_yaml())
     assert load_config(path) == config
-    translation = RunConfig.from_dict({
-        "task": "translation", "model": {"type": "transformer", "preset": "tiny"},
-        "data": {"corpus": {"name": "generated", "size": 100}, "tokenizer": {"vocab_size": 200}},
-        "training": {"max_steps": 5, "schedule": "noam"},
-    })
+    translation = RunConfig.from_dict(
+        {
+            "task": "translation",
+            "model": {"type": "transformer", "preset": "tiny"},
+            "data": {"corpus": {"name": "generated", "size": 100}, "tokenizer": {"vocab_size": 200}},
+            "training": {"max_steps": 5, "schedule": "noam"},
+        }
+    )
     assert RunConfig.from_dict(yaml.safe_load(translation.to_yaml())) == translation
 
 
@@ -101,8 +110,18 @@ def test_load_config_names_the_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("name", ["digits_vit", "fashion_vit", "fashion_cnn", "fashion_cnn_se",
-                                  "fashion_cnn_spatial", "generated_transformer", "libreoffice_transformer"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "digits_vit",
+        "fashion_vit",
+        "fashion_cnn",
+        "fashion_cnn_se",
+        "fashion_cnn_spatial",
+        "generated_transformer",
+        "libreoffice_transformer",
+    ],
+)
 def test_shipped_configs_are_valid(name):
     from pathlib import Path
 

@@ -23,8 +23,20 @@ STEPS = 6
 
 def _torchrun(config_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "attnlab.cli.main", "train", str(config_path), *args, "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "attnlab.cli.main",
+        "train",
+        str(config_path),
+        *args,
+        "--no-progress",
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -97,6 +109,7 @@ def test_two_processes_train_like_one_process_on_both_batches(tmp_path, tiny_tra
     load_weights(model, last)
     _assert_same_weights(reference.model, model)
 
+
 def test_two_processes_resume_where_they_stopped(tmp_path, tiny_translation_config):
     """With dropout (each process draws its own masks from seed, rank and step): 4 steps, then
     a restart to 8, ends where 8 steps without a stop do."""
@@ -108,8 +121,9 @@ def test_two_processes_resume_where_they_stopped(tmp_path, tiny_translation_conf
     resumed = _torchrun(tmp_path / "stopped.yaml")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr and "stopped: max_steps at step 8" in resumed.stdout
-    whole, stopped = (load_file(checkpoint_dir(tmp_path / name, "last") / "model.safetensors")
-                      for name in ("whole", "stopped"))
+    whole, stopped = (
+        load_file(checkpoint_dir(tmp_path / name, "last") / "model.safetensors") for name in ("whole", "stopped")
+    )
     assert whole.keys() == stopped.keys()
     for name in whole:
         assert torch.equal(whole[name], stopped[name]), name
@@ -136,13 +150,23 @@ print(json.dumps({"rank": int(os.environ["RANK"]), "step": result.step, "bad_bat
 def test_a_batch_failing_in_one_process_skips_the_step_in_all(tmp_path, tiny_translation_config):
     (tmp_path / "config.json").write_text(json.dumps(tiny_translation_config(tmp_path / "run", max_steps=4)))
     (tmp_path / "fails_once.py").write_text(FAILS_ONCE)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(tmp_path / "fails_once.py"), str(tmp_path / "config.json")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(tmp_path / "fails_once.py"),
+        str(tmp_path / "config.json"),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    reports = sorted((json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")),
-                     key=lambda r: r["rank"])
+    reports = sorted(
+        (json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"]
+    )
     assert reports == [{"rank": 0, "step": 4, "bad_batches": 1}, {"rank": 1, "step": 4, "bad_batches": 1}]
     assert "a pair this model cannot take" in result.stderr  # the failing process says why
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -154,8 +178,9 @@ def test_a_batch_failing_in_one_process_skips_the_step_in_all(tmp_path, tiny_tra
 def test_accumulating_two_batches_trains_like_one_step_on_both(tmp_path, tiny_translation_config):
     """One process, ``accumulate_batches: 2`` (two backward passes, then one update), against
     the two batches' summed loss in one backward pass; with dropout, drawn in the same order."""
-    accumulated_config = RunConfig.from_dict(tiny_translation_config(tmp_path / "acc", max_steps=STEPS,
-                                                                     accumulate_batches=2))
+    accumulated_config = RunConfig.from_dict(
+        tiny_translation_config(tmp_path / "acc", max_steps=STEPS, accumulate_batches=2)
+    )
     accumulated = Trainer(accumulated_config)
     accumulated.run()
     last = checkpoint_dir(tmp_path / "acc", "last")
@@ -163,8 +188,10 @@ def test_accumulating_two_batches_trains_like_one_step_on_both(tmp_path, tiny_tr
     reference_config = RunConfig.from_dict(tiny_translation_config(tmp_path / "one", max_steps=STEPS))
     reference = Trainer(reference_config, task=TwoBatchesAStep(TranslationTask(reference_config), last))
     reference.run()
-    logged = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-              for name in ("acc", "one")}
+    logged = {
+        name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("acc", "one")
+    }
     for key in ("loss", "grad_norm"):  # Adam would hide a wrong gradient scale: the norms show it
         values = {name: [row[key] for row in rows if row["kind"] == "train"] for name, rows in logged.items()}
         torch.testing.assert_close(values["acc"], values["one"], rtol=1e-5, atol=1e-6, msg=key)

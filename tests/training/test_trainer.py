@@ -55,8 +55,12 @@ def test_the_optimizer_is_fused_and_matches_the_per_tensor_update(tmp_path, tiny
     plain_params = [torch.nn.Parameter(p.clone()) for p in reference.values()]
     t = trainer.config.training
     plain = (torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW)(
-        plain_params, lr=trainer.optimizer.param_groups[0]["lr"], betas=t.betas, eps=t.eps,
-        weight_decay=t.weight_decay, foreach=False,
+        plain_params,
+        lr=trainer.optimizer.param_groups[0]["lr"],
+        betas=t.betas,
+        eps=t.eps,
+        weight_decay=t.weight_decay,
+        foreach=False,
     )  # the learning rate the schedule set for step 0
     torch.manual_seed(0)
     for _ in range(3):
@@ -110,14 +114,18 @@ def test_too_many_bad_batches_stop_the_run(tmp_path, tiny_digits_config):
 
 
 def test_evaluation_keeps_best_and_last_and_early_stops(tmp_path, tiny_digits_config):
-    config = RunConfig.from_dict(tiny_digits_config(
-        str(tmp_path), max_steps=200, eval_every=2, early_stopping_patience=2, final_split="test", lr=0.0))
+    config = RunConfig.from_dict(
+        tiny_digits_config(
+            str(tmp_path), max_steps=200, eval_every=2, early_stopping_patience=2, final_split="test", lr=0.0
+        )
+    )
     result = Trainer(config).run()  # lr 0: no improvement after the first evaluation
     assert result.stop_reason == "early_stopping" and result.step == 6
     assert result.best_step == 2
     for name in ("best", "last"):
         assert {"model.safetensors", "config.yaml", "trainer_state.pt", "image_spec.json"} <= {
-            p.name for p in checkpoint_dir(tmp_path, name).iterdir()}
+            p.name for p in checkpoint_dir(tmp_path, name).iterdir()
+        }
     assert 0.0 <= result.final_metrics["accuracy"] <= 1.0
     assert (tmp_path / "confusion_test.png").stat().st_size > 1000
     saved = RunConfig.from_dict(__import__("yaml").safe_load((tmp_path / "config.yaml").read_text()))

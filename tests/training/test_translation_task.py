@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+
 import torch
 
 from attnlab.training import RunConfig, Trainer
@@ -36,12 +37,14 @@ def test_resume_after_kill_is_bit_identical(tmp_path, tiny_translation_config, k
     assert straight.state.best_metric == resumed.state.best_metric
 
 
-def test_bad_lines_of_a_user_corpus_are_reported_with_line_numbers_and_skipped(tmp_path, caplog, tiny_translation_config):
+def test_bad_lines_of_a_user_corpus_are_reported_with_line_numbers_and_skipped(
+    tmp_path, caplog, tiny_translation_config
+):
     lines = [f"{n} apples\t林檎{n}個" for n in range(40)]
-    lines[3] = ""                                      # empty line
-    lines[7] = "no tab here"                           # no separator
-    lines[11] = "only a source\t"                      # empty target side
-    lines[15] = " ".join(["word"] * 300) + "\t長い"    # far longer than max_length
+    lines[3] = ""  # empty line
+    lines[7] = "no tab here"  # no separator
+    lines[11] = "only a source\t"  # empty target side
+    lines[15] = " ".join(["word"] * 300) + "\t長い"  # far longer than max_length
     lines[19] = "snowman \u2603 and \U0001f600\t雪だるま\u2603"  # characters the tokenizer has not seen
     tsv = tmp_path / "pairs.tsv"
     tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -92,4 +95,4 @@ def test_split_digits_tokenizer_is_saved_with_the_run_and_restored(tmp_path, tin
     Trainer(RunConfig.from_dict(values)).run()
     loaded = load_run(tmp_path, "last")
     assert loaded.task.tokenizer.config.split_digits
-    assert [p for p in loaded.task.tokenizer.source.pieces(["1,234 2083"])[0] if p.isdigit()] == list("1234" "2083")
+    assert [p for p in loaded.task.tokenizer.source.pieces(["1,234 2083"])[0] if p.isdigit()] == list("12342083")

@@ -24,8 +24,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Print the statistics as YAML."""
-    config = CorpusConfig(name=args.name, source_lang=args.source_lang, target_lang=args.target_lang,
-                          size=args.size, paths=tuple(args.paths))
+    config = CorpusConfig(
+        name=args.name,
+        source_lang=args.source_lang,
+        target_lang=args.target_lang,
+        size=args.size,
+        paths=tuple(args.paths),
+    )
     statistics = corpus_statistics(prepare_corpus(config))
     print(yaml.safe_dump(statistics, sort_keys=False, allow_unicode=True), end="")
     return 0

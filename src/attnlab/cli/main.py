@@ -41,7 +41,9 @@ def _subcommand_modules() -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="attnlab", description="Attention mechanisms: train, evaluate, translate, classify.")
+    parser = argparse.ArgumentParser(
+        prog="attnlab", description="Attention mechanisms: train, evaluate, translate, classify."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -61,8 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``attnlab`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="attnlab: %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="attnlab: %(levelname)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -16,8 +16,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``train``."""
     parser = subparsers.add_parser("train", help="train a model from a YAML config (resumes automatically)")
     parser.add_argument("config", help="the run config, e.g. configs/digits_vit.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, values read as YAML: training.max_steps=200 model.embed_dim=128")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, values read as YAML: training.max_steps=200 model.embed_dim=128",
+    )
     parser.add_argument("--fresh", action="store_true", help="start over even if the run directory has a checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -40,8 +44,9 @@ class ProgressBar:
 
     def _on_start(self, event: ProgressEvent) -> None:
         tqdm.write(event.message)
-        self.bar = tqdm(total=event.total_steps, initial=event.step, unit="step", dynamic_ncols=True,
-                        disable=not self.enabled)
+        self.bar = tqdm(
+            total=event.total_steps, initial=event.step, unit="step", dynamic_ncols=True, disable=not self.enabled
+        )
 
     def _on_step(self, event: ProgressEvent) -> None:
         now = time.monotonic()
@@ -50,8 +55,9 @@ class ProgressBar:
         self.last = now
         self.bar.update(event.step - self.bar.n)
         loss = f"{event.loss:.4f}" if event.loss is not None and math.isfinite(event.loss) else str(event.loss)
-        self.bar.set_postfix_str(f"ep {event.epoch} loss {loss} lr {event.lr:.2e} {self.rate:,.0f} {event.unit}/s",
-                                 refresh=False)
+        self.bar.set_postfix_str(
+            f"ep {event.epoch} loss {loss} lr {event.lr:.2e} {self.rate:,.0f} {event.unit}/s", refresh=False
+        )
 
     def _on_eval(self, event: ProgressEvent) -> None:
         tqdm.write(f"step {event.step} eval: {format_metrics(event.metrics)}")
@@ -72,11 +78,15 @@ def run(args: argparse.Namespace) -> int:
     result = trainer.run()
     if not trainer.is_main:  # under torchrun, rank 0 reports
         return 0
-    print(f"stopped: {result.stop_reason} at step {result.step} (epoch {result.epoch}) after "
-          f"{result.elapsed_seconds:.1f} s training, {time.monotonic() - started:.1f} s wall")
+    print(
+        f"stopped: {result.stop_reason} at step {result.step} (epoch {result.epoch}) after "
+        f"{result.elapsed_seconds:.1f} s training, {time.monotonic() - started:.1f} s wall"
+    )
     if result.best_metric is not None:
-        print(f"best {trainer.task.eval_split} {trainer.task.selection_metric}: {result.best_metric:.4f} "
-              f"at step {result.best_step}")
+        print(
+            f"best {trainer.task.eval_split} {trainer.task.selection_metric}: {result.best_metric:.4f} "
+            f"at step {result.best_step}"
+        )
     if result.bad_batches:
         print(f"skipped batches: {result.bad_batches}")
     if result.final_metrics:

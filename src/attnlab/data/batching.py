@@ -29,10 +29,10 @@ from torch.utils.data import Dataset, Sampler
 from attnlab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TranslationTokenizer
 
 __all__ = [
-    "TranslationExample",
-    "TranslationDataset",
     "TokenBudgetBatchSampler",
     "TranslationBatch",
+    "TranslationDataset",
+    "TranslationExample",
     "collate_translation",
 ]
 
@@ -85,7 +85,10 @@ class TranslationDataset(Dataset[TranslationExample]):
         if self.dropped:
             logger.warning(
                 "dropped %d of %d pairs longer than max_length=%d tokens (first indices: %s)",
-                len(self.dropped), len(src_ids), max_length, self.dropped[:5],
+                len(self.dropped),
+                len(src_ids),
+                max_length,
+                self.dropped[:5],
             )
 
     @classmethod

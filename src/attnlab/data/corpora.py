@@ -32,7 +32,7 @@ from attnlab.data.generated_pairs import build_generated_pairs
 from attnlab.data.libreoffice_help import build_libreoffice_help_pairs
 from attnlab.data.user_corpus import SkippedLine, read_user_pairs
 
-__all__ = ["CORPUS_NAMES", "SPLITS", "CorpusConfig", "ParallelCorpus", "assign_split", "split_pairs", "prepare_corpus"]
+__all__ = ["CORPUS_NAMES", "SPLITS", "CorpusConfig", "ParallelCorpus", "assign_split", "prepare_corpus", "split_pairs"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class CorpusConfig(ConfigMixin):
         object.__setattr__(self, "paths", tuple(str(path) for path in self.paths))
         if self.name not in CORPUS_NAMES:
             raise ValueError(f"corpus name {self.name!r} is not one of {list(CORPUS_NAMES)}")
-        if not (0 <= self.dev_fraction and 0 <= self.test_fraction and self.dev_fraction + self.test_fraction < 1):
+        if not (self.dev_fraction >= 0 and self.test_fraction >= 0 and self.dev_fraction + self.test_fraction < 1):
             raise ValueError(
                 f"dev_fraction ({self.dev_fraction}) and test_fraction ({self.test_fraction}) must be >= 0 "
                 "and sum to less than 1"

@@ -23,15 +23,28 @@ from attnlab.data.image_dataset import ImageDataset, ImageSplits, normalized_spl
 from attnlab.data.image_transforms import ImageAugmentation
 
 __all__ = [
-    "FASHION_MNIST_AUGMENTATION", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DEBIAN_PACKAGE", "FASHION_MNIST_SHA256",
-    "FASHION_MNIST_SYSTEM_DIR", "fashion_mnist_arrays", "load_fashion_mnist",
+    "FASHION_MNIST_AUGMENTATION",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DEBIAN_PACKAGE",
+    "FASHION_MNIST_SHA256",
+    "FASHION_MNIST_SYSTEM_DIR",
+    "fashion_mnist_arrays",
+    "load_fashion_mnist",
 ]
 
 logger = logging.getLogger(__name__)
 
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 # Clothes are left-right symmetric, so flips are fair augmentation.
@@ -152,10 +165,16 @@ def load_fashion_mnist(
         Splits of 60000 - val_size / val_size / 10000 images, each uint8 (N, 1, 28, 28).
     """
     arrays = fashion_mnist_arrays(cache_dir, source_dir)
-    train_all = ImageDataset(torch.from_numpy(arrays["train_images"])[:, None],  # (N, 1, 28, 28)
-                             arrays["train_labels"].astype(np.int64), FASHION_MNIST_CLASSES)
-    test = ImageDataset(torch.from_numpy(arrays["test_images"])[:, None],  # (N, 1, 28, 28)
-                        arrays["test_labels"].astype(np.int64), FASHION_MNIST_CLASSES)
+    train_all = ImageDataset(
+        torch.from_numpy(arrays["train_images"])[:, None],  # (N, 1, 28, 28)
+        arrays["train_labels"].astype(np.int64),
+        FASHION_MNIST_CLASSES,
+    )
+    test = ImageDataset(
+        torch.from_numpy(arrays["test_images"])[:, None],  # (N, 1, 28, 28)
+        arrays["test_labels"].astype(np.int64),
+        FASHION_MNIST_CLASSES,
+    )
     labels = train_all.labels.numpy()
     train_idx, val_idx = stratified_holdout(np.arange(len(train_all)), labels, val_size, seed)
     return normalized_splits(train_all.subset(train_idx), train_all.subset(val_idx), test, augmentation)

@@ -26,7 +26,7 @@ from babel.dates import format_date
 from babel.numbers import format_decimal
 from num2words import num2words
 
-__all__ = ["GENERATED_KINDS", "generate_pair", "build_generated_pairs"]
+__all__ = ["GENERATED_KINDS", "build_generated_pairs", "generate_pair"]
 
 _FIRST_DAY = dt.date(1900, 1, 1).toordinal()
 _LAST_DAY = dt.date(2099, 12, 31).toordinal()

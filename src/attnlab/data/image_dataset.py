@@ -19,7 +19,12 @@ from attnlab.config import ConfigMixin
 from attnlab.data.image_transforms import ImageAugmentation, ImageNormalization, preprocess_batch
 
 __all__ = [
-    "ImageDataset", "ImageSpec", "ImageSplits", "normalized_splits", "split_dataset", "stratified_holdout",
+    "ImageDataset",
+    "ImageSpec",
+    "ImageSplits",
+    "normalized_splits",
+    "split_dataset",
+    "stratified_holdout",
     "validate_labels",
 ]
 
@@ -89,18 +94,14 @@ class ImageDataset(Dataset):
     ) -> None:
         labels = torch.as_tensor(labels)
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(
-                f"images must be uint8 (N, C, H, W), got dtype {images.dtype} shape {tuple(images.shape)}"
-            )
+            raise ValueError(f"images must be uint8 (N, C, H, W), got dtype {images.dtype} shape {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
             raise ValueError(f"labels shape {tuple(labels.shape)} does not match {images.shape[0]} images")
         if not classes:
             raise ValueError("an image dataset needs at least one class name")
         validate_labels(labels, len(classes))
         if normalization is not None and normalization.channels != images.shape[1]:
-            raise ValueError(
-                f"normalisation has {normalization.channels} channels, images have {images.shape[1]}"
-            )
+            raise ValueError(f"normalisation has {normalization.channels} channels, images have {images.shape[1]}")
         self.images = images
         self.labels = labels.to(torch.int64)
         self.classes = tuple(classes)
@@ -170,9 +171,7 @@ class ImageSplits:
         return self.train.spec
 
 
-def stratified_holdout(
-    indices: np.ndarray, labels: np.ndarray, size: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(indices: np.ndarray, labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split ``indices`` into (kept, held out) with ``size`` held out, class proportions kept."""
     if size == 0:
         return np.sort(indices), np.empty(0, dtype=np.int64)
@@ -187,8 +186,9 @@ def normalized_splits(
 ) -> ImageSplits:
     """Give all three sets the statistics of ``train`` alone (no leak from val/test)."""
     norm = ImageNormalization.from_images(train.images)
-    return ImageSplits(train.with_normalization(norm), val.with_normalization(norm),
-                       test.with_normalization(norm), augmentation)
+    return ImageSplits(
+        train.with_normalization(norm), val.with_normalization(norm), test.with_normalization(norm), augmentation
+    )
 
 
 def split_dataset(
@@ -218,5 +218,9 @@ def split_dataset(
     labels = dataset.labels.numpy()
     rest, test_idx = stratified_holdout(np.arange(n), labels, round(n * test_fraction), seed)
     train_idx, val_idx = stratified_holdout(rest, labels, round(n * val_fraction), seed)
-    return normalized_splits(dataset.subset(train_idx), dataset.subset(val_idx),
-                              dataset.subset(test_idx), augmentation or ImageAugmentation())
+    return normalized_splits(
+        dataset.subset(train_idx),
+        dataset.subset(val_idx),
+        dataset.subset(test_idx),
+        augmentation or ImageAugmentation(),
+    )

@@ -176,8 +176,14 @@ class ImageConversion:
         return _shape_text(self.channels, self.image_size)
 
 
-_MODE_NAMES = {"1": "black-and-white", "L": "grayscale", "LA": "grayscale+alpha", "P": "palette",
-               "RGB": "RGB", "RGBA": "RGBA"}
+_MODE_NAMES = {
+    "1": "black-and-white",
+    "L": "grayscale",
+    "LA": "grayscale+alpha",
+    "P": "palette",
+    "RGB": "RGB",
+    "RGBA": "RGBA",
+}
 
 
 def _shape_text(channels: int, size: tuple[int, int]) -> str:
@@ -225,8 +231,9 @@ def image_conversion(
     except _UNREADABLE as err:
         raise _unreadable(path, channels, size, err) from err
     if conversion.resized and not resize:
-        raise ImageInputError(f"{path} is {conversion.source} but the model expects {conversion.target}, "
-                              "and resizing is off")
+        raise ImageInputError(
+            f"{path} is {conversion.source} but the model expects {conversion.target}, and resizing is off"
+        )
     return conversion if conversion.resized or conversion.mode != mode else None
 
 

@@ -88,10 +88,11 @@ class TensorImageLoader:
         start, self._start_batch = self._start_batch, 0
         order = self._order()  # (N,)
         for i in range(start, len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]  # (B,)
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]  # (B,)
             generator = None
             if self.augmentation is not None:
                 generator = _seeded_generator(self.seed, self.epoch, 1, i)
-            images = preprocess_batch(self.dataset.images[index], self.dataset.normalization,
-                                      self.augmentation, generator)  # (B, C, H, W)
+            images = preprocess_batch(
+                self.dataset.images[index], self.dataset.normalization, self.augmentation, generator
+            )  # (B, C, H, W)
             yield images, self.dataset.labels[index]

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from attnlab.config import ConfigMixin
 
 __all__ = [
-    "ImageNormalization",
     "ImageAugmentation",
-    "to_unit_float",
+    "ImageNormalization",
+    "preprocess_batch",
     "random_crop",
     "random_horizontal_flip",
-    "preprocess_batch",
+    "to_unit_float",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,8 +88,7 @@ class ImageNormalization(ConfigMixin):
         """
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[0] == 0:
             raise ValueError(
-                f"expected a non-empty uint8 tensor (N, C, H, W), got dtype {images.dtype} "
-                f"shape {tuple(images.shape)}"
+                f"expected a non-empty uint8 tensor (N, C, H, W), got dtype {images.dtype} shape {tuple(images.shape)}"
             )
         moments = [_channel_moments(images[:, c]) for c in range(images.shape[1])]
         std = []
@@ -123,9 +122,7 @@ class ImageNormalization(ConfigMixin):
         return (images - mean) / std  # (..., C, H, W)
 
 
-def random_crop(
-    images: torch.Tensor, padding: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Zero-pad each side by ``padding`` and crop back to (H, W) at a random offset per image.
 
     The offsets are drawn as ``top`` then ``left``, each uniform in ``[0, 2p]``.
@@ -193,9 +190,7 @@ class ImageAugmentation:
         if not 0.0 <= self.flip_probability <= 1.0:
             raise ValueError(f"flip_probability must be in [0, 1], got {self.flip_probability}")
 
-    def __call__(
-        self, images: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a batch (B, C, H, W); returns (B, C, H, W)."""
         images = random_crop(images, self.crop_padding, generator)
         if self.horizontal_flip:

@@ -23,10 +23,10 @@ from attnlab.data.debian import extract_debian_packages
 from attnlab.data.text import contains_japanese, normalize_whitespace
 
 __all__ = [
-    "extract_help_paragraphs",
-    "pair_help_pages",
-    "fetch_libreoffice_help",
     "build_libreoffice_help_pairs",
+    "extract_help_paragraphs",
+    "fetch_libreoffice_help",
+    "pair_help_pages",
 ]
 
 logger = logging.getLogger(__name__)

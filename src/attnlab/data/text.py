@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["normalize_whitespace", "is_japanese_char", "contains_japanese", "japanese_char_fraction"]
+__all__ = ["contains_japanese", "is_japanese_char", "japanese_char_fraction", "normalize_whitespace"]
 
 # Hiragana, katakana (incl. phonetic extensions and half-width forms), CJK ideographs (incl. ext. A
 # and compatibility ideographs) and the iteration mark 々. Latin, digits and CJK punctuation are not

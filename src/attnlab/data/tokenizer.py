@@ -26,12 +26,12 @@ from attnlab.config import ConfigMixin
 from attnlab.data.cache import atomic_write_bytes, atomic_write_text
 
 __all__ = [
-    "PAD_ID",
-    "UNK_ID",
     "BOS_ID",
     "EOS_ID",
-    "TokenizerConfig",
+    "PAD_ID",
+    "UNK_ID",
     "SentencePieceTokenizer",
+    "TokenizerConfig",
     "TranslationTokenizer",
 ]
 
@@ -190,10 +190,14 @@ class TranslationTokenizer:
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``joint.model`` (or ``source.model`` and ``target.model``) and ``tokenizer.json``."""
         directory = Path(directory)
-        files = {"source": "joint.model", "target": "joint.model"} if self.config.joint else {
-            "source": "source.model",
-            "target": "target.model",
-        }
+        files = (
+            {"source": "joint.model", "target": "joint.model"}
+            if self.config.joint
+            else {
+                "source": "source.model",
+                "target": "target.model",
+            }
+        )
         self.source.save(directory / files["source"])
         self.target.save(directory / files["target"])
         manifest = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from attnlab.data.text import normalize_whitespace
 
-__all__ = ["SkippedLine", "read_tsv_pairs", "read_aligned_pairs", "read_user_pairs"]
+__all__ = ["SkippedLine", "read_aligned_pairs", "read_tsv_pairs", "read_user_pairs"]
 
 logger = logging.getLogger(__name__)
 _SHOWN_IN_WARNING = 5

@@ -285,8 +285,16 @@ def _top_candidates(
 
 
 def _finish_eos(
-    beams: _Beams, cross: Tensor | None, scores: Tensor, rows: Tensor, tokens: Tensor,
-    eos_id: int, finished: list[list[_Hypothesis]], done: list[bool], alpha: float, k: int,
+    beams: _Beams,
+    cross: Tensor | None,
+    scores: Tensor,
+    rows: Tensor,
+    tokens: Tensor,
+    eos_id: int,
+    finished: list[list[_Hypothesis]],
+    done: list[bool],
+    alpha: float,
+    k: int,
 ) -> None:
     """Finish the candidates among each sentence's best k that end in EOS."""
     ends = tokens[:, :k].eq(eos_id) & scores[:, :k].isfinite()  # (B, k)
@@ -297,7 +305,9 @@ def _finish_eos(
         row = int(rows[b, c])
         attn = None
         if cross is not None:
-            attn = cross[row, None] if beams.attention is None else torch.cat([beams.attention[row], cross[row, None]])  # (T, N', S)
+            attn = (
+                cross[row, None] if beams.attention is None else torch.cat([beams.attention[row], cross[row, None]])
+            )  # (T, N', S)
         hyp_tokens = torch.cat([beams.tokens[row], tokens[b, c, None]])  # (T,)
         finished[b].append(_Hypothesis(float(scores[b, c]) / length_penalty(length, alpha), hyp_tokens, attn))
 
@@ -361,7 +371,9 @@ def _collect(finished: list[list[_Hypothesis]], n_best: int, pad_id: int, attent
     lengths = ref.new_zeros(len(best), n_best)
     attn = None
     if attention is not None:
-        attn = best[0][0].attention.new_zeros(len(best), n_best, length, *best[0][0].attention.shape[1:])  # (B, n, T, N', S)
+        attn = best[0][0].attention.new_zeros(
+            len(best), n_best, length, *best[0][0].attention.shape[1:]
+        )  # (B, n, T, N', S)
     for b, hyps in enumerate(best):
         for i, h in enumerate(hyps):
             tokens[b, i, : len(h.tokens)], scores[b, i], lengths[b, i] = h.tokens, h.score, len(h.tokens)

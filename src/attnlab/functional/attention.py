@@ -263,7 +263,9 @@ def _sdpa_attention(
     context = context.reshape(*batch_shape, lq, value.shape[-1])
     if not need_weights:
         return context, None
-    weights = attention_weights(query, key, mask=mask, is_causal=is_causal, scale=scale, average_dim=weights_average_dim)
+    weights = attention_weights(
+        query, key, mask=mask, is_causal=is_causal, scale=scale, average_dim=weights_average_dim
+    )
     return context, weights
 
 
@@ -295,8 +297,10 @@ def step_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | Non
     a bool mask allows no key get zeros, as from SDPA; a float mask must leave every query a
     finite score (there the check would cost a pass over the weights)."""
     plain = (
-        query.device.type == "cpu" and query.dtype == torch.float32
-        and 1 < query.shape[-2] <= CPU_PLAIN_MAX_QUERIES and key.shape[-2] <= CPU_PLAIN_MAX_KEYS
+        query.device.type == "cpu"
+        and query.dtype == torch.float32
+        and 1 < query.shape[-2] <= CPU_PLAIN_MAX_QUERIES
+        and key.shape[-2] <= CPU_PLAIN_MAX_KEYS
     )
     if not plain:  # caches hold contiguous heads: no copy to pay for, unlike fused_attention's callers
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
@@ -309,9 +313,7 @@ def step_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | Non
     return torch.matmul(weights, value)
 
 
-def _as_4d(
-    query: Tensor, key: Tensor, value: Tensor, batch: torch.Size, mask: Tensor | None
-) -> tuple[Tensor, ...]:
+def _as_4d(query: Tensor, key: Tensor, value: Tensor, batch: torch.Size, mask: Tensor | None) -> tuple[Tensor, ...]:
     """(B, H, L, d) views for SDPA's kernels; leading dims beyond two are flattened into B."""
     if query.ndim <= 4 and query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
         pad = (1,) * (4 - query.ndim)

@@ -36,9 +36,7 @@ def check_mask(mask: Tensor, scores_shape: torch.Size | tuple[int, ...], name: s
     if mask.dtype != torch.bool and not mask.is_floating_point():
         raise TypeError(f"{name} must be bool (True = may attend) or a float bias, got dtype {mask.dtype}")
     if mask.ndim > len(scores_shape):
-        raise ValueError(
-            f"{name} of shape {tuple(mask.shape)} has more dims than the scores {tuple(scores_shape)}"
-        )
+        raise ValueError(f"{name} of shape {tuple(mask.shape)} has more dims than the scores {tuple(scores_shape)}")
     if not all(m in (1, s) for m, s in zip(reversed(mask.shape), reversed(scores_shape))):
         raise ValueError(
             f"{name} of shape {tuple(mask.shape)} does not broadcast to the scores (..., Lq, Lk) = "

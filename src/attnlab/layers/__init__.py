@@ -28,9 +28,9 @@ __all__ = [
 ]
 
 # Attention for images (ViT patches, SE, spatial masks).
-from attnlab.layers.channel_attention import SEBlock  # noqa: E402
-from attnlab.layers.patch_embed import PatchEmbed, resample_position_embeddings  # noqa: E402
-from attnlab.layers.spatial_attention import SpatialAttention  # noqa: E402
+from attnlab.layers.channel_attention import SEBlock
+from attnlab.layers.patch_embed import PatchEmbed, resample_position_embeddings
+from attnlab.layers.spatial_attention import SpatialAttention
 
 __all__ += ["PatchEmbed", "SEBlock", "SpatialAttention", "resample_position_embeddings"]
-from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer  # noqa: E402, F401
+from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer  # noqa: E402

@@ -76,9 +76,7 @@ class KVCache:
             self._key, self._value, self.length = key, value, key.shape[-2]
             return key, value
         if key.shape[:2] != self._key.shape[:2]:
-            raise ValueError(
-                f"cache holds (B, H) = {tuple(self._key.shape[:2])}, got keys of shape {tuple(key.shape)}"
-            )
+            raise ValueError(f"cache holds (B, H) = {tuple(self._key.shape[:2])}, got keys of shape {tuple(key.shape)}")
         if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad):
             # Writing into the storage in place would break autograd: concatenate instead.
             self._key = torch.cat([self.key, key], dim=-2)
@@ -108,7 +106,11 @@ class KVCache:
         """
         if self._key is None:
             return
-        if not self._owned or index.shape[0] != self._key.shape[0] or torch.is_grad_enabled() and self._key.requires_grad:
+        if (
+            not self._owned
+            or index.shape[0] != self._key.shape[0]
+            or (torch.is_grad_enabled() and self._key.requires_grad)
+        ):
             self._key = self._key.index_select(0, index)
             self._value = self._value.index_select(0, index)
             self._owned = True
@@ -167,8 +169,10 @@ class BeamAncestry:
         if position == self._step[0] and position + new == self.length:
             return self._step[1]
         if position != self.length:
-            raise RuntimeError(f"caches sharing a BeamAncestry must append the same positions: "
-                               f"got position {position}, expected {self.length}")
+            raise RuntimeError(
+                f"caches sharing a BeamAncestry must append the same positions: "
+                f"got position {position}, expected {self.length}"
+            )
         k = self.beam_size
         if self._lines is None:
             self._lines = torch.empty(batch, k, MIN_CAPACITY, dtype=torch.long, device=device)

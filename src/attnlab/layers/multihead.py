@@ -138,9 +138,17 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.update(k, v)  # (B, H, past + L, hd)
         mask = self._attention_mask(key_padding_mask, attn_mask, q.shape[0], q.shape[2], k.shape[2])
         context, weights = attention(
-            q, k, v, score=self.score, normalize=self.normalize, mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0, need_weights=need_weights,
-            fused=self.fused, weights_average_dim=1 if average_attn_weights else None,
+            q,
+            k,
+            v,
+            score=self.score,
+            normalize=self.normalize,
+            mask=mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            need_weights=need_weights,
+            fused=self.fused,
+            weights_average_dim=1 if average_attn_weights else None,
         )  # (B, H, Lq, hd)
         batch, _, lq, _ = context.shape
         output = self.out_proj(context.transpose(1, 2).reshape(batch, lq, self.embed_dim))  # (B, Lq, E)
@@ -153,9 +161,13 @@ class MultiHeadAttention(nn.Module):
         """softmax(Q K^T / sqrt(d)) V on the fused kernel: the default score and normaliser, no
         rotary positions, one fused in-projection. ``step`` serves such modules."""
         return (
-            isinstance(self.score, str) and self.score == "scaled_dot"
-            and isinstance(self.normalize, str) and self.normalize == "softmax"
-            and self.rope is None and self.fused is not False and self._qkv_same_embed_dim
+            isinstance(self.score, str)
+            and self.score == "scaled_dot"
+            and isinstance(self.normalize, str)
+            and self.normalize == "softmax"
+            and self.rope is None
+            and self.fused is not False
+            and self._qkv_same_embed_dim
         )
 
     def step(self, query: Tensor, cache: KVCache, memory: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
@@ -265,8 +277,13 @@ class MultiHeadAttention(nn.Module):
         if module.bias_k is not None or module.add_zero_attn:
             raise ValueError("from_torch does not support add_bias_kv=True or add_zero_attn=True")
         ours = cls(
-            module.embed_dim, module.num_heads, kdim=module.kdim, vdim=module.vdim, dropout=module.dropout,
-            bias=module.in_proj_bias is not None, batch_first=module.batch_first,
+            module.embed_dim,
+            module.num_heads,
+            kdim=module.kdim,
+            vdim=module.vdim,
+            dropout=module.dropout,
+            bias=module.in_proj_bias is not None,
+            batch_first=module.batch_first,
         )
         missing, unexpected = ours.load_state_dict(module.state_dict(), strict=False)
         if missing or unexpected:
@@ -295,9 +312,7 @@ def _build_score_and_normalizer(
     """Instantiate named scores/normalisers that carry weights, sized for one head."""
     if normalize == "weighted_softmax":
         if score != "additive" and not isinstance(score, AdditiveScore):
-            raise ValueError(
-                f"normalize='weighted_softmax' reduces score vectors; use score='additive', got {score!r}"
-            )
+            raise ValueError(f"normalize='weighted_softmax' reduces score vectors; use score='additive', got {score!r}")
         if score == "additive":
             score = AdditiveScore(head_dim, head_dim, head_dim, reduce=False)
         normalize = WeightedSoftmax(score.hidden_dim)

@@ -111,14 +111,18 @@ class PackedWeights:
         weights below ``MIN_PACKED_ELEMENTS``.
         """
         if (
-            weight.ndim != 2 or weight.numel() < MIN_PACKED_ELEMENTS or not (x.is_cpu and weight.is_cpu)
-            or (x.requires_grad or weight.requires_grad) and torch.is_grad_enabled()
+            weight.ndim != 2
+            or weight.numel() < MIN_PACKED_ELEMENTS
+            or not (x.is_cpu and weight.is_cpu)
+            or ((x.requires_grad or weight.requires_grad) and torch.is_grad_enabled())
         ):
             return None
         if torch.is_autocast_enabled("cpu"):
             if (
-                torch.get_autocast_dtype("cpu") != torch.bfloat16 or weight.dtype != torch.float32
-                or x.dtype not in (torch.float32, torch.bfloat16) or not bf16_packing_available()
+                torch.get_autocast_dtype("cpu") != torch.bfloat16
+                or weight.dtype != torch.float32
+                or x.dtype not in (torch.float32, torch.bfloat16)
+                or not bf16_packing_available()
             ):
                 return None
             return self._linear_bf16(x.to(torch.bfloat16), weight, bias)

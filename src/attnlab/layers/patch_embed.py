@@ -59,9 +59,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, N, E)``, patches in row-major order."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"PatchEmbed expects images (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"PatchEmbed expects images (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         self.patch_grid(x.shape[2], x.shape[3])
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, E, Gh, Gw) -> (B, N, E)
 

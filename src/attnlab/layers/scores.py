@@ -129,5 +129,3 @@ class WeightedSoftmax(nn.Module):
                 f"{tuple(scores.shape)}; pair it with a feature score such as AdditiveScore(reduce=False)"
             )
         return softmax(scores @ self.weight, mask)
-
-

@@ -54,4 +54,5 @@ class SpatialAttention(nn.Module):
         return (out, mask) if return_attention else out
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, mode={self.mode}, kernel_size={self.conv.kernel_size[0]}, residual={self.residual}"
+        kernel = self.conv.kernel_size[0]
+        return f"channels={self.channels}, mode={self.mode}, kernel_size={kernel}, residual={self.residual}"

@@ -99,8 +99,13 @@ class EncoderLayer(_ResidualBlock):
 
         def attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
             return self.self_attn(
-                h, h, h, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
-                need_weights=need_weights, average_attn_weights=average_attn_weights,
+                h,
+                h,
+                h,
+                key_padding_mask=key_padding_mask,
+                attn_mask=attn_mask,
+                need_weights=need_weights,
+                average_attn_weights=average_attn_weights,
             )
 
         x, weights = self._residual(x, self.norm1, attend)
@@ -155,8 +160,14 @@ class DecoderLayer(_ResidualBlock):
 
         def self_attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
             return self.self_attn(
-                h, h, h, key_padding_mask=tgt_key_padding_mask, is_causal=causal, cache=self_cache,
-                need_weights=need_weights, average_attn_weights=average_attn_weights,
+                h,
+                h,
+                h,
+                key_padding_mask=tgt_key_padding_mask,
+                is_causal=causal,
+                cache=self_cache,
+                need_weights=need_weights,
+                average_attn_weights=average_attn_weights,
             )
 
         def cross_attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -165,9 +176,13 @@ class DecoderLayer(_ResidualBlock):
             rows, length, dim = h.shape
             group = rows // memory.shape[0]
             out, weights = self.cross_attn(
-                h.reshape(memory.shape[0], group * length, dim), memory, memory,
-                key_padding_mask=memory_key_padding_mask, cache=cross_cache,
-                need_weights=need_weights, average_attn_weights=average_attn_weights,
+                h.reshape(memory.shape[0], group * length, dim),
+                memory,
+                memory,
+                key_padding_mask=memory_key_padding_mask,
+                cache=cross_cache,
+                need_weights=need_weights,
+                average_attn_weights=average_attn_weights,
             )  # (B, k T, D), weights (B, [H,] k T, S)
             out = out.reshape(rows, length, dim)
             if weights is None or group == 1:

@@ -67,8 +67,12 @@ class BertEncoder(nn.Module):
         self.embed_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(
             EncoderLayer(
-                d, config.num_attention_heads, config.intermediate_size, dropout=0.0,
-                activation="gelu", layer_norm_eps=config.layer_norm_eps,
+                d,
+                config.num_attention_heads,
+                config.intermediate_size,
+                dropout=0.0,
+                activation="gelu",
+                layer_norm_eps=config.layer_norm_eps,
             )
             for _ in range(config.num_hidden_layers)
         )

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +45,7 @@ from attnlab.layers.rnn_attention import RNN_SCORES, RNNSourceAttention
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 ATTENTIONS = ("none", "bahdanau", "luong")
-Hidden = Union[Tensor, tuple[Tensor, Tensor]]
+Hidden = Tensor | tuple[Tensor, Tensor]
 """An RNN state: ``(L, B, H)``, or ``(h, c)`` of that shape each for an LSTM."""
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -160,7 +160,9 @@ class Seq2SeqConfig(ConfigMixin):
         known = {f.name for f in dataclasses.fields(cls)}
         foreign = sorted((set(values) - known) & _transformer_only_keys())
         if foreign:
-            raise UnknownKeyError(f"{foreign} are Transformer keys, not Seq2SeqConfig fields; expected some of {sorted(known)}")
+            raise UnknownKeyError(
+                f"{foreign} are Transformer keys, not Seq2SeqConfig fields; expected some of {sorted(known)}"
+            )
         return super().from_dict(values)
 
 
@@ -195,8 +197,8 @@ class EncoderOutput:
 
     def repeat(self, times: int) -> EncoderOutput:
         """Every row ``times`` times in a row (b * times + j), for beam search."""
-        rep = lambda x: x.repeat_interleave(times, dim=0)  # noqa: E731  (B * times, ...)
-        rep_state = lambda x: x.repeat_interleave(times, dim=1)  # noqa: E731  (L, B * times, H)
+        rep = lambda x: x.repeat_interleave(times, dim=0)
+        rep_state = lambda x: x.repeat_interleave(times, dim=1)
         final = tuple(map(rep_state, self.final)) if isinstance(self.final, tuple) else rep_state(self.final)
         mask = None if self.padding_mask is None else rep(self.padding_mask)
         keys = None if self.keys is None else rep(self.keys)
@@ -223,8 +225,12 @@ class RNNEncoder(nn.Module):
         self.bidirectional = c.bidirectional
         per_direction = c.hidden_size // 2 if c.bidirectional else c.hidden_size
         self.rnn = CELLS[c.cell](
-            c.embed_dim, per_direction, c.num_layers, batch_first=True,
-            dropout=c.dropout if c.num_layers > 1 else 0.0, bidirectional=c.bidirectional,
+            c.embed_dim,
+            per_direction,
+            c.num_layers,
+            batch_first=True,
+            dropout=c.dropout if c.num_layers > 1 else 0.0,
+            bidirectional=c.bidirectional,
         )
         self.bridge_h = nn.Linear(c.hidden_size, c.hidden_size) if c.bidirectional else None
         self.bridge_c = nn.Linear(c.hidden_size, c.hidden_size) if c.bidirectional and c.cell == "lstm" else None
@@ -285,12 +291,12 @@ class DecoderState:
 
     def index_select(self, index: Tensor) -> DecoderState:
         """Keep the batch rows ``index (B',)``."""
-        pick = lambda x: x.index_select(1, index)  # noqa: E731  (L, B', H)
+        pick = lambda x: x.index_select(1, index)
         hidden = tuple(map(pick, self.hidden)) if isinstance(self.hidden, tuple) else pick(self.hidden)
         return DecoderState(hidden, None if self.feed is None else self.feed.index_select(0, index))
 
 
-_StepOutput = tuple[Tensor, DecoderState, Union[Tensor, None]]
+_StepOutput = tuple[Tensor, DecoderState, Tensor | None]
 """o ``(B, [T,] H)``, the decoder state after it, the source attention ``(B, [T,] S)`` or None."""
 
 

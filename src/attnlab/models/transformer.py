@@ -32,7 +32,9 @@ from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer
 PRESETS: dict[str, dict[str, Any]] = {
     # Table 3 of the paper; "big" trains with P_drop 0.3 on EN-DE.
     "base": dict(d_model=512, num_heads=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048),
-    "big": dict(d_model=1024, num_heads=16, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=4096, dropout=0.3),
+    "big": dict(
+        d_model=1024, num_heads=16, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=4096, dropout=0.3
+    ),
     # Sizes that train on a laptop CPU in minutes (small) or seconds (tiny).
     "small": dict(d_model=256, num_heads=4, num_encoder_layers=3, num_decoder_layers=3, dim_feedforward=1024),
     "tiny": dict(d_model=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=128),
@@ -183,12 +185,17 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = c = config
         self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id)
-        self.tgt_embed = self.src_embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.tgt_embed = (
+            self.src_embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id)
+        )
         self.positional = SinusoidalPositionalEncoding(c.d_model, c.max_len)
         self.embed_dropout = Dropout(c.dropout)
         layer_args = dict(
-            dropout=c.dropout, attn_dropout=c.attn_dropout, activation=c.activation,
-            norm_first=c.norm_first, layer_norm_eps=c.layer_norm_eps,
+            dropout=c.dropout,
+            attn_dropout=c.attn_dropout,
+            activation=c.activation,
+            norm_first=c.norm_first,
+            layer_norm_eps=c.layer_norm_eps,
         )
         self.encoder_layers = nn.ModuleList(
             EncoderLayer(c.d_model, c.num_heads, c.dim_feedforward, **layer_args) for _ in range(c.num_encoder_layers)
@@ -267,8 +274,10 @@ class Transformer(nn.Module):
         x, weights = self._embed(self.src_embed, src), []
         for layer in self.encoder_layers:
             x, w = layer(
-                x, key_padding_mask=src_key_padding_mask,
-                need_weights=need_weights, average_attn_weights=average_attn_weights,
+                x,
+                key_padding_mask=src_key_padding_mask,
+                need_weights=need_weights,
+                average_attn_weights=average_attn_weights,
             )
             weights.append(w)
         memory = self.encoder_norm(x)
@@ -308,10 +317,13 @@ class Transformer(nn.Module):
         x, weights = self._embed(self.tgt_embed, tgt_in, offset), AttentionWeights()
         for i, layer in enumerate(self.decoder_layers):
             x, self_w, cross_w = layer(
-                x, memory, memory_key_padding_mask=memory_key_padding_mask,
+                x,
+                memory,
+                memory_key_padding_mask=memory_key_padding_mask,
                 self_cache=None if cache is None else cache.self_attn[i],
                 cross_cache=None if cache is None else cache.cross_attn[i],
-                need_weights=need_weights, average_attn_weights=average_attn_weights,
+                need_weights=need_weights,
+                average_attn_weights=average_attn_weights,
             )
             weights.decoder.append(self_w)
             weights.cross.append(cross_w)
@@ -416,9 +428,12 @@ class Transformer(nn.Module):
         the next search; packed for the first search's row count, they serve any."""
         dtype = self.output.weight.dtype
         if not (
-            self.prepack_weights and memory.device.type == "cpu"
-            and (dtype == torch.float32 and packing_available()
-                 or dtype == torch.bfloat16 and bf16_packing_available())
+            self.prepack_weights
+            and memory.device.type == "cpu"
+            and (
+                (dtype == torch.float32 and packing_available())
+                or (dtype == torch.bfloat16 and bf16_packing_available())
+            )
         ):
             self._packed = None  # e.g. moved to a GPU: the copies would only hold memory
             return None

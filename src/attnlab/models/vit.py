@@ -107,7 +107,9 @@ ViTConfig.presets = {name: config.to_dict() for name, config in VIT_CONFIGS.item
 
 
 def vit_config(name: str, **overrides: Any) -> ViTConfig:
-    """``ViTConfig.from_preset``: a named config with fields replaced, e.g. ``vit_config("vit_tiny_patch16_224", num_classes=10)``.
+    """``ViTConfig.from_preset``: a named config with fields replaced.
+
+    E.g. ``vit_config("vit_tiny_patch16_224", num_classes=10)``.
 
     Raises:
         UnknownKeyError: an unknown name (also a ``ValueError``); the message lists the names.
@@ -147,8 +149,14 @@ class ViT(nn.Module):
     def _build_block(c: ViTConfig) -> EncoderLayer:
         """A pre-norm encoder block (Eq. 2-3): z' = MSA(LN(z)) + z, z = MLP(LN(z')) + z', GELU MLP."""
         block = EncoderLayer(
-            c.embed_dim, c.num_heads, c.mlp_dim, dropout=c.dropout, attn_dropout=c.attn_dropout,
-            activation="gelu", norm_first=True, layer_norm_eps=c.layer_norm_eps,
+            c.embed_dim,
+            c.num_heads,
+            c.mlp_dim,
+            dropout=c.dropout,
+            attn_dropout=c.attn_dropout,
+            activation="gelu",
+            norm_first=True,
+            layer_norm_eps=c.layer_norm_eps,
         )
         block.self_attn.fused = c.fused_attn
         return block

@@ -138,19 +138,24 @@ def attnlab_to_hf(state_dict: StateDict, *, prefix: str = "vit.") -> dict[str, T
 def timm_to_attnlab(state_dict: StateDict) -> dict[str, Tensor]:
     """Keys of a timm ``VisionTransformer`` (class token, no register tokens) renamed to ours."""
     to_ours = {timm: ours for ours, timm in _TIMM_BLOCK.items()}
-    return {_rename_block(key, to_ours).replace(".attn.qkv.", ".self_attn.in_proj_"): v for key, v in state_dict.items()}
+    return {
+        _rename_block(key, to_ours).replace(".attn.qkv.", ".self_attn.in_proj_"): v for key, v in state_dict.items()
+    }
 
 
 def attnlab_to_timm(state_dict: StateDict) -> dict[str, Tensor]:
     """Our ViT's state dict as timm ``VisionTransformer`` keys."""
-    return {_rename_block(key.replace(".self_attn.in_proj_", ".attn.qkv."), _TIMM_BLOCK): v for key, v in state_dict.items()}
+    return {
+        _rename_block(key.replace(".self_attn.in_proj_", ".attn.qkv."), _TIMM_BLOCK): v for key, v in state_dict.items()
+    }
 
 
 def vit_config_from_hf(config: transformers.ViTConfig) -> ViTConfig:
     """Our ``ViTConfig`` for a HF ``ViTConfig`` (square images and patches, exact GELU, q/k/v biases)."""
     if config.hidden_act != "gelu" or not config.qkv_bias:
         raise ValueError(
-            f"only hidden_act='gelu' (exact) with qkv_bias=True maps, got {config.hidden_act!r}, qkv_bias={config.qkv_bias}"
+            f"only hidden_act='gelu' (exact) with qkv_bias=True maps, "
+            f"got {config.hidden_act!r}, qkv_bias={config.qkv_bias}"
         )
     return ViTConfig(
         image_size=_square(config.image_size, "image_size"),
@@ -176,11 +181,20 @@ def hf_config_from_vit(config: ViTConfig, **hf_kwargs: Any) -> transformers.ViTC
     if config.mlp_dim != config.embed_dim * config.mlp_ratio:
         raise ValueError(f"mlp_ratio ({config.mlp_ratio}) must give a whole MLP size for embed_dim {config.embed_dim}")
     return HFViTConfig(
-        image_size=config.image_size, patch_size=config.patch_size, num_channels=config.in_channels,
-        num_labels=config.num_classes, hidden_size=config.embed_dim, num_hidden_layers=config.depth,
-        num_attention_heads=config.num_heads, intermediate_size=config.mlp_dim, hidden_act="gelu",
-        hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.attn_dropout,
-        layer_norm_eps=config.layer_norm_eps, qkv_bias=True, **hf_kwargs,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        num_channels=config.in_channels,
+        num_labels=config.num_classes,
+        hidden_size=config.embed_dim,
+        num_hidden_layers=config.depth,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.mlp_dim,
+        hidden_act="gelu",
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.attn_dropout,
+        layer_norm_eps=config.layer_norm_eps,
+        qkv_bias=True,
+        **hf_kwargs,
     )
 
 

@@ -30,18 +30,18 @@ import torch
 from safetensors.torch import load_model, save_model
 
 __all__ = [
-    "CheckpointError",
-    "MODEL_FILE",
     "CONFIG_FILE",
+    "MODEL_FILE",
     "STATE_FILE",
+    "CheckpointError",
+    "capture_rng_state",
     "checkpoint_dir",
     "find_checkpoint",
-    "save_checkpoint",
-    "load_weights",
     "load_trainer_state",
+    "load_weights",
     "read_config_text",
-    "capture_rng_state",
     "restore_rng_state",
+    "save_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -183,10 +183,14 @@ def capture_rng_state() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -197,8 +201,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached"]))
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached"],
+        )
+    )
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():

@@ -30,7 +30,7 @@ from attnlab.data.images import (
 from attnlab.training.config import ConfigError, ImageDataConfig, RunConfig
 from attnlab.training.metrics import classification_metrics, save_confusion_matrix_png
 
-__all__ = ["ClassificationTask", "load_image_splits", "IMAGE_SPEC_FILE"]
+__all__ = ["IMAGE_SPEC_FILE", "ClassificationTask", "load_image_splits"]
 
 IMAGE_SPEC_FILE = "image_spec.json"
 _SPLITS = {"train", "val", "test"}
@@ -111,8 +111,9 @@ class ClassificationTask:
         if self._loader is None:
             data = self.config.data
             augmentation = self._augmentation() if data.augment else None
-            self._loader = TensorImageLoader(self.splits.train, data.batch_size, shuffle=True,
-                                             augmentation=augmentation, seed=self.config.seed)
+            self._loader = TensorImageLoader(
+                self.splits.train, data.batch_size, shuffle=True, augmentation=augmentation, seed=self.config.seed
+            )
         return self._loader
 
     def _augmentation(self) -> ImageAugmentation:
@@ -139,8 +140,7 @@ class ClassificationTask:
         """Summed (label-smoothed) cross-entropy over the batch and its size."""
         images, labels = (t.to(self.device) for t in batch)
         logits = model(images).float()  # (B, K)
-        loss = F.cross_entropy(logits, labels, reduction="sum",
-                               label_smoothing=self.config.training.label_smoothing)
+        loss = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=self.config.training.label_smoothing)
         return loss, int(labels.shape[0])
 
     # ----------------------------------------------------------------------------- evaluation
@@ -155,12 +155,16 @@ class ClassificationTask:
             logits = model(images.to(self.device)).float()  # (B, K)
             total_loss += float(F.cross_entropy(logits, labels.to(self.device), reduction="sum"))
             predictions.append(logits.argmax(dim=-1).cpu())
-        metrics = {"loss": total_loss / max(len(dataset), 1), "examples": len(dataset),
-                   **classification_metrics(torch.cat(predictions), dataset.labels, dataset.classes)}
+        metrics = {
+            "loss": total_loss / max(len(dataset), 1),
+            "examples": len(dataset),
+            **classification_metrics(torch.cat(predictions), dataset.labels, dataset.classes),
+        }
         if output_dir is not None:
             path = Path(output_dir) / f"confusion_{split}.png"
-            save_confusion_matrix_png(metrics["confusion_matrix"], dataset.classes, path,
-                                      title=f"{split}: accuracy {metrics['accuracy']:.4f}")
+            save_confusion_matrix_png(
+                metrics["confusion_matrix"], dataset.classes, path, title=f"{split}: accuracy {metrics['accuracy']:.4f}"
+            )
             metrics["confusion_matrix_png"] = str(path)
         return metrics
 
@@ -172,10 +176,12 @@ class ClassificationTask:
     def classify(self, model: nn.Module, paths: Sequence[str | Path], top_k: int = 3) -> list[list[tuple[str, float]]]:
         """Top-k ``(class, probability)`` for each image file, read as the model was trained."""
         spec = self.spec
-        images = torch.stack([load_image(p, spec.channels, spec.image_size, spec.normalization)
-                              for p in paths])  # (B, C, H, W)
+        images = torch.stack(
+            [load_image(p, spec.channels, spec.image_size, spec.normalization) for p in paths]
+        )  # (B, C, H, W)
         with torch.no_grad():
             probs = torch.softmax(model(images.to(self.device)).float(), dim=-1).cpu()  # (B, K)
         values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-        return [[(spec.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
-                for vs, ix in zip(values, indices)]
+        return [
+            [(spec.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, indices)
+        ]

@@ -38,18 +38,18 @@ from attnlab.models.cnn import AttentionCNN, AttentionCNNConfig
 from attnlab.models.vit import ViT, ViTConfig
 
 __all__ = [
-    "ConfigError",
     "MODEL_REGISTRY",
     "MODEL_TYPES",
-    "ModelType",
     "TASKS",
-    "ModelSection",
+    "ConfigError",
     "ImageDataConfig",
+    "ModelSection",
+    "ModelType",
+    "RunConfig",
     "TextDataConfig",
     "TrainingConfig",
-    "RunConfig",
-    "load_config",
     "apply_overrides",
+    "load_config",
     "parse_override",
 ]
 
@@ -131,10 +131,14 @@ class ModelSection:
         config_class = section.config_class
         presets = MODEL_REGISTRY[kind].presets
         if section.preset is not None and section.preset not in presets:
-            raise ConfigError(f"{path}.preset: unknown {kind} preset {section.preset!r}; expected one of {sorted(presets)}")
+            raise ConfigError(
+                f"{path}.preset: unknown {kind} preset {section.preset!r}; expected one of {sorted(presets)}"
+            )
         params = {k: v for k, v in values.items() if k not in ("type", "preset")}
         hints = typing.get_type_hints(config_class)
-        check_keys([*hints, "type", "preset"], params, f"{path}.", f"not a field of {kind} model {config_class.__name__}")
+        check_keys(
+            [*hints, "type", "preset"], params, f"{path}.", f"not a field of {kind} model {config_class.__name__}"
+        )
         section.params = {key: coerce(value, hints[key], f"{path}.{key}") for key, value in params.items()}
         return section
 
@@ -281,8 +285,12 @@ class TrainingConfig:
     final_split: str | None = "test"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS),
-                              ("device", ("auto", "cpu", "cuda"))):
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("precision", PRECISIONS),
+            ("device", ("auto", "cpu", "cuda")),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {list(allowed)}")
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
@@ -329,8 +337,10 @@ class RunConfig:
             raise ConfigError(f"task: expected one of {list(TASKS)}, got {task!r}")
         model = ModelSection.from_dict(values.get("model", {}))
         if task not in MODEL_REGISTRY[model.type].tasks:
-            raise ConfigError(f"model.type: a {model.type} model does not do {task}; use one of "
-                              f"{[k for k, v in MODEL_REGISTRY.items() if task in v.tasks]}")
+            raise ConfigError(
+                f"model.type: a {model.type} model does not do {task}; use one of "
+                f"{[k for k, v in MODEL_REGISTRY.items() if task in v.tasks]}"
+            )
         return cls(
             task=task,
             model=model,
@@ -342,8 +352,14 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form; ``from_dict(to_dict())`` gives an equal config."""
-        return {"task": self.task, "seed": self.seed, "output_dir": self.output_dir,
-                "model": self.model.to_dict(), "data": to_plain(self.data), "training": to_plain(self.training)}
+        return {
+            "task": self.task,
+            "seed": self.seed,
+            "output_dir": self.output_dir,
+            "model": self.model.to_dict(),
+            "data": to_plain(self.data),
+            "training": to_plain(self.training),
+        }
 
     def to_yaml(self) -> str:
         """The config as YAML text."""
@@ -376,7 +392,7 @@ def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict
         for depth, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(path[:depth + 1])} is {child!r}, not a section")
+                raise ConfigError(f"override {text!r}: {'.'.join(path[: depth + 1])} is {child!r}, not a section")
             node = child
         node[path[-1]] = value
     return result

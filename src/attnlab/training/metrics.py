@@ -19,11 +19,11 @@ import torch
 
 __all__ = [
     "MetricsLogger",
-    "scalar_metrics",
-    "confusion_matrix",
-    "classification_metrics",
-    "save_confusion_matrix_png",
     "bleu_tokenizer_for",
+    "classification_metrics",
+    "confusion_matrix",
+    "save_confusion_matrix_png",
+    "scalar_metrics",
     "translation_metrics",
 ]
 
@@ -84,9 +84,7 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
     return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def classification_metrics(
-    predictions: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]
-) -> dict[str, Any]:
+def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy, per-class accuracy (recall) and the confusion matrix as plain values."""
     matrix = confusion_matrix(predictions, labels, len(classes))
     totals = matrix.sum(dim=1).clamp(min=1)
@@ -98,8 +96,9 @@ def classification_metrics(
     }
 
 
-def save_confusion_matrix_png(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
-                              title: str = "") -> Path:
+def save_confusion_matrix_png(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
     """Draw a confusion matrix (rows true, columns predicted) to a PNG with matplotlib's Agg backend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -119,8 +118,9 @@ def save_confusion_matrix_png(matrix: Sequence[Sequence[int]], classes: Sequence
     for i in range(k):
         for j in range(k):
             value = int(counts[i, j])
-            axes.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                      color="white" if value > peak / 2 else "black")
+            axes.text(
+                j, i, str(value), ha="center", va="center", fontsize=7, color="white" if value > peak / 2 else "black"
+            )
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=100)

@@ -48,8 +48,9 @@ def _checkpoint_of(run_dir: Path, which: str) -> Path:
     raise ckpt.CheckpointError(f"{run_dir} holds no checkpoint: missing {wanted}")
 
 
-def load_run(run_dir: str | Path, which: str = "best", *, need_data: bool = False, device: str = "cpu",
-             task: str | None = None) -> LoadedRun:
+def load_run(
+    run_dir: str | Path, which: str = "best", *, need_data: bool = False, device: str = "cpu", task: str | None = None
+) -> LoadedRun:
     """Restore the model of a run directory.
 
     Args:
@@ -70,7 +71,9 @@ def load_run(run_dir: str | Path, which: str = "best", *, need_data: bool = Fals
     except yaml.YAMLError as error:
         raise ConfigError(f"{directory / ckpt.CONFIG_FILE} is not valid YAML: {error}") from error
     if task is not None and config.task != task:
-        raise ConfigError(f"{run_dir} is a {config.task} run ({config.model.type} model); this command needs a {task} run")
+        raise ConfigError(
+            f"{run_dir} is a {config.task} run ({config.model.type} model); this command needs a {task} run"
+        )
     built = build_task(config)
     built.prepare(resolve_device(device), restore_from=directory, need_data=need_data)
     torch.manual_seed(config.seed)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-__all__ = ["noam_factor", "cosine_factor", "constant_factor", "build_scheduler"]
+__all__ = ["build_scheduler", "constant_factor", "cosine_factor", "noam_factor"]
 
 
 def noam_factor(step: int, d_model: int, warmup_steps: int) -> float:
@@ -51,13 +51,13 @@ def build_scheduler(
     if name == "noam":
         if not d_model:
             raise ValueError("the noam schedule needs d_model")
-        factor = lambda i: noam_factor(i + 1, d_model, warmup_steps)  # noqa: E731
+        factor = lambda i: noam_factor(i + 1, d_model, warmup_steps)
     elif name == "cosine":
         if not total_steps:
             raise ValueError("the cosine schedule needs total_steps (training.max_steps)")
-        factor = lambda i: cosine_factor(i + 1, warmup_steps, total_steps, min_ratio)  # noqa: E731
+        factor = lambda i: cosine_factor(i + 1, warmup_steps, total_steps, min_ratio)
     elif name == "constant":
-        factor = lambda i: constant_factor(i + 1, warmup_steps)  # noqa: E731
+        factor = lambda i: constant_factor(i + 1, warmup_steps)
     else:
         raise ValueError(f"unknown schedule {name!r}; expected noam, cosine or constant")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -43,8 +43,18 @@ from attnlab.training.metrics import MetricsLogger, scalar_metrics
 from attnlab.training.schedules import build_scheduler
 from attnlab.training.task import Task, build_task
 
-__all__ = ["Trainer", "TrainerState", "TrainResult", "ProgressEvent", "TrainingError", "resolve_device",
-           "resolve_precision", "autocast_to", "seed_everything", "cpu_has_bf16"]
+__all__ = [
+    "ProgressEvent",
+    "TrainResult",
+    "Trainer",
+    "TrainerState",
+    "TrainingError",
+    "autocast_to",
+    "cpu_has_bf16",
+    "resolve_device",
+    "resolve_precision",
+    "seed_everything",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -251,17 +261,26 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(self.config_yaml, encoding="utf-8")
         self.optimizer = self._build_optimizer()
         self.scheduler = build_scheduler(
-            self.optimizer, t.schedule, warmup_steps=t.warmup_steps, total_steps=t.max_steps,
-            d_model=t.schedule_d_model or self.task.model_width(), min_ratio=t.min_lr_ratio,
+            self.optimizer,
+            t.schedule,
+            warmup_steps=t.warmup_steps,
+            total_steps=t.max_steps,
+            d_model=t.schedule_d_model or self.task.model_width(),
+            min_ratio=t.min_lr_ratio,
         )
         if self.resumed_from is not None:
             self._restore(self.resumed_from)
         # What the loss runs: the model, or under torchrun its DistributedDataParallel, without
         # broadcast_buffers: no collective in forward, so a process whose batch fails before its
         # forward still meets the others at the step's all-reduce.
-        self.trained = self.model if self.dist is None else torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            broadcast_buffers=False,
+        self.trained = (
+            self.model
+            if self.dist is None
+            else torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
         )
         self.metrics = MetricsLogger(self.run_dir, tensorboard=t.tensorboard) if self.is_main else _NoMetrics()
         if not self.is_main:
@@ -313,17 +332,26 @@ class Trainer:
             self.state = TrainerState(**saved["trainer"])
             ckpt.restore_rng_state(saved["rng"])
         except (KeyError, ValueError, TypeError) as error:
-            raise ckpt.CheckpointError(f"trainer state {directory / ckpt.STATE_FILE} does not fit this run: {error}")
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", directory, self.state.step,
-                    self.state.epoch, self.state.batch_in_epoch)
+            raise ckpt.CheckpointError(
+                f"trainer state {directory / ckpt.STATE_FILE} does not fit this run: {error}"
+            ) from error
+        logger.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            directory,
+            self.state.step,
+            self.state.epoch,
+            self.state.batch_in_epoch,
+        )
 
     def _start_message(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
         how = f"resumed from {self.resumed_from} at step {self.state.step}" if self.resumed_from else "fresh start"
         dtype = "bf16 autocast" if self.autocast_dtype else "fp32"
         processes = f", {self.dist.world_size} processes" if self.dist is not None else ""
-        return (f"{self.config.task}: {self.config.model.type} with {params:,} parameters on {self.device} "
-                f"({dtype}, {torch.get_num_threads()} threads{processes}); {how}")
+        return (
+            f"{self.config.task}: {self.config.model.type} with {params:,} parameters on {self.device} "
+            f"({dtype}, {torch.get_num_threads()} threads{processes}); {how}"
+        )
 
     # ----------------------------------------------------------------------------- train
     def train(self) -> str:
@@ -476,12 +504,17 @@ class Trainer:
         where = f"epoch {self.state.epoch} batch {self.state.batch_in_epoch - 1} (after step {self.state.step})"
         message = f"skipped {where}: {type(error).__name__}: {error}"
         logger.warning(message)
-        self.metrics.log("skip", self.state.step, {"epoch": self.state.epoch,
-                                                   "batch": self.state.batch_in_epoch - 1, "error": str(error)})
+        self.metrics.log(
+            "skip",
+            self.state.step,
+            {"epoch": self.state.epoch, "batch": self.state.batch_in_epoch - 1, "error": str(error)},
+        )
         self._emit("skip", message=message)
         if self.state.bad_batches > self.config.training.max_bad_batches:
-            raise TrainingError(f"{self.state.bad_batches} bad batches, more than training.max_bad_batches "
-                                f"({self.config.training.max_bad_batches}); last: {message}") from error
+            raise TrainingError(
+                f"{self.state.bad_batches} bad batches, more than training.max_bad_batches "
+                f"({self.config.training.max_bad_batches}); last: {message}"
+            ) from error
 
     def _window_update(self, loss: float, grad_norm: float, units: int) -> None:
         window = self._window or {"loss": 0.0, "steps": 0, "units": 0, "t0": time.monotonic()}
@@ -493,10 +526,17 @@ class Trainer:
         self._emit("step", loss=loss, lr=lr, units=units)
         if self.state.step % self.config.training.log_every == 0:
             seconds = max(time.monotonic() - window["t0"], 1e-9)
-            self.metrics.log("train", self.state.step, {
-                "epoch": self.state.epoch, "loss": window["loss"] / window["steps"], "lr": lr,
-                "grad_norm": grad_norm, f"{self.task.unit}_per_second": window["units"] / seconds,
-            })
+            self.metrics.log(
+                "train",
+                self.state.step,
+                {
+                    "epoch": self.state.epoch,
+                    "loss": window["loss"] / window["steps"],
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    f"{self.task.unit}_per_second": window["units"] / seconds,
+                },
+            )
             self._window = None
 
     def _after_step(self) -> str:
@@ -563,13 +603,22 @@ class Trainer:
     # ----------------------------------------------------------------------------- checkpoints
     def trainer_state(self) -> dict[str, Any]:
         """Everything exact resume needs besides the weights."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "trainer": asdict(self.state), "rng": ckpt.capture_rng_state()}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "trainer": asdict(self.state),
+            "rng": ckpt.capture_rng_state(),
+        }
 
     def save(self, name: str) -> Path:
         """Write checkpoint ``name`` (``last`` or ``best``) atomically."""
-        path = ckpt.save_checkpoint(ckpt.checkpoint_dir(self.run_dir, name), self.model, self.config_yaml,
-                                    self.trainer_state(), self.task.write_extras)
+        path = ckpt.save_checkpoint(
+            ckpt.checkpoint_dir(self.run_dir, name),
+            self.model,
+            self.config_yaml,
+            self.trainer_state(),
+            self.task.write_extras,
+        )
         self._emit("checkpoint", message=f"saved {path} at step {self.state.step}")
         return path
 
@@ -593,9 +642,17 @@ class Trainer:
             self.metrics.log(split, self.state.step, scalar_metrics(final))
             (self.run_dir / f"{split}_metrics.json").write_text(json.dumps(final, indent=2, ensure_ascii=False))
         self.metrics.close()
-        result = TrainResult(self.run_dir, self.state.step, self.state.epoch, self.stop_reason,
-                             self.state.best_metric, self.state.best_step, final,
-                             self.state.elapsed_seconds, self.state.bad_batches)
+        result = TrainResult(
+            self.run_dir,
+            self.state.step,
+            self.state.epoch,
+            self.stop_reason,
+            self.state.best_metric,
+            self.state.best_step,
+            final,
+            self.state.elapsed_seconds,
+            self.state.bad_batches,
+        )
         self._emit("end", metrics=final, message=self.stop_reason)
         return result
 
@@ -615,6 +672,14 @@ class Trainer:
         return min(bounds) if bounds else None
 
     def _emit(self, kind: str, **values: Any) -> None:
-        self.progress(ProgressEvent(kind=kind, step=self.state.step, total_steps=self.total_steps(),
-                                    epoch=self.state.epoch, unit=self.task.unit,
-                                    elapsed_seconds=self.state.elapsed_seconds, **values))
+        self.progress(
+            ProgressEvent(
+                kind=kind,
+                step=self.state.step,
+                total_steps=self.total_steps(),
+                epoch=self.state.epoch,
+                unit=self.task.unit,
+                elapsed_seconds=self.state.elapsed_seconds,
+                **values,
+            )
+        )

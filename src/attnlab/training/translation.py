@@ -38,7 +38,7 @@ from attnlab.training.checkpoints import CheckpointError
 from attnlab.training.config import RunConfig
 from attnlab.training.metrics import translation_metrics
 
-__all__ = ["TranslationTask", "TOKENIZER_DIR", "strip_special"]
+__all__ = ["TOKENIZER_DIR", "TranslationTask", "strip_special"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,13 @@ def _warn_unfit_inputs(ids: Sequence[Sequence[int]], max_length: int) -> None:
         logger.warning("input line %s: empty; translated as an empty line", _line_numbers(empty))
     if long:
         longest = max(len(ids[i]) for i in long)
-        logger.warning("input line %s: longer than max_length=%d tokens (up to %d); only the first %d tokens "
-                       "are translated", _line_numbers(long), max_length, longest, max_length)
+        logger.warning(
+            "input line %s: longer than max_length=%d tokens (up to %d); only the first %d tokens are translated",
+            _line_numbers(long),
+            max_length,
+            longest,
+            max_length,
+        )
 
 
 def beam_suffix(beam_size: int) -> str:
@@ -124,7 +129,9 @@ class TranslationTask:
         saved = Path(restore_from) / TOKENIZER_DIR if restore_from is not None else None
         if saved is not None:
             if not (saved / "tokenizer.json").is_file():
-                raise FileNotFoundError(f"checkpoint {restore_from} is incomplete: missing {TOKENIZER_DIR}/tokenizer.json")
+                raise FileNotFoundError(
+                    f"checkpoint {restore_from} is incomplete: missing {TOKENIZER_DIR}/tokenizer.json"
+                )
             try:
                 self.tokenizer = TranslationTokenizer.load(saved)
             except (OSError, ValueError, KeyError, TypeError) as error:
@@ -143,9 +150,13 @@ class TranslationTask:
 
     def build_model(self) -> nn.Module:
         """A Transformer or RNN seq2seq sized to the tokenizer's vocabularies, on the task's device."""
-        derived = {"src_vocab_size": self.tokenizer.source.vocab_size,
-                   "tgt_vocab_size": self.tokenizer.target.vocab_size,
-                   "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID}
+        derived = {
+            "src_vocab_size": self.tokenizer.source.vocab_size,
+            "tgt_vocab_size": self.tokenizer.target.vocab_size,
+            "pad_id": PAD_ID,
+            "bos_id": BOS_ID,
+            "eos_id": EOS_ID,
+        }
         self.model_config = self.config.model.resolve(**derived)
         return self.config.model.build(self.model_config).to(self.device)
 
@@ -171,7 +182,7 @@ class TranslationTask:
         return self._train
 
     def batches_per_epoch(self) -> int:
-        dataset, sampler = self._train_data()
+        _dataset, sampler = self._train_data()
         return len(sampler.batches_for_epoch(0))
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[TranslationBatch]:
@@ -182,13 +193,20 @@ class TranslationTask:
     def batch_units(self, batch: TranslationBatch) -> int:
         return int(batch.src_lengths.sum()) + batch.num_target_tokens
 
-    def loss(self, model: nn.Module, batch: TranslationBatch, label_smoothing: float | None = None) -> tuple[torch.Tensor, int]:
+    def loss(
+        self, model: nn.Module, batch: TranslationBatch, label_smoothing: float | None = None
+    ) -> tuple[torch.Tensor, int]:
         """Summed label-smoothed cross-entropy over non-pad target tokens, and their count."""
         batch = batch.to(self.device)
         logits = model(batch.src, batch.tgt_in).float()  # (B, T, V)
         smoothing = self.config.training.label_smoothing if label_smoothing is None else label_smoothing
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tgt_out.reshape(-1),
-                               ignore_index=PAD_ID, reduction="sum", label_smoothing=smoothing)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            batch.tgt_out.reshape(-1),
+            ignore_index=PAD_ID,
+            reduction="sum",
+            label_smoothing=smoothing,
+        )
         return loss, batch.num_target_tokens
 
     # ----------------------------------------------------------------------------- evaluation
@@ -196,7 +214,9 @@ class TranslationTask:
         sampler = TokenBudgetBatchSampler(dataset.costs(), self.config.data.eval_max_tokens, shuffle=False)
         return (collate_translation([dataset[i] for i in indices]) for indices in sampler)
 
-    def evaluate(self, model: nn.Module, split: str, output_dir: Path | None = None, beam_size: int = 1) -> dict[str, Any]:
+    def evaluate(
+        self, model: nn.Module, split: str, output_dir: Path | None = None, beam_size: int = 1
+    ) -> dict[str, Any]:
         """Loss and perplexity (no smoothing) on a split; BLEU, chrF and exact match of greedy
         (``beam_size`` 1) or beam-search translations, written to ``translations_<split>.tsv``
         (``translations_<split>_beam<N>.tsv`` for beams)."""
@@ -211,8 +231,13 @@ class TranslationTask:
         pairs = self.corpus.splits[split][:limit]
         hypotheses = self.translate(model, [source for source, _ in pairs], beam_size=beam_size)
         references = [target for _, target in pairs]
-        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "sentences": len(pairs), "beam_size": beam_size,
-                   **translation_metrics(hypotheses, references, self.target_lang)}
+        metrics = {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "sentences": len(pairs),
+            "beam_size": beam_size,
+            **translation_metrics(hypotheses, references, self.target_lang),
+        }
         if output_dir is not None:
             path = Path(output_dir) / f"translations_{split}{beam_suffix(beam_size)}.tsv"
             rows = [f"{s}\t{r}\t{h}" for (s, r), h in zip(pairs, hypotheses)]
@@ -241,9 +266,13 @@ class TranslationTask:
             tokens, lengths, weights = self._search(model, src, beam_size, attention="last")  # (1, T), (1,), (1, T, S)
         target_ids = tokens[0, : int(lengths[0])].tolist()
         translation = self.tokenizer.target.decode([strip_special(target_ids)])[0]
-        return Alignment(text, translation, _piece_labels(self.tokenizer.source, src[0].tolist()),
-                         _piece_labels(self.tokenizer.target, target_ids),
-                         weights[0, : len(target_ids)].float().cpu())
+        return Alignment(
+            text,
+            translation,
+            _piece_labels(self.tokenizer.source, src[0].tolist()),
+            _piece_labels(self.tokenizer.target, target_ids),
+            weights[0, : len(target_ids)].float().cpu(),
+        )
 
     def _search(self, model: nn.Module, src: torch.Tensor, beam_size: int, attention: str | None = None):
         """Greedy (``beam_size`` 1) or beam search under the data's length limits: the best
@@ -258,20 +287,21 @@ class TranslationTask:
         best = None if result.attention is None else result.attention[:, 0]
         return result.tokens[:, 0], result.lengths[:, 0], best
 
-    def translate(self, model: nn.Module, texts: Sequence[str], beam_size: int = 1,
-                  batch_size: int = 64) -> list[str]:
+    def translate(self, model: nn.Module, texts: Sequence[str], beam_size: int = 1, batch_size: int = 64) -> list[str]:
         """Translate sentences with greedy (``beam_size`` 1) or beam search, in input order."""
         data = self.config.data
         ids = self.tokenizer.source.encode(list(texts))
         _warn_unfit_inputs(ids, data.max_length)
         # Blank inputs translate to blank lines (a model fed only EOS would invent a sentence).
-        order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))  # similar lengths batch together
+        order = sorted(
+            (i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i])
+        )  # similar lengths batch together
         outputs: dict[int, str] = {i: "" for i in range(len(ids)) if not ids[i]}
         was_training = model.training
         model.eval()
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
+                rows = order[start : start + batch_size]
                 examples = [TranslationExample(i, ids[i][: data.max_length], []) for i in rows]
                 src = collate_translation(examples).src.to(self.device)  # (B, S)
                 tokens, _, _ = self._search(model, src, beam_size)  # (B, T)
@@ -279,4 +309,3 @@ class TranslationTask:
                 outputs.update(zip(rows, decoded))
         model.train(was_training)
         return [outputs[i] for i in range(len(ids))]
-
