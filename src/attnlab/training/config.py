@@ -33,9 +33,7 @@ import yaml
 from attnlab.config import ConfigError, check_keys, coerce, load_yaml, read_dataclass, to_plain
 from attnlab.data.corpora import CorpusConfig
 from attnlab.data.tokenizer import TokenizerConfig
-from attnlab.models import rnn_seq2seq, transformer
-from attnlab.models.cnn import AttentionCNN, AttentionCNNConfig
-from attnlab.models.vit import ViT, ViTConfig
+from attnlab.models.registry import MODEL_REGISTRY, MODEL_TYPES, ModelType
 
 __all__ = [
     "MODEL_REGISTRY",
@@ -57,29 +55,6 @@ TASKS = ("translation", "classification")
 PRECISIONS = ("fp32", "bf16", "auto")
 SCHEDULES = ("noam", "cosine", "constant")
 OPTIMIZERS = ("adamw", "adam")
-
-
-@dataclass(frozen=True)
-class ModelType:
-    """What a config's ``model.type`` names: its config dataclass, module and tasks."""
-
-    config_class: type
-    model_class: type
-    tasks: tuple[str, ...]
-
-    @property
-    def presets(self) -> Mapping[str, Mapping[str, Any]]:
-        """The config class's named presets (``ConfigMixin.presets``)."""
-        return self.config_class.presets
-
-
-MODEL_REGISTRY: dict[str, ModelType] = {
-    "vit": ModelType(ViTConfig, ViT, ("classification",)),
-    "cnn": ModelType(AttentionCNNConfig, AttentionCNN, ("classification",)),
-    "transformer": ModelType(transformer.TransformerConfig, transformer.Transformer, ("translation",)),
-    "rnn": ModelType(rnn_seq2seq.Seq2SeqConfig, rnn_seq2seq.RNNSeq2Seq, ("translation",)),
-}
-MODEL_TYPES = tuple(MODEL_REGISTRY)
 
 
 # ---------------------------------------------------------------------------------------------
