@@ -4,10 +4,8 @@ Both models run in one process, interleaved (ours, ours tuned, HF, ours, ...) on
 warm-up; the ratio of median times is reported (>1 means ours is faster). Blocks during which
 other processes took a noticeable share of the CPU (read from /proc/stat) are dropped when
 enough clean ones remain. "tuned" is our model with the attention path chosen per case (SDPA, but
-the explicit path for bf16 training) and the core's NaN check on attention inputs switched off
-(``set_input_checks(False)``): what the core would give with the fixes reported for it. Cases:
-ViT-Ti/16 at 224 and the 28x28 model, inference and a training
-step (forward, cross-entropy, backward, SGD), fp32 and bf16 autocast.
+the explicit path for bf16 training). Cases: ViT-Ti/16 at 224 and the 28x28 model, inference and
+a training step (forward, cross-entropy, backward, SGD), fp32 and bf16 autocast.
 
 Usage: ``python -m benchmarks.vision [--quick] [--reps N] [--threads 2] [--out benchmarks/results/vision.json]``
 """
@@ -28,7 +26,6 @@ import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnlab.functional.attention import set_input_checks
 from attnlab.models.vit import ViT, vit_config
 from attnlab.models.vit_interop import vit_to_hf
 from benchmarks.common import timed
@@ -61,19 +58,6 @@ def make_step(model: torch.nn.Module, images: torch.Tensor, train: bool, bf16: b
     return train_step if train else infer
 
 
-def without_input_checks(step: Callable[[], None]) -> Callable[[], None]:
-    """``step`` with the core's NaN check on attention inputs switched off for its duration."""
-
-    def run() -> None:
-        set_input_checks(False)
-        try:
-            step()
-        finally:
-            set_input_checks(True)
-
-    return run
-
-
 def flops_of(step: Callable[[], None]) -> float:
     counter = FlopCounterMode(display=False)
     with counter:
@@ -100,14 +84,14 @@ def run_case(name: str, mode: str, bf16: bool, reps: int, warmup: int) -> dict:
     ours = ViT(config)
     hf = vit_to_hf(ours, attn_implementation="sdpa")
     # "tuned": what a dtype- and grad-aware fused/explicit choice in the core would pick (SDPA
-    # except for bf16 training, where CPU SDPA's backward is slow), and the core's NaN checks off
+    # except for bf16 training, where CPU SDPA's backward is slow)
     tuned = ViT(dataclasses.replace(config, fused_attn=not (mode == "train" and bf16)))
     tuned.load_state_dict(ours.state_dict())
     batch = MODELS[name][mode]
     images = torch.randn(batch, config.in_channels, config.image_size, config.image_size)
     steps = {
         "attnlab": make_step(ours, images, mode == "train", bf16, hf=False),
-        "attnlab_tuned": without_input_checks(make_step(tuned, images, mode == "train", bf16, hf=False)),
+        "attnlab_tuned": make_step(tuned, images, mode == "train", bf16, hf=False),
         "hf": make_step(hf, images, mode == "train", bf16, hf=True),
     }
     for _ in range(warmup):

@@ -1,13 +1,13 @@
 """attention(): the fused path against the explicit one and SDPA, masks, empty and bad input."""
 
 import math
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from attnlab.functional import attention, attention_weights, causal_mask, set_input_checks, sparsemax
+from attnlab.functional import attention, attention_weights, causal_mask, nan_checks, sparsemax
+from attnlab.functional.kernels import Thresholds, set_thresholds
 from attnlab.layers import AdditiveScore, WeightedSoftmax
 
 B, H, LQ, LK, D = 2, 3, 5, 7, 8
@@ -179,11 +179,6 @@ def test_any_number_of_batch_dims():
         (lambda q, k, v: (q[:1].expand(1, H, LQ, D), k[:, :2], v[:, :2]), ValueError, "batch dims"),
         (lambda q, k, v: (q[..., :4], k, v), ValueError, r"query \(2, 3, 5, 4\) and key \(2, 3, 7, 8\)"),
         (lambda q, k, v: (q.long(), k, v), TypeError, "floating point"),
-        (
-            lambda q, k, v: (q, torch.full_like(k, float("nan")), v),
-            ValueError,
-            r"key of shape \(2, 3, 7, 8\) contains NaN",
-        ),
         (lambda q, k, v: (q[0, 0, 0], k, v), ValueError, r"must have shape \(\.\.\., L, d\), got \(8,\)"),
     ],
 )
@@ -205,22 +200,22 @@ def test_bad_masks_name_the_shapes():
         attention(q, k, v, score="dot", fused=True)
 
 
-def test_input_checks_can_be_turned_off():
+@pytest.mark.parametrize("fused", [True, False, None])
+def test_nan_checks_name_the_input_inside_the_block_only(fused):
     q, k, v = _qkv()
-    k[0, 0, 0, 0] = float("nan")
-    set_input_checks(False)
-    try:
-        out, _ = attention(q, k, v)
-        assert torch.isnan(out).any()
-    finally:
-        set_input_checks(True)
+    k = torch.full_like(k, float("nan"))
+    with nan_checks(), pytest.raises(ValueError, match=r"key of shape \(2, 3, 7, 8\) contains NaN"):
+        attention(q, k, v, fused=fused)
+    out, _ = attention(q, k, v, fused=fused)  # off by default: the NaN goes through
+    assert torch.isnan(out).all()
+    with nan_checks(), nan_checks(enabled=False):
+        assert torch.isnan(attention(q, k, v, fused=fused)[0]).all()
 
 
 @pytest.mark.parametrize("mask_kind", ["none", "padding", "arbitrary", "bias_inf"])
 @pytest.mark.parametrize("is_causal", [False, True])
-def test_blockwise_path_for_averaged_weights_equals_explicit(mask_kind, is_causal, monkeypatch):
-    module = sys.modules["attnlab.functional.attention"]
-    monkeypatch.setattr(module, "WEIGHTS_CHUNK_ELEMENTS", B * H * LK * 2)  # blocks of 2 queries: 3 blocks
+def test_blockwise_path_for_averaged_weights_equals_explicit(mask_kind, is_causal, kernel_defaults):
+    set_thresholds(Thresholds(weights_chunk_elements=B * H * LK * 2))  # blocks of 2 queries: 3 blocks
     mask = _masks()[mask_kind]
     grads = []
     for fused in (None, False):  # None takes the blockwise path for averaged weights on CPU
@@ -266,5 +261,5 @@ def test_a_nan_query_is_named_on_every_kernel(fused, grad):
     q = q.clone()
     q[1, 2, 3, 4] = float("nan")
     q.requires_grad_(grad)
-    with pytest.raises(ValueError, match=r"query of shape \(2, 3, 5, 8\) contains NaN"):
+    with nan_checks(), pytest.raises(ValueError, match=r"query of shape \(2, 3, 5, 8\) contains NaN"):
         attention(q, k, v, fused=fused)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnlab.functional.attention import CPU_PLAIN_MAX_KEYS, CPU_PLAIN_MAX_QUERIES, step_attention
+from attnlab.functional.kernels import Thresholds, step_attention
 from attnlab.layers.kv_cache import MIN_CAPACITY, BeamAncestry, BeamKVCache, KVCache
 
 SENTENCES, BEAM, HEADS, DIM = 3, 4, 2, 8
@@ -74,8 +74,10 @@ def test_beam_ancestry_keeps_rows_within_their_sentence():
         BeamAncestry(0)
 
 
-@pytest.mark.parametrize("queries", [1, 2, 5, CPU_PLAIN_MAX_QUERIES, CPU_PLAIN_MAX_QUERIES + 1])
-@pytest.mark.parametrize("keys", [11, CPU_PLAIN_MAX_KEYS + 1])
+@pytest.mark.parametrize(
+    "queries", [1, 2, 5, Thresholds().cpu_step_plain_max_queries, Thresholds().cpu_step_plain_max_queries + 1]
+)
+@pytest.mark.parametrize("keys", [11, Thresholds().cpu_step_plain_max_keys + 1])
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
 def test_step_attention_equals_sdpa(queries, keys, mask_kind):
     g = torch.Generator().manual_seed(2)

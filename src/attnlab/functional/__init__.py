@@ -1,9 +1,12 @@
-"""Pure attention maths: scores f_sim, normalisers f_norm, masks and ``attention``.
+"""Pure attention maths: scores f_sim, normalisers f_norm, masks, ``attention`` and its kernels.
 
-Nothing here holds state or knows a model exists. See ``attention.py`` for the shape notation.
+Nothing here holds state or knows a model exists. See ``attention.py`` for the shape notation,
+``kernels`` for the interchangeable implementations of scaled-dot softmax attention.
 """
 
-from attnlab.functional.attention import attention, attention_weights, set_input_checks
+from attnlab.functional.attention import attention
+from attnlab.functional.checks import nan_checks
+from attnlab.functional.kernels import attention_weights
 from attnlab.functional.masks import causal_mask, merge_masks, padding_mask
 from attnlab.functional.normalize import (
     NORMALIZERS,
@@ -28,11 +31,11 @@ __all__ = [
     "cosine_score",
     "dot_score",
     "merge_masks",
+    "nan_checks",
     "padding_mask",
     "resolve_normalizer",
     "resolve_score",
     "scaled_dot_score",
-    "set_input_checks",
     "softmax",
     "sparsemax",
 ]

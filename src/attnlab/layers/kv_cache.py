@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from attnlab.functional.attention import step_attention
+from attnlab.functional.kernels import step_attention
 
 # Positions a growing cache reserves at its first append: most sentences then never copy their
 # keys and values to a larger buffer (doubling from 1 copied them six times by 64 tokens).

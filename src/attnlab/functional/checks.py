@@ -1,0 +1,80 @@
+"""Checks of attention's inputs: shapes and dtypes on every call, NaN only when asked (``nan_checks``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from torch import Tensor
+
+_nan_checks: ContextVar[bool] = ContextVar("attnlab_nan_checks", default=False)
+
+
+@contextmanager
+def nan_checks(enabled: bool = True) -> Iterator[None]:
+    """Within this block (this thread or task only), ``attention`` names the input that holds NaN.
+
+    Off by default: the check reduces the context and the query on every call, and on CUDA reads
+    the result back to the host, a synchronisation per call. For debugging, e.g. a trainer's
+    ``--debug``::
+
+        with nan_checks():
+            loss = model(batch)
+
+    Args:
+        enabled: False turns the checks off inside an enclosing ``nan_checks()`` block.
+    """
+    token = _nan_checks.set(enabled)
+    try:
+        yield
+    finally:
+        _nan_checks.reset(token)
+
+
+def nan_checks_enabled() -> bool:
+    """Whether the calls in this context check for NaN (see ``nan_checks``)."""
+    return _nan_checks.get()
+
+
+def check_no_nan(context: Tensor, query: Tensor, key: Tensor, value: Tensor) -> None:
+    """Raise a ``ValueError`` naming the input that holds NaN, once the context or query shows one.
+
+    One reduction over the context and one over the query (SDPA's CPU kernel turns a NaN query
+    row into zeros, so the context alone would miss it); the inputs are searched only then.
+    """
+    if torch.compiler.is_compiling() or not torch.isnan(context.sum() + query.sum()):
+        return
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if torch.isnan(x).any():
+            raise ValueError(f"{name} of shape {tuple(x.shape)} contains NaN")
+
+
+def check_inputs(query: Tensor, key: Tensor, value: Tensor) -> torch.Size:
+    """Raise on bad types, ranks, dtypes or lengths; return the broadcast batch shape."""
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
+        if x.ndim < 2:
+            raise ValueError(f"{name} must have shape (..., L, d), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
+    if not query.ndim == key.ndim == value.ndim:
+        raise ValueError(
+            f"query, key and value must have the same rank, got query {tuple(query.shape)}, "
+            f"key {tuple(key.shape)}, value {tuple(value.shape)}"
+        )
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(
+            f"key and value must have the same length Lk, got key {tuple(key.shape)} and value {tuple(value.shape)}"
+        )
+    if query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
+        return query.shape[:-2]  # the usual case; torch.broadcast_shapes costs more than a decoding step's math
+    try:
+        return torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"batch dims of query {tuple(query.shape)}, key {tuple(key.shape)} and value "
+            f"{tuple(value.shape)} do not match"
+        ) from None

@@ -1,0 +1,45 @@
+"""The dispatcher: which kernel computes one call of scaled-dot softmax attention."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from attnlab.functional.kernels._common import Kernel
+from attnlab.functional.kernels.blockwise import blockwise
+from attnlab.functional.kernels.explicit import explicit
+from attnlab.functional.kernels.sdpa import sdpa
+from attnlab.functional.kernels.thresholds import Thresholds, current_thresholds
+
+
+def choose_kernel(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    need_weights: bool = False,
+    weights_average_dim: int | None = None,
+    thresholds: Thresholds | None = None,
+) -> Kernel:
+    """The kernel for one call, like PyTorch's own choice of SDPA backend.
+
+    Per-head weights take ``explicit`` (it makes the map once; SDPA would need a second pass);
+    otherwise CUDA takes ``sdpa``. On CPU, head-averaged weights take ``blockwise``, calls that
+    need no gradients ``sdpa``, and training calls ``sdpa`` from
+    ``thresholds.backward_sdpa_min_keys(dtype)`` keys on, ``explicit`` below.
+
+    Args:
+        query, key, value: the call's inputs, as ``Kernel`` takes them.
+        need_weights, weights_average_dim: what the call returns, as ``Kernel`` takes them.
+        thresholds: the table to choose by; ``current_thresholds()`` when None.
+    """
+    if need_weights and weights_average_dim is None:
+        return explicit
+    if query.device.type != "cpu":
+        return sdpa
+    if need_weights:
+        return blockwise
+    if not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)):
+        return sdpa
+    thresholds = current_thresholds() if thresholds is None else thresholds
+    return sdpa if key.shape[-2] >= thresholds.backward_sdpa_min_keys(query.dtype) else explicit

@@ -1,0 +1,165 @@
+"""The thresholds the dispatcher chooses kernels by: defaults right on any machine, or a measured table.
+
+``python -m benchmarks.attention_kernels --write`` measures this machine and writes the table to
+``table_path()``: ``$ATTNLAB_KERNEL_TABLE`` when set, else ``$XDG_CACHE_HOME/attnlab/attention_kernels.json``
+(``~/.cache`` without XDG). The table is read once, at the first call that needs a threshold; a
+table that is corrupt or was measured on another machine or torch gives a warning and the defaults.
+What the defaults rest on is in docs/results/attention_kernels.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+TABLE_FORMAT = "attnlab.attention_kernels/1"
+TABLE_ENV = "ATTNLAB_KERNEL_TABLE"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where one kernel stops paying and the next one starts (lengths in keys or queries).
+
+    Attributes:
+        cpu_backward_sdpa_min_keys_float32: fp32 CPU calls that need gradients take SDPA from
+            this many keys on, the explicit kernel below.
+        cpu_backward_sdpa_min_keys_bfloat16: likewise for bf16 and fp16 (SDPA's low-precision
+            CPU backward is slow for short sequences).
+        cpu_backward_sdpa_min_keys_float64: likewise for float64.
+        cpu_contiguous_min_keys: from this many keys on, SDPA on CPU gets contiguous copies of
+            strided heads (the copy pays for itself only on long sequences).
+        cpu_step_plain_max_queries: a decoding step takes the plain products of the step kernel
+            for 2 to this many fp32 queries per (batch, head) on CPU (1: never)...
+        cpu_step_plain_max_keys: ...against at most this many keys.
+        weights_chunk_elements: scores in one block of the blockwise kernel and of the weights
+            computed beside SDPA (a memory bound, not a speed threshold).
+    """
+
+    cpu_backward_sdpa_min_keys_float32: int = 0
+    cpu_backward_sdpa_min_keys_bfloat16: int = 512
+    cpu_backward_sdpa_min_keys_float64: int = 192
+    cpu_contiguous_min_keys: int = 256
+    cpu_step_plain_max_queries: int = 8
+    cpu_step_plain_max_keys: int = 128
+    weights_chunk_elements: int = 1 << 22
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{field.name} must be an int >= 0, got {value!r}")
+        if self.weights_chunk_elements < 1:
+            raise ValueError(f"weights_chunk_elements must be >= 1, got {self.weights_chunk_elements}")
+
+    def backward_sdpa_min_keys(self, dtype: torch.dtype) -> int:
+        """The fewest keys from which a CPU call in ``dtype`` that needs gradients takes SDPA."""
+        if dtype == torch.float32:
+            return self.cpu_backward_sdpa_min_keys_float32
+        if dtype == torch.float64:
+            return self.cpu_backward_sdpa_min_keys_float64
+        return self.cpu_backward_sdpa_min_keys_bfloat16
+
+
+_current: Thresholds | None = None
+
+
+def current_thresholds() -> Thresholds:
+    """The thresholds in force: those set by ``set_thresholds``, else the table at ``table_path()``
+    read once (the defaults when there is none)."""
+    global _current
+    if _current is None:
+        _current = load_table(table_path())
+    return _current
+
+
+def set_thresholds(thresholds: Thresholds | None) -> Thresholds | None:
+    """Hand the dispatcher these thresholds (None: read the table again at the next call); returns
+    the ones set before, for restoring."""
+    global _current
+    previous, _current = _current, thresholds
+    return previous
+
+
+def table_path() -> Path:
+    """``$ATTNLAB_KERNEL_TABLE``, else ``attnlab/attention_kernels.json`` in the user's cache folder."""
+    if os.environ.get(TABLE_ENV):
+        return Path(os.environ[TABLE_ENV])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "attnlab" / "attention_kernels.json"
+
+
+def machine() -> dict[str, str]:
+    """What a table's measurements hold for: the CPU model, its architecture and torch's version."""
+    return {"cpu": _cpu_model(), "arch": platform.machine(), "torch": torch.__version__}
+
+
+def load_table(path: Path) -> Thresholds:
+    """The thresholds a table at ``path`` holds; the defaults when there is no file, and with a
+    warning when it is corrupt, of another format, or measured on another machine or torch."""
+    if not path.is_file():
+        return Thresholds()
+    try:
+        table = json.loads(path.read_text())
+        return _thresholds_of(table)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        warnings.warn(f"attention kernel table {path} ignored, using the defaults: {error}", stacklevel=2)
+        return Thresholds()
+
+
+def write_table(thresholds: Thresholds, path: Path | None = None, measured: dict[str, Any] | None = None) -> Path:
+    """Write ``thresholds`` for this machine to ``path`` (``table_path()`` when None); returns the path."""
+    path = table_path() if path is None else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = {
+        "format": TABLE_FORMAT,
+        "machine": machine(),
+        "thresholds": dataclasses.asdict(thresholds),
+        "measured": measured or {},
+    }
+    path.write_text(json.dumps(table, indent=2) + "\n")
+    return path
+
+
+def plain_step_fits(query: Tensor, key: Tensor) -> bool:
+    """Whether a decoding step's queries ``(..., Lq, d)`` take the step kernel's plain products."""
+    if query.device.type != "cpu" or query.dtype != torch.float32 or query.shape[-2] < 2:
+        return False
+    thresholds = current_thresholds()
+    return (
+        query.shape[-2] <= thresholds.cpu_step_plain_max_queries and key.shape[-2] <= thresholds.cpu_step_plain_max_keys
+    )
+
+
+def _thresholds_of(table: Any) -> Thresholds:
+    """Validate a parsed table and build its thresholds; raises ValueError naming what is wrong."""
+    if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT:
+        found = table.get("format") if isinstance(table, dict) else type(table).__name__
+        raise ValueError(f"format {found!r}, expected {TABLE_FORMAT!r}")
+    if table.get("machine") != machine():
+        raise ValueError(f"measured on {table.get('machine')}, this is {machine()}")
+    values = table["thresholds"]
+    known = {field.name for field in dataclasses.fields(Thresholds)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown thresholds {unknown}; expected some of {sorted(known)}")
+    return Thresholds(**values)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
