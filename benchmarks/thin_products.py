@@ -5,9 +5,8 @@ base-size decoder. Each kernel runs over enough copies of the weight (about 100 
 stream from memory, as the decoder's weights do in a real step, instead of sitting in cache:
 
 - ``F.linear``: what PyTorch calls for ``nn.Linear`` (the BLAS repacks the weight every call);
-- ``oneDNN packed``: ``attnlab.layers.packed``'s copy, packed once by oneDNN;
-- ``MKL packed``: MKL's ``cblas_sgemm_pack`` copy (what ``attnlab.layers.packed`` used until
-  2026-11-26), where this build has it.
+- ``oneDNN packed``: the decoding engine's copy (``attnlab.inference.onednn``), packed once;
+- ``MKL packed``: MKL's ``cblas_sgemm_pack`` copy, where this build has it.
 
 Microseconds per product (median of interleaved rounds) and the ratio F.linear / oneDNN packed.
 
@@ -25,6 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from attnlab.inference import onednn
 from benchmarks.common import RESULTS, interleave
 
 SHAPES = [(512, 1536), (512, 512), (512, 2048), (2048, 512), (512, 8000)]  # (in, out) of a base decoder
@@ -34,10 +34,10 @@ STREAMED_BYTES = 100e6
 def kernels(x: torch.Tensor, weights: list[torch.Tensor], bias: torch.Tensor) -> dict[str, Callable[[], None]]:
     """One callable per kernel that multiplies ``x`` by every weight in turn."""
     rows = x.shape[0]
-    onednn = [torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in weights]
+    packed = [onednn.pack(w, rows) for w in weights]
     peers = {
         "F.linear": lambda: [F.linear(x, w, bias) for w in weights],
-        "oneDNN packed": lambda: [torch.ops.mkldnn._linear_pointwise(x, p, bias, "none", [], "") for p in onednn],
+        "oneDNN packed": lambda: [onednn.linear(x, p, bias) for p in packed],
     }
     if torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"):
         mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in weights]

@@ -37,8 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.decoding import beam_search, greedy_search
+from attnlab.inference import onednn
+from attnlab.inference.engine import DecodingEngine
 from attnlab.layers import SinusoidalPositionalEncoding
-from attnlab.layers.packed import bf16_packing_available
 from attnlab.models.rnn_seq2seq import ATTENTION_VARIANTS, RNNSeq2Seq, Seq2SeqConfig
 from attnlab.models.transformer import Transformer, TransformerConfig
 from benchmarks.common import timed
@@ -242,10 +243,12 @@ def bench_decoding(
     device: torch.device = torch.device("cpu"),
 ) -> dict:
     """Ours against ``MarianMTModel.generate``. With ``bf16``, ours runs under bf16 autocast (its
-    weights stay fp32; attnlab.layers.packed keeps bf16 copies) against both ways to run HF in
-    bf16: under the same autocast, and with its weights cast to bf16."""
+    weights stay fp32; the decoding engine keeps bf16 copies) against both ways to run HF in
+    bf16: under the same autocast, and with its weights cast to bf16. Ours decodes through the
+    decoding engine, as ``attnlab.load``'s translators do."""
     torch.manual_seed(0)
-    ours, hf = Transformer(config).eval().to(device), marian(config).to(device)
+    model, hf = Transformer(config).eval().to(device), marian(config).to(device)
+    ours = DecodingEngine(model)
     src = random_batch(batch, src_len, config.src_vocab_size, 3).to(device)
     mask = src.ne(PAD)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -389,7 +392,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.bf16 is None:
-        args.bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else bf16_packing_available()
+        args.bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else onednn.bf16_available()
     torch.set_num_threads(args.threads)
     preset = "small" if args.quick else "base"
     repeats = args.repeats or (3 if args.quick else 5)

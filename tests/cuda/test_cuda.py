@@ -18,6 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from attnlab import MultiHeadAttention
 from attnlab.decoding import beam_search, greedy_search
 from attnlab.functional import attention
+from attnlab.inference.engine import DecodingEngine
 from attnlab.models.transformer import Transformer, TransformerConfig
 from attnlab.training import RunConfig, Trainer
 from attnlab.training.runs import load_run
@@ -129,7 +130,11 @@ def test_transformer_on_cuda_gives_the_cpu_logits_and_packs_nothing(norm_first):
         result = greedy_search(gpu_model, SRC.to(CUDA), max_len_a=0.0, max_len_b=6)
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
     assert result.tokens.device.type == "cuda"
-    assert gpu_model._packed is None  # the CPU's packed copies are never made for a GPU
+    engine = DecodingEngine(gpu_model)
+    with torch.no_grad():
+        fast = greedy_search(engine, SRC.to(CUDA), max_len_a=0.0, max_len_b=6)
+    assert torch.equal(fast.tokens, result.tokens)
+    assert engine._packed is None  # the CPU's packed copies are never made for a GPU
 
 
 def test_cuda_decoding_cached_equals_uncached_and_beam_one_equals_greedy():

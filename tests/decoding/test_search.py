@@ -112,14 +112,15 @@ def test_cached_equals_uncached(model, src, search):
 def test_long_beam_search_through_plain_steps_equals_recomputing(model, src, monkeypatch):
     """60 steps of beam 4 on the plain step path: every step's queries read the sentence's key
     pool through the ancestry's mask, and the pools are compacted along the way."""
-    from attnlab.layers.kv_cache import BeamAncestry
+    from attnlab.inference.beam_cache import BeamAncestry
+    from attnlab.inference.engine import DecodingEngine
 
     compactions = []
     compact = BeamAncestry._compact
     monkeypatch.setattr(BeamAncestry, "_compact", lambda self: compact(self) or compactions.append(self.generation))
     kwargs = dict(beam_size=4, n_best=4, max_len_a=0.0, max_len_b=60, min_len=60)
     with torch.no_grad():
-        cached = beam_search(model, src, **kwargs)
+        cached = beam_search(DecodingEngine(model), src, **kwargs)
         uncached = beam_search(model, src, use_cache=False, **kwargs)
     assert max(compactions) > 1
     assert torch.equal(cached.tokens, uncached.tokens)

@@ -90,47 +90,6 @@ def test_decoder_layer_rows_per_source_sentence_match_a_repeated_memory(average)
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
-def test_plain_decoding_steps_equal_the_general_path(norm_first, monkeypatch):
-    """Steps through DecoderLayer.step (3 rows per sentence, source padding) give the general
-    path's logits: the same products, fewer checks; only the source-target attention of a
-    sentence's 3 queries takes plain products there (step_attention) instead of SDPA's kernel."""
-    torch.manual_seed(0)
-    model = Transformer(tiny_config(norm_first=norm_first)).eval()
-    src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
-    tokens = torch.randint(4, 19, (2 * 3, 6), generator=torch.Generator().manual_seed(1))
-    calls = []
-    step = DecoderLayer.step
-    monkeypatch.setattr(DecoderLayer, "step", lambda self, *args: calls.append(1) or step(self, *args))
-
-    def decode_steps() -> torch.Tensor:
-        cache = DecoderCache(len(model.decoder_layers))
-        with torch.no_grad():
-            memory, mask = model.encode(src), model.padding_mask(src)
-            return torch.cat([model.decode(tokens[:, t : t + 1], memory, mask, cache) for t in range(6)], dim=1)
-
-    plain = decode_steps()
-    assert len(calls) == 6 * len(model.decoder_layers)
-    monkeypatch.setattr(Transformer, "_plain_steps", lambda self: False)
-    general = decode_steps()
-    assert len(calls) == 6 * len(model.decoder_layers)  # the general path did not take it
-    torch.testing.assert_close(plain, general, atol=1e-6, rtol=1e-6)
-
-
-def test_only_plain_attention_in_evaluation_takes_the_step_path():
-    from attnlab.layers import MultiHeadAttention
-
-    assert MultiHeadAttention(16, 2).is_plain
-    assert not MultiHeadAttention(16, 2, score="dot").is_plain
-    assert not MultiHeadAttention(16, 2, rope=True).is_plain
-    assert not MultiHeadAttention(16, 2, fused=False).is_plain
-    model = Transformer(tiny_config())
-    assert not model._plain_steps()  # training mode: dropout
-    assert model.eval()._plain_steps()
-    model.decoder_layers[1].cross_attn = MultiHeadAttention(D, H, score="general")
-    assert not model._plain_steps()
-
-
-@pytest.mark.parametrize("norm_first", [False, True])
 def test_cached_decoding_matches_full_prefix(norm_first):
     torch.manual_seed(0)
     model = Transformer(tiny_config(norm_first=norm_first)).eval()

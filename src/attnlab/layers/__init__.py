@@ -1,7 +1,7 @@
 """Thin modules over ``attnlab.functional``: attention layers, scores with weights, positions, FFN."""
 
 from attnlab.layers.feedforward import FeedForward
-from attnlab.layers.kv_cache import BeamAncestry, BeamKVCache, KVCache
+from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.multihead import MultiHeadAttention
 from attnlab.layers.positional import (
     LearnedPositionalEmbedding,
@@ -13,8 +13,6 @@ from attnlab.layers.scores import AdditiveScore, GeneralScore, TemperatureSoftma
 
 __all__ = [
     "AdditiveScore",
-    "BeamAncestry",
-    "BeamKVCache",
     "FeedForward",
     "GeneralScore",
     "KVCache",

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.functional.attention import attention
 from attnlab.functional.masks import merge_masks
 from attnlab.functional.normalize import NormalizeFn, resolve_normalizer
 from attnlab.functional.scores import ScoreFn, resolve_score
+from attnlab.layers.feedforward import LinearFn
 from attnlab.layers.kv_cache import KVCache
-from attnlab.layers.packed import Linear, linear
 from attnlab.layers.positional import RotaryEmbedding
 from attnlab.layers.scores import AdditiveScore, GeneralScore, TemperatureSoftmax, WeightedSoftmax
 
@@ -81,7 +82,7 @@ class MultiHeadAttention(nn.Module):
             self.k_proj_weight = nn.Parameter(torch.empty(e, self.kdim))
             self.v_proj_weight = nn.Parameter(torch.empty(e, self.vdim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * e)) if bias else None
-        self.out_proj = Linear(e, e, bias=bias)  # W^O
+        self.out_proj = nn.Linear(e, e, bias=bias)  # W^O
 
     def _reset_parameters(self) -> None:
         """The initialisation of ``torch.nn.MultiheadAttention``."""
@@ -159,20 +160,35 @@ class MultiHeadAttention(nn.Module):
     @property
     def is_plain(self) -> bool:
         """softmax(Q K^T / sqrt(d)) V on the fused kernel: the default score and normaliser, no
-        rotary positions, one fused in-projection. ``step`` serves such modules."""
-        return (
-            isinstance(self.score, str)
-            and self.score == "scaled_dot"
-            and isinstance(self.normalize, str)
-            and self.normalize == "softmax"
-            and self.rope is None
-            and self.fused is not False
-            and self._qkv_same_embed_dim
-        )
+        rotary positions, one fused in-projection. ``step`` serves such modules only."""
+        return not self._step_obstacles()
 
-    def step(self, query: Tensor, cache: KVCache, memory: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        """``forward``'s output for the queries of one decoding step, on the plain path only
-        (``is_plain``, evaluation: no dropout, no weights) and without its checks and options.
+    def _step_obstacles(self) -> list[str]:
+        """What ``step`` would ignore in this module, named for the error."""
+        obstacles = []
+        if not (isinstance(self.score, str) and self.score == "scaled_dot"):
+            obstacles.append(f"score={_describe(self.score)}")
+        if not (isinstance(self.normalize, str) and self.normalize == "softmax"):
+            obstacles.append(f"normalize={_describe(self.normalize)}")
+        if self.rope is not None:
+            obstacles.append("rotary positions (rope)")
+        if self.fused is False:
+            obstacles.append("fused=False")
+        if not self._qkv_same_embed_dim:
+            obstacles.append(f"kdim={self.kdim}, vdim={self.vdim} (separate projections)")
+        return obstacles
+
+    def step(
+        self,
+        query: Tensor,
+        cache: KVCache,
+        memory: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        linear: LinearFn = F.linear,
+    ) -> Tensor:
+        """``forward``'s output for the queries of one decoding step (evaluation: no dropout, no
+        weights), without its checks and options, for scaled-dot softmax attention only.
 
         Args:
             query: ``(B, L, E)``, batch first.
@@ -182,16 +198,28 @@ class MultiHeadAttention(nn.Module):
             memory: ``(B, S, E)`` for source-target attention.
             mask: ``(B, 1, 1, S)``, bool ``True`` = may attend (SDPA's sense, not torch's
                 ``key_padding_mask``), or None.
+            linear: the products, ``F.linear``'s signature (the decoding engine passes products
+                of packed weights).
 
         Returns:
             ``(B, L, E)``. Self-attention lets every query see every cached key (one new
             position per row); several new positions need ``forward``'s causal mask.
+
+        Raises:
+            ValueError: the module has a score, normaliser, rotary positions or projections that
+                ``step`` would ignore (use ``forward`` with a ``KVCache``).
         """
+        if obstacles := self._step_obstacles():
+            raise ValueError(
+                f"MultiHeadAttention.step computes softmax(Q K^T / sqrt(d)) V with one in-projection and "
+                f"would ignore {', '.join(obstacles)}: call forward(..., cache=cache) instead"
+            )
         batch, length, _ = query.shape
         source = query if memory is None else memory
-        q, k, v = self.project(query, source, source, cache=cache)  # (B, H, L, hd); k, v None once cached
+        q, k, v = self.project(query, source, source, cache=cache, linear=linear)  # (B, H, L, hd); k, v None if cached
         context = cache.attend(q, k, v, mask)  # (B, H, L, hd)
-        return self.out_proj(context.transpose(1, 2).reshape(batch, length, self.embed_dim))
+        context = context.transpose(1, 2).reshape(batch, length, self.embed_dim)  # (B, L, E)
+        return linear(context, self.out_proj.weight, self.out_proj.bias)
 
     def _to_batch_first(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
         if query.ndim == 2:
@@ -216,11 +244,18 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"key and value lengths differ: key {tuple(key.shape)}, value {tuple(value.shape)}")
 
     def project(
-        self, query: Tensor, key: Tensor, value: Tensor, *, cache: KVCache | None = None
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        cache: KVCache | None = None,
+        linear: LinearFn = F.linear,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Q W^Q, K W^K, V W^V split into heads: ``(B, H, L, hd)`` each, from batch-first inputs.
 
-        Keys and values are None when a filled static ``cache`` already holds them.
+        Keys and values are None when a filled static ``cache`` already holds them; ``linear``
+        does the products (``F.linear`` unless the decoding engine passes its own).
         """
         skip_kv = cache is not None and cache.is_filled
         if query is key and key is value and not skip_kv and self._qkv_same_embed_dim:
@@ -327,3 +362,7 @@ def _build_score_and_normalizer(
     elif isinstance(score, str):
         resolve_score(score)
     return score, normalize
+
+
+def _describe(fn: object) -> str:
+    return repr(fn) if isinstance(fn, str) else type(fn).__name__

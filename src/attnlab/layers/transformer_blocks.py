@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.layers.dropout import Dropout
-from attnlab.layers.feedforward import FeedForward
+from attnlab.layers.feedforward import FeedForward, LinearFn
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.multihead import MultiHeadAttention
 
@@ -204,19 +205,27 @@ class DecoderLayer(_ResidualBlock):
         return x, self_weights, cross_weights
 
     def step(
-        self, x: Tensor, memory: Tensor, self_cache: KVCache, cross_cache: KVCache, memory_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        memory: Tensor,
+        self_cache: KVCache,
+        cross_cache: KVCache,
+        memory_mask: Tensor | None = None,
+        *,
+        linear: LinearFn = F.linear,
     ) -> Tensor:
-        """``forward``'s output for one decoding step on the plain path (both attentions
-        ``is_plain``, evaluation mode, no weights), without its checks and options, which cost
-        6-10% of a base-size greedy step on CPU (12-22% at the small size).
+        """``forward``'s output for one decoding step (evaluation: no dropout, no weights),
+        without its checks and options, for scaled-dot softmax attention (``MultiHeadAttention.step``).
 
         Args:
             x: ``(B k, 1, D)``, the newest position of each row, k rows per source sentence.
             memory: the encoder output ``(B, S, D)``.
-            self_cache: the growing self-attention ``KVCache``.
+            self_cache: the growing self-attention cache.
             cross_cache: the static source-target ``KVCache``.
             memory_mask: ``(B, 1, 1, S)``, bool ``True`` where a source position may be attended
                 (the negation of ``memory_key_padding_mask``), or None.
+            linear: the products, ``F.linear``'s signature (the decoding engine passes products
+                of packed weights).
 
         Returns:
             ``(B k, 1, D)``.
@@ -224,13 +233,14 @@ class DecoderLayer(_ResidualBlock):
         rows, length, dim = x.shape
 
         def cross_attend(h: Tensor) -> Tensor:  # a sentence's k rows ask together, as in forward
-            out = self.cross_attn.step(h.reshape(memory.shape[0], -1, dim), cross_cache, memory, memory_mask)
+            grouped = h.reshape(memory.shape[0], -1, dim)  # (B, k, D)
+            out = self.cross_attn.step(grouped, cross_cache, memory, memory_mask, linear=linear)
             return out.reshape(rows, length, dim)
 
         sublayers = (
-            (self.norm1, lambda h: self.self_attn.step(h, self_cache)),
+            (self.norm1, lambda h: self.self_attn.step(h, self_cache, linear=linear)),
             (self.norm2, cross_attend),
-            (self.norm3, self.ffn),
+            (self.norm3, lambda h: self.ffn.step(h, linear=linear)),
         )
         for norm, sublayer in sublayers:
             x = x + sublayer(norm(x)) if self.norm_first else norm(x + sublayer(x))

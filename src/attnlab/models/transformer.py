@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,8 +23,7 @@ from torch import Tensor, nn
 
 from attnlab.config import ConfigMixin
 from attnlab.layers.dropout import Dropout
-from attnlab.layers.kv_cache import BeamAncestry, BeamKVCache, KVCache
-from attnlab.layers.packed import Linear, PackedWeights, bf16_packing_available, packing_available
+from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.positional import SinusoidalPositionalEncoding
 from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer
 
@@ -126,13 +124,10 @@ class DecoderCache:
 
     Args:
         num_layers: decoder layers N.
-        beam_size: k rows per source sentence: with k > 1 the self-attention caches are
-            ``BeamKVCache``s, whose keys stay in place when ``reorder`` picks new parents.
     """
 
-    def __init__(self, num_layers: int, *, beam_size: int = 1) -> None:
-        self.ancestry = BeamAncestry(beam_size) if beam_size > 1 else None
-        self.self_attn = [KVCache() if self.ancestry is None else BeamKVCache(self.ancestry) for _ in range(num_layers)]
+    def __init__(self, num_layers: int) -> None:
+        self.self_attn = [KVCache() for _ in range(num_layers)]
         self.cross_attn = [KVCache(static=True) for _ in range(num_layers)]
 
     def __len__(self) -> int:
@@ -141,14 +136,8 @@ class DecoderCache:
 
     def reorder(self, index: Tensor, *, static: bool = True) -> None:
         """Keep the batch rows ``index (B',)``; ``static=False`` leaves source-target caches as
-        they are, which is right when ``index`` never moves a row to another source sentence
-        (with ``beam_size`` > 1 it must not: the hypotheses of a sentence stay its rows)."""
-        if self.ancestry is not None:
-            self.ancestry.reorder(index)
-        else:
-            for cache in self.self_attn:
-                cache.reorder(index)
-        for cache in self.cross_attn if static else []:
+        they are, which is right when ``index`` never moves a row to another source sentence."""
+        for cache in self.self_attn + (self.cross_attn if static else []):
             cache.reorder(index)
 
 
@@ -161,14 +150,12 @@ class SearchState:
         memory_key_padding_mask: ``(B, S)``, ``True`` at source padding, or None.
         cache: the decoder's KV caches, or None to recompute the whole prefix every step.
         prefix: the target tokens so far ``(B, T')`` (kept only without a cache).
-        packed: the decoder's weights packed for CPU products (attnlab.layers.packed), or None.
     """
 
     memory: Tensor
     memory_key_padding_mask: Tensor | None
     cache: DecoderCache | None
     prefix: Tensor | None = None
-    packed: PackedWeights | None = None
 
 
 class Transformer(nn.Module):
@@ -205,16 +192,10 @@ class Transformer(nn.Module):
         )
         self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
-        self.output = Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
         self._reset_parameters()
         if c.tie_output:
             self.output.weight = self.tgt_embed.weight
-        # Incremental decoding on CPU packs the decoder's weights once (attnlab.layers.packed).
-        # False saves the copies' memory: the decoder's weights once more in fp32, half of
-        # that in bf16.
-        self.prepack_weights = True
-        self._packed: PackedWeights | None = None
-        self._packed_dtype = torch.float32  # of the weights the copies were made from
 
     def _reset_parameters(self) -> None:
         """Xavier-uniform matrices (as ``nn.Transformer``); embeddings N(0, D^-1/2), so that scaled
@@ -249,6 +230,10 @@ class Transformer(nn.Module):
         """Dropout(Embedding(tokens) * sqrt(D) + PE), ``(B, L) -> (B, L, D)``."""
         x = embedding(tokens) * math.sqrt(self.config.d_model)
         return self.embed_dropout(self.positional(x, offset=offset))
+
+    def embed_target(self, tokens: Tensor, offset: int = 0) -> Tensor:
+        """The decoder's input for target ids ``(B, T)`` at positions ``offset ..``: ``(B, T, D)``."""
+        return self._embed(self.tgt_embed, tokens, offset)
 
     def encode(
         self,
@@ -312,9 +297,7 @@ class Transformer(nn.Module):
             logits ``(B, T, V)``, or ``(logits, AttentionWeights)`` with ``decoder`` and ``cross``.
         """
         offset = 0 if cache is None else len(cache)
-        if cache is not None and tgt_in.shape[1] == 1 and not need_weights and self._plain_steps():
-            return self._decode_step(tgt_in, memory, memory_key_padding_mask, cache, offset)
-        x, weights = self._embed(self.tgt_embed, tgt_in, offset), AttentionWeights()
+        x, weights = self.embed_target(tgt_in, offset), AttentionWeights()
         for i, layer in enumerate(self.decoder_layers):
             x, self_w, cross_w = layer(
                 x,
@@ -329,24 +312,6 @@ class Transformer(nn.Module):
             weights.cross.append(cross_w)
         logits = self.output(self.decoder_norm(x))  # (B, T, V)
         return (logits, weights) if need_weights else logits
-
-    def _plain_steps(self) -> bool:
-        """Whether decoding steps may take ``DecoderLayer.step``: evaluation mode, plain attention."""
-        return not self.training and all(
-            layer.self_attn.is_plain and layer.cross_attn.is_plain for layer in self.decoder_layers
-        )
-
-    def _decode_step(
-        self, tgt_in: Tensor, memory: Tensor, memory_key_padding_mask: Tensor | None, cache: DecoderCache, offset: int
-    ) -> Tensor:
-        """``decode`` of one new token per row ``(B', 1)`` through ``DecoderLayer.step``: the same
-        products as the general path, without its per-call checks and options (the caches choose
-        the attention kernel: ``KVCache.attend``)."""
-        x = self._embed(self.tgt_embed, tgt_in, offset)
-        allowed = None if memory_key_padding_mask is None else ~memory_key_padding_mask[:, None, None, :]  # (B,1,1,S)
-        for layer, self_cache, cross_cache in zip(self.decoder_layers, cache.self_attn, cache.cross_attn):
-            x = layer.step(x, memory, self_cache, cross_cache, allowed)
-        return self.output(self.decoder_norm(x))  # (B', 1, V)
 
     def forward(
         self,
@@ -395,9 +360,7 @@ class Transformer(nn.Module):
         memory = self.encode(src, src_key_padding_mask)  # (B, S, D)
         rows = memory.shape[0] * repeat
         if use_cache:
-            packed = self._packed_weights(memory, rows)
-            cache = DecoderCache(len(self.decoder_layers), beam_size=repeat)
-            return SearchState(memory, src_key_padding_mask, cache, packed=packed)
+            return SearchState(memory, src_key_padding_mask, DecoderCache(len(self.decoder_layers)))
         return SearchState(memory, src_key_padding_mask, None, memory.new_empty(rows, 0, dtype=torch.long))
 
     def step(
@@ -414,34 +377,12 @@ class Transformer(nn.Module):
         else:
             state.prefix = torch.cat([state.prefix, tokens[:, None]], dim=1)  # (B, T')
             new_tokens = state.prefix
-        with state.packed if state.packed is not None else nullcontext():
-            out = self.decode(
-                new_tokens, state.memory, state.memory_key_padding_mask, state.cache, need_weights=need_weights
-            )
+        out = self.decode(
+            new_tokens, state.memory, state.memory_key_padding_mask, state.cache, need_weights=need_weights
+        )
         logits, weights = out if need_weights else (out, None)
         cross = None if weights is None else torch.stack([w[:, -1] for w in weights.cross], dim=1)  # (B, N, S)
         return logits[:, -1], state, cross
-
-    def _packed_weights(self, memory: Tensor, rows: int) -> PackedWeights | None:
-        """Packed weights for decoding steps of ``rows`` rows, when they pay: CPU, no gradients,
-        fp32 weights (packed fp32, or bf16 under autocast) or bf16 ones. The copies are kept for
-        the next search; packed for the first search's row count, they serve any."""
-        dtype = self.output.weight.dtype
-        if not (
-            self.prepack_weights
-            and memory.device.type == "cpu"
-            and (
-                (dtype == torch.float32 and packing_available())
-                or (dtype == torch.bfloat16 and bf16_packing_available())
-            )
-        ):
-            self._packed = None  # e.g. moved to a GPU: the copies would only hold memory
-            return None
-        if torch.is_grad_enabled():
-            return None
-        if self._packed is None or self._packed_dtype != dtype:
-            self._packed, self._packed_dtype = PackedWeights(rows), dtype  # the old copies hold the old weights
-        return self._packed
 
     def reorder_state(self, state: SearchState, index: Tensor) -> SearchState:
         """Keep rows ``index (B',)``, where row i of the result comes from the same source sentence

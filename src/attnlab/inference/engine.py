@@ -1,0 +1,135 @@
+"""The decoding engine: a model's incremental decoding, made fast without changing its results.
+
+``greedy_search`` and ``beam_search`` (``attnlab.decoding``) drive any model that speaks their
+small protocol (``start_state`` / ``step`` / ``reorder_state``). A ``DecodingEngine`` wraps such a
+model and speaks the same protocol; for a ``Transformer`` it adds three speed paths, each on by
+default where it pays and off with one argument:
+
+- **plain steps**: a decoding step of one token per row, in evaluation mode and without attention
+  weights, goes through ``DecoderLayer.step`` (the same products and attention kernels as
+  ``forward``, without its per-call checks and options);
+- **packed weights**: on CPU those steps multiply by copies of the decoder's weights packed once
+  for thin products (``attnlab.inference.packed``), fp32 or bf16 under autocast;
+- **beam pools**: beam hypotheses keep their keys where they were written
+  (``attnlab.inference.beam_cache``) instead of copying them to their children every step.
+
+The engine holds every inference cache (the packed copies, the pools); the model holds none.
+Packed copies live as long as the engine: after the model's weights change (a training step),
+make a new engine, as ``Translator`` does for each evaluation. With every path off, the engine
+decodes exactly as the model does alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.inference import onednn
+from attnlab.inference.beam_cache import BeamDecoderCache
+from attnlab.inference.packed import LinearFn, PackedWeights
+from attnlab.models.transformer import SearchState, Transformer
+
+
+class DecodingEngine:
+    """Greedy and beam search's view of a model, with the speed paths of a ``Transformer``.
+
+    Other models (the RNN seq2seq ones) pass through unchanged.
+
+    Args:
+        model: a model with the protocol of ``attnlab.decoding.search.IncrementalDecoder``.
+        plain_steps: decode one token per row through ``DecoderLayer.step`` where every
+            attention layer is plain (``MultiHeadAttention.is_plain``) and the model is in
+            evaluation mode.
+        pack_weights: on CPU, multiply plain steps by packed copies of the weights; None packs
+            where this PyTorch build can (``attnlab.inference.onednn``).
+        beam_pools: keep beam hypotheses' keys in per-sentence pools.
+
+    Example:
+        >>> engine = DecodingEngine(model.eval())
+        >>> result = beam_search(engine, src, beam_size=5)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        plain_steps: bool = True,
+        pack_weights: bool | None = None,
+        beam_pools: bool = True,
+    ) -> None:
+        self.model = model
+        is_transformer = isinstance(model, Transformer)
+        self.plain_steps = plain_steps and is_transformer
+        self.pack_weights = self.plain_steps and (onednn.available() if pack_weights is None else pack_weights)
+        self.beam_pools = beam_pools and is_transformer
+        self._packed: PackedWeights | None = None
+
+    # --- the protocol of attnlab.decoding.search, delegated where the engine adds nothing ----
+    @property
+    def pad_id(self) -> int:
+        return self.model.pad_id
+
+    @property
+    def bos_id(self) -> int:
+        return self.model.bos_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.model.eos_id
+
+    def padding_mask(self, tokens: Tensor) -> Tensor | None:
+        return self.model.padding_mask(tokens)
+
+    def start_state(
+        self, src: Tensor, src_key_padding_mask: Tensor | None = None, *, repeat: int = 1, use_cache: bool = True
+    ) -> Any:
+        """The model's start state; a beam search (``repeat`` k > 1) gets beam pools."""
+        if not (self.beam_pools and use_cache and repeat > 1):
+            return self.model.start_state(src, src_key_padding_mask, repeat=repeat, use_cache=use_cache)
+        if src_key_padding_mask is None:
+            src_key_padding_mask = self.model.padding_mask(src)
+        memory = self.model.encode(src, src_key_padding_mask)  # (B, S, D), one row per sentence
+        cache = BeamDecoderCache(len(self.model.decoder_layers), beam_size=repeat)
+        return SearchState(memory, src_key_padding_mask, cache)
+
+    def step(self, state: Any, tokens: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Any, Tensor | None]:
+        """Feed ``tokens (B,)``: a plain step where it applies, else the model's own ``step``."""
+        if need_weights or not self._steps_plainly(state):
+            return self.model.step(state, tokens, need_weights=need_weights)
+        return self._plain_step(state, tokens), state, None
+
+    def reorder_state(self, state: Any, index: Tensor) -> Any:
+        return self.model.reorder_state(state, index)
+
+    # --- the speed paths --------------------------------------------------------------------
+    def _steps_plainly(self, state: Any) -> bool:
+        model = self.model
+        return (
+            self.plain_steps
+            and isinstance(state, SearchState)
+            and state.cache is not None
+            and not model.training
+            and all(layer.self_attn.is_plain and layer.cross_attn.is_plain for layer in model.decoder_layers)
+        )
+
+    def _plain_step(self, state: SearchState, tokens: Tensor) -> Tensor:
+        """Logits ``(B', V)`` of one new token per row through ``DecoderLayer.step``."""
+        model, cache, memory = self.model, state.cache, state.memory
+        x = model.embed_target(tokens[:, None], len(cache))  # (B', 1, D)
+        linear = self._linear(x)
+        padding = state.memory_key_padding_mask
+        allowed = None if padding is None else ~padding[:, None, None, :]  # (B, 1, 1, S)
+        for layer, self_cache, cross_cache in zip(model.decoder_layers, cache.self_attn, cache.cross_attn):
+            x = layer.step(x, memory, self_cache, cross_cache, allowed, linear=linear)
+        return linear(model.decoder_norm(x[:, -1]), model.output.weight, model.output.bias)  # (B', V)
+
+    def _linear(self, x: Tensor) -> LinearFn:
+        """The products of a plain step on ``x (B', 1, D)``: packed copies on CPU, else ``F.linear``."""
+        if not (self.pack_weights and x.device.type == "cpu") or torch.is_grad_enabled():
+            return F.linear
+        if self._packed is None:
+            self._packed = PackedWeights(rows=x.shape[0])  # the first search's rows: a layout hint
+        return self._packed.linear
