@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from attnlab.decoding import greedy_search
-from attnlab.layers import DecoderLayer, EncoderLayer
+from attnlab.layers import DecoderLayer, EncoderLayer, MultiHeadAttention
 from attnlab.models.transformer import DecoderCache, Transformer, TransformerConfig
 
 D, H, FF = 32, 4, 64
@@ -200,3 +200,45 @@ def test_two_layer_model_overfits_a_handful_of_pairs():
     with torch.no_grad():
         result = greedy_search(model.eval(), src)
     assert result.tokens.tolist() == [t + [3] + [0] * (result.tokens.shape[1] - len(t) - 1) for _, t in pairs]
+
+
+@pytest.mark.parametrize(
+    ("score", "normalize", "positions"),
+    [
+        ("scaled_dot", "softmax", "learned"),
+        ("scaled_dot", "softmax", "rotary"),
+        ("additive", "weighted_softmax", "sinusoidal"),
+        ("general", "sparsemax", "rotary"),
+        ("cosine", "temperature_softmax", "learned"),
+    ],
+)
+def test_config_chooses_score_normaliser_and_positions(score, normalize, positions):
+    """The core's choices reach the model: every layer gets them, it trains (every parameter
+    gets a gradient), and cached decoding equals recomputing the prefix (rotary offsets included)."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(score=score, normalize=normalize, positions=positions))
+    attention_layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    assert len(attention_layers) == 2 + 2 * 2
+    rotary = [m.rope is not None for m in attention_layers]
+    assert sum(rotary) == (4 if positions == "rotary" else 0)  # self-attention only, never cross
+    assert (model.positional is None) == (positions == "rotary")
+    src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
+    tgt = torch.tensor([[2, 11, 12, 13, 14], [2, 16, 17, 3, 0]])
+    model(src, tgt).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.no_grad():
+        memory, mask = model.encode(src), model.padding_mask(src)
+        full = model.decode(tgt, memory, mask)
+        cache = DecoderCache(len(model.decoder_layers))
+        steps = torch.cat([model.decode(tgt[:, t : t + 1], memory, mask, cache) for t in range(tgt.shape[1])], 1)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+
+
+def test_config_names_a_bad_score_normaliser_or_positions():
+    with pytest.raises(ValueError, match="positions must be one of .*'rotary'.*got 'relative'"):
+        tiny_config(positions="relative")
+    with pytest.raises(ValueError, match="unknown score 'bilinear'"):
+        tiny_config(score="bilinear")
+    with pytest.raises(ValueError, match="weighted_softmax.*score='additive'"):
+        tiny_config(normalize="weighted_softmax")

@@ -341,6 +341,11 @@ def _allowed(mask: Tensor, name: str) -> Tensor:
     raise TypeError(f"{name} must be bool (True = masked out) or a float bias, got dtype {mask.dtype}")
 
 
+def check_attention_choice(score: str, normalize: str) -> None:
+    """Raise ``ValueError`` naming an unknown score or normaliser, or a pair that does not fit."""
+    _build_score_and_normalizer(score, normalize, head_dim=1)
+
+
 def _build_score_and_normalizer(
     score: str | ScoreFn, normalize: str | NormalizeFn, head_dim: int
 ) -> tuple[str | ScoreFn, str | NormalizeFn]:

@@ -39,12 +39,17 @@ class _ResidualBlock(nn.Module):
         activation: str = "relu",
         norm_first: bool = False,
         layer_norm_eps: float = 1e-5,
+        score: str = "scaled_dot",
+        normalize: str = "softmax",
+        rope: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=attn_dropout)
+        self.self_attn = MultiHeadAttention(
+            d_model, num_heads, dropout=attn_dropout, score=score, normalize=normalize, rope=rope
+        )
         self.ffn = FeedForward(d_model, dim_feedforward, dropout, activation)
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
@@ -74,6 +79,9 @@ class EncoderLayer(_ResidualBlock):
         activation: the FFN's activation (``relu`` in the paper).
         norm_first: pre-norm instead of the paper's post-norm.
         layer_norm_eps: LayerNorm epsilon.
+        score: f_sim of the attention layers (``MultiHeadAttention``'s names).
+        normalize: f_norm of the attention layers.
+        rope: rotary positions in self-attention (Su et al., 2021).
     """
 
     def forward(
@@ -117,12 +125,20 @@ class EncoderLayer(_ResidualBlock):
 class DecoderLayer(_ResidualBlock):
     """Masked self-attention, source-target attention and an FFN, each with Add & Norm (Section 3.1).
 
-    Args are those of ``EncoderLayer`` (keywords after ``dim_feedforward``).
+    Args are those of ``EncoderLayer`` (keywords after ``dim_feedforward``); source-target
+    attention takes the same score and normaliser, and no rotary positions (queries and keys
+    count positions of different sequences).
     """
 
     def __init__(self, d_model: int, num_heads: int, dim_feedforward: int, **kwargs: Any) -> None:
         super().__init__(d_model, num_heads, dim_feedforward, **kwargs)
-        self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout=self.self_attn.dropout)
+        self.cross_attn = MultiHeadAttention(
+            d_model,
+            num_heads,
+            dropout=self.self_attn.dropout,
+            score=kwargs.get("score", "scaled_dot"),
+            normalize=kwargs.get("normalize", "softmax"),
+        )
         self.norm3 = nn.LayerNorm(d_model, eps=self.norm1.eps)
 
     def forward(

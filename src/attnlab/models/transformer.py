@@ -1,11 +1,13 @@
 """The Transformer of "Attention Is All You Need" (Vaswani et al., 2017) for sequence-to-sequence.
 
-Assembled from ``attnlab.layers`` only: token embeddings scaled by sqrt(d_model), sinusoidal
-positions, N ``EncoderLayer`` and N ``DecoderLayer``, and an output projection that may share
-the target embedding's weights (Section 3.4). It also speaks the small protocol of
+Assembled from ``attnlab.layers`` only: token embeddings scaled by sqrt(d_model), positions
+(sinusoidal as in the paper, learned, or rotary inside self-attention), N ``EncoderLayer`` and N
+``DecoderLayer`` with any score and normaliser of the core, and an output projection that may
+share the target embedding's weights (Section 3.4). It also speaks the small protocol of
 ``attnlab.decoding.search`` (``start_state`` / ``step`` / ``reorder_state``), so greedy and beam
 search drive it with the key/value cache: the encoder runs once and each layer's source-target
-keys and values are projected once.
+keys and values are projected once. ``attnlab.inference.engine.DecodingEngine`` wraps it for
+speed (packed weights, beam pools) without changing its results.
 
 Shapes: B batch (times the beam in search), S source positions, T target positions of this call,
 T' target positions seen so far, D d_model, H heads, V vocabulary, N layers.
@@ -14,93 +16,26 @@ T' target positions seen so far, D d_model, H heads, V vocabulary, N layers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from attnlab.config import ConfigMixin
 from attnlab.layers.dropout import Dropout
 from attnlab.layers.kv_cache import KVCache
-from attnlab.layers.positional import SinusoidalPositionalEncoding
+from attnlab.layers.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer
+from attnlab.models.transformer_config import POSITIONS, PRESETS, TransformerConfig
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # Table 3 of the paper; "big" trains with P_drop 0.3 on EN-DE.
-    "base": dict(d_model=512, num_heads=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048),
-    "big": dict(
-        d_model=1024, num_heads=16, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=4096, dropout=0.3
-    ),
-    # Sizes that train on a laptop CPU in minutes (small) or seconds (tiny).
-    "small": dict(d_model=256, num_heads=4, num_encoder_layers=3, num_decoder_layers=3, dim_feedforward=1024),
-    "tiny": dict(d_model=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=128),
-}
-
-
-@dataclass
-class TransformerConfig(ConfigMixin):
-    """Hyper-parameters of ``Transformer``; saved inside checkpoints via ``to_dict``.
-
-    ``from_preset`` reads ``PRESETS`` (``base``, ``big``, ``small``, ``tiny``) with overrides (vocab sizes).
-
-    Attributes:
-        src_vocab_size: source vocabulary size.
-        tgt_vocab_size: target vocabulary size.
-        d_model: model size D.
-        num_heads: attention heads h.
-        num_encoder_layers: N of the encoder.
-        num_decoder_layers: N of the decoder.
-        dim_feedforward: d_ff.
-        dropout: P_drop on embeddings + positions, sublayer outputs and inside the FFN.
-        attn_dropout: dropout on attention weights.
-        activation: the FFN's activation.
-        norm_first: pre-norm layers plus a final LayerNorm after each stack.
-        share_embeddings: one embedding for source and target (joint vocabulary).
-        tie_output: the output projection is the target embedding matrix (Section 3.4).
-        max_len: positions precomputed for the sinusoidal table.
-        layer_norm_eps: LayerNorm epsilon.
-        pad_id: padding token id.
-        bos_id: beginning-of-sentence id, the first decoder input.
-        eos_id: end-of-sentence id.
-    """
-
-    src_vocab_size: int
-    tgt_vocab_size: int
-    d_model: int = 512
-    num_heads: int = 8
-    num_encoder_layers: int = 6
-    num_decoder_layers: int = 6
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    attn_dropout: float = 0.0
-    activation: str = "relu"
-    norm_first: bool = False
-    share_embeddings: bool = False
-    tie_output: bool = True
-    max_len: int = 1024
-    layer_norm_eps: float = 1e-5
-    pad_id: int = 0
-    bos_id: int = 2
-    eos_id: int = 3
-
-    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
-
-    def __post_init__(self) -> None:
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "dim_feedforward", "max_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.d_model % self.num_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
-        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
-            raise ValueError(
-                f"share_embeddings needs one joint vocabulary, got src_vocab_size ({self.src_vocab_size}) "
-                f"!= tgt_vocab_size ({self.tgt_vocab_size})"
-            )
-        for name in ("pad_id", "bos_id", "eos_id"):
-            if not 0 <= getattr(self, name) < min(self.src_vocab_size, self.tgt_vocab_size):
-                raise ValueError(f"{name} ({getattr(self, name)}) must be a valid id of both vocabularies")
+__all__ = [
+    "POSITIONS",
+    "PRESETS",
+    "AttentionWeights",
+    "DecoderCache",
+    "SearchState",
+    "Transformer",
+    "TransformerConfig",
+]
 
 
 @dataclass
@@ -175,9 +110,12 @@ class Transformer(nn.Module):
         self.tgt_embed = (
             self.src_embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id)
         )
-        self.positional = SinusoidalPositionalEncoding(c.d_model, c.max_len)
+        self.positional = _positions(c)
         self.embed_dropout = Dropout(c.dropout)
         layer_args = dict(
+            score=c.score,
+            normalize=c.normalize,
+            rope=c.positions == "rotary",
             dropout=c.dropout,
             attn_dropout=c.attn_dropout,
             activation=c.activation,
@@ -201,7 +139,7 @@ class Transformer(nn.Module):
         """Xavier-uniform matrices (as ``nn.Transformer``); embeddings N(0, D^-1/2), so that scaled
         by sqrt(D) they have unit variance and, tied, give logits of unit scale; padding row zero."""
         for name, param in self.named_parameters():
-            if param.dim() > 1 and "embed" not in name:
+            if param.dim() > 1 and "embed" not in name and not name.startswith("positional."):
                 nn.init.xavier_uniform_(param)
         for embedding in {self.src_embed, self.tgt_embed}:
             nn.init.normal_(embedding.weight, std=self.config.d_model**-0.5)
@@ -229,7 +167,9 @@ class Transformer(nn.Module):
     def _embed(self, embedding: nn.Embedding, tokens: Tensor, offset: int = 0) -> Tensor:
         """Dropout(Embedding(tokens) * sqrt(D) + PE), ``(B, L) -> (B, L, D)``."""
         x = embedding(tokens) * math.sqrt(self.config.d_model)
-        return self.embed_dropout(self.positional(x, offset=offset))
+        if self.positional is not None:  # rotary positions enter inside self-attention instead
+            x = self.positional(x, offset=offset)
+        return self.embed_dropout(x)
 
     def embed_target(self, tokens: Tensor, offset: int = 0) -> Tensor:
         """The decoder's input for target ids ``(B, T)`` at positions ``offset ..``: ``(B, T, D)``."""
@@ -392,3 +332,12 @@ class Transformer(nn.Module):
         else:
             state.prefix = state.prefix.index_select(0, index)
         return state
+
+
+def _positions(config: TransformerConfig) -> nn.Module | None:
+    """The positions added to the embeddings: a sinusoidal or learned table; None for rotary."""
+    if config.positions == "sinusoidal":
+        return SinusoidalPositionalEncoding(config.d_model, config.max_len)
+    if config.positions == "learned":
+        return LearnedPositionalEmbedding(config.max_len, config.d_model)
+    return None
