@@ -145,3 +145,94 @@ def test_a_budget_stop_between_evaluations_evaluates_the_final_weights(tmp_path,
     assert load_trainer_state(checkpoint_dir(tmp_path / "run", "last"))["trainer"]["step"] == 7
     best_step = load_trainer_state(checkpoint_dir(tmp_path / "run", "best"))["trainer"]["best_step"]
     assert best_step == trainer.state.best_step and best_step in (5, 7)
+
+
+def test_a_repeated_failure_stops_the_run_chained_to_the_original_error(tmp_path, tiny_digits_config):
+    from attnlab.training import TrainingError
+
+    class Corrupt(ClassificationTask):
+        def loss(self, model, batch):
+            raise ValueError("corrupt example")
+
+    config = RunConfig.from_dict(tiny_digits_config(str(tmp_path), max_steps=6, max_bad_batches=1))
+    with pytest.raises(TrainingError) as caught:
+        Trainer(config, task=Corrupt(config)).run()
+    cause = caught.value.__cause__
+    assert isinstance(cause, ValueError) and str(cause) == "corrupt example"
+    assert cause.__traceback__.tb_next is not None  # the original traceback, down to Corrupt.loss
+
+
+class EmbeddingOutOfRange(ClassificationTask):
+    """Looks tokens up in a 3-row embedding inside an ``nn.Module``: an ``IndexError`` of model code."""
+
+    def loss(self, model, batch):
+        torch.nn.Embedding(3, 2)(torch.tensor([5]))
+        return super().loss(model, batch)
+
+
+class TypoInTask(ClassificationTask):
+    def loss(self, model, batch):
+        return super().loss(model, batch, "unexpected argument")
+
+
+@pytest.mark.parametrize(("task_class", "error"), [(EmbeddingOutOfRange, IndexError), (TypoInTask, TypeError)])
+def test_a_bug_propagates_instead_of_counting_as_a_bad_batch(tmp_path, tiny_digits_config, task_class, error):
+    config = RunConfig.from_dict(tiny_digits_config(str(tmp_path), max_steps=3))
+    events = []
+    trainer = Trainer(config, task=task_class(config), progress=events.append)
+    with pytest.raises(error):
+        trainer.run()
+    assert trainer.state.bad_batches == 0 and not [e for e in events if e.kind == "skip"]
+
+
+def test_is_data_error_tells_data_from_bugs():
+    from attnlab.training.errors import BadBatch, TrainingError, is_data_error
+
+    def raised(function):
+        try:
+            function()
+        except Exception as error:
+            return error
+        raise AssertionError("no error")
+
+    assert is_data_error(BadBatch("non-finite loss nan"))
+    assert is_data_error(raised(lambda: [][1]))  # an IndexError of the data pipeline
+    assert is_data_error(raised(lambda: int("x")))
+    assert not is_data_error(raised(lambda: torch.nn.Embedding(3, 2)(torch.tensor([5]))))
+    assert not is_data_error(raised(lambda: None.shape))
+    assert not is_data_error(TypeError("forward() takes 2 positional arguments"))
+    assert not is_data_error(TrainingError("1 other process(es) stopped on a bug"))
+
+
+def test_accumulated_steps_skip_a_nan_or_failing_batch_and_go_on(tmp_path, tiny_digits_config):
+    config = RunConfig.from_dict(tiny_digits_config(str(tmp_path), max_steps=3, accumulate_batches=2))
+    trainer = Trainer(config, task=FlakyTask(config))
+    result = trainer.run()  # batches 1-2: NaN, 3-4: an error, then three good steps
+    assert result.step == 3 and result.bad_batches == 2
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_the_trainer_sets_every_attribute_in_init(tmp_path, tiny_digits_config):
+    trainer = Trainer(RunConfig.from_dict(tiny_digits_config(str(tmp_path), max_steps=2)))
+    before = set(vars(trainer))
+    trainer.run()
+    assert set(vars(trainer)) == before
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_debug_runs_each_step_under_the_attention_nan_checks(tmp_path, tiny_digits_config, monkeypatch, debug):
+    import contextlib
+
+    import attnlab.functional
+
+    entered = []
+
+    @contextlib.contextmanager
+    def nan_checks():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(attnlab.functional, "nan_checks", nan_checks, raising=False)
+    config = RunConfig.from_dict(tiny_digits_config(str(tmp_path), max_steps=3))
+    Trainer(config, debug=debug).run()
+    assert len(entered) == (3 if debug else 0)
