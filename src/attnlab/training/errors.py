@@ -41,8 +41,8 @@ def is_data_error(error: BaseException) -> bool:
     ``BadBatch`` and errors raised while the task reads a batch (``ValueError``, ``RuntimeError``,
     an ``IndexError`` of the data pipeline...) are data errors; ``TypeError``, ``AttributeError``,
     ``NameError``, ``AssertionError``, ``NotImplementedError``, ``ImportError`` and
-    ``RecursionError`` are bugs anywhere, a :class:`TrainingError` stops the run, and an ``IndexError`` or ``KeyError`` raised inside an
-    ``nn.Module`` is a bug of the model.
+    ``RecursionError`` are bugs anywhere, a :class:`TrainingError` stops the run, and an
+    ``IndexError`` or ``KeyError`` raised inside an ``nn.Module`` is a bug of the model.
     """
     if isinstance(error, BadBatch):
         return True
