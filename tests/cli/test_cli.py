@@ -116,3 +116,40 @@ def test_console_entry_point_exit_code(tmp_path):
     )
     assert result.returncode == 2
     assert "training.bogus" in result.stderr
+
+
+def test_options_between_overrides_are_accepted(tmp_path, capsys):
+    config = str(write_config(tmp_path))
+    assert main(["train", config, "training.max_steps=4", "--fresh", "training.eval_every=2", "--no-progress"]) == 0
+    assert "stopped: max_steps at step 4" in capsys.readouterr().out
+    assert main(["train", config, "--fresh", "training.max_steps=2", "--no-progress", "training.eval_every=1"]) == 0
+    assert "stopped: max_steps at step 2" in capsys.readouterr().out
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in evals if row["kind"] == "val"] == [1, 2]  # eval_every=1, given after the options
+
+
+def test_a_failed_run_prints_one_line_and_its_traceback_under_debug(tmp_path, capsys, monkeypatch):
+    from attnlab.training import TrainingError
+    from attnlab.training.classification import ClassificationTask
+
+    def corrupt(self, model, batch):
+        raise RuntimeError("corrupt example\nsecond line of the message")
+
+    monkeypatch.setattr(ClassificationTask, "loss", corrupt)
+    argv = ["train", str(write_config(tmp_path)), "training.max_bad_batches=0", "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "1 bad batches" in err and "--debug" in err
+    with pytest.raises(TrainingError) as caught:
+        main([*argv, "--debug"])  # --debug after the subcommand, as before it
+    assert isinstance(caught.value.__cause__, RuntimeError) and "corrupt example" in str(caught.value.__cause__)
+
+
+def test_debug_before_the_subcommand_still_counts(tmp_path, monkeypatch):
+    from attnlab.cli import main as main_module
+
+    seen = []
+    monkeypatch.setattr(main_module.train_cmd, "run", lambda args: seen.append(args.debug) or 0)
+    parser_args = ["train", str(write_config(tmp_path))]
+    assert main(["--debug", *parser_args]) == 0 and main(parser_args) == 0
+    assert seen == [True, False]

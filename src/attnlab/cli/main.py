@@ -9,6 +9,8 @@
 
 Every subcommand module exposes ``add_parser(subparsers)`` (which sets ``func``) and a
 ``run(args) -> int``. Errors a user can fix print one line and exit 2; a failed run exits 1.
+``--debug`` (before or after the subcommand) shows the traceback instead, chained causes included,
+and trains with attention NaN checks; options may sit between ``key=value`` overrides.
 """
 
 from __future__ import annotations
@@ -44,12 +46,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnlab", description="Attention mechanisms: train, evaluate, translate, classify."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    _add_global_options(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _subcommand_modules():
         module.add_parser(subparsers)
+    for subparser in subparsers.choices.values():
+        _add_global_options(subparser, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """``-v`` and ``--debug``; a subcommand's copies default to SUPPRESS so that they do not undo
+    the same option given before the subcommand."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log progress details (INFO)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="show tracebacks instead of one-line errors; train with attention NaN checks",
+    )
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides after an option (``train CFG --fresh a=1``) join the others."""
+    args, extras = parser.parse_known_args(argv)
+    if extras and isinstance(getattr(args, "overrides", None), list) and not any(e.startswith("-") for e in extras):
+        args.overrides.extend(extras)
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -61,8 +86,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``attnlab`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(build_parser(), argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="attnlab: %(levelname)s: %(message)s"
     )
@@ -74,9 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if args.debug:
             raise
-        code = USAGE_ERRORS if isinstance(error, _user_errors()) else RUN_ERRORS
-        print(f"attnlab {args.command}: error: {error}", file=sys.stderr)
-        return code
+        usage = isinstance(error, _user_errors())
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        hint = "" if usage else " (rerun with --debug for the traceback)"
+        print(f"attnlab {args.command}: error: {first_line}{hint}", file=sys.stderr)
+        return USAGE_ERRORS if usage else RUN_ERRORS
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ class ProgressBar:
 def run(args: argparse.Namespace) -> int:
     """Train; print the stop reason, the best validation metric and the final split's metrics."""
     config = load_config(args.config, args.overrides)
-    trainer = Trainer(config, progress=ProgressBar(enabled=not args.no_progress), fresh=args.fresh)
+    progress = ProgressBar(enabled=not args.no_progress)
+    trainer = Trainer(config, progress=progress, fresh=args.fresh, debug=getattr(args, "debug", False))
     started = time.monotonic()
     result = trainer.run()
     if not trainer.is_main:  # under torchrun, rank 0 reports
