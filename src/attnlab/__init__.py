@@ -1,7 +1,10 @@
 """attnlab: attention = f_norm(f_sim(Q, K)) V, made real and fast.
 
-The public core: ``attention`` (the function), ``MultiHeadAttention`` and the other layers.
+The public core: ``attention`` (the function), ``MultiHeadAttention`` and the other layers;
+``attnlab.load(run_dir)`` gives a trained run's ``Translator`` or ``Classifier``.
 """
+
+from typing import Any
 
 from attnlab.functional import attention, causal_mask, padding_mask
 from attnlab.layers import (
@@ -32,5 +35,16 @@ __all__ = [
     "WeightedSoftmax",
     "attention",
     "causal_mask",
+    "load",
     "padding_mask",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # attnlab.load imports the training and data stack: only when first asked for, so that
+    # ``import attnlab`` stays light and attnlab.inference may import attnlab's own modules.
+    if name == "load":
+        from attnlab.inference import load
+
+        return load
+    raise AttributeError(f"module 'attnlab' has no attribute {name!r}")

@@ -1,0 +1,227 @@
+"""``Translator``: a trained seq2seq model, its tokenizer and its length limits, as one object
+that turns sentences into translations (and, on request, the source attention behind them).
+
+Built by :func:`attnlab.load` from a run directory, or directly from a model in memory (the
+training task evaluates through one): building it copies no weights.
+
+Shapes: B sentences, S source pieces, T target pieces (EOS included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.data import EOS_ID, PAD_ID, TranslationExample, TranslationTokenizer, collate_translation
+from attnlab.decoding import IncrementalDecoder, beam_search, greedy_search
+from attnlab.training.config import TextDataConfig
+from attnlab.training.devices import autocast_to
+
+__all__ = ["Translation", "Translator", "strip_special"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Translation:
+    """A translation and the source attention behind it.
+
+    Attributes:
+        source: the input sentence.
+        translation: the output sentence.
+        source_pieces: the S SentencePiece pieces the model read (after the length limit).
+        target_pieces: the T pieces it generated, EOS shown as ``</s>``.
+        attention: ``(T, S)``, one row per target piece: the last decoder layer's source
+            attention, mean over heads (each row sums to 1).
+    """
+
+    source: str
+    translation: str
+    source_pieces: list[str]
+    target_pieces: list[str]
+    attention: Tensor
+
+
+def strip_special(ids: Sequence[int]) -> list[int]:
+    """Generated ids up to (not including) the first EOS, without padding."""
+    out = []
+    for token in ids:
+        if token == EOS_ID:
+            break
+        if token != PAD_ID:
+            out.append(token)
+    return out
+
+
+def _piece_labels(tokenizer, ids: Sequence[int]) -> list[str]:
+    """SentencePiece pieces of ``ids`` for table labels, EOS shown as ``</s>``."""
+    return [piece if i != EOS_ID else "</s>" for piece, i in zip(tokenizer.id_to_piece(ids), ids)]
+
+
+def _line_numbers(indices: Sequence[int], shown: int = 5) -> str:
+    more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
+    return ", ".join(str(i + 1) for i in indices[:shown]) + more
+
+
+def _warn_unfit_inputs(ids: Sequence[Sequence[int]], max_length: int) -> None:
+    """One warning naming the (1-based) input lines that are empty or cut to ``max_length`` tokens."""
+    empty = [i for i, row in enumerate(ids) if not row]
+    long = [i for i, row in enumerate(ids) if len(row) > max_length]
+    if empty:
+        logger.warning("input line %s: empty; translated as an empty line", _line_numbers(empty))
+    if long:
+        longest = max(len(ids[i]) for i in long)
+        logger.warning(
+            "input line %s: longer than max_length=%d tokens (up to %d); only the first %d tokens are translated",
+            _line_numbers(long),
+            max_length,
+            longest,
+            max_length,
+        )
+
+
+class Translator:
+    """Greedy or beam-search translation with a trained encoder-decoder.
+
+    Args:
+        model: an encoder-decoder speaking ``attnlab.decoding.IncrementalDecoder`` (a
+            ``Transformer`` or an ``RNNSeq2Seq``); used as it is, never copied.
+        tokenizer: the run's source and target SentencePiece models.
+        data: the run's text data config: inputs are cut to ``max_length`` pieces and decoding
+            stops after ``max_decode_len_a * |x| + max_decode_len_b`` tokens (defaults when None).
+        precision: the autocast dtype searches run under (``torch.bfloat16``), or None for none
+            of the translator's own (an enclosing autocast still applies).
+        fast: use the decoding engine's speed paths; False decodes on the model's own teaching path.
+
+    Example:
+        >>> translator = attnlab.load("runs/en_ja")
+        >>> translator.translate("March 15, 2024")
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: TranslationTokenizer,
+        data: TextDataConfig | None = None,
+        *,
+        precision: torch.dtype | None = None,
+        fast: bool = True,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.data = TextDataConfig() if data is None else data
+        self.precision = precision
+        self.fast = fast
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (inputs are moved there)."""
+        return next(self.model.parameters()).device
+
+    def translate(
+        self,
+        texts: str | Sequence[str],
+        *,
+        beam: int = 1,
+        return_attention: bool = False,
+        batch_size: int = 64,
+    ) -> str | Translation | list[str] | list[Translation]:
+        """Translate one sentence or a list, with greedy (``beam`` 1) or beam search.
+
+        Sentences are batched by length; each is cut to the data config's ``max_length`` pieces
+        (with one warning naming the lines cut), and an empty one translates to an empty line.
+
+        Args:
+            texts: a sentence, or a sequence of sentences.
+            beam: beam size k (1: greedy search).
+            return_attention: return :class:`Translation` objects with the source attention of
+                every generated piece instead of strings.
+            batch_size: sentences decoded together.
+
+        Returns:
+            For a str, its translation; for a sequence, one translation per sentence in input
+            order. Strings, or :class:`Translation` objects with ``return_attention``.
+        """
+        if beam < 1 or batch_size < 1:
+            raise ValueError(f"beam ({beam}) and batch_size ({batch_size}) must be >= 1")
+        single = isinstance(texts, str)
+        sources = [texts] if single else list(texts)
+        results = self._translate_all(sources, beam, return_attention, batch_size)
+        return results[0] if single else results
+
+    def _translate_all(
+        self, sources: list[str], beam: int, return_attention: bool, batch_size: int
+    ) -> list[str] | list[Translation]:
+        ids = self.tokenizer.source.encode(sources)
+        _warn_unfit_inputs(ids, self.data.max_length)
+        # Blank inputs translate to blank lines (a model fed only EOS would invent a sentence).
+        blank = [i for i in range(len(ids)) if not ids[i]]
+        outputs = {i: self._blank(sources[i]) if return_attention else "" for i in blank}
+        order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))  # similar lengths batch
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            decoder = self._decoder()
+            with torch.no_grad(), self._autocast():
+                for start in range(0, len(order), batch_size):
+                    rows = order[start : start + batch_size]
+                    batch = [ids[i][: self.data.max_length] for i in rows]
+                    translated = self._translate_batch(
+                        decoder, [sources[i] for i in rows], batch, beam, return_attention
+                    )
+                    outputs.update(zip(rows, translated))
+        finally:
+            self.model.train(was_training)
+        return [outputs[i] for i in range(len(ids))]
+
+    def _translate_batch(
+        self, decoder: IncrementalDecoder, sources: list[str], ids: list[list[int]], beam: int, return_attention: bool
+    ) -> list[str] | list[Translation]:
+        src = collate_translation([TranslationExample(i, row, []) for i, row in enumerate(ids)]).src  # (B, S)
+        tokens, lengths, weights = self._search(decoder, src.to(self.device), beam, return_attention)  # (B, T)...
+        if not return_attention:
+            return self.tokenizer.target.decode([strip_special(row) for row in tokens.tolist()])
+        return [
+            self._aligned(source, row, tokens[b, : int(lengths[b])].tolist(), weights[b])
+            for b, (source, row) in enumerate(zip(sources, ids))
+        ]
+
+    def _aligned(self, source: str, source_ids: list[int], target_ids: list[int], weights: Tensor) -> Translation:
+        """One sentence's result from its ids and its attention ``(T', S')`` (padding cut off)."""
+        return Translation(
+            source,
+            self.tokenizer.target.decode([strip_special(target_ids)])[0],
+            _piece_labels(self.tokenizer.source, source_ids),
+            _piece_labels(self.tokenizer.target, target_ids),
+            weights[: len(target_ids), : len(source_ids)].float().cpu(),  # (T, S)
+        )
+
+    @staticmethod
+    def _blank(source: str) -> Translation:
+        return Translation(source, "", [], [], torch.zeros(0, 0))
+
+    def _search(
+        self, decoder: IncrementalDecoder, src: Tensor, beam: int, return_attention: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The best hypothesis per sentence of ``src (B, S)`` under the data's length limits:
+        ``(tokens (B, T), lengths (B,), last-layer source attention (B, T, S) or None)``."""
+        attention = "last" if return_attention else None
+        limits = {"max_len_a": self.data.max_decode_len_a, "max_len_b": self.data.max_decode_len_b}
+        if beam == 1:
+            result = greedy_search(decoder, src, attention=attention, **limits)
+            return result.tokens, result.lengths, result.attention
+        result = beam_search(decoder, src, beam_size=beam, attention=attention, **limits)
+        best = None if result.attention is None else result.attention[:, 0]
+        return result.tokens[:, 0], result.lengths[:, 0], best
+
+    def _decoder(self) -> IncrementalDecoder:
+        """What greedy and beam search decode with: the one place that builds it."""
+        return self.model
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_to(self.precision, self.device)
