@@ -265,3 +265,12 @@ def test_run_config_accepts_rnn_and_names_transformer_keys():
     assert isinstance(config, Seq2SeqConfig) and config.score == "dot"
     with pytest.raises(ConfigError, match="model.num_heads"):
         ModelSection.from_dict({"type": "rnn", "num_heads": 4})
+
+
+def test_the_split_modules_keep_every_public_name_importable_from_rnn_seq2seq():
+    from attnlab.models import rnn_config, rnn_decoders, rnn_encoder, rnn_seq2seq
+
+    for module in (rnn_config, rnn_encoder, rnn_decoders):
+        for name in module.__all__:
+            assert getattr(rnn_seq2seq, name) is getattr(module, name), name
+    assert {"RNNSeq2Seq", "Seq2SeqSearchState", "Seq2SeqConfig", "ATTENTION_VARIANTS"} <= set(rnn_seq2seq.__all__)
