@@ -91,9 +91,9 @@ def test_classify_prints_top_k_probabilities(shapes_run, tmp_path, capsys):
 
 
 def test_classify_in_bf16_gives_the_fp32_probabilities_within_bf16_rounding(shapes_run, tmp_path, capsys, autocast_spy):
-    from attnlab.training.classification import ClassificationTask
+    from attnlab.models import AttentionCNN
 
-    seen = autocast_spy(ClassificationTask, "classify")
+    seen = autocast_spy(AttentionCNN, "forward")
     path = tmp_path / "ring.png"
     Image.fromarray(_shape("ring", np.random.default_rng(2)), "L").save(path)
     tops = {}

@@ -83,9 +83,9 @@ def test_translate_text_and_stdin_one_line_per_input(trained_run, capsys, monkey
 
 @pytest.mark.parametrize(("precision", "autocast"), [("fp32", False), ("bf16", True)])
 def test_translate_precision_runs_the_search_under_autocast(trained_run, capsys, autocast_spy, precision, autocast):
-    from attnlab.training.translation import TranslationTask
+    from attnlab.models import Transformer
 
-    seen = autocast_spy(TranslationTask, "translate")
+    seen = autocast_spy(Transformer, "encode")  # once per search batch
     assert main(["translate", str(trained_run), "--text", "March 15, 2024", "--precision", precision]) == 0
     assert seen == [autocast]
     assert len(capsys.readouterr().out.splitlines()) == 1
@@ -98,6 +98,7 @@ def test_by_default_evaluate_and_translate_take_the_runs_precision(
     """The trainer scored its final test in the run's precision; evaluate and translate repeat it."""
     import shutil
 
+    from attnlab.models import Transformer
     from attnlab.training.translation import TranslationTask
 
     run = tmp_path / "run"
@@ -106,7 +107,7 @@ def test_by_default_evaluate_and_translate_take_the_runs_precision(
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
         config["training"]["precision"] = trained_in
         path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    translated, evaluated = autocast_spy(TranslationTask, "translate"), autocast_spy(TranslationTask, "evaluate")
+    translated, evaluated = autocast_spy(Transformer, "encode"), autocast_spy(TranslationTask, "evaluate")
     assert main(["translate", str(run), "--text", "March 15, 2024"]) == 0
     assert translated == [autocast]
     assert main(["evaluate", str(run), "--split", "test"]) == 0
@@ -117,15 +118,14 @@ def test_by_default_evaluate_and_translate_take_the_runs_precision(
 
 
 def test_evaluate_with_a_beam_scores_beam_search_translations(trained_run, capsys):
-    from attnlab.training.runs import load_run
+    import attnlab
 
     assert main(["evaluate", str(trained_run), "--split", "test", "--beam", "3"]) == 0
     metrics = json.loads((trained_run / "test_beam3_metrics.json").read_text(encoding="utf-8"))
     assert metrics["beam_size"] == 3
     rows = (trained_run / "translations_test_beam3.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    loaded = load_run(trained_run, "best", need_data=True)
     sources = [row.split("\t")[0] for row in rows[:5]]
-    assert [row.split("\t")[2] for row in rows[:5]] == loaded.task.translate(loaded.model, sources, beam_size=3)
+    assert [row.split("\t")[2] for row in rows[:5]] == attnlab.load(trained_run).translate(sources, beam=3)
 
 
 def test_translate_rejects_a_beam_below_one(trained_run, capsys):
@@ -230,10 +230,11 @@ def test_show_attention_prints_the_alignment_behind_each_translation(trained_run
 
 
 def test_align_weights_are_a_distribution_over_source_pieces(trained_run):
-    from attnlab.training.runs import load_run
+    import attnlab
 
-    loaded = load_run(trained_run, task="translation")
-    alignment = loaded.task.align(loaded.model, "May 1, 2020", beam_size=2)
-    assert alignment.weights.shape == (len(alignment.target_pieces), len(alignment.source_pieces))
-    torch.testing.assert_close(alignment.weights.sum(-1), torch.ones(len(alignment.target_pieces)), atol=1e-3, rtol=0)
-    assert alignment.translation == loaded.task.translate(loaded.model, ["May 1, 2020"], beam_size=2)[0]
+    translator = attnlab.load(trained_run, task="translation")
+    alignment = translator.translate("May 1, 2020", beam=2, return_attention=True)
+    assert alignment.attention.shape == (len(alignment.target_pieces), len(alignment.source_pieces))
+    rows = torch.ones(len(alignment.target_pieces))
+    torch.testing.assert_close(alignment.attention.sum(-1), rows, atol=1e-3, rtol=0)
+    assert alignment.translation == translator.translate(["May 1, 2020"], beam=2)[0]

@@ -1,9 +1,12 @@
-"""``attnlab evaluate | translate | classify RUN_DIR ...``: use a trained run's best checkpoint."""
+"""``attnlab evaluate | translate | classify RUN_DIR ...``: use a trained run's best checkpoint.
+
+translate and classify go through ``attnlab.load`` (a ``Translator`` or ``Classifier``); evaluate
+reads the run with its data and scores it with the task's ``evaluate``, which translates through a
+``Translator`` of the model."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -12,9 +15,11 @@ import torch
 
 from attnlab.cli.format import format_metrics, format_per_class
 from attnlab.data.image_files import image_conversion
+from attnlab.inference import Translation, Translator, load
+from attnlab.inference.loading import PRECISIONS, run_precision
 from attnlab.training.config import ConfigError
-from attnlab.training.runs import LoadedRun, load_run
-from attnlab.training.trainer import autocast_to, resolve_precision
+from attnlab.training.devices import autocast_to
+from attnlab.training.runs import load_run
 from attnlab.training.translation import beam_suffix
 from attnlab.viz import format_attention_table
 
@@ -69,20 +74,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         command.add_argument(
             "--precision",
             default="run",
-            choices=("run", "fp32", "bf16", "auto"),
+            choices=PRECISIONS,
             help="run (default: the run's training.precision, as its final test was scored), fp32, bf16 "
             "autocast (on CPU the decoder keeps bf16 copies of its weights: faster search, scores within "
             "bf16 rounding), or auto (bf16 where the hardware has it)",
         )
-
-
-def autocast(
-    precision: str, loaded: LoadedRun, device: torch.device = torch.device("cpu")
-) -> contextlib.AbstractContextManager:
-    """Autocast to ``precision``'s dtype on ``device`` (none for fp32); ``run`` takes the run's own."""
-    if precision == "run":
-        precision = loaded.config.training.precision
-    return autocast_to(resolve_precision(precision, device), device)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -93,7 +89,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if loaded.config.task != "translation":
             raise ConfigError(f"--beam applies to translation runs; {args.run_dir} is a {loaded.config.task} run")
         options["beam_size"] = args.beam
-    with torch.no_grad(), autocast(args.precision, loaded):
+    device = next(loaded.model.parameters()).device
+    with torch.no_grad(), autocast_to(run_precision(args.precision, loaded.config, device), device):
         metrics = loaded.task.evaluate(loaded.model, args.split, output_dir=Path(args.run_dir), **options)
     out = Path(args.run_dir) / f"{args.split}{beam_suffix(args.beam)}_metrics.json"
     out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -105,29 +102,30 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_translate(args: argparse.Namespace) -> int:
-    """One translation per input line, in order."""
-    loaded = load_run(args.run_dir, args.checkpoint, task="translation")
+    """One translation per input line, in order (with ``--show-attention``, each followed by its table)."""
+    translator: Translator = load(args.run_dir, args.checkpoint, precision=args.precision, task="translation")
     texts = args.text if args.text else [line.rstrip("\n") for line in sys.stdin]
-    with autocast(args.precision, loaded):
-        return _translate(loaded, texts, args)
-
-
-def _translate(loaded: LoadedRun, texts: list[str], args: argparse.Namespace) -> int:
-    if args.show_attention:
-        for text in texts:
-            alignment = loaded.task.align(loaded.model, text, beam_size=args.beam)
-            print(alignment.translation)
-            print(format_attention_table(alignment.weights, alignment.target_pieces, alignment.source_pieces) + "\n")
+    if not args.show_attention:
+        for line in translator.translate(texts, beam=args.beam):
+            print(line)
         return 0
-    for line in loaded.task.translate(loaded.model, texts, beam_size=args.beam):
-        print(line)
+    for result in translator.translate(texts, beam=args.beam, return_attention=True):
+        print(result.translation)
+        print(_attention_table(result) + "\n")
     return 0
+
+
+def _attention_table(result: Translation) -> str:
+    """The source attention as a table (an empty line for a blank input)."""
+    if not result.target_pieces:
+        return ""
+    return format_attention_table(result.attention, result.target_pieces, result.source_pieces)
 
 
 def run_classify(args: argparse.Namespace) -> int:
     """``IMAGE: label (p), label (p), ...`` per image; a note on stderr for each image converted to fit."""
-    loaded = load_run(args.run_dir, args.checkpoint, task="classification")
-    spec = loaded.task.spec
+    classifier = load(args.run_dir, args.checkpoint, precision=args.precision, task="classification")
+    spec = classifier.spec
     for path in args.images:
         conversion = image_conversion(path, spec.channels, spec.image_size, resize=not args.no_resize)
         if conversion is not None:
@@ -135,8 +133,7 @@ def run_classify(args: argparse.Namespace) -> int:
                 f"note: {path} is {conversion.source}, converted to {conversion.target} as the model expects",
                 file=sys.stderr,
             )
-    with autocast(args.precision, loaded):
-        predictions = loaded.task.classify(loaded.model, args.images, args.top_k)
+    predictions = classifier.classify(args.images, top_k=args.top_k, resize=not args.no_resize)
     for path, top in zip(args.images, predictions):
         print(f"{path}: " + ", ".join(f"{label} ({p:.3f})" for label, p in top))
     return 0

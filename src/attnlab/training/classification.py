@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from attnlab.data.images import (
     TensorImageLoader,
     load_digits,
     load_fashion_mnist,
-    load_image,
     split_dataset,
 )
 from attnlab.training.config import ConfigError, ImageDataConfig, RunConfig
@@ -171,17 +170,3 @@ class ClassificationTask:
     def write_extras(self, directory: Path) -> None:
         """``image_spec.json``: channels, size, class names and normalisation for inference."""
         (Path(directory) / IMAGE_SPEC_FILE).write_text(json.dumps(self.spec.to_dict(), indent=2))
-
-    # ----------------------------------------------------------------------------- inference
-    def classify(self, model: nn.Module, paths: Sequence[str | Path], top_k: int = 3) -> list[list[tuple[str, float]]]:
-        """Top-k ``(class, probability)`` for each image file, read as the model was trained."""
-        spec = self.spec
-        images = torch.stack(
-            [load_image(p, spec.channels, spec.image_size, spec.normalization) for p in paths]
-        )  # (B, C, H, W)
-        with torch.no_grad():
-            probs = torch.softmax(model(images.to(self.device)).float(), dim=-1).cpu()  # (B, K)
-        values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-        return [
-            [(spec.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, indices)
-        ]

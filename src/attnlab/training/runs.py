@@ -1,4 +1,4 @@
-"""Reading a finished (or running) run back for evaluation and inference."""
+"""Reading a finished (or running) run back for evaluation and inference (``attnlab.load`` builds on it)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from torch import nn
 from attnlab.config import load_yaml
 from attnlab.training import checkpoints as ckpt
 from attnlab.training.config import ConfigError, RunConfig
+from attnlab.training.devices import resolve_device
 from attnlab.training.task import Task, build_task
-from attnlab.training.trainer import resolve_device
 
 __all__ = ["LoadedRun", "load_run"]
 
@@ -72,7 +72,7 @@ def load_run(
         raise ConfigError(f"{directory / ckpt.CONFIG_FILE} is not valid YAML: {error}") from error
     if task is not None and config.task != task:
         raise ConfigError(
-            f"{run_dir} is a {config.task} run ({config.model.type} model); this command needs a {task} run"
+            f"{run_dir} is a {config.task} run ({config.model.type} model); expected a {task} run"
         )
     built = build_task(config)
     built.prepare(resolve_device(device), restore_from=directory, need_data=need_data)

@@ -3,7 +3,7 @@
 SentencePiece is trained on the train split only and saved with every checkpoint; batches are
 token-budget batches; the loss is label-smoothed cross-entropy over non-pad target tokens; dev
 evaluation reports loss, perplexity, BLEU and chrF (sacrebleu, with signatures) and exact match
-of greedy translations from :mod:`attnlab.decoding`.
+of greedy or beam-search translations by a :class:`~attnlab.inference.Translator` of the model.
 
 Shapes: B batch, S source length, T target length, V target vocabulary.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,70 +29,21 @@ from attnlab.data import (
     TokenBudgetBatchSampler,
     TranslationBatch,
     TranslationDataset,
-    TranslationExample,
     TranslationTokenizer,
     collate_translation,
     prepare_corpus,
 )
+from attnlab.inference.translator import Translator
 from attnlab.training.checkpoints import CheckpointError
 from attnlab.training.config import RunConfig
 from attnlab.training.metrics import translation_metrics
 
-__all__ = ["TOKENIZER_DIR", "TranslationTask", "strip_special"]
+__all__ = ["TOKENIZER_DIR", "TranslationTask", "beam_suffix"]
 
 logger = logging.getLogger(__name__)
 
 TOKENIZER_DIR = "tokenizer"
 _SPLITS = ("train", "dev", "test")
-
-
-@dataclasses.dataclass
-class Alignment:
-    """A translation and the source attention behind it: ``weights (T, S)``, one row per target piece."""
-
-    source: str
-    translation: str
-    source_pieces: list[str]
-    target_pieces: list[str]
-    weights: torch.Tensor
-
-
-def _piece_labels(tokenizer, ids: Sequence[int]) -> list[str]:
-    """SentencePiece pieces of ``ids`` for table labels, EOS shown as ``</s>``."""
-    return [piece if i != EOS_ID else "</s>" for piece, i in zip(tokenizer.id_to_piece(ids), ids)]
-
-
-def strip_special(ids: Sequence[int]) -> list[int]:
-    """Generated ids up to (not including) the first EOS, without padding."""
-    out = []
-    for token in ids:
-        if token == EOS_ID:
-            break
-        if token != PAD_ID:
-            out.append(token)
-    return out
-
-
-def _line_numbers(indices: Sequence[int], shown: int = 5) -> str:
-    more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
-    return ", ".join(str(i + 1) for i in indices[:shown]) + more
-
-
-def _warn_unfit_inputs(ids: Sequence[Sequence[int]], max_length: int) -> None:
-    """One warning naming the (1-based) input lines that are empty or cut to ``max_length`` tokens."""
-    empty = [i for i, row in enumerate(ids) if not row]
-    long = [i for i, row in enumerate(ids) if len(row) > max_length]
-    if empty:
-        logger.warning("input line %s: empty; translated as an empty line", _line_numbers(empty))
-    if long:
-        longest = max(len(ids[i]) for i in long)
-        logger.warning(
-            "input line %s: longer than max_length=%d tokens (up to %d); only the first %d tokens are translated",
-            _line_numbers(long),
-            max_length,
-            longest,
-            max_length,
-        )
 
 
 def beam_suffix(beam_size: int) -> str:
@@ -229,7 +180,8 @@ class TranslationTask:
         # eval_max_sentences caps the dev decoding done during training; test is always decoded whole.
         limit = self.config.data.eval_max_sentences if split == self.eval_split else None
         pairs = self.corpus.splits[split][:limit]
-        hypotheses = self.translate(model, [source for source, _ in pairs], beam_size=beam_size)
+        translator = Translator(model, self.tokenizer, self.config.data)
+        hypotheses = translator.translate([source for source, _ in pairs], beam=beam_size)
         references = [target for _, target in pairs]
         metrics = {
             "loss": loss,
@@ -250,62 +202,3 @@ class TranslationTask:
         target = Path(directory) / TOKENIZER_DIR
         target.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(target)
-
-    # ----------------------------------------------------------------------------- inference
-    def align(self, model: nn.Module, text: str, beam_size: int = 1) -> Alignment:
-        """Translate one sentence and return the source attention of every generated token.
-
-        The weights are those of the last decoder layer (Transformer: mean over heads), the
-        alignment the model used, one row per target piece (EOS included) over the source pieces.
-        """
-        data = self.config.data
-        ids = self.tokenizer.source.encode([text])[0][: data.max_length]
-        src = collate_translation([TranslationExample(0, ids, [])]).src.to(self.device)  # (1, S)
-        model.eval()
-        with torch.no_grad():
-            tokens, lengths, weights = self._search(model, src, beam_size, attention="last")  # (1, T), (1,), (1, T, S)
-        target_ids = tokens[0, : int(lengths[0])].tolist()
-        translation = self.tokenizer.target.decode([strip_special(target_ids)])[0]
-        return Alignment(
-            text,
-            translation,
-            _piece_labels(self.tokenizer.source, src[0].tolist()),
-            _piece_labels(self.tokenizer.target, target_ids),
-            weights[0, : len(target_ids)].float().cpu(),
-        )
-
-    def _search(self, model: nn.Module, src: torch.Tensor, beam_size: int, attention: str | None = None):
-        """Greedy (``beam_size`` 1) or beam search under the data's length limits: the best
-        hypothesis per sentence as ``(tokens (B, T), lengths (B,), source attention (B, T, S) or None)``."""
-        from attnlab.decoding import beam_search, greedy_search
-
-        limits = {"max_len_a": self.config.data.max_decode_len_a, "max_len_b": self.config.data.max_decode_len_b}
-        if beam_size == 1:
-            result = greedy_search(model, src, attention=attention, **limits)
-            return result.tokens, result.lengths, result.attention
-        result = beam_search(model, src, beam_size=beam_size, attention=attention, **limits)
-        best = None if result.attention is None else result.attention[:, 0]
-        return result.tokens[:, 0], result.lengths[:, 0], best
-
-    def translate(self, model: nn.Module, texts: Sequence[str], beam_size: int = 1, batch_size: int = 64) -> list[str]:
-        """Translate sentences with greedy (``beam_size`` 1) or beam search, in input order."""
-        data = self.config.data
-        ids = self.tokenizer.source.encode(list(texts))
-        _warn_unfit_inputs(ids, data.max_length)
-        # Blank inputs translate to blank lines (a model fed only EOS would invent a sentence).
-        order = sorted(
-            (i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i])
-        )  # similar lengths batch together
-        outputs: dict[int, str] = {i: "" for i in range(len(ids)) if not ids[i]}
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                examples = [TranslationExample(i, ids[i][: data.max_length], []) for i in rows]
-                src = collate_translation(examples).src.to(self.device)  # (B, S)
-                tokens, _, _ = self._search(model, src, beam_size)  # (B, T)
-                decoded = self.tokenizer.target.decode([strip_special(row) for row in tokens.tolist()])
-                outputs.update(zip(rows, decoded))
-        model.train(was_training)
-        return [outputs[i] for i in range(len(ids))]
