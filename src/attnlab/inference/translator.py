@@ -220,7 +220,7 @@ class Translator:
         return result.tokens[:, 0], result.lengths[:, 0], best
 
     def _decoder(self) -> IncrementalDecoder:
-        """What greedy and beam search decode with: the one place that builds it."""
+        """What greedy and beam search decode with (an ``IncrementalDecoder``); every search gets it here."""
         return self.model
 
     def _autocast(self) -> contextlib.AbstractContextManager:
