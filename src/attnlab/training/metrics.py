@@ -2,7 +2,8 @@
 
 Translation scores come from sacrebleu; a Japanese (or Chinese, Korean) target is tokenised
 for BLEU with MeCab (``ja-mecab``, from ``sacrebleu[ja]``) when it imports, else by character,
-and the signature string of each score is returned with it.
+and the signature string of each score is returned with it. Outputs too short for BLEU's 4-grams
+get an effective-order BLEU and a note besides the standard score.
 """
 
 from __future__ import annotations
@@ -163,10 +164,37 @@ def translation_metrics(hypotheses: Sequence[str], references: Sequence[str], ta
     bleu_score = bleu.corpus_score(list(hypotheses), [list(references)])
     chrf_score = chrf.corpus_score(list(hypotheses), [list(references)])
     exact = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references))
-    return {
+    metrics = {
         "bleu": bleu_score.score,
         "chrf": chrf_score.score,
         "exact_match": exact / max(len(references), 1),
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
+    }
+    if hypotheses and bleu_score.totals[-1] == 0:
+        metrics.update(_short_segment_bleu(hypotheses, references, target_lang))
+    return metrics
+
+
+def _short_segment_bleu(hypotheses: Sequence[str], references: Sequence[str], target_lang: str) -> dict[str, Any]:
+    """BLEU over the n-gram orders present, for outputs that hold no 4-gram at all.
+
+    BLEU's geometric mean needs the 4-gram precision, which is 0/0 when no hypothesis has 4
+    tokens (short references, such as dates or numbers): sacrebleu then returns 0 whatever the
+    output. ``bleu`` stays that standard score, comparable with published ones and steady for
+    checkpoint selection; ``bleu_effective_order`` is sacrebleu's ``effective_order=True``
+    score (the mean over orders 1..n of the longest n-grams present, as for sentence-level BLEU),
+    and ``bleu_note`` says why the two differ.
+    """
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU(tokenize=bleu_tokenizer_for(target_lang), effective_order=True)
+    score = bleu.corpus_score(list(hypotheses), [list(references)])
+    order = max((n + 1 for n, total in enumerate(score.totals) if total), default=0)
+    return {
+        "bleu_effective_order": score.score,
+        "bleu_note": (
+            f"no output has {len(score.totals)} tokens, so BLEU's {len(score.totals)}-gram precision is undefined "
+            f"and sacrebleu gives 0; bleu_effective_order uses n-grams up to {order} ({bleu.get_signature()})"
+        ),
     }
