@@ -1,27 +1,38 @@
-"""Which kernel should the fused path use? SDPA vs matmul-softmax-matmul, per length, dtype and grad mode.
+"""Which attention kernel should a call take? SDPA vs matmul-softmax-matmul, per length, dtype and grad mode.
 
-The rule in ``attnlab.functional.attention._prefer_sdpa`` comes from this table: each cell runs
-both kernels interleaved on the same (B, H, N, d) inputs and prints the ratio explicit / SDPA
-of median times (> 1: SDPA is faster).
+The dispatcher (``attnlab.functional.kernels.choose_kernel``) decides by ``Thresholds``; this
+measures where they lie on this machine. Each cell runs both kernels interleaved on the same
+(B, H, N, d) inputs and prints the ratio explicit / SDPA of median times (> 1: SDPA is faster).
 
-``--decoding`` times the attention of a decoding step instead (``CPU_PLAIN_MAX_QUERIES``): a few
-queries per (batch, head), as when a sentence's beam hypotheses ask together, against the keys
-cached so far; fp32, no gradients; masked (as beam lines are) from 2 queries on. It prints
-``step_attention`` / SDPA (< 1: the plain products that ``step_attention`` takes are faster).
+``--decoding`` times the attention of a decoding step instead: a few queries per (batch, head), as
+when a sentence's beam hypotheses ask together, against the keys cached so far; fp32, no
+gradients; masked (as beam lines are) from 2 queries on. It prints plain products / SDPA, both
+through ``step_attention`` (< 1: the plain products of the step kernel are faster).
 
-    python -m benchmarks.attention_kernels [--decoding]
+``--write`` measures what the thresholds rest on (training cells with gradients in fp32, bf16 and
+float64, and decoding cells), derives them and writes the table the dispatcher reads
+(``$ATTNLAB_KERNEL_TABLE``, else ``$XDG_CACHE_HOME/attnlab/attention_kernels.json``; ``--table``
+overrides). Thresholds it does not measure keep their defaults.
+
+    python -m benchmarks.attention_kernels [--decoding | --write [--table PATH]]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from attnlab.functional.attention import step_attention
+from attnlab.functional.kernels import Thresholds, set_thresholds, step_attention, table_path, write_table
 from benchmarks.common import interleave, summary, write_json
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+PLAIN_ALWAYS = Thresholds(cpu_step_plain_max_queries=1 << 30, cpu_step_plain_max_keys=1 << 30)
+PLAIN_NEVER = Thresholds(cpu_step_plain_max_queries=1)
 
 
 def kernels(q, k, v, causal: bool):
@@ -41,9 +52,11 @@ def kernels(q, k, v, causal: bool):
 
 
 def cell(shape, n, dtype, backward, causal, repeats):
+    """explicit / SDPA median time for (B, H, n, d) inputs; bf16 runs under CPU autocast, as training does."""
     b, h, d = shape
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(b, h, n, d, generator=g, requires_grad=backward) for _ in range(3))
+    tensor_dtype = torch.float64 if dtype == "fp64" else torch.float32
+    q, k, v = (torch.randn(b, h, n, d, generator=g, dtype=tensor_dtype, requires_grad=backward) for _ in range(3))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
 
     def wrap(fn):
@@ -61,7 +74,7 @@ def cell(shape, n, dtype, backward, causal, repeats):
 
 
 def decoding_cell(batch: int, queries: int, keys: int, repeats: int, calls: int = 20):
-    """step_attention against SDPA for (batch, 8 heads, queries, 64) against ``keys`` cached keys."""
+    """step_attention's plain products against its SDPA for (batch, 8 heads, queries, 64) against ``keys`` keys."""
     g = torch.Generator().manual_seed(0)
     q = torch.randn(batch, queries, 8, 64, generator=g).transpose(1, 2)  # heads of a projection
     k, v = (torch.randn(batch, 8, keys, 64, generator=g) for _ in range(2))
@@ -70,31 +83,49 @@ def decoding_cell(batch: int, queries: int, keys: int, repeats: int, calls: int 
         mask = torch.rand(batch, 1, queries, keys, generator=g) < 0.2
         mask[..., 0] = True
 
-    def repeat(fn):
+    def repeat(thresholds: Thresholds):
         def run():
-            with torch.no_grad():
-                for _ in range(calls):
-                    fn(q, k, v, mask)
+            previous = set_thresholds(thresholds)
+            try:
+                with torch.no_grad():
+                    for _ in range(calls):
+                        step_attention(q, k, v, mask)
+            finally:
+                set_thresholds(previous)
 
         return run
 
-    def sdpa(q, k, v, mask):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-    times, dropped = interleave({"sdpa": repeat(sdpa), "step_attention": repeat(step_attention)}, repeats)
+    times, dropped = interleave({"sdpa": repeat(PLAIN_NEVER), "plain": repeat(PLAIN_ALWAYS)}, repeats)
     stats = {name: summary(t) for name, t in times.items()}
-    return stats, stats["step_attention"]["median_ms"] / stats["sdpa"]["median_ms"], dropped
+    return stats, stats["plain"]["median_ms"] / stats["sdpa"]["median_ms"], dropped
 
 
-def decoding(repeats: int, threads: int) -> None:
+def training(sizes, shapes, dtypes, modes, repeats: int, threads: int) -> list[dict]:
+    """The explicit / SDPA table: a printed line per (shape, dtype, mode), a row per cell."""
     rows = []
-    print(
-        f"step_attention / SDPA median time (< 1: step_attention faster); (B, 8 heads, queries, 64); {threads} threads"
-    )
-    for batch in (8, 32):
-        for queries in (1, 2, 5, 10, 16, 32):
+    print(f"explicit / sdpa median time (> 1: SDPA faster); {threads} threads")
+    for shape in shapes:
+        for dtype in dtypes:
+            for backward in modes:
+                line = []
+                for n in sizes:
+                    stats, ratio, dropped = cell(shape, n, dtype, backward, False, repeats)
+                    row = {"B,H,d": shape, "N": n, "dtype": dtype, "backward": backward, "ratio": ratio}
+                    rows.append({**row, "dropped_noisy": dropped, "peers": stats})
+                    line.append(f"{n}:{ratio:5.2f}{'~' if dropped else ' '}")
+                mode = "fwd+bwd" if backward else "fwd"
+                print(f"B,H,d={shape} {dtype} {mode:<7} " + " ".join(line), flush=True)
+    return rows
+
+
+def decoding(batches, queries_list, keys_list, repeats: int, threads: int) -> list[dict]:
+    """The plain / SDPA table of decoding steps: a printed line per (batch, queries), a row per cell."""
+    rows = []
+    print(f"plain products / SDPA median time (< 1: plain faster); (B, 8 heads, queries, 64); {threads} threads")
+    for batch in batches:
+        for queries in queries_list:
             line = []
-            for keys in (32, 64, 128, 256, 320, 1024):
+            for keys in keys_list:
                 stats, ratio, dropped = decoding_cell(batch, queries, keys, repeats)
                 rows.append(
                     {
@@ -108,8 +139,56 @@ def decoding(repeats: int, threads: int) -> None:
                 )
                 line.append(f"{keys}:{ratio:5.2f}{'~' if dropped else ' '}")
             print(f"B={batch:<3} queries={queries:<3} " + " ".join(line), flush=True)
-    data = {"threads": threads, "rows": rows}
-    print(f"wrote {write_json('attention_kernels_decoding', data)}  (~: noisy blocks dropped)")
+    return rows
+
+
+def sdpa_min_keys(rows: list[dict], dtype: str) -> int:
+    """The fewest keys from which SDPA won every measured backward cell of ``dtype`` at that length and above."""
+    cells = [r for r in rows if r["dtype"] == dtype and r["backward"]]
+    sizes = sorted({r["N"] for r in cells})
+    losing = [r["N"] for r in cells if r["ratio"] < 1.0]
+    if not losing:
+        return 0
+    above = [n for n in sizes if n > max(losing)]
+    return above[0] if above else max(sizes) + 1
+
+
+def plain_step_limits(rows: list[dict]) -> tuple[int, int]:
+    """(max queries, max keys): the largest rectangle of decoding cells (2+ queries) that plain products all won."""
+    cells = [r for r in rows if r["queries"] > 1]
+    best, best_area = (1, 0), 0
+    for max_queries in sorted({r["queries"] for r in cells}):
+        inside = [r for r in cells if r["queries"] <= max_queries]
+        losing = [r["keys"] for r in inside if r["ratio"] >= 1.0]
+        winning_keys = [r["keys"] for r in inside if not losing or r["keys"] < min(losing)]
+        if winning_keys and max_queries * max(winning_keys) > best_area:
+            best, best_area = (max_queries, max(winning_keys)), max_queries * max(winning_keys)
+    return best
+
+
+def write(args) -> None:
+    """Measure, derive the thresholds, write the table and print it."""
+    train_rows = training(args.sizes, [(8, 8, 64)], list(DTYPES), [True], args.repeats, args.threads)
+    step_rows = decoding([8, 32], [2, 4, 8, 16], [32, 64, 128, 256, 512], args.repeats, args.threads)
+    max_queries, max_keys = plain_step_limits(step_rows)
+    thresholds = dataclasses.replace(
+        Thresholds(),
+        cpu_backward_sdpa_min_keys_float32=sdpa_min_keys(train_rows, "fp32"),
+        cpu_backward_sdpa_min_keys_bfloat16=sdpa_min_keys(train_rows, "bf16"),
+        cpu_backward_sdpa_min_keys_float64=sdpa_min_keys(train_rows, "fp64"),
+        cpu_step_plain_max_queries=max_queries,
+        cpu_step_plain_max_keys=max_keys,
+    )
+    summaries = {
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "training": [{k: r[k] for k in ("dtype", "N", "ratio")} for r in train_rows],
+        "decoding": [{k: r[k] for k in ("B", "queries", "keys", "ratio")} for r in step_rows],
+    }
+    path = write_table(thresholds, args.table, measured=summaries)
+    print(f"wrote {path}:")
+    for field in dataclasses.fields(thresholds):
+        print(f"  {field.name} = {getattr(thresholds, field.name)}")
 
 
 def main() -> None:
@@ -118,35 +197,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decoding", action="store_true", help="a decoding step's few queries instead")
+    parser.add_argument("--write", action="store_true", help="derive the thresholds and write the dispatcher's table")
+    parser.add_argument("--table", type=Path, default=None, help=f"where --write writes (default {table_path()})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.write:
+        return write(args)
     if args.decoding:
-        return decoding(args.repeats, args.threads)
-    rows = []
-    print(f"explicit / sdpa median time (> 1: SDPA faster); {args.threads} threads")
-    for shape in ((8, 8, 64), (16, 3, 64)):
-        for dtype in ("fp32", "bf16"):
-            for backward in (False, True):
-                line = []
-                for n in args.sizes:
-                    stats, ratio, dropped = cell(shape, n, dtype, backward, False, args.repeats)
-                    rows.append(
-                        {
-                            "B,H,d": shape,
-                            "N": n,
-                            "dtype": dtype,
-                            "backward": backward,
-                            "ratio": ratio,
-                            "dropped_noisy": dropped,
-                            "peers": stats,
-                        }
-                    )
-                    line.append(f"{n}:{ratio:5.2f}{'~' if dropped else ' '}")
-                mode = "fwd+bwd" if backward else "fwd"
-                print(f"B,H,d={shape} {dtype} {mode:<7} " + " ".join(line), flush=True)
-    print(
-        f"wrote {write_json('attention_kernels', {'threads': args.threads, 'rows': rows})}  (~: noisy blocks dropped)"
-    )
+        rows = decoding([8, 32], [1, 2, 5, 10, 16, 32], [32, 64, 128, 256, 320, 1024], args.repeats, args.threads)
+        path = write_json("attention_kernels_decoding", {"threads": args.threads, "rows": rows})
+    else:
+        rows = training(
+            args.sizes, [(8, 8, 64), (16, 3, 64)], ["fp32", "bf16"], [False, True], args.repeats, args.threads
+        )
+        path = write_json("attention_kernels", {"threads": args.threads, "rows": rows})
+    print(f"wrote {path}  (~: noisy blocks dropped)")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ class Thresholds:
 
     cpu_backward_sdpa_min_keys_float32: int = 0
     cpu_backward_sdpa_min_keys_bfloat16: int = 512
-    cpu_backward_sdpa_min_keys_float64: int = 192
+    cpu_backward_sdpa_min_keys_float64: int = 0
     cpu_contiguous_min_keys: int = 256
     cpu_step_plain_max_queries: int = 8
     cpu_step_plain_max_keys: int = 128
