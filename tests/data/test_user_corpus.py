@@ -55,3 +55,77 @@ def test_user_corpus_through_prepare_records_skips_and_rebuilds_on_change(tmp_pa
     assert cached.splits == corpus.splits and cached.skipped == corpus.skipped
     path.write_text("\n".join(lines[:50]) + "\n", encoding="utf-8")
     assert len(prepare_corpus(config)) == 50
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_missing_and_empty_files_are_errors_naming_the_file(tmp_path: Path) -> None:
+    from attnlab.data.user_corpus import UserCorpusError
+
+    missing = tmp_path / "nowhere.tsv"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        read_tsv_pairs(missing)
+    empty = _write(tmp_path / "empty.ja", [" ", ""])
+    source = _write(tmp_path / "s.en", ["a", "b"])
+    with pytest.raises(UserCorpusError, match=f"{empty} is empty"):
+        read_aligned_pairs(source, empty)
+
+
+def _joey_files(tmp_path: Path) -> dict[str, list[str]]:
+    """JoeyNMT-style train/dev/test files, source and target side each."""
+    files = {}
+    for split, size in (("train", 40), ("dev", 5), ("test", 6)):
+        source = _write(tmp_path / f"{split}.de", [f"{split} satz {i}" for i in range(size)])
+        target = _write(tmp_path / f"{split}.en", [f"{split} sentence {i}" for i in range(size)])
+        files[split] = [str(source), str(target)]
+    return files
+
+
+def test_split_files_are_read_as_given_without_a_hash_split(tmp_path: Path) -> None:
+    from attnlab.data.user_corpus import read_user_splits
+
+    files = _joey_files(tmp_path)
+    splits, skipped = read_user_splits(files)
+    assert skipped == []
+    for split, (source, target) in files.items():
+        expected = list(zip(Path(source).read_text().splitlines(), Path(target).read_text().splitlines()))
+        assert splits[split] == expected
+
+
+def test_text_data_config_takes_dev_and_test_files(tmp_path: Path, cache_dir: Path) -> None:
+    from attnlab.config import read_dataclass, to_plain
+    from attnlab.training.config import TextDataConfig
+
+    files = _joey_files(tmp_path)
+    values = {
+        "corpus": {"name": "user", "paths": files["train"], "source_lang": "de", "target_lang": "en"},
+        "dev_paths": files["dev"],
+        "test_paths": files["test"],
+    }
+    config = read_dataclass(TextDataConfig, values, "data")
+    corpus = config.prepare_corpus()
+    assert (corpus.source_lang, corpus.target_lang) == ("de", "en")
+    assert [len(corpus.splits[name]) for name in ("train", "dev", "test")] == [40, 5, 6]  # nothing moved by hash
+    assert corpus.dev[0] == ("dev satz 0", "dev sentence 0") and corpus.test[-1] == ("test satz 5", "test sentence 5")
+    again = read_dataclass(TextDataConfig, to_plain(config), "data")
+    assert again == config  # the saved form reads back the same
+
+
+def test_split_file_errors_name_the_key_or_the_file(tmp_path: Path, cache_dir: Path) -> None:
+    from attnlab.config import ConfigError, read_dataclass
+    from attnlab.data.user_corpus import UserCorpusError
+    from attnlab.training.config import TextDataConfig
+
+    files = _joey_files(tmp_path)
+    with pytest.raises(ConfigError, match="corpus.name 'user'"):
+        read_dataclass(TextDataConfig, {"dev_paths": files["dev"], "test_paths": files["test"]}, "data")
+    user = {"name": "user", "paths": files["train"]}
+    with pytest.raises(ConfigError, match=r"test_paths must be one TSV file or two aligned files, got \[\]"):
+        read_dataclass(TextDataConfig, {"corpus": user, "dev_paths": files["dev"]}, "data")
+    _write(Path(files["dev"][1]), [])
+    config = read_dataclass(TextDataConfig, {"corpus": user, "dev_paths": files["dev"], "test_paths": files["test"]})
+    with pytest.raises(UserCorpusError, match=f"{files['dev'][1]} is empty"):
+        config.prepare_corpus()

@@ -79,9 +79,18 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from attnlab.data.image_files import ImageInputError
+    from attnlab.data.user_corpus import UserCorpusError
     from attnlab.training import CheckpointError, ConfigError
 
-    return (ConfigError, CheckpointError, ImageInputError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+    return (
+        ConfigError,
+        CheckpointError,
+        ImageInputError,
+        UserCorpusError,
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,23 +1,36 @@
-"""Parallel text the user brings: two line-aligned files, or one tab-separated file.
+"""Parallel text the user brings: two line-aligned files, or one tab-separated file, for the
+whole corpus or, as JoeyNMT users keep it, for each of train, dev and test.
 
 Bad lines (empty, no tab, an empty side) are reported with their file and line number and
-skipped; only a structural mismatch (aligned files of different lengths) is fatal.
+skipped; a missing or empty file and a structural mismatch (aligned files of different
+lengths) are fatal, naming the file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from attnlab.data.text import normalize_whitespace
 
-__all__ = ["SkippedLine", "read_aligned_pairs", "read_tsv_pairs", "read_user_pairs"]
+__all__ = [
+    "SkippedLine",
+    "UserCorpusError",
+    "read_aligned_pairs",
+    "read_tsv_pairs",
+    "read_user_pairs",
+    "read_user_splits",
+]
 
 logger = logging.getLogger(__name__)
 _SHOWN_IN_WARNING = 5
+
+
+class UserCorpusError(ValueError):
+    """A user corpus file that cannot be read as parallel text; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +52,14 @@ class SkippedLine:
 
 
 def _read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        raise FileNotFoundError(f"user corpus file {path} does not exist")
+    if not path.is_file():
+        raise UserCorpusError(f"user corpus file {path} is not a file")
     # Split on "\n" only: str.splitlines also breaks on U+2028, \x0b, \x1c..., which would misalign.
     text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        raise UserCorpusError(f"user corpus file {path} is empty")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -134,3 +153,28 @@ def read_user_pairs(paths: Sequence[str | os.PathLike]) -> tuple[list[tuple[str,
     if len(paths) == 2:
         return read_aligned_pairs(paths[0], paths[1])
     raise ValueError(f"paths must be one TSV file or two aligned files, got {len(paths)}: {list(paths)}")
+
+
+def read_user_splits(
+    files: Mapping[str, Sequence[str | os.PathLike]],
+) -> tuple[dict[str, list[tuple[str, str]]], list[SkippedLine]]:
+    """Read each split from its own files (JoeyNMT's ``train`` / ``dev`` / ``test``), no hash split.
+
+    Args:
+        files: split name -> one TSV file or the source and the target file of that split.
+
+    Returns:
+        ``(splits, skipped)``: the pairs of each split in file order, and the lines left out of all.
+
+    Raises:
+        FileNotFoundError: a file does not exist (named).
+        UserCorpusError: a file is empty or holds no usable pair (named with its split).
+    """
+    splits: dict[str, list[tuple[str, str]]] = {}
+    skipped: list[SkippedLine] = []
+    for split, paths in files.items():
+        pairs, bad = read_user_pairs(paths)
+        if not pairs:
+            raise UserCorpusError(f"{split} files {[str(p) for p in paths]} hold no usable pair ({len(bad)} bad lines)")
+        splits[split], skipped = pairs, skipped + bad
+    return splits, skipped

@@ -184,6 +184,10 @@ class TextDataConfig:
         eval_max_sentences: dev sentences decoded for BLEU at each evaluation (None: all).
         max_decode_len_a: greedy decoding stops after a * |x| + b tokens.
         max_decode_len_b: b of that limit.
+        dev_paths: a ``user`` corpus kept in split files, as JoeyNMT's ``train`` / ``dev`` /
+            ``test``: the dev split's TSV file or source and target files. ``corpus.paths`` are
+            then the train split, whole (its ``dev_fraction`` and ``test_fraction`` become 0).
+        test_paths: the test split's files, given together with ``dev_paths``.
     """
 
     corpus: CorpusConfig = field(default_factory=lambda: CorpusConfig(name="generated"))
@@ -194,6 +198,31 @@ class TextDataConfig:
     eval_max_sentences: int | None = 500
     max_decode_len_a: float = 1.5
     max_decode_len_b: float = 10.0
+    dev_paths: tuple[str, ...] = ()
+    test_paths: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (self.dev_paths or self.test_paths):
+            return
+        if self.corpus.name != "user":
+            raise ValueError(f"dev_paths and test_paths need corpus.name 'user', got {self.corpus.name!r}")
+        for name in ("dev_paths", "test_paths"):
+            if len(getattr(self, name)) not in (1, 2):
+                raise ValueError(f"{name} must be one TSV file or two aligned files, got {list(getattr(self, name))}")
+        self.corpus = dataclasses.replace(self.corpus, dev_fraction=0.0, test_fraction=0.0)
+
+    def prepare_corpus(self) -> Any:
+        """The :class:`~attnlab.data.ParallelCorpus`: ``corpus`` split by hash, or with ``dev_paths``
+        and ``test_paths`` the three splits as the files give them."""
+        from attnlab.data.corpora import ParallelCorpus, prepare_corpus
+        from attnlab.data.user_corpus import read_user_splits
+
+        corpus = prepare_corpus(self.corpus)
+        if not self.dev_paths:
+            return corpus
+        held_out, skipped = read_user_splits({"dev": self.dev_paths, "test": self.test_paths})
+        splits = {"train": corpus.train, **held_out}
+        return ParallelCorpus(corpus.name, corpus.source_lang, corpus.target_lang, splits, corpus.skipped + skipped)
 
 
 @dataclass
