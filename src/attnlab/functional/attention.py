@@ -18,11 +18,6 @@ from attnlab.functional.masks import causal_mask, check_mask, merge_masks
 from attnlab.functional.normalize import NormalizeFn, resolve_normalizer, softmax
 from attnlab.functional.scores import ScoreFn, check_same_dim, resolve_score, scaled_dot_score
 
-__all__ = ["attention", "step_attention"]
-
-# Re-exported for the decoding engine's import until it reads attnlab.functional.kernels.
-step_attention = kernels.step_attention
-
 
 def attention(
     query: Tensor,
