@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench install clean
+.PHONY: demo test test-isa test-all lint bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,19 @@ demo: $(STAMP)
 	$(VENV)/bin/attnlab train configs/generated_transformer.yaml output_dir=$(DEMO_RUN) training.max_steps=1000 training.max_minutes=4
 	$(VENV)/bin/attnlab translate $(DEMO_RUN) --show-attention --text "March 15, 2024" --text "three hundred and twelve"
 
+# The quick suite; the slowest tests are listed at the end (none unmarked should take 10 s).
+PYTEST_QUICK := -q -m "not slow" --durations=15
+
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest $(PYTEST_QUICK)
+
+# The quick suite on the kernels of an older CPU, emulated here: PyTorch's AVX2 kernels and oneDNN
+# without AVX-512 or bf16 instructions (another level: make test-isa ATEN_ISA=default ONEDNN_ISA=SSE41).
+ATEN_ISA ?= avx2
+ONEDNN_ISA ?= AVX2
+
+test-isa: $(STAMP)
+	ATEN_CPU_CAPABILITY=$(ATEN_ISA) ONEDNN_MAX_CPU_ISA=$(ONEDNN_ISA) $(PY) -m pytest $(PYTEST_QUICK)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
