@@ -24,6 +24,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Name the CPU kernels the suite ran on: rounding and bf16 support differ between them
+    (``make test-isa`` emulates an older CPU's)."""
+    bf16 = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    terminalreporter.write_line(f"CPU kernels: {torch.backends.cpu.get_cpu_capability()}; oneDNN bf16: {bf16}")
+
+
 class Stop(Exception):
     """Stands in for the process being killed."""
 
