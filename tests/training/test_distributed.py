@@ -39,7 +39,8 @@ UPDATE_RTOL = 1e-4
 METRIC_RTOL = 1e-5
 
 
-def _torchrun(config_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _start_torchrun(config_path: Path, *args: str) -> subprocess.Popen:
+    """``attnlab train config_path args`` in two processes under torchrun, started in the background."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -55,7 +56,20 @@ def _torchrun(config_path: Path, *args: str) -> subprocess.CompletedProcess:
         *args,
         "--no-progress",
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finished(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        stdout, stderr = process.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _torchrun(config_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return _finished(_start_torchrun(config_path, *args))
 
 
 class TwoBatchesAStep:
@@ -157,9 +171,14 @@ def test_two_processes_resume_where_they_stopped(tmp_path, tiny_translation_conf
     a restart to 8, ends where 8 steps without a stop do."""
     for name in ("whole", "stopped"):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(tiny_translation_config(tmp_path / name, max_steps=8)))
-    assert _torchrun(tmp_path / "whole.yaml").returncode == 0
-    first = _torchrun(tmp_path / "stopped.yaml", "training.max_steps=4")
-    assert first.returncode == 0 and "stopped: max_steps at step 4" in first.stdout
+    # The uninterrupted run and the first half of the stopped one are independent: side by side.
+    started = (
+        _start_torchrun(tmp_path / "whole.yaml"),
+        _start_torchrun(tmp_path / "stopped.yaml", "training.max_steps=4"),
+    )
+    whole, first = (_finished(process) for process in started)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert first.returncode == 0 and "stopped: max_steps at step 4" in first.stdout, first.stderr[-3000:]
     resumed = _torchrun(tmp_path / "stopped.yaml")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr and "stopped: max_steps at step 8" in resumed.stdout
