@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import yaml
 
+from attnlab.inference import Translator
 from attnlab.models.rnn_seq2seq import ATTENTION_VARIANTS
 from attnlab.training import Trainer, find_checkpoint, load_weights
 from attnlab.training.config import RunConfig, apply_overrides
@@ -94,7 +95,7 @@ def evaluate_by_length(trainer: Trainer, corpus: str) -> dict[str, Any]:
     task = trainer.task
     pairs = task.corpus.splits["test"]
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
-    hypotheses = task.translate(trainer.model, sources)
+    hypotheses = Translator(trainer.model, task.tokenizer, task.config.data).translate(sources)
     overall = translation_metrics(hypotheses, references, task.target_lang)
     lengths = [len(ids) for ids in task.tokenizer.source.encode(sources)]
     buckets = {}

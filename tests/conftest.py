@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+# Kernels are chosen by the default thresholds, never by a table measured on the machine at hand
+# (a missing table gives the defaults; subprocesses such as torchrun workers inherit this).
+os.environ["ATTNLAB_KERNEL_TABLE"] = str(Path(__file__).parent / "no-kernel-table.json")
+
+from attnlab.functional.kernels import Thresholds, set_thresholds
+from attnlab.inference import onednn
 from attnlab.training import RunConfig, Trainer
 from attnlab.training.checkpoints import checkpoint_dir, load_trainer_state
 
@@ -24,10 +31,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def kernel_defaults():
+    """Hand the dispatcher the default thresholds for the test; restore what was in force after."""
+    previous = set_thresholds(Thresholds())
+    yield
+    set_thresholds(previous)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Name the CPU kernels the suite ran on: rounding and bf16 support differ between them
     (``make test-isa`` emulates an older CPU's)."""
-    bf16 = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    bf16 = onednn.bf16_available()
     terminalreporter.write_line(f"CPU kernels: {torch.backends.cpu.get_cpu_capability()}; oneDNN bf16: {bf16}")
 
 

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import attnlab
 from attnlab import MultiHeadAttention
 from attnlab.decoding import beam_search, greedy_search
 from attnlab.functional import attention
 from attnlab.inference.engine import DecodingEngine
 from attnlab.models.transformer import Transformer, TransformerConfig
 from attnlab.training import RunConfig, Trainer
-from attnlab.training.runs import load_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -198,7 +198,6 @@ def test_trainer_on_cuda_in_bf16_resumes_and_its_run_loads_on_the_cpu(
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, msg=name)
 
-    run = load_run(tmp_path / "a", "last", device="cpu")
-    assert next(run.model.parameters()).device.type == "cpu"
-    on_cpu = run.task.translate(run.model, ["March 3, 2021"])
-    assert isinstance(on_cpu[0], str)
+    translator = attnlab.load(tmp_path / "a", "last", device="cpu")
+    assert next(translator.model.parameters()).device.type == "cpu"
+    assert isinstance(translator.translate(["March 3, 2021"])[0], str)

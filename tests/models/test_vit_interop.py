@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+import transformers
 
-transformers = pytest.importorskip("transformers")
-
-from attnlab.models import ViT, ViTConfig  # noqa: E402
-from attnlab.models.vit_interop import (  # noqa: E402
+from attnlab.models import ViT, ViTConfig
+from attnlab.models.vit_interop import (
     attnlab_to_hf,
     attnlab_to_timm,
     hf_config_from_vit,

@@ -166,6 +166,7 @@ def test_two_processes_train_like_one_process_on_both_batches(tmp_path, tiny_tra
     _assert_same_updates(initial, reference.model, model)
 
 
+@pytest.mark.slow  # three torchrun launches (~6 s each to import torch and start): make test-all runs it
 def test_two_processes_resume_where_they_stopped(tmp_path, tiny_translation_config):
     """With dropout (each process draws its own masks from seed, rank and step): 4 steps, then
     a restart to 8, ends where 8 steps without a stop do."""

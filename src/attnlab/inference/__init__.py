@@ -8,7 +8,8 @@
 """
 
 from attnlab.inference.classifier import Classification, Classifier
+from attnlab.inference.engine import DecodingEngine
 from attnlab.inference.loading import load
 from attnlab.inference.translator import Translation, Translator
 
-__all__ = ["Classification", "Classifier", "Translation", "Translator", "load"]
+__all__ = ["Classification", "Classifier", "DecodingEngine", "Translation", "Translator", "load"]

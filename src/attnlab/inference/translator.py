@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from attnlab.data import EOS_ID, PAD_ID, TranslationExample, TranslationTokenizer, collate_translation
 from attnlab.decoding import IncrementalDecoder, beam_search, greedy_search
+from attnlab.inference.engine import DecodingEngine
 from attnlab.training.config import TextDataConfig
 from attnlab.training.devices import autocast_to
 
@@ -96,7 +97,9 @@ class Translator:
             stops after ``max_decode_len_a * |x| + max_decode_len_b`` tokens (defaults when None).
         precision: the autocast dtype searches run under (``torch.bfloat16``), or None for none
             of the translator's own (an enclosing autocast still applies).
-        fast: use the decoding engine's speed paths; False decodes on the model's own teaching path.
+        fast: decode through a ``DecodingEngine`` (plain steps, packed weights, beam pools),
+            made with the translator: make a new translator after changing the model's weights.
+            False decodes on the model's own teaching path.
 
     Example:
         >>> translator = attnlab.load("runs/en_ja")
@@ -117,6 +120,7 @@ class Translator:
         self.data = TextDataConfig() if data is None else data
         self.precision = precision
         self.fast = fast
+        self._engine = DecodingEngine(model) if fast else None
 
     @property
     def device(self) -> torch.device:
@@ -220,8 +224,8 @@ class Translator:
         return result.tokens[:, 0], result.lengths[:, 0], best
 
     def _decoder(self) -> IncrementalDecoder:
-        """What greedy and beam search decode with (an ``IncrementalDecoder``); every search gets it here."""
-        return self.model
+        """What greedy and beam search decode with: the engine, or the model itself when not ``fast``."""
+        return self.model if self._engine is None else self._engine
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast_to(self.precision, self.device)

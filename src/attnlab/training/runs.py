@@ -71,9 +71,7 @@ def load_run(
     except yaml.YAMLError as error:
         raise ConfigError(f"{directory / ckpt.CONFIG_FILE} is not valid YAML: {error}") from error
     if task is not None and config.task != task:
-        raise ConfigError(
-            f"{run_dir} is a {config.task} run ({config.model.type} model); expected a {task} run"
-        )
+        raise ConfigError(f"{run_dir} is a {config.task} run ({config.model.type} model); expected a {task} run")
     built = build_task(config)
     built.prepare(resolve_device(device), restore_from=directory, need_data=need_data)
     torch.manual_seed(config.seed)

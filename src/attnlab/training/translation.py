@@ -31,7 +31,6 @@ from attnlab.data import (
     TranslationDataset,
     TranslationTokenizer,
     collate_translation,
-    prepare_corpus,
 )
 from attnlab.inference.translator import Translator
 from attnlab.training.checkpoints import CheckpointError
@@ -76,7 +75,7 @@ class TranslationTask:
         """Prepare the corpus; load the tokenizer from ``restore_from`` or train it on the train split."""
         self.device = device
         if need_data:
-            self.corpus = prepare_corpus(self.config.data.corpus)
+            self.corpus = self.config.data.prepare_corpus()
         saved = Path(restore_from) / TOKENIZER_DIR if restore_from is not None else None
         if saved is not None:
             if not (saved / "tokenizer.json").is_file():
