@@ -242,3 +242,19 @@ def test_config_names_a_bad_score_normaliser_or_positions():
         tiny_config(score="bilinear")
     with pytest.raises(ValueError, match="weighted_softmax.*score='additive'"):
         tiny_config(normalize="weighted_softmax")
+
+
+def test_a_yaml_config_reaches_the_core_choices():
+    """``model.score`` / ``normalize`` / ``positions`` in a run config build those layers."""
+    from pathlib import Path
+
+    from attnlab.training.config import load_config
+
+    shipped = Path(__file__).parents[2] / "configs" / "generated_transformer.yaml"
+    overrides = ["model.score=additive", "model.normalize=weighted_softmax", "model.positions=rotary"]
+    section = load_config(shipped, overrides).model
+    model = section.build(section.resolve(src_vocab_size=30, tgt_vocab_size=30))
+    attention = model.decoder_layers[0].self_attn
+    assert type(attention.score).__name__ == "AdditiveScore"
+    assert type(attention.normalize).__name__ == "WeightedSoftmax"
+    assert attention.rope is not None and model.positional is None
