@@ -249,3 +249,22 @@ def test_thresholds_name_a_bad_value():
     with pytest.raises(ValueError, match=r"weights_chunk_elements must be >= 1, got 0"):
         Thresholds(weights_chunk_elements=0)
     assert dataclasses.replace(Thresholds(), cpu_step_plain_max_queries=1).cpu_step_plain_max_queries == 1
+
+
+@pytest.mark.parametrize(
+    "shapes", [((2, 3), (2, 3)), ((2, 1), (1, 3)), ((4,), (2, 1), (1, 1, 4)), ((), (5, 2)), ((0, 1), (1, 3))]
+)
+def test_broadcast_shapes_is_torchs(shapes):
+    from attnlab.functional.kernels._common import broadcast_shapes
+
+    sizes = [torch.Size(s) for s in shapes]
+    assert broadcast_shapes(*sizes) == torch.broadcast_shapes(*sizes)
+
+
+def test_broadcast_shapes_refuses_what_torch_refuses():
+    from attnlab.functional.kernels._common import broadcast_shapes
+
+    with pytest.raises(RuntimeError):
+        torch.broadcast_shapes(torch.Size((2, 3)), torch.Size((4, 3)))
+    with pytest.raises(RuntimeError, match="do not broadcast at dim -2"):
+        broadcast_shapes(torch.Size((2, 3)), torch.Size((4, 3)))

@@ -9,6 +9,8 @@ from contextvars import ContextVar
 import torch
 from torch import Tensor
 
+from attnlab.functional.kernels._common import batch_shape
+
 _nan_checks: ContextVar[bool] = ContextVar("attnlab_nan_checks", default=False)
 
 
@@ -69,10 +71,8 @@ def check_inputs(query: Tensor, key: Tensor, value: Tensor) -> torch.Size:
         raise ValueError(
             f"key and value must have the same length Lk, got key {tuple(key.shape)} and value {tuple(value.shape)}"
         )
-    if query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
-        return query.shape[:-2]  # the usual case; torch.broadcast_shapes costs more than a decoding step's math
     try:
-        return torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        return batch_shape(query, key, value)
     except RuntimeError:
         raise ValueError(
             f"batch dims of query {tuple(query.shape)}, key {tuple(key.shape)} and value "

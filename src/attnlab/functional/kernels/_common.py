@@ -65,4 +65,17 @@ def batch_shape(query: Tensor, key: Tensor, value: Tensor) -> torch.Size:
     """The leading dims the three inputs broadcast to."""
     if query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
         return query.shape[:-2]
-    return torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    return broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+
+
+def broadcast_shapes(*shapes: torch.Size) -> torch.Size:
+    """``torch.broadcast_shapes`` for concrete sizes, without its first-call import of sympy
+    (tens of MB and a second); raises ``RuntimeError`` as it does when the shapes do not broadcast."""
+    rank = max(len(shape) for shape in shapes)
+    result = []
+    for dim in range(-rank, 0):
+        sizes = {shape[dim] for shape in shapes if len(shape) >= -dim} - {1}
+        if len(sizes) > 1:
+            raise RuntimeError(f"shapes {[tuple(s) for s in shapes]} do not broadcast at dim {dim}")
+        result.append(sizes.pop() if sizes else 1)
+    return torch.Size(result)

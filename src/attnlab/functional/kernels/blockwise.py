@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from attnlab.functional.kernels._common import dropped, mask_in
+from attnlab.functional.kernels._common import broadcast_shapes, dropped, mask_in
 from attnlab.functional.kernels.thresholds import current_thresholds
 from attnlab.functional.masks import causal_mask, merge_masks
 from attnlab.functional.normalize import softmax
@@ -76,7 +76,7 @@ def softmax_blocks(
     """``(rows, softmax(Q[rows] K^T * scale + M[rows]))`` for blocks of about ``chunk_elements`` scores."""
     lq, lk = query.shape[-2], key.shape[-2]
     key = key.contiguous()  # read by every block: one copy here, not one per block inside matmul
-    maps = math.prod(torch.broadcast_shapes(query.shape[:-2], key.shape[:-2]))
+    maps = math.prod(broadcast_shapes(query.shape[:-2], key.shape[:-2]))
     rows_per_chunk = max(1, chunk_elements // max(1, lk * maps))
     full_mask = merge_masks(mask, causal_mask(lq, lk, device=query.device)) if is_causal else mask
     full_mask = mask_in(full_mask, query.dtype)
