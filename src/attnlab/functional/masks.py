@@ -75,7 +75,7 @@ def guard_empty_rows(mask: Tensor) -> tuple[Tensor, Tensor | None]:
         keep = mask.any(dim=-1, keepdim=True)
     else:
         keep = (mask != float("-inf")).any(dim=-1, keepdim=True)
-    if bool(keep.all()):
+    if mask.device.type == "cpu" and bool(keep.all()):  # a shortcut that would cost a GPU a host sync
         return mask, None
     if mask.dtype == torch.bool:
         return mask | ~keep, keep
@@ -90,3 +90,41 @@ def apply_mask(scores: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | No
     if mask.dtype == torch.bool:
         return scores.masked_fill(~mask, float("-inf")), keep
     return scores + mask, keep
+
+
+def torch_masks_to_allowed(
+    key_padding_mask: Tensor | None, attn_mask: Tensor | None, batch: int, heads: int, lq: int, lk: int
+) -> Tensor | None:
+    """``torch.nn.MultiheadAttention``'s masks (bool ``True`` = masked out, or float biases) as one
+    mask in this package's sense (bool ``True`` = may attend), ``(B, H | 1, Lq | 1, Lk)``.
+
+    Args:
+        key_padding_mask: ``(B, Lk)``.
+        attn_mask: ``(Lq, Lk)``, ``(B * H, Lq, Lk)`` or ``(B, H, Lq, Lk)``.
+        batch, heads, lq, lk: B, H, Lq and Lk, for the checks.
+    """
+    if key_padding_mask is not None:
+        if tuple(key_padding_mask.shape) != (batch, lk):
+            raise ValueError(
+                f"key_padding_mask must be (B, Lk) = ({batch}, {lk}), got shape {tuple(key_padding_mask.shape)}"
+            )
+        key_padding_mask = _allowed(key_padding_mask, "key_padding_mask")[:, None, None, :]  # (B, 1, 1, Lk)
+    if attn_mask is not None:
+        if attn_mask.shape == (batch * heads, lq, lk):
+            attn_mask = attn_mask.view(batch, heads, lq, lk)
+        elif attn_mask.shape not in ((lq, lk), (batch, heads, lq, lk)):
+            raise ValueError(
+                f"attn_mask must be (Lq, Lk) = ({lq}, {lk}), (B*H, Lq, Lk) = ({batch * heads}, {lq}, {lk}) or "
+                f"(B, H, Lq, Lk), got shape {tuple(attn_mask.shape)}"
+            )
+        attn_mask = _allowed(attn_mask, "attn_mask")
+    return merge_masks(key_padding_mask, attn_mask)
+
+
+def _allowed(mask: Tensor, name: str) -> Tensor:
+    """torch's masked-out convention to ours: bool ``True`` = may attend; float biases stay."""
+    if mask.dtype == torch.bool:
+        return ~mask
+    if mask.is_floating_point():
+        return mask
+    raise TypeError(f"{name} must be bool (True = masked out) or a float bias, got dtype {mask.dtype}")

@@ -7,13 +7,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.functional.attention import attention
-from attnlab.functional.masks import merge_masks
-from attnlab.functional.normalize import NormalizeFn, resolve_normalizer
-from attnlab.functional.scores import ScoreFn, resolve_score
+from attnlab.functional.masks import torch_masks_to_allowed
+from attnlab.functional.normalize import NormalizeFn
+from attnlab.functional.scores import ScoreFn
 from attnlab.layers.feedforward import LinearFn
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.positional import RotaryEmbedding
-from attnlab.layers.scores import AdditiveScore, GeneralScore, TemperatureSoftmax, WeightedSoftmax
+from attnlab.layers.scores import build_score_and_normalizer
 
 
 class MultiHeadAttention(nn.Module):
@@ -68,7 +68,7 @@ class MultiHeadAttention(nn.Module):
         self.vdim = embed_dim if vdim is None else vdim
         self.dropout, self.batch_first, self.fused = dropout, batch_first, fused
         self._build_projections(bias)
-        self.score, self.normalize = _build_score_and_normalizer(score, normalize, self.head_dim)
+        self.score, self.normalize = build_score_and_normalizer(score, normalize, self.head_dim)
         self.rope = RotaryEmbedding(self.head_dim) if rope is True else (rope or None)
         self._reset_parameters()
 
@@ -137,7 +137,7 @@ class MultiHeadAttention(nn.Module):
             q, k = self.rope(q, offset=past), self.rope(k, offset=past)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, H, past + L, hd)
-        mask = self._attention_mask(key_padding_mask, attn_mask, q.shape[0], q.shape[2], k.shape[2])
+        mask = torch_masks_to_allowed(key_padding_mask, attn_mask, q.shape[0], self.num_heads, q.shape[2], k.shape[2])
         context, weights = attention(
             q,
             k,
@@ -279,33 +279,6 @@ class MultiHeadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
 
-    def _attention_mask(
-        self, key_padding_mask: Tensor | None, attn_mask: Tensor | None, batch: int, lq: int, lk: int
-    ) -> Tensor | None:
-        """torch's masks (``True`` = masked out) as one mask for ``attention`` (``True`` = may attend)."""
-        if key_padding_mask is not None:
-            if tuple(key_padding_mask.shape) != (batch, lk):
-                raise ValueError(
-                    f"key_padding_mask must be (B, Lk) = ({batch}, {lk}), got shape {tuple(key_padding_mask.shape)}"
-                )
-            key_padding_mask = _allowed(key_padding_mask, "key_padding_mask")[:, None, None, :]  # (B, 1, 1, Lk)
-        if attn_mask is not None:
-            attn_mask = _allowed(self._attn_mask_4d(attn_mask, batch, lq, lk), "attn_mask")
-        return merge_masks(key_padding_mask, attn_mask)
-
-    def _attn_mask_4d(self, attn_mask: Tensor, batch: int, lq: int, lk: int) -> Tensor:
-        h = self.num_heads
-        if attn_mask.shape == (lq, lk):
-            return attn_mask
-        if attn_mask.shape == (batch * h, lq, lk):
-            return attn_mask.view(batch, h, lq, lk)
-        if attn_mask.shape == (batch, h, lq, lk):
-            return attn_mask
-        raise ValueError(
-            f"attn_mask must be (Lq, Lk) = ({lq}, {lk}), (B*H, Lq, Lk) = ({batch * h}, {lq}, {lk}) or "
-            f"(B, H, Lq, Lk), got shape {tuple(attn_mask.shape)}"
-        )
-
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention) -> MultiHeadAttention:
         """A ``MultiHeadAttention`` with the weights (a copy) and settings of a torch module."""
@@ -327,46 +300,8 @@ class MultiHeadAttention(nn.Module):
         return ours.to(device=ref.device, dtype=ref.dtype)
 
     def extra_repr(self) -> str:
-        score = self.score if isinstance(self.score, str) else type(self.score).__name__
-        norm = self.normalize if isinstance(self.normalize, str) else type(self.normalize).__name__
+        score, norm = _describe(self.score), _describe(self.normalize)
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, score={score}, normalize={norm}"
-
-
-def _allowed(mask: Tensor, name: str) -> Tensor:
-    """torch's masked-out convention to ours: bool ``True`` = may attend; float biases stay."""
-    if mask.dtype == torch.bool:
-        return ~mask
-    if mask.is_floating_point():
-        return mask
-    raise TypeError(f"{name} must be bool (True = masked out) or a float bias, got dtype {mask.dtype}")
-
-
-def check_attention_choice(score: str, normalize: str) -> None:
-    """Raise ``ValueError`` naming an unknown score or normaliser, or a pair that does not fit."""
-    _build_score_and_normalizer(score, normalize, head_dim=1)
-
-
-def _build_score_and_normalizer(
-    score: str | ScoreFn, normalize: str | NormalizeFn, head_dim: int
-) -> tuple[str | ScoreFn, str | NormalizeFn]:
-    """Instantiate named scores/normalisers that carry weights, sized for one head."""
-    if normalize == "weighted_softmax":
-        if score != "additive" and not isinstance(score, AdditiveScore):
-            raise ValueError(f"normalize='weighted_softmax' reduces score vectors; use score='additive', got {score!r}")
-        if score == "additive":
-            score = AdditiveScore(head_dim, head_dim, head_dim, reduce=False)
-        normalize = WeightedSoftmax(score.hidden_dim)
-    elif normalize == "temperature_softmax":
-        normalize = TemperatureSoftmax(learnable=True)
-    elif isinstance(normalize, str):
-        resolve_normalizer(normalize)  # an unknown name raises, listing the known ones
-    if score == "additive":
-        score = AdditiveScore(head_dim, head_dim, head_dim)
-    elif score == "general":
-        score = GeneralScore(head_dim, head_dim)
-    elif isinstance(score, str):
-        resolve_score(score)
-    return score, normalize
 
 
 def _describe(fn: object) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnlab.functional.normalize import softmax
-from attnlab.functional.scores import check_feature_dim
+from attnlab.functional.normalize import NormalizeFn, resolve_normalizer, softmax
+from attnlab.functional.scores import ScoreFn, check_feature_dim, resolve_score
 
 
 class GeneralScore(nn.Module):
@@ -129,3 +129,31 @@ class WeightedSoftmax(nn.Module):
                 f"{tuple(scores.shape)}; pair it with a feature score such as AdditiveScore(reduce=False)"
             )
         return softmax(scores @ self.weight, mask)
+
+
+def check_attention_choice(score: str, normalize: str) -> None:
+    """Raise ``ValueError`` naming an unknown score or normaliser, or a pair that does not fit."""
+    build_score_and_normalizer(score, normalize, head_dim=1)
+
+
+def build_score_and_normalizer(
+    score: str | ScoreFn, normalize: str | NormalizeFn, head_dim: int
+) -> tuple[str | ScoreFn, str | NormalizeFn]:
+    """Instantiate named scores/normalisers that carry weights, sized for one head."""
+    if normalize == "weighted_softmax":
+        if score != "additive" and not isinstance(score, AdditiveScore):
+            raise ValueError(f"normalize='weighted_softmax' reduces score vectors; use score='additive', got {score!r}")
+        if score == "additive":
+            score = AdditiveScore(head_dim, head_dim, head_dim, reduce=False)
+        normalize = WeightedSoftmax(score.hidden_dim)
+    elif normalize == "temperature_softmax":
+        normalize = TemperatureSoftmax(learnable=True)
+    elif isinstance(normalize, str):
+        resolve_normalizer(normalize)  # an unknown name raises, listing the known ones
+    if score == "additive":
+        score = AdditiveScore(head_dim, head_dim, head_dim)
+    elif score == "general":
+        score = GeneralScore(head_dim, head_dim)
+    elif isinstance(score, str):
+        resolve_score(score)
+    return score, normalize

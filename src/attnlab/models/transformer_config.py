@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from attnlab.config import ConfigMixin
-from attnlab.layers.multihead import check_attention_choice
+from attnlab.layers.scores import check_attention_choice
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Table 3 of the paper; "big" trains with P_drop 0.3 on EN-DE.
