@@ -7,6 +7,7 @@ import torch
 from torch.autograd import gradcheck
 
 from attnlab.functional import (
+    attention,
     cosine_score,
     dot_score,
     resolve_normalizer,
@@ -85,6 +86,78 @@ def test_sparsemax_matches_projection_onto_simplex():
     torch.testing.assert_close(w.sum(-1), torch.ones(2))
     assert (w == 0).any(), "sparsemax must give exact zeros to weak keys"
     assert torch.equal(w[1], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+
+
+_SPARSEMAX_CASES = [
+    (dtype, magnitude)
+    for dtype, magnitudes in {
+        torch.float16: (1.0, 300.0, 3e4),
+        torch.bfloat16: (1.0, 300.0, 1.7e7, 1e30),
+        torch.float32: (1.0, 300.0, 1.7e7, 1e30),
+        torch.float64: (1.0, 300.0, 1.7e7, 1e30),
+    }.items()
+    for magnitude in magnitudes
+]
+_SPARSEMAX_TOLERANCE = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 2e-6, torch.float64: 1e-12}
+
+
+def _large_scores(dtype, magnitude):
+    """Rows of scores of about ``magnitude``: random, a tie at the top, a run of near ties, one masked key."""
+    g = torch.Generator().manual_seed(4)
+    s = magnitude * torch.randn(4, 6, generator=g, dtype=torch.float64)
+    s[1, 3] = s[1].max()
+    s[2] = magnitude + torch.tensor([0.0, -0.25, -0.5, -2.0, -3.0, 0.75], dtype=torch.float64)
+    s[3, 0] = float("-inf")
+    return s.to(dtype)
+
+
+@pytest.mark.parametrize("dtype,magnitude", _SPARSEMAX_CASES, ids=lambda x: str(x).removeprefix("torch."))
+def test_sparsemax_of_large_scores_is_the_papers_algorithm(dtype, magnitude, sparsemax_ref):
+    s = _large_scores(dtype, magnitude).requires_grad_(True)
+    g = torch.randn(4, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(dtype)
+    w = sparsemax(s)
+    w.backward(g)
+    # The reference in float64 on the same numbers, shifted by the row maximum (exact in float64):
+    # sparsemax(z + c) = sparsemax(z) (Martins & Astudillo, 2016, Prop. 2).
+    s64 = s.detach().double()
+    s64 = (s64 - s64.amax(-1, keepdim=True)).requires_grad_(True)
+    expected = sparsemax_ref(s64)
+    expected.backward(g.double())
+    tolerance = _SPARSEMAX_TOLERANCE[dtype]
+    assert w.dtype == dtype and s.grad.dtype == dtype
+    torch.testing.assert_close(w.double(), expected, atol=tolerance, rtol=0)
+    torch.testing.assert_close(s.grad.double(), s64.grad, atol=4 * tolerance, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_sparsemax_shares_the_weight_among_infinite_scores(dtype, sparsemax_ref):
+    inf = float("inf")
+    s = torch.tensor(
+        [[inf, 0.0, 1.0, -inf], [inf, 5.0, inf, 0.0], [inf, 0.0, 1.0, 2.5], [inf, inf, 1.0, 0.0]], dtype=dtype
+    ).requires_grad_(True)
+    mask = torch.tensor([[True] * 4, [True] * 4, [False, True, True, True], [False] * 4])
+    w = sparsemax(s, mask)
+    # The limit of sparsemax as the +inf entries grow together: they share the weight equally.
+    expected = torch.tensor([[1.0, 0, 0, 0], [0.5, 0, 0.5, 0], [0, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.float64)
+    expected[2, 1:] = sparsemax_ref(s.detach()[2, 1:])  # the +inf key masked out: the finite rest
+    torch.testing.assert_close(w.double(), expected, atol=_SPARSEMAX_TOLERANCE[dtype], rtol=0)
+    (w * torch.arange(16.0).view(4, 4).to(dtype)).sum().backward()
+    assert torch.isfinite(s.grad).all()
+    assert not s.grad[3].any() and not s.grad[2, 0], "masked keys and fully masked rows get no gradient"
+
+
+def test_sparsemax_of_a_bf16_dot_score_under_autocast(sparsemax_ref):
+    g = torch.Generator().manual_seed(6)
+    q = (2 + torch.rand(2, 3, 64, generator=g)).requires_grad_(True)
+    k = (2 + torch.rand(2, 5, 64, generator=g)).requires_grad_(True)
+    v = torch.randn(2, 5, 4, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, w = attention(q, k, v, score="dot", normalize="sparsemax", need_weights=True)
+    scores = dot_score(q.detach().bfloat16(), k.detach().bfloat16())  # (2, 3, 5): 256 and more
+    assert scores.min() >= 256
+    torch.testing.assert_close(w.double(), sparsemax_ref(scores.double()), atol=8e-3, rtol=0)
+    out.float().sum().backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
 
 
 def test_weighted_softmax_reduces_score_vectors():

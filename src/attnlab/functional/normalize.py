@@ -38,27 +38,48 @@ def softmax(scores: Tensor, mask: Tensor | None = None, *, temperature: float = 
 
 
 class _Sparsemax(torch.autograd.Function):
-    """Sparsemax with its closed-form Jacobian (Martins & Astudillo, 2016, Eq. 14)."""
+    """Sparsemax with its closed-form Jacobian (Martins & Astudillo, 2016, Alg. 1 and Eq. 14).
+
+    Computed in at least float32 on the scores minus their row maximum, so the largest score
+    is always in the support and no magnitude or dtype leaves the support empty.
+    """
 
     @staticmethod
     def forward(ctx, scores: Tensor) -> Tensor:
-        z, _ = torch.sort(scores, dim=-1, descending=True)
-        k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
-        cumulative = z.cumsum(dim=-1)
-        support = 1 + k * z > cumulative  # a prefix of the sorted scores; never empty
-        support_size = support.sum(dim=-1, keepdim=True)
-        tau = (cumulative.gather(-1, support_size - 1) - 1) / support_size.to(z.dtype)
-        out = torch.clamp(scores - tau, min=0)
-        ctx.save_for_backward(out)
-        return out
+        z = _shifted(scores.to(_compute_dtype(scores.dtype)))
+        out = torch.clamp(z - _threshold(z), min=0)
+        ctx.save_for_backward(out > 0)
+        return out.to(scores.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tensor:
-        (out,) = ctx.saved_tensors
-        support = out > 0
-        g = grad_out.masked_fill(~support, 0)
-        mean = g.sum(dim=-1, keepdim=True) / support.sum(dim=-1, keepdim=True).to(g.dtype)
-        return (g - mean).masked_fill(~support, 0)
+        (support,) = ctx.saved_tensors
+        g = grad_out.to(_compute_dtype(grad_out.dtype)).masked_fill(~support, 0)
+        mean = g.sum(dim=-1, keepdim=True) / support.sum(dim=-1, keepdim=True)
+        return (g - mean).masked_fill(~support, 0).to(grad_out.dtype)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision scores, the scores' own dtype otherwise."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _shifted(scores: Tensor) -> Tensor:
+    """The scores minus their row maximum; a row holding +inf keeps 0 at its +inf entries and -inf
+    elsewhere, the limit in which those entries share the weight."""
+    top = scores.amax(dim=-1, keepdim=True)  # (..., 1)
+    at_infinity = torch.where(torch.isposinf(scores), 0.0, float("-inf")).to(scores.dtype)
+    return torch.where(torch.isposinf(top), at_infinity, scores - top)
+
+
+def _threshold(z: Tensor) -> Tensor:
+    """tau(z) of Martins & Astudillo (2016), Eq. 3 / Alg. 1, for rows whose maximum is 0: ``(..., 1)``."""
+    z_sorted, _ = torch.sort(z, dim=-1, descending=True)
+    k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+    cumulative = z_sorted.cumsum(dim=-1)
+    # k = 1 always qualifies (1 + 0 > 0); only a NaN row has none, and it stays NaN rather than crash.
+    support_size = (1 + k * z_sorted > cumulative).sum(dim=-1, keepdim=True).clamp(min=1)
+    return (cumulative.gather(-1, support_size - 1) - 1) / support_size.to(z.dtype)
 
 
 def sparsemax(scores: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -72,7 +93,8 @@ def sparsemax(scores: Tensor, mask: Tensor | None = None) -> Tensor:
         mask: None, boolean (``True`` = may attend) or float bias, broadcasting to the scores.
 
     Returns:
-        Weights ``(..., Lq, Lk)``; rows with no allowed key are zeros.
+        Weights ``(..., Lq, Lk)`` in the scores' dtype, for scores of any magnitude; a row holding
+        +inf shares the weight equally among its +inf scores; rows with no allowed key are zeros.
     """
     scores, keep = apply_mask(scores, mask)
     if scores.shape[-1] == 0:
