@@ -56,6 +56,11 @@ class AttentionCNNConfig(ConfigMixin):
             raise ValueError(f"channels {self.channels} and blocks {self.blocks} must be non-empty and of one length")
         if min(*self.channels, *self.blocks, self.in_channels, self.num_classes) <= 0:
             raise ValueError(f"sizes must be positive, got channels {self.channels}, blocks {self.blocks}")
+        for name in ("reduction", "spatial_kernel"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout ({self.dropout}) must be in [0, 1)")
 
 
 class BlockAttention(nn.Module):

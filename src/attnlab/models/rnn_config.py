@@ -116,7 +116,9 @@ class Seq2SeqConfig(ConfigMixin):
         if self.tie_embeddings and self.embed_dim != self.hidden_size:
             raise ValueError(f"tie_embeddings needs embed_dim ({self.embed_dim}) == hidden_size ({self.hidden_size})")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"dropout ({self.dropout}) must be in [0, 1)")
+        if self.attention_dim is not None and self.attention_dim <= 0:
+            raise ValueError(f"attention_dim ({self.attention_dim}) must be > 0")
 
     @property
     def d_model(self) -> int:

@@ -86,6 +86,14 @@ class TransformerConfig(ConfigMixin):
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "dim_feedforward", "max_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("num_encoder_layers", "num_decoder_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be >= 0")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be in [0, 1)")
+        if not 0 < self.layer_norm_eps < float("inf"):
+            raise ValueError(f"layer_norm_eps ({self.layer_norm_eps}) must be > 0")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:

@@ -70,14 +70,23 @@ class ViTConfig(ConfigMixin):
     fused_attn: bool | None = None
 
     def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "in_channels", "embed_dim", "depth", "num_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be > 0")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
-        if min(self.patch_size, self.in_channels, self.depth, self.num_heads) <= 0 or self.num_classes < 0:
-            raise ValueError(f"sizes must be positive, got {self}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes ({self.num_classes}) must be >= 0 (0: no head)")
+        for name in ("mlp_ratio", "layer_norm_eps"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} ({getattr(self, name)}) must be > 0")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be in [0, 1)")
 
     @property
     def mlp_dim(self) -> int:

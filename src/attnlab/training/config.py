@@ -13,8 +13,9 @@ A run config is one :class:`RunConfig`::
     training: {...}                 # TrainingConfig
 
 Every key is checked: an unknown key fails naming its full dotted path and the known keys, a
-wrong type names the key, the value and the expected type, and a model key of another model
-type (``model.d_model`` for a ViT) names the key and the model type. Command-line overrides
+wrong type names the key, the value and the expected type, a number out of its range names the
+key, the value and the range (``training.grad_clip (-1.0) must be > 0``), and a model key of
+another model type (``model.d_model`` for a ViT) names the key and the model type. Command-line overrides
 ``training.max_steps=200 model.embed_dim=128`` are parsed with YAML typing and applied to the
 raw mapping before it is checked (:func:`apply_overrides`).
 """
@@ -33,6 +34,7 @@ import yaml
 from attnlab.config import ConfigError, check_keys, coerce, load_yaml, read_dataclass, to_plain
 from attnlab.models.registry import MODEL_REGISTRY, MODEL_TYPES, ModelType
 from attnlab.training.data_config import ImageDataConfig, TextDataConfig
+from attnlab.training.ranges import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, check_ranges, dotted
 
 __all__ = [
     "MODEL_REGISTRY",
@@ -56,9 +58,17 @@ SCHEDULES = ("noam", "cosine", "constant")
 OPTIMIZERS = ("adamw", "adam")
 
 
-# ---------------------------------------------------------------------------------------------
-# Typed reading of plain values
-# ---------------------------------------------------------------------------------------------
+def _read_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    """:func:`~attnlab.config.read_dataclass`, with a failed check of ``cls``'s own fields named by
+    its dotted key (``training.lr (-1.0) must be > 0`` rather than ``training: lr (-1.0) ...``)."""
+    try:
+        return read_dataclass(cls, values, section)
+    except ConfigError as error:
+        cause = error.__cause__
+        named = dotted(section, cls, cause) if cause is not None and str(error) == f"{section}: {cause}" else None
+        if named is None:
+            raise
+        raise ConfigError(named) from cause
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +133,7 @@ class ModelSection:
                 raise ConfigError(f"model.{key} ({self.params[key]!r}) disagrees with the data, which needs {value!r}")
         preset = MODEL_REGISTRY[self.type].presets.get(self.preset, {}) if self.preset else {}
         values = {**preset, **self.params, **derived}
-        return read_dataclass(self.config_class, values, "model")
+        return _read_section(self.config_class, values, "model")
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form: ``type``, ``preset`` and the fields, flat."""
@@ -139,7 +149,7 @@ class TrainingConfig:
         optimizer: ``adamw`` or ``adam``.
         lr: peak learning rate for ``cosine`` / ``constant``; for ``noam`` the scale factor of
             the paper's formula ``lr * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)``.
-        betas: Adam's (beta1, beta2); the paper uses (0.9, 0.98).
+        betas: Adam's (beta1, beta2), each in [0, 1); the paper uses (0.9, 0.98).
         eps: Adam's epsilon.
         weight_decay: decoupled weight decay (AdamW).
         schedule: ``noam`` (Vaswani et al., 2017, Eq. 3), ``cosine`` (linear warmup, cosine
@@ -169,7 +179,7 @@ class TrainingConfig:
 
     optimizer: str = "adamw"
     lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[float, ...] = (0.9, 0.98)
     eps: float = 1e-9
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -207,10 +217,32 @@ class TrainingConfig:
             raise ValueError("set at least one of max_steps, max_epochs, max_minutes")
         if self.schedule == "cosine" and self.max_steps is None:
             raise ValueError("schedule 'cosine' decays to max_steps: set max_steps (or use 'noam' / 'constant')")
-        if self.accumulate_batches < 1:
-            raise ValueError(f"accumulate_batches ({self.accumulate_batches}) must be >= 1")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing ({self.label_smoothing}) must be in [0, 1)")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas ({list(self.betas)}) must be 2 numbers (beta1, beta2), each in [0, 1)")
+        check_ranges(self, _TRAINING_RANGES)
+
+
+_TRAINING_RANGES = {
+    "lr": POSITIVE,
+    "betas": FRACTION,
+    "eps": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "warmup_steps": NON_NEGATIVE,
+    "min_lr_ratio": UNIT,
+    "schedule_d_model": COUNT,
+    "label_smoothing": FRACTION,
+    "grad_clip": POSITIVE,
+    "accumulate_batches": COUNT,
+    "max_steps": COUNT,
+    "max_epochs": COUNT,
+    "max_minutes": POSITIVE,
+    "eval_every": COUNT,
+    "early_stopping_patience": COUNT,
+    "checkpoint_every": COUNT,
+    "log_every": COUNT,
+    "num_threads": COUNT,
+    "max_bad_batches": NON_NEGATIVE,
+}
 
 
 _DATA_CLASSES = {"classification": ImageDataConfig, "translation": TextDataConfig}
@@ -254,8 +286,8 @@ class RunConfig:
         return cls(
             task=task,
             model=model,
-            data=read_dataclass(_DATA_CLASSES[task], values.get("data", {}), "data"),
-            training=read_dataclass(TrainingConfig, values.get("training", {}), "training"),
+            data=_read_section(_DATA_CLASSES[task], values.get("data", {}), "data"),
+            training=_read_section(TrainingConfig, values.get("training", {}), "training"),
             output_dir=coerce(values.get("output_dir", "runs/run"), str, "output_dir"),
             seed=coerce(values.get("seed", 0), int, "seed"),
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 from attnlab.data.corpora import CorpusConfig
 from attnlab.data.tokenizer import TokenizerConfig
+from attnlab.training.ranges import COUNT, FRACTION, NON_NEGATIVE, check_ranges
 
 __all__ = ["ImageDataConfig", "TextDataConfig"]
 
@@ -47,8 +48,24 @@ class ImageDataConfig:
     def __post_init__(self) -> None:
         if self.dataset not in ("digits", "fashion-mnist") and not self.dataset.startswith("folder:"):
             raise ValueError(f"dataset {self.dataset!r} must be 'digits', 'fashion-mnist' or 'folder:PATH'")
-        if self.batch_size <= 0 or self.eval_batch_size <= 0:
-            raise ValueError(f"batch sizes must be positive, got {self.batch_size} and {self.eval_batch_size}")
+        check_ranges(self, _IMAGE_RANGES)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction ({self.val_fraction}) and test_fraction ({self.test_fraction}) must sum below 1"
+            )
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels ({self.channels}) must be 1 (grayscale) or 3 (RGB)")
+
+
+_IMAGE_RANGES = {
+    "batch_size": COUNT,
+    "eval_batch_size": COUNT,
+    "crop_padding": NON_NEGATIVE,
+    "val_fraction": FRACTION,
+    "test_fraction": FRACTION,
+    "val_size": NON_NEGATIVE,
+    "image_size": COUNT,
+}
 
 
 @dataclass
@@ -82,6 +99,7 @@ class TextDataConfig:
     test_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        check_ranges(self, _TEXT_RANGES)
         if not (self.dev_paths or self.test_paths):
             return
         if self.corpus.name != "user":
@@ -103,3 +121,13 @@ class TextDataConfig:
         held_out, skipped = read_user_splits({"dev": self.dev_paths, "test": self.test_paths})
         splits = {"train": corpus.train, **held_out}
         return ParallelCorpus(corpus.name, corpus.source_lang, corpus.target_lang, splits, corpus.skipped + skipped)
+
+
+_TEXT_RANGES = {
+    "max_length": COUNT,
+    "max_tokens": COUNT,
+    "eval_max_tokens": COUNT,
+    "eval_max_sentences": COUNT,
+    "max_decode_len_a": NON_NEGATIVE,
+    "max_decode_len_b": NON_NEGATIVE,
+}
