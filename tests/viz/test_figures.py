@@ -1,0 +1,152 @@
+"""The figures hold what they were given: image arrays, lines, panels and labels, checked against the inputs."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnlab.viz.figures import (
+    MAX_LABELS,
+    head_grid,
+    head_view,
+    heatmap,
+    label_size,
+    overlay,
+    thin_labels,
+    upsample_map,
+)
+
+TOKENS = ["the", "cat", "sat", "on", "the", "mat"]
+SOURCE = ["le", "chat", "s'est", "assis"]
+
+
+def tick_texts(labels) -> list[str]:
+    return [label.get_text() for label in labels]
+
+
+def saves(fig) -> None:
+    for fmt in ("png", "svg"):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt)
+        assert buffer.tell() > 0
+
+
+def test_heatmap_image_equals_the_weights_and_ticks_name_the_tokens():
+    weights = torch.rand(len(TOKENS), len(SOURCE))
+    fig = heatmap(weights, TOKENS, SOURCE, title="alignment")
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), weights.numpy(), rtol=0, atol=1e-7)
+    assert tick_texts(ax.get_yticklabels()) == TOKENS
+    assert tick_texts(ax.get_xticklabels()) == SOURCE
+    assert ax.get_title() == "alignment"
+    assert ax.images[0].get_clim() == (0.0, pytest.approx(weights.max().item()))
+    saves(fig)
+
+
+def test_heatmap_of_self_attention_labels_both_axes_with_the_same_tokens():
+    weights = np.random.default_rng(0).random((len(TOKENS), len(TOKENS)))
+    ax = heatmap(weights, TOKENS).axes[0]
+    assert tick_texts(ax.get_xticklabels()) == tick_texts(ax.get_yticklabels()) == TOKENS
+    np.testing.assert_array_equal(ax.images[0].get_array(), weights)
+
+
+def test_labels_thin_out_above_max_labels_and_the_map_keeps_every_token():
+    tokens = [f"t{i}" for i in range(100)]
+    weights = torch.rand(100, 100)
+    ax = heatmap(weights, tokens).axes[0]
+    shown = tick_texts(ax.get_xticklabels())
+    step = -(-100 // MAX_LABELS)
+    assert shown == tokens[::step] and len(shown) <= MAX_LABELS
+    assert ax.images[0].get_array().shape == (100, 100)
+    assert ax.get_xticklabels()[0].get_fontsize() == label_size(len(shown)) < label_size(len(TOKENS))
+
+
+def test_thin_labels_keeps_all_up_to_the_limit():
+    assert thin_labels(TOKENS, max_labels=6) == (list(range(6)), TOKENS)
+    assert thin_labels(TOKENS, max_labels=4) == ([0, 2, 4], ["the", "sat", "the"])
+    with pytest.raises(ValueError, match="max_labels must be at least 1, got 0"):
+        thin_labels(TOKENS, max_labels=0)
+
+
+def test_head_grid_panels_are_the_heads_then_their_mean_and_max():
+    heads = torch.rand(3, len(TOKENS), len(SOURCE), dtype=torch.float64)
+    fig = head_grid(heads, TOKENS, SOURCE, title="layer 2")
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["head 0", "head 1", "head 2", "mean", "max"]
+    expected = [*heads.numpy(), heads.mean(0).numpy(), heads.amax(0).numpy()]
+    for ax, want in zip(panels, expected):
+        np.testing.assert_allclose(ax.images[0].get_array(), want)
+        assert ax.images[0].get_clim() == (0.0, pytest.approx(heads.max().item()))
+    assert fig.get_suptitle() == "layer 2"
+    assert tick_texts(panels[0].get_yticklabels()) == TOKENS  # outer column labelled
+    assert tick_texts(panels[1].get_yticklabels()) == []
+    saves(fig)
+
+
+def test_head_view_draws_one_line_per_pair_above_the_threshold():
+    weights = torch.tensor([[0.7, 0.2, 0.1, 0.0], [0.04, 0.06, 0.5, 0.4], [0.25, 0.25, 0.25, 0.25]])
+    fig = head_view(weights, ["a", "b", "c"], SOURCE, threshold=0.05)
+    ax = fig.axes[0]
+    (lines,) = ax.collections
+    pairs = (weights > 0.05).nonzero().tolist()
+    assert len(lines.get_segments()) == len(pairs) == 10
+    ends = {((s[0][0], -s[0][1]), (s[1][0], -s[1][1])) for s in (seg.tolist() for seg in lines.get_segments())}
+    assert ends == {((0.0, i), (1.0, j)) for i, j in pairs}
+    strength = np.array([weights[i, j].item() for i, j in pairs]) / 0.7
+    np.testing.assert_allclose(lines.get_linewidths(), 4.0 * strength, rtol=1e-6)
+    np.testing.assert_allclose(lines.get_colors()[:, 3], strength, rtol=1e-6)
+    assert [t.get_text() for t in ax.texts] == ["a", "b", "c", *SOURCE]
+    saves(fig)
+
+
+def test_head_view_of_self_attention_uses_the_tokens_on_both_sides():
+    weights = torch.eye(len(TOKENS))
+    ax = head_view(weights, TOKENS).axes[0]
+    assert len(ax.collections[0].get_segments()) == len(TOKENS)
+    assert [t.get_text() for t in ax.texts] == TOKENS + TOKENS
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.random.default_rng(1).integers(0, 256, (28, 42, 3), dtype=np.uint8),
+        np.random.default_rng(2).random((28, 42)),
+        Image.new("RGB", (42, 28), (200, 30, 30)),
+        Image.new("P", (42, 28)),
+    ],
+    ids=["rgb-array", "gray-array", "pil-rgb", "pil-palette"],
+)
+def test_overlay_draws_the_image_and_the_map_upsampled_to_its_size(image):
+    patch_map = torch.rand(4, 6)
+    fig = overlay(image, patch_map, title="rollout")
+    ax = fig.axes[0]
+    shown, heat = ax.images
+    assert shown.get_array().shape[:2] == (28, 42)
+    assert heat.get_array().shape == (28, 42)
+    np.testing.assert_allclose(heat.get_array(), upsample_map(patch_map, (28, 42)))
+    assert heat.get_extent() == [-0.5, 41.5, 27.5, -0.5] == list(shown.get_extent())
+    saves(fig)
+
+
+@pytest.mark.parametrize("size", [(28, 42), (37, 50), (4, 6)])
+def test_upsample_map_is_bilinear_between_patch_centres_as_torch_interpolates(size):
+    grid = torch.rand(4, 6)
+    reference = torch.nn.functional.interpolate(grid[None, None], size=size, mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(upsample_map(grid, size), reference[0, 0].numpy(), atol=1e-6)
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match=r"weights of shape \(3, 4\) do not match 6 row and 6 column labels"):
+        heatmap(torch.rand(3, 4), TOKENS)
+    with pytest.raises(ValueError, match=r"weights of shape \(6, 4\) are not \(H, 6, 6\)"):
+        head_grid(torch.rand(6, 4), TOKENS)
+    with pytest.raises(ValueError, match=r"weights of shape \(2, 2\) do not match 6 row and 4 column labels"):
+        head_view(torch.rand(2, 2), TOKENS, SOURCE)
+    with pytest.raises(ValueError, match=r"image must be .* got shape \(5, 5, 2\)"):
+        overlay(np.zeros((5, 5, 2)), torch.rand(2, 2))
+    with pytest.raises(ValueError, match=r"patch_map must be \(gh, gw\), got shape \(1, 2, 2\)"):
+        overlay(np.zeros((5, 5)), torch.rand(1, 2, 2))
