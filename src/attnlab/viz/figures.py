@@ -103,7 +103,7 @@ def head_grid(
         _title(ax, names[index])
     fig.colorbar(image, ax=axes[: len(panels)])
     if title:
-        fig.suptitle(title, fontproperties=label_font())
+        fig.suptitle(title, fontproperties=label_font(), parse_math=False)
     return fig
 
 
