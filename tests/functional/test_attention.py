@@ -263,3 +263,17 @@ def test_a_nan_query_is_named_on_every_kernel(fused, grad):
     q.requires_grad_(grad)
     with nan_checks(), pytest.raises(ValueError, match=r"query of shape \(2, 3, 5, 8\) contains NaN"):
         attention(q, k, v, fused=fused)
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "sparsemax"])
+@pytest.mark.parametrize("score", ["scaled_dot", "dot"])
+def test_a_float32_bias_on_bf16_inputs_keeps_bf16(score, normalize):
+    q, k, v = (x.bfloat16() for x in _qkv())
+    bias = _masks()["bias_inf"]  # float32, with -inf and a fully masked row
+    out, w = attention(q, k, v, score=score, normalize=normalize, mask=bias, need_weights=True)
+    assert out.dtype == w.dtype == torch.bfloat16
+    # The same numbers in float32, a path the reference tests above pin down.
+    _, expected = attention(
+        q.float(), k.float(), v.float(), score=score, normalize=normalize, mask=bias, need_weights=True
+    )
+    torch.testing.assert_close(w.float(), expected, atol=0.05, rtol=0)

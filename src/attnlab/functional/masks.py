@@ -83,13 +83,17 @@ def guard_empty_rows(mask: Tensor) -> tuple[Tensor, Tensor | None]:
 
 
 def apply_mask(scores: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Scores with the mask applied (``-inf`` or the bias added) and the rows to zero afterwards."""
+    """Scores with the mask applied (``-inf`` or the bias added) and the rows to zero afterwards.
+
+    The result keeps the scores' dtype: a float32 bias on bf16 scores must not turn the weights
+    into float32, which the bf16 values would then refuse to multiply.
+    """
     if mask is None:
         return scores, None
     mask, keep = guard_empty_rows(mask)
     if mask.dtype == torch.bool:
         return scores.masked_fill(~mask, float("-inf")), keep
-    return scores + mask, keep
+    return (scores + mask).to(scores.dtype), keep
 
 
 def torch_masks_to_allowed(
