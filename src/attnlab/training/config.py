@@ -223,7 +223,7 @@ class TrainingConfig:
 
 
 _TRAINING_RANGES = {
-    "lr": POSITIVE,
+    "lr": NON_NEGATIVE,
     "betas": FRACTION,
     "eps": POSITIVE,
     "weight_decay": NON_NEGATIVE,
