@@ -153,3 +153,36 @@ def test_debug_before_the_subcommand_still_counts(tmp_path, monkeypatch):
     parser_args = ["train", str(write_config(tmp_path))]
     assert main(["--debug", *parser_args]) == 0 and main(parser_args) == 0
     assert seen == [True, False]
+
+
+def test_ctrl_c_saves_last_exits_130_and_the_run_resumes(tmp_path, capsys):
+    import signal
+    import time
+
+    config = str(write_config(tmp_path, max_steps=100_000, eval_every=None, log_every=1))
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "attnlab.cli.main", "train", config, "--no-progress"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.jsonl").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first train record: the loop is running
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "interrupted by SIGINT" in err and "Traceback" not in err
+    from attnlab.training.checkpoints import checkpoint_dir, load_trainer_state
+
+    step = load_trainer_state(checkpoint_dir(run_dir, "last"))["trainer"]["step"]
+    assert step >= 1
+    assert main(["train", config, f"training.max_steps={step + 2}", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"at step {step}" in out and f"stopped: max_steps at step {step + 2}" in out

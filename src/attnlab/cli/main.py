@@ -10,7 +10,8 @@
 Every subcommand module exposes ``add_parser(subparsers)`` (which sets ``func``) and a
 ``run(args) -> int``. Errors a user can fix print one line and exit 2; a failed run exits 1.
 ``--debug`` (before or after the subcommand) shows the traceback instead, chained causes included,
-and trains with attention NaN checks; options may sit between ``key=value`` overrides.
+and trains with attention NaN checks; options may sit between ``key=value`` overrides. Training
+stopped by SIGINT (Ctrl-C) or SIGTERM saves ``last`` and exits 130 or 143.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from attnlab.cli import data as data_cmd
 from attnlab.cli import inference as inference_cmd
 from attnlab.cli import train as train_cmd
+from attnlab.training.errors import TrainingInterrupted
 
 __all__ = ["build_parser", "main"]
 
@@ -101,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except TrainingInterrupted as interrupted:
+        print(f"attnlab {args.command}: {interrupted}", file=sys.stderr)
+        return interrupted.exit_code
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)
         return 130

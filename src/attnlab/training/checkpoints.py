@@ -8,10 +8,11 @@ Layout of ``RUN_DIR/checkpoints/{last,best}/``::
                          best metric, early-stopping counter (loads with weights_only=True)
     ...                  task extras: tokenizer/, image_spec.json
 
-A save writes a temporary sibling directory, fsyncs every file and the directory, then swaps it
+A save writes a temporary sibling directory (``.last.tmp-*``), fsyncs every file and the directory, then swaps it
 in with two ``os.replace`` calls (``last`` -> ``.last.old``, temporary -> ``last``) and removes
 the old one. A crash between the two renames leaves ``.last.old``, which :func:`find_checkpoint`
-puts back; a failure while writing leaves the previous checkpoint untouched.
+puts back; a failure while writing leaves the previous checkpoint untouched, and a process killed
+while writing leaves its temporary directory, which :func:`remove_interrupted_saves` deletes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "load_trainer_state",
     "load_weights",
     "read_config_text",
+    "remove_interrupted_saves",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -114,6 +116,21 @@ def save_checkpoint(
         raise
     _swap_in(tmp, directory)
     return directory
+
+
+def remove_interrupted_saves(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary checkpoint directories (``checkpoints/.last.tmp-*``) and files
+    (``.config.yaml.*.tmp``, see :func:`~attnlab.data.cache.atomic_write_text`) that killed saves
+    left in ``run_dir``."""
+    run_dir = Path(run_dir)
+    found = [*run_dir.glob(".*.tmp"), *(run_dir / "checkpoints").glob(".*.tmp-*")]
+    for path in found:
+        logger.info("removing %s, left by an interrupted save", path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
 
 
 def _swap_in(tmp: Path, directory: Path) -> None:

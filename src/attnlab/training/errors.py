@@ -9,7 +9,10 @@ embedding index out of range: a vocabulary that does not fit the model), stops t
 
 from __future__ import annotations
 
-__all__ = ["BadBatch", "TrainingError", "is_data_error"]
+import signal
+from pathlib import Path
+
+__all__ = ["BadBatch", "TrainingError", "TrainingInterrupted", "is_data_error"]
 
 # Exceptions that mean the code, not the batch, is wrong, wherever they are raised.
 _BUGS = (TypeError, AttributeError, NameError, AssertionError, NotImplementedError, ImportError, RecursionError)
@@ -19,6 +22,21 @@ _MODULE_CALL = "torch.nn.modules.module"
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many bad batches); the message says why."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training at a step boundary, after ``last`` was saved.
+
+    Attributes:
+        signal_number: the signal received.
+        exit_code: the shell's code for a process ended by that signal (130 SIGINT, 143 SIGTERM).
+    """
+
+    def __init__(self, signal_number: int, step: int, checkpoint: Path | None) -> None:
+        self.signal_number = signal_number
+        self.exit_code = 128 + signal_number
+        saved = f"saved {checkpoint}; run the same command again to resume" if checkpoint else "nothing saved"
+        super().__init__(f"interrupted by {signal.Signals(signal_number).name} at step {step}: {saved}")
 
 
 class BadBatch(RuntimeError):

@@ -15,6 +15,9 @@ processes' tokens, and rank 0 evaluates, saves and decides when to stop. With
 ``training.accumulate_batches`` a step takes several batches (in each process), its gradient
 the mean over all their tokens.
 
+SIGINT and SIGTERM end training at the next step boundary with ``last`` saved
+(:mod:`~attnlab.training.interrupts`): ``train()`` then raises :class:`TrainingInterrupted`.
+
 The library never prints: progress goes to an optional callback of :class:`ProgressEvent`,
 metrics to ``metrics.jsonl`` (and TensorBoard), messages to ``logging``.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,10 +40,18 @@ from attnlab.training import checkpoints as ckpt
 from attnlab.training import distributed
 from attnlab.training.config import RunConfig
 from attnlab.training.devices import autocast_to, cpu_has_bf16, resolve_device, resolve_precision, seed_everything
-from attnlab.training.errors import BadBatch, TrainingError, is_data_error
+from attnlab.training.errors import BadBatch, TrainingError, TrainingInterrupted, is_data_error
+from attnlab.training.interrupts import StopSignals
 from attnlab.training.metrics import MetricsLogger, scalar_metrics
 from attnlab.training.reporting import LossWindow, NoMetrics
-from attnlab.training.resume import prepare_run_dir, restore_training, training_state
+from attnlab.training.resume import (
+    check_resumable,
+    drop_metrics_after,
+    prepare_run_dir,
+    restore_training,
+    training_state,
+    write_run_config,
+)
 from attnlab.training.schedules import build_scheduler
 from attnlab.training.state import ProgressEvent, TrainerState, TrainResult, budget_reason, total_steps
 from attnlab.training.step import GradientStep, StepResult, build_optimizer, nan_checks_available, step_batches
@@ -52,6 +64,7 @@ __all__ = [
     "Trainer",
     "TrainerState",
     "TrainingError",
+    "TrainingInterrupted",
     "autocast_to",
     "cpu_has_bf16",
     "resolve_device",
@@ -78,6 +91,10 @@ class Trainer:
             checkpoints and metrics are removed); otherwise such a run is resumed.
         debug: run attention with NaN checks (``attnlab.functional.nan_checks()``), which name
             the input that first holds a NaN; the loss alone is checked once a step otherwise.
+
+    Nothing in the run directory changes before a resume has been checked (another task, model
+    type or model shape fails first), and ``RUN_DIR/config.yaml`` is written only when it is the
+    run's own (:func:`~attnlab.training.resume.write_run_config`).
 
     A batch whose loss or gradient is not finite, or whose data raises, is skipped and counted;
     more than ``training.max_bad_batches`` of them stop the run with a :class:`TrainingError`
@@ -117,6 +134,7 @@ class Trainer:
         self._elapsed_before = 0.0
         self._last_eval_step: int | None = None
         self._window = LossWindow(self.task.unit)
+        self._signals = StopSignals()
 
     @property
     def is_main(self) -> bool:
@@ -138,8 +156,6 @@ class Trainer:
         self.model = self.task.build_model()
         self.config = self.task.resolved_config()
         self.config_yaml = self.config.to_yaml()
-        if self.is_main:
-            (self.run_dir / "config.yaml").write_text(self.config_yaml, encoding="utf-8")
         self.optimizer = build_optimizer(self.model, t)
         self.scheduler = build_scheduler(
             self.optimizer,
@@ -151,6 +167,8 @@ class Trainer:
         )
         if self.resumed_from is not None:
             self.state = restore_training(self.resumed_from, self.model, self.optimizer, self.scheduler)
+        if self.is_main:
+            self._write_run_files()
         self.gradient_step = GradientStep(
             self.task,
             self.model,
@@ -174,6 +192,8 @@ class Trainer:
         corpus and train the tokenizer), then the others, with the tokenizer rank 0 wrote."""
         if self.is_main:
             self.resumed_from = prepare_run_dir(self.run_dir, self.fresh)
+            if self.resumed_from is not None:
+                check_resumable(self.resumed_from, self.config)
             self.task.prepare(self.device, restore_from=self.resumed_from)
             if self.dist is not None:
                 self.task.write_extras(self._shared_dir())
@@ -182,6 +202,14 @@ class Trainer:
         self.dist.barrier()
         self.resumed_from = ckpt.find_checkpoint(self.run_dir, "last")
         self.task.prepare(self.device, restore_from=self.resumed_from or self._shared_dir())
+
+    def _write_run_files(self) -> None:
+        """After the resume was checked: the resolved config, no records past the resumed step, no
+        leftovers of interrupted saves."""
+        write_run_config(self.run_dir, self.config_yaml, self.config.output_dir)
+        if self.resumed_from is not None:
+            drop_metrics_after(self.run_dir, self.state.step)
+        ckpt.remove_interrupted_saves(self.run_dir)
 
     def _shared_dir(self) -> Path:
         directory = self.run_dir / ".distributed"
@@ -204,10 +232,13 @@ class Trainer:
         self._session_start = time.monotonic()
         self._elapsed_before = self.state.elapsed_seconds
         self.model.train()
-        while not self._budget_reason():
-            self._train_epoch()
-            if self.stop_reason:
-                break
+        with self._signals:
+            while not self._budget_reason():
+                self._train_epoch()
+                if self.stop_reason:
+                    break
+        if self.stop_reason == "interrupted":
+            self._stop_on_signal()
         self.stop_reason = self.stop_reason or self._budget_reason()
         if self._evaluates() and self.stop_reason != "early_stopping" and self._last_eval_step != self.state.step:
             # A run stopped by its budget between evaluations would keep a stale "best": judge the
@@ -225,13 +256,23 @@ class Trainer:
         for batches_of_step in step_batches(batches, self.config.training.accumulate_batches, world, rank):
             stepped = self._train_step(batches_of_step)
             self.state.elapsed_seconds = self._elapsed_before + time.monotonic() - self._session_start
-            self.stop_reason = self._agreed(self._after_step() if stepped else self._budget_reason())
+            interrupted = "interrupted" if self._signals.received is not None else ""
+            self.stop_reason = self._agreed(interrupted or (self._after_step() if stepped else self._budget_reason()))
             if self.stop_reason:
                 return
         self.state.epoch += 1
         self.state.batch_in_epoch = 0
         if self.config.training.eval_at_epoch_end and self._last_eval_step != self.state.step:
             self.stop_reason = self._agreed(self._evaluate_and_checkpoint())
+
+    def _stop_on_signal(self) -> None:
+        """Save ``last`` (the main process), close the logs and raise :class:`TrainingInterrupted`."""
+        saved = self.save("last") if self.is_main else None
+        self.metrics.close()
+        if self.dist is not None:
+            self.dist.close()
+        number = self._signals.received if self._signals.received is not None else signal.SIGTERM
+        raise TrainingInterrupted(number, self.state.step, saved)
 
     def _agreed(self, reason: str) -> str:
         """Rank 0's stop reason and training time in every process, so that all stop together."""
