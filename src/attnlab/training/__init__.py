@@ -10,7 +10,14 @@ from attnlab.training.checkpoints import CheckpointError, find_checkpoint, load_
 from attnlab.training.config import ConfigError, RunConfig, TrainingConfig, apply_overrides, load_config
 from attnlab.training.schedules import build_scheduler, cosine_factor, noam_factor
 from attnlab.training.task import Task, build_task
-from attnlab.training.trainer import ProgressEvent, Trainer, TrainerState, TrainingError, TrainResult
+from attnlab.training.trainer import (
+    ProgressEvent,
+    Trainer,
+    TrainerState,
+    TrainingError,
+    TrainingInterrupted,
+    TrainResult,
+)
 
 __all__ = [
     "CheckpointError",
@@ -23,6 +30,7 @@ __all__ = [
     "TrainerState",
     "TrainingConfig",
     "TrainingError",
+    "TrainingInterrupted",
     "apply_overrides",
     "build_scheduler",
     "build_task",
