@@ -113,3 +113,23 @@ def test_statistics_of_a_small_corpus() -> None:
     assert stats["source"]["chars"]["max"] == 5
     assert stats["target"]["japanese_char_fraction"] == pytest.approx(8 / 10)
     assert stats["source"]["japanese_char_fraction"] == 0.0
+
+
+def test_atomic_writes_keep_the_usual_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from attnlab.data.cache import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.txt"
+        atomic_write_text(fresh, "a")
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+        kept = tmp_path / "kept.txt"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        atomic_write_text(kept, "new")
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and kept.read_text() == "new"
+    finally:
+        os.umask(umask)
