@@ -25,6 +25,7 @@ __all__ = [
     "check_keys",
     "coerce",
     "load_yaml",
+    "load_yaml_mapping",
     "preset",
     "read_dataclass",
     "to_plain",
@@ -48,8 +49,25 @@ class ConfigTypeError(ConfigError, TypeError):
     """A value of the wrong type for its key."""
 
 
+class DuplicateKeyError(ConfigError, yaml.YAMLError):
+    """A key written twice in one YAML mapping (YAML 1.2 forbids it; PyYAML keeps the last silently)."""
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 as PyYAML reads it, plus YAML 1.2 floats: ``3e-4`` is a float, not a string."""
+    """YAML 1.1 as PyYAML reads it, plus YAML 1.2 floats (``3e-4`` is a float) and no duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in with "<<" may be overridden, as YAML intends
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(
+                    f"duplicate key {key!r} on line {line} (first on line {seen[key]}); keep one of them"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -62,6 +80,37 @@ _Loader.add_implicit_resolver(
 def load_yaml(text: str) -> Any:
     """``yaml.safe_load`` that also reads exponents without a dot (``1e-3``) as floats."""
     return yaml.load(text, Loader=_Loader)
+
+
+def load_yaml_mapping(data: bytes, source: str | Path) -> dict[str, Any]:
+    """The YAML mapping in ``data`` (the bytes of file ``source``); an empty file is ``{}``.
+
+    Raises:
+        ConfigError: one line naming ``source``: not UTF-8, not valid YAML, a duplicate key (with
+            its line), or a top-level list or scalar where a mapping of sections is expected.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            f"config {source}:{line} is not UTF-8 (byte 0x{data[error.start]:02x}); convert it, "
+            f"e.g. iconv -f LATIN1 -t UTF-8 {source} > {source}.utf8"
+        ) from error
+    try:
+        values = load_yaml(text)
+    except DuplicateKeyError as error:
+        raise ConfigError(f"config {source}: {error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {source} is not valid YAML: {' '.join(str(error).split())}") from error
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(
+            f"config {source} must hold a mapping of sections (key: value lines), "
+            f"got a top-level {type(values).__name__}: {values!r:.60}"
+        )
+    return dict(values)
 
 
 def _type_name(hint: Any) -> str:

@@ -30,7 +30,7 @@ from attnlab.config import ConfigMixin
 from attnlab.data.cache import atomic_write_text, default_cache_dir
 from attnlab.data.generated_pairs import build_generated_pairs
 from attnlab.data.libreoffice_help import build_libreoffice_help_pairs
-from attnlab.data.user_corpus import SkippedLine, read_user_pairs
+from attnlab.data.user_corpus import SkippedLine, UserCorpusError, read_user_pairs
 
 __all__ = ["CORPUS_NAMES", "SPLITS", "CorpusConfig", "ParallelCorpus", "assign_split", "prepare_corpus", "split_pairs"]
 
@@ -165,7 +165,23 @@ def _build_pairs(config: CorpusConfig) -> tuple[list[Pair], list[SkippedLine]]:
         return build_libreoffice_help_pairs(config.other_lang), []
     if config.name == "generated":
         return build_generated_pairs(config.size, config.seed, config.other_lang), []
-    return read_user_pairs(config.paths)
+    pairs, skipped = read_user_pairs(config.paths)
+    if not pairs:
+        raise UserCorpusError(
+            f"user corpus {' and '.join(config.paths)} holds no pairs ({len(skipped)} lines skipped, "
+            f"first {skipped[0] if skipped else 'none'}); expected source<TAB>target lines"
+        )
+    return pairs, skipped
+
+
+def _check_train_split(config: CorpusConfig, splits: dict[str, list[Pair]]) -> None:
+    """A user corpus too small to leave a training pair fails naming its files."""
+    if config.name == "user" and not splits["train"]:
+        total = sum(len(pairs) for pairs in splits.values())
+        raise UserCorpusError(
+            f"user corpus {' and '.join(config.paths)}: all {total} pairs fell into dev/test, none into train; "
+            f"add more pairs or lower dev_fraction ({config.dev_fraction}) and test_fraction ({config.test_fraction})"
+        )
 
 
 def _cache_key(config: CorpusConfig) -> dict[str, Any]:
@@ -231,6 +247,7 @@ def prepare_corpus(config: CorpusConfig) -> ParallelCorpus:
 
     Raises:
         ValueError: a ``user`` corpus with misaligned files, or an unsupported ``generated`` lang.
+        UserCorpusError: a ``user`` corpus that is not UTF-8, is empty, or leaves no training pair.
         RuntimeError: the Debian packages could not be fetched.
     """
     path = _cache_path(config) if config.use_cache else None
@@ -238,6 +255,7 @@ def prepare_corpus(config: CorpusConfig) -> ParallelCorpus:
     if cached is None:
         pairs, skipped = _build_pairs(config)
         splits = split_pairs(pairs, config.seed, config.dev_fraction, config.test_fraction)
+        _check_train_split(config, splits)
         if path:
             _write_cache(path, config, splits, skipped)
     else:

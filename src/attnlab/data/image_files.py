@@ -67,6 +67,13 @@ def _class_folders(root: Path) -> list[Path]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise ValueError(f"{root} holds no class folders; expected one sub-folder per class")
+    if len(folders) == 1:
+        logger.warning(
+            "image folder %s holds one class folder (%s): every prediction is that class and accuracy is "
+            "trivially 100%%; add one sub-folder per class",
+            root,
+            folders[0].name,
+        )
     return folders
 
 
@@ -117,6 +124,9 @@ class ImageFolderDataset(ImageDataset):
     Raises:
         FileNotFoundError: ``root`` is missing.
         ValueError: no class folders, an empty class folder (named), or mismatched sizes.
+
+    A folder with a single class folder is read, with a warning naming it: any classifier is
+    trivially right on it.
     """
 
     def __init__(

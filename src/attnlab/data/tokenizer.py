@@ -16,13 +16,14 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
 
-from attnlab.config import ConfigMixin
+from attnlab.config import ConfigError, ConfigMixin
 from attnlab.data.cache import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 _MODEL_TYPES = ("unigram", "bpe")
 _MANIFEST = "tokenizer.json"
+_TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,17 @@ class SentencePieceTokenizer:
     def train(cls, texts: Iterable[str], config: TokenizerConfig) -> SentencePieceTokenizer:
         """Train a model on ``texts`` (use the training split only); takes seconds for ~20k sentences."""
         model = io.BytesIO()
+        try:
+            cls._train_into(model, texts, config)
+        except RuntimeError as error:
+            raise _explain_training_error(error, config) from error
+        tokenizer = cls(model.getvalue())
+        logger.info("trained %s tokenizer with %d pieces", config.model_type, tokenizer.vocab_size)
+        return tokenizer
+
+    @staticmethod
+    def _train_into(model: io.BytesIO, texts: Iterable[str], config: TokenizerConfig) -> None:
+        """Run SentencePiece's trainer on ``texts``, writing the model to ``model``."""
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(texts),
             model_writer=model,
@@ -108,9 +121,6 @@ class SentencePieceTokenizer:
             num_threads=1,  # one thread keeps training reproducible and fast enough at this size
             minloglevel=2,
         )
-        tokenizer = cls(model.getvalue())
-        logger.info("trained %s tokenizer with %d pieces", config.model_type, tokenizer.vocab_size)
-        return tokenizer
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
@@ -160,6 +170,20 @@ def _as_list(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         raise TypeError(f"texts must be a sequence of strings, got one string {texts[:40]!r}; wrap it in a list")
     return list(texts)
+
+
+def _explain_training_error(error: RuntimeError, config: TokenizerConfig) -> Exception:
+    """SentencePiece's too-small-vocabulary failure as a :class:`ConfigError` that suggests a size."""
+    match = _TOO_SMALL.search(str(error))
+    if match is None:
+        return error
+    required = int(match.group(2))
+    fallback = " (256 byte pieces for byte_fallback, the characters of the text and 4 special ids)"
+    return ConfigError(
+        f"data.tokenizer.vocab_size ({config.vocab_size}) is too small for this text: its model needs at least "
+        f"{required} pieces{fallback if config.byte_fallback else ''}; set data.tokenizer.vocab_size to {required} "
+        f"or more (e.g. {max(2 * required, 1000)})"
+    )
 
 
 @dataclass

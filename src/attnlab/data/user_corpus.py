@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnlab.data.text import normalize_whitespace
+from attnlab.data.text import NotUTF8Error, decode_utf8, normalize_whitespace
 
 __all__ = [
     "SkippedLine",
@@ -57,7 +57,10 @@ def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise UserCorpusError(f"user corpus file {path} is not a file")
     # Split on "\n" only: str.splitlines also breaks on U+2028, \x0b, \x1c..., which would misalign.
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = decode_utf8(path.read_bytes(), path)
+    except NotUTF8Error as error:
+        raise UserCorpusError(str(error)) from error
     if not text.strip():
         raise UserCorpusError(f"user corpus file {path} is empty")
     lines = text.split("\n")
