@@ -201,3 +201,17 @@ def test_two_class_folders_give_no_single_class_warning(tmp_path: Path, caplog: 
     with caplog.at_level(logging.WARNING, logger="attnlab.data.image_files"):
         ImageFolderDataset(tmp_path, channels=1)
     assert "one class folder" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"- a\n- b\n", "must hold a mapping"), ("task: translation\n# caf\xe9\n".encode("latin-1"), "iconv")],
+)
+def test_train_on_a_list_or_latin1_config_is_one_line_exit_2(tmp_path, capsys, content, expected):
+    from attnlab.cli.main import main
+
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(content)
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(config) in err and expected in err, err

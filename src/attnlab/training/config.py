@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from attnlab.config import ConfigError, check_keys, coerce, load_yaml, read_dataclass, to_plain
+from attnlab.config import ConfigError, check_keys, coerce, load_yaml, load_yaml_mapping, read_dataclass, to_plain
 from attnlab.models.registry import MODEL_REGISTRY, MODEL_TYPES, ModelType
 from attnlab.training.data_config import ImageDataConfig, TextDataConfig
 from attnlab.training.ranges import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, check_ranges, dotted
@@ -356,7 +356,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """
     path = Path(path)
     try:
-        values = load_yaml(path.read_text(encoding="utf-8")) or {}
+        values = load_yaml_mapping(path.read_bytes(), path)
     except FileNotFoundError as error:
         raise ConfigError(f"config file {path} does not exist") from error
     except (OSError, yaml.YAMLError) as error:
