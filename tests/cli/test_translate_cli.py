@@ -121,7 +121,7 @@ def test_evaluate_with_a_beam_scores_beam_search_translations(trained_run, capsy
     import attnlab
 
     assert main(["evaluate", str(trained_run), "--split", "test", "--beam", "3"]) == 0
-    metrics = json.loads((trained_run / "test_beam3_metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((trained_run / "test_metrics_evaluate_best_beam3.json").read_text(encoding="utf-8"))
     assert metrics["beam_size"] == 3
     rows = (trained_run / "translations_test_beam3.tsv").read_text(encoding="utf-8").splitlines()[1:]
     sources = [row.split("\t")[0] for row in rows[:5]]
@@ -138,7 +138,7 @@ def test_translate_rejects_a_beam_below_one(trained_run, capsys):
 def test_evaluate_writes_bleu_and_chrf_with_signatures(trained_run, capsys):
     assert main(["evaluate", str(trained_run), "--split", "test"]) == 0
     assert "bleu" in capsys.readouterr().out
-    metrics = json.loads((trained_run / "test_metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((trained_run / "test_metrics_evaluate_best.json").read_text(encoding="utf-8"))
     assert {"bleu", "chrf", "exact_match", "loss"} <= set(metrics)
     assert metrics["sentences"] > 8  # all of test, not the dev cap eval_max_sentences (8)
     assert "tok:ja-mecab" in metrics["bleu_signature"] and "nc:6" in metrics["chrf_signature"]

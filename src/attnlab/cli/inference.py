@@ -82,7 +82,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Print the metrics and write ``RUN_DIR/<split>_metrics.json`` (plus plots / translations)."""
+    """Print the metrics and write them, with the checkpoint that scored them, to
+    ``RUN_DIR/<split>_metrics_evaluate_<checkpoint>[_beamK].json`` (plus plots / translations); the
+    trainer's own ``<split>_metrics.json`` is left as it is."""
     loaded = load_run(args.run_dir, args.checkpoint, need_data=True)
     options = {}
     if args.beam > 1:
@@ -92,13 +94,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     device = next(loaded.model.parameters()).device
     with torch.no_grad(), autocast_to(run_precision(args.precision, loaded.config, device), device):
         metrics = loaded.task.evaluate(loaded.model, args.split, output_dir=Path(args.run_dir), **options)
-    out = Path(args.run_dir) / f"{args.split}{beam_suffix(args.beam)}_metrics.json"
-    out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    out = Path(args.run_dir) / evaluation_file_name(args.split, loaded.checkpoint.name, args.beam)
+    record = {"checkpoint": str(loaded.checkpoint), "split": args.split, **metrics}
+    out.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"{args.split} ({loaded.checkpoint}): {format_metrics(metrics)}")
     if (per_class := format_per_class(metrics)) is not None:
         print(per_class)
     print(f"wrote {out}")
     return 0
+
+
+def evaluation_file_name(split: str, checkpoint: str, beam: int) -> str:
+    """``test_metrics_evaluate_best_beam5.json``: the report of ``attnlab evaluate``, apart from the trainer's."""
+    return f"{split}_metrics_evaluate_{checkpoint}{beam_suffix(beam)}.json"
 
 
 def run_translate(args: argparse.Namespace) -> int:
