@@ -17,6 +17,7 @@ while writing leaves its temporary directory, which :func:`remove_interrupted_sa
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -42,6 +43,7 @@ __all__ = [
     "load_weights",
     "read_config_text",
     "remove_interrupted_saves",
+    "require_complete",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -111,11 +113,27 @@ def save_checkpoint(
         if write_extras is not None:
             write_extras(tmp)
         _fsync_tree(tmp)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(error):
+            raise CheckpointError(
+                f"no space left on device in {directory.parent}: checkpoint {directory.name} was not saved "
+                f"(the previous one is intact); free some space and rerun to resume"
+            ) from error
         raise
     _swap_in(tmp, directory)
     return directory
+
+
+# torch.save reports a full disk without errno, as a failed write of its zip stream
+_TORCH_WRITE_FAILED = ("unexpected pos", "file write failed", "No space left on device")
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write that failed for want of space (``OSError(ENOSPC)`` or torch's words)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, Exception) and any(words in str(error) for words in _TORCH_WRITE_FAILED)
 
 
 def remove_interrupted_saves(run_dir: str | Path) -> list[Path]:
@@ -162,6 +180,11 @@ def _require(directory: Path, files: tuple[str, ...]) -> None:
         raise CheckpointError(f"checkpoint {directory} is incomplete: missing {', '.join(missing)}")
 
 
+def require_complete(directory: str | Path) -> None:
+    """Raise :class:`CheckpointError` unless ``directory`` holds the weights and config, naming what is missing."""
+    _require(Path(directory), (CONFIG_FILE, MODEL_FILE))
+
+
 def read_config_text(directory: str | Path) -> str:
     """The ``config.yaml`` text of a checkpoint."""
     directory = Path(directory)
@@ -185,13 +208,29 @@ def load_weights(model: torch.nn.Module, directory: str | Path) -> None:
 
 
 def load_trainer_state(directory: str | Path) -> dict[str, Any]:
-    """The ``trainer_state.pt`` dict of a checkpoint (safe load: tensors and plain values only)."""
+    """The ``trainer_state.pt`` dict of a checkpoint (safe load: tensors and plain values only).
+
+    Raises:
+        CheckpointError: the file is missing or damaged; the message names it and the ways to recover.
+    """
     directory = Path(directory)
     _require(directory, (STATE_FILE,))
     try:
         return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle / zip errors of a damaged file
-        raise CheckpointError(f"cannot read trainer state {directory / STATE_FILE}: {error}") from error
+    except Exception as error:  # pickle / zip errors of a damaged file; torch's text advises an unsafe load
+        raise CheckpointError(
+            f"cannot read trainer state {directory / STATE_FILE}: the file is damaged; {_recovery(directory)}"
+        ) from error
+
+
+def _recovery(directory: Path) -> str:
+    """How to go on without ``directory``'s trainer state: from the run's other checkpoint, or afresh."""
+    other = directory.with_name({"last": "best", "best": "last"}.get(directory.name, "best"))
+    if other != directory and (other / STATE_FILE).is_file():
+        return (
+            f"to resume from the other checkpoint, replace {directory} by a copy of {other}; or start over with --fresh"
+        )
+    return "start over with --fresh (or another output_dir)"
 
 
 def capture_rng_state() -> dict[str, Any]:

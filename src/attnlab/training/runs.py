@@ -37,15 +37,21 @@ class LoadedRun:
 
 
 def _checkpoint_of(run_dir: Path, which: str) -> Path:
-    if not run_dir.is_dir():
+    """The checkpoint ``which`` of ``run_dir`` (``best`` falls back to ``last``); errors name what is missing."""
+    if not run_dir.exists():
         raise ckpt.CheckpointError(f"run directory {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise ckpt.CheckpointError(f"{run_dir} is not a run directory but a file: pass the output_dir of a run")
     names = ("best", "last") if which == "best" else (which,)
     for name in names:
         found = ckpt.find_checkpoint(run_dir, name)
         if found is not None:
             return found
-    wanted = " or ".join(str(ckpt.checkpoint_dir(run_dir, n)) for n in names)
-    raise ckpt.CheckpointError(f"{run_dir} holds no checkpoint: missing {wanted}")
+    wanted = " or ".join(f"checkpoints/{n}/" for n in names)
+    raise ckpt.CheckpointError(
+        f"{run_dir} holds no checkpoint, so it is not a trained run: missing {wanted} "
+        f"(pass the output_dir of `attnlab train`, or one of its checkpoint directories)"
+    )
 
 
 def load_run(
@@ -66,6 +72,7 @@ def load_run(
     """
     run_dir = Path(run_dir)
     directory = run_dir if (run_dir / ckpt.MODEL_FILE).exists() else _checkpoint_of(run_dir, which)
+    ckpt.require_complete(directory)
     try:
         config = RunConfig.from_dict(load_yaml(ckpt.read_config_text(directory)))
     except yaml.YAMLError as error:
