@@ -82,7 +82,8 @@ def test_classify_prints_top_labels_for_a_png(trained_run, tmp_path, capsys):
 def test_evaluate_prints_test_metrics(trained_run, capsys):
     assert main(["evaluate", str(trained_run), "--split", "test"]) == 0
     assert "accuracy" in capsys.readouterr().out
-    assert json.loads((trained_run / "test_metrics.json").read_text())["examples"] == 359
+    written = json.loads((trained_run / "test_metrics_evaluate_best.json").read_text())
+    assert written["examples"] == 359 and written["checkpoint"].endswith("best")
 
 
 def test_evaluate_beam_on_a_classification_run_is_a_usage_error(trained_run, capsys):
