@@ -27,7 +27,7 @@ from attnlab.training.devices import autocast_to
 from attnlab.training.errors import BadBatch, TrainingError, is_data_error
 from attnlab.training.task import Task
 
-__all__ = ["GradientStep", "StepResult", "build_optimizer", "nan_checks_available", "step_batches"]
+__all__ = ["GradientStep", "StepResult", "build_optimizer", "step_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +75,6 @@ def step_batches(batches: Iterable[Any], per_process: int, world_size: int = 1, 
             group = []
 
 
-def nan_checks_available() -> bool:
-    """Whether ``attnlab.functional`` offers the scoped ``nan_checks()`` context."""
-    return hasattr(attnlab.functional, "nan_checks")
-
-
 class GradientStep:
     """Takes optimiser steps for a :class:`~attnlab.training.trainer.Trainer`.
 
@@ -98,7 +93,7 @@ class GradientStep:
         dist: this process's place in a ``torchrun`` group, or None.
         device: where the model lives.
         autocast_dtype: bf16 autocast, or None for fp32.
-        debug: run the forward pass under ``attnlab.functional.nan_checks()`` when it exists.
+        debug: run the forward pass under ``attnlab.functional.nan_checks()``.
     """
 
     def __init__(
@@ -148,9 +143,7 @@ class GradientStep:
         return result
 
     def _checks(self) -> contextlib.AbstractContextManager:
-        if self.debug and nan_checks_available():
-            return attnlab.functional.nan_checks()
-        return contextlib.nullcontext()
+        return attnlab.functional.nan_checks() if self.debug else contextlib.nullcontext()
 
     def _loss(self, batch: Any) -> tuple[torch.Tensor, int]:
         with autocast_to(self.autocast_dtype, self.device):

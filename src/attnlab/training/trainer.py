@@ -25,7 +25,6 @@ metrics to ``metrics.jsonl`` (and TensorBoard), messages to ``logging``.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import signal
 import time
@@ -42,8 +41,8 @@ from attnlab.training.config import RunConfig
 from attnlab.training.devices import autocast_to, cpu_has_bf16, resolve_device, resolve_precision, seed_everything
 from attnlab.training.errors import BadBatch, TrainingError, TrainingInterrupted, is_data_error
 from attnlab.training.interrupts import StopSignals
-from attnlab.training.metrics import MetricsLogger, scalar_metrics
-from attnlab.training.reporting import LossWindow, NoMetrics
+from attnlab.training.metrics import scalar_metrics
+from attnlab.training.reporting import Reporter
 from attnlab.training.resume import (
     check_resumable,
     drop_metrics_after,
@@ -54,7 +53,7 @@ from attnlab.training.resume import (
 )
 from attnlab.training.schedules import build_scheduler
 from attnlab.training.state import ProgressEvent, TrainerState, TrainResult, budget_reason, total_steps
-from attnlab.training.step import GradientStep, StepResult, build_optimizer, nan_checks_available, step_batches
+from attnlab.training.step import GradientStep, build_optimizer, step_batches
 from attnlab.training.task import Task, build_task
 
 __all__ = [
@@ -71,8 +70,6 @@ __all__ = [
     "resolve_precision",
     "seed_everything",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 class Trainer:
@@ -112,7 +109,7 @@ class Trainer:
     ) -> None:
         self.config = config
         self.task = task if task is not None else build_task(config)
-        self.progress = progress or (lambda event: None)
+        self.report = Reporter(self.task, config.training, progress)
         self.fresh = fresh
         self.debug = debug
         self.run_dir = Path(config.output_dir)
@@ -128,12 +125,10 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.gradient_step: GradientStep | None = None
-        self.metrics: MetricsLogger | NoMetrics = NoMetrics()
         # Set by train():
         self._session_start = 0.0
         self._elapsed_before = 0.0
         self._last_eval_step: int | None = None
-        self._window = LossWindow(self.task.unit)
         self._signals = StopSignals()
 
     @property
@@ -180,12 +175,8 @@ class Trainer:
             self.autocast_dtype,
             self.debug,
         )
-        if self.debug and not nan_checks_available():
-            logger.warning("--debug: attnlab.functional has no nan_checks(); attention runs without NaN checks")
-        self.metrics = MetricsLogger(self.run_dir, tensorboard=t.tensorboard) if self.is_main else NoMetrics()
-        if not self.is_main:
-            self.progress = lambda event: None
-        self._emit("start", message=self._start_message())
+        self.report.open(self.run_dir, self.is_main)
+        self.report.event("start", self.state, message=self._start_message())
 
     def _prepare(self) -> None:
         """The run directory and the task's data; under ``torchrun`` rank 0 first (it may cache the
@@ -268,7 +259,7 @@ class Trainer:
     def _stop_on_signal(self) -> None:
         """Save ``last`` (the main process), close the logs and raise :class:`TrainingInterrupted`."""
         saved = self.save("last") if self.is_main else None
-        self.metrics.close()
+        self.report.metrics.close()
         if self.dist is not None:
             self.dist.close()
         number = self._signals.received if self._signals.received is not None else signal.SIGTERM
@@ -296,33 +287,17 @@ class Trainer:
             self._skip_batch(error)  # one bad example must not end a long run
             return False
         self.state.step += 1
-        self._window_update(result)
+        self.report.step(self.state, result, self.scheduler.get_last_lr()[0])
         return True
 
     def _skip_batch(self, error: Exception) -> None:
         self.state.bad_batches += 1
-        where = f"epoch {self.state.epoch} batch {self.state.batch_in_epoch - 1} (after step {self.state.step})"
-        message = f"skipped {where}: {type(error).__name__}: {error}"
-        logger.warning(message)
-        self.metrics.log(
-            "skip",
-            self.state.step,
-            {"epoch": self.state.epoch, "batch": self.state.batch_in_epoch - 1, "error": str(error)},
-        )
-        self._emit("skip", message=message)
+        message = self.report.skip(self.state, error)
         if self.state.bad_batches > self.config.training.max_bad_batches:
             raise TrainingError(
                 f"{self.state.bad_batches} bad batches, more than training.max_bad_batches "
                 f"({self.config.training.max_bad_batches}); last: {message}"
             ) from error
-
-    def _window_update(self, result: StepResult) -> None:
-        self._window.add(result.loss, result.units)
-        lr = self.scheduler.get_last_lr()[0]
-        self._emit("step", loss=result.loss, lr=lr, units=result.units)
-        if self.state.step % self.config.training.log_every == 0:
-            record = {"epoch": self.state.epoch, "lr": lr, "grad_norm": result.grad_norm, **self._window.record()}
-            self.metrics.log("train", self.state.step, record)
 
     def _after_step(self) -> str:
         """Periodic evaluation and checkpoints after an optimiser step; returns a stop reason or ''."""
@@ -355,8 +330,9 @@ class Trainer:
             return ""
         metrics = self.evaluate()
         self._last_eval_step = self.state.step
-        self.metrics.log(self.task.eval_split, self.state.step, {"epoch": self.state.epoch, **scalar_metrics(metrics)})
-        self._emit("eval", metrics=metrics)
+        record = {"epoch": self.state.epoch, **scalar_metrics(metrics)}
+        self.report.metrics.log(self.task.eval_split, self.state.step, record)
+        self.report.event("eval", self.state, metrics=metrics)
         if self.state.record_evaluation(metrics.get(self.task.selection_metric), self.task.selection_mode):
             self.save("best")
         self.save("last")
@@ -366,20 +342,16 @@ class Trainer:
         return ""
 
     # ----------------------------------------------------------------------------- checkpoints
-    def trainer_state(self) -> dict[str, Any]:
-        """Everything exact resume needs besides the weights."""
-        return training_state(self.optimizer, self.scheduler, self.state)
-
     def save(self, name: str) -> Path:
         """Write checkpoint ``name`` (``last`` or ``best``) atomically."""
         path = ckpt.save_checkpoint(
             ckpt.checkpoint_dir(self.run_dir, name),
             self.model,
             self.config_yaml,
-            self.trainer_state(),
+            training_state(self.optimizer, self.scheduler, self.state),
             self.task.write_extras,
         )
-        self._emit("checkpoint", message=f"saved {path} at step {self.state.step}")
+        self.report.event("checkpoint", self.state, message=f"saved {path} at step {self.state.step}")
         return path
 
     # ----------------------------------------------------------------------------- cleanup
@@ -399,11 +371,11 @@ class Trainer:
             if best is not None:
                 ckpt.load_weights(self.model, best)
             final = self.evaluate(split, output_dir=self.run_dir)
-            self.metrics.log(split, self.state.step, scalar_metrics(final))
+            self.report.metrics.log(split, self.state.step, scalar_metrics(final))
             (self.run_dir / f"{split}_metrics.json").write_text(json.dumps(final, indent=2, ensure_ascii=False))
-        self.metrics.close()
+        self.report.metrics.close()
         result = TrainResult.of(self.run_dir, self.state, self.stop_reason, final)
-        self._emit("end", metrics=final, message=self.stop_reason)
+        self.report.event("end", self.state, metrics=final, message=self.stop_reason)
         return result
 
     def run(self) -> TrainResult:
@@ -416,16 +388,3 @@ class Trainer:
     def total_steps(self) -> int | None:
         """The step budget, if steps or epochs bound the run."""
         return total_steps(self.config.training, self.task.batches_per_epoch())
-
-    def _emit(self, kind: str, **values: Any) -> None:
-        self.progress(
-            ProgressEvent(
-                kind=kind,
-                step=self.state.step,
-                total_steps=self.total_steps(),
-                epoch=self.state.epoch,
-                unit=self.task.unit,
-                elapsed_seconds=self.state.elapsed_seconds,
-                **values,
-            )
-        )
