@@ -40,24 +40,15 @@ UPDATE_RTOL = 1e-4
 METRIC_RTOL = 1e-5
 
 
+# Two processes on one machine, one thread each.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def _start_torchrun(config_path: Path, *args: str) -> subprocess.Popen:
     """``attnlab train config_path args`` in two processes under torchrun, started in the background."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "attnlab.cli.main",
-        "train",
-        str(config_path),
-        *args,
-        "--no-progress",
-    ]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    command = [*TORCHRUN, "-m", "attnlab.cli.main", "train", str(config_path), *args, "--no-progress"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)
 
 
 def _finished(process: subprocess.Popen) -> subprocess.CompletedProcess:
@@ -213,19 +204,8 @@ print(json.dumps({"rank": int(os.environ["RANK"]), "step": result.step, "bad_bat
 def test_a_batch_failing_in_one_process_skips_the_step_in_all(tmp_path, tiny_translation_config):
     (tmp_path / "config.json").write_text(json.dumps(tiny_translation_config(tmp_path / "run", max_steps=4)))
     (tmp_path / "fails_once.py").write_text(FAILS_ONCE)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(tmp_path / "fails_once.py"),
-        str(tmp_path / "config.json"),
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    command = [*TORCHRUN, str(tmp_path / "fails_once.py"), str(tmp_path / "config.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=TORCHRUN_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = sorted(
         (json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"]

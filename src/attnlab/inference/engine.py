@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from attnlab.inference import onednn
 from attnlab.inference.beam_cache import BeamDecoderCache
-from attnlab.inference.packed import LinearFn, PackedWeights
+from attnlab.inference.packed import PackedWeights
+from attnlab.layers.feedforward import LinearFn
 from attnlab.models.transformer import SearchState, Transformer
 
 

@@ -30,8 +30,6 @@ from attnlab.inference import onednn
 # Below this many weight elements (128 x 128) packing gains too little to pay for its memory.
 MIN_PACKED_ELEMENTS = 128 * 128
 
-LinearFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
-
 
 class PackedWeights:
     """Packed copies of CPU weights for thin products, made on first use: fp32 ones for fp32
