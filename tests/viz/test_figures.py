@@ -11,11 +11,14 @@ from PIL import Image
 
 from attnlab.viz.figures import (
     MAX_LABELS,
+    gate_strip,
     head_grid,
     head_view,
     heatmap,
     label_size,
+    mask_overlays,
     overlay,
+    overlay_grid,
     thin_labels,
     upsample_map,
 )
@@ -150,3 +153,101 @@ def test_bad_shapes_are_named():
         overlay(np.zeros((5, 5, 2)), torch.rand(2, 2))
     with pytest.raises(ValueError, match=r"patch_map must be \(gh, gw\), got shape \(1, 2, 2\)"):
         overlay(np.zeros((5, 5)), torch.rand(1, 2, 2))
+
+
+def panels_of(fig) -> list:
+    return [ax for ax in fig.axes if ax.images]
+
+
+def grid_place(ax) -> tuple[int, int]:
+    spec = ax.get_subplotspec()
+    return spec.rowspan.start, spec.colspan.start
+
+
+def test_overlay_grid_draws_one_panel_per_map_each_over_the_image():
+    image = np.random.default_rng(3).integers(0, 256, (28, 42, 3), dtype=np.uint8)
+    heads = torch.rand(3, 4, 6)
+    maps = [*heads, heads.mean(0)]
+    names = ["head 0", "head 1", "head 2", "mean"]
+    fig = overlay_grid(image, maps, names, cols=3, alpha=0.4)
+    panels = panels_of(fig)
+    assert [ax.get_title() for ax in panels] == names
+    assert [grid_place(ax) for ax in panels] == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    for ax, patch_map in zip(panels, maps):
+        shown, heat = ax.images
+        np.testing.assert_array_equal(shown.get_array(), image)
+        np.testing.assert_allclose(heat.get_array(), upsample_map(patch_map, (28, 42)))
+        assert heat.get_clim() == pytest.approx((patch_map.min().item(), patch_map.max().item()))
+        assert heat.get_alpha() == 0.4
+    saves(fig)
+
+
+def test_overlay_grid_takes_a_stack_of_maps_and_defaults_to_rows_of_four():
+    maps = np.random.default_rng(4).random((6, 2, 3))
+    fig = overlay_grid(np.zeros((10, 15)), maps, [f"head {h}" for h in range(6)])
+    panels = panels_of(fig)
+    assert len(panels) == 6
+    assert [grid_place(ax) for ax in panels] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)]
+    for ax, patch_map in zip(panels, maps):
+        np.testing.assert_allclose(ax.images[1].get_array(), upsample_map(patch_map, (10, 15)))
+
+
+def test_mask_overlays_upsample_each_block_mask_to_the_image_on_one_scale():
+    image = Image.new("RGB", (32, 24), (10, 200, 10))
+    masks = [torch.rand(1, 1, 12, 16), torch.rand(6, 8), np.random.default_rng(5).random((3, 4))]
+    names = ["block 0", "block 1", "block 2"]
+    fig = mask_overlays(image, masks, names)
+    panels = panels_of(fig)
+    assert [ax.get_title() for ax in panels] == names
+    for ax, mask in zip(panels, masks):
+        shown, heat = ax.images
+        np.testing.assert_array_equal(shown.get_array(), np.asarray(image))
+        np.testing.assert_allclose(heat.get_array(), upsample_map(np.squeeze(np.asarray(mask)), (24, 32)))
+        assert heat.get_clim() == (0.0, 1.0)
+    assert len(fig.axes) == len(masks) + 1  # the panels and one shared colour bar
+    saves(fig)
+
+
+def test_gate_strip_rows_are_the_blocks_padded_with_blanks():
+    gates = [torch.rand(1, 4), torch.rand(8), np.random.default_rng(6).random(6)]
+    names = ["block 0", "block 1", "block 2"]
+    fig = gate_strip(gates, names, title="SE gates")
+    ax = fig.axes[0]
+    (image,) = ax.images
+    expected = np.full((3, 8), np.nan)
+    for row, gate in enumerate(gates):
+        flat = np.asarray(gate).reshape(-1)
+        expected[row, : len(flat)] = flat
+    np.testing.assert_allclose(np.ma.filled(image.get_array().astype(np.float64), np.nan), expected, rtol=1e-7)
+    assert tick_texts(ax.get_yticklabels()) == names
+    assert ax.get_title() == "SE gates"
+    assert image.get_clim() == (0.0, 1.0)
+    saves(fig)
+
+
+def test_gate_strip_draws_the_padding_as_the_background_and_a_gate_in_its_colour():
+    fig = gate_strip([[0.25, 0.75], [0.5]], ["a", "b"])
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())  # (rows, cols, 4), row 0 at the top
+
+    def pixel_at(col: float, row: float) -> np.ndarray:
+        x, y = ax.transData.transform((col, row))
+        return pixels[pixels.shape[0] - 1 - round(y), round(x)]
+
+    np.testing.assert_array_equal(pixel_at(1, 1), [255, 255, 255, 255])  # padding: the white background
+    gate = np.round(np.array(ax.images[0].cmap(0.5)) * 255)
+    np.testing.assert_allclose(pixel_at(0, 1), gate, atol=1)
+
+
+def test_bad_panels_are_named():
+    with pytest.raises(ValueError, match=r"1 names given for 2 maps: one name per panel"):
+        overlay_grid(np.zeros((4, 4)), torch.rand(2, 2, 2), ["head 0"])
+    with pytest.raises(ValueError, match=r"cols must be at least 1, got 0"):
+        overlay_grid(np.zeros((4, 4)), torch.rand(2, 2, 2), ["a", "b"], cols=0)
+    with pytest.raises(ValueError, match=r"each mask must be \(h, w\), got shape \(2, 3, 3\)"):
+        mask_overlays(np.zeros((4, 4)), [torch.rand(2, 3, 3)], ["block 0"])
+    with pytest.raises(ValueError, match=r"each gate must be \(C,\), got shape \(2, 3\)"):
+        gate_strip([torch.rand(2, 3)], ["block 0"])
+    with pytest.raises(ValueError, match=r"2 names given for 1 gates"):
+        gate_strip([torch.rand(3)], ["a", "b"])
