@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -251,3 +252,17 @@ def test_bad_panels_are_named():
         gate_strip([torch.rand(2, 3)], ["block 0"])
     with pytest.raises(ValueError, match=r"2 names given for 1 gates"):
         gate_strip([torch.rand(3)], ["a", "b"])
+
+
+def test_japanese_panel_names_draw_without_a_missing_glyph_warning():
+    names = ["第一層", "第二層"]
+    figures = [
+        overlay_grid(np.zeros((8, 8)), torch.rand(2, 2, 2), names),
+        mask_overlays(np.zeros((8, 8)), [torch.rand(4, 4), torch.rand(2, 2)], names),
+        gate_strip([torch.rand(4), torch.rand(2)], names, title="チャネル注意"),
+    ]
+    for fig in figures:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fig.savefig(io.BytesIO(), format="png")
+        assert not [w for w in caught if "missing from font" in str(w.message)]
