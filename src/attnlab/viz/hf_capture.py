@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from attnlab.viz.maps import AttentionMap, AttentionMaps, check_choice
 
-__all__ = ["SUPPORTED", "capture_huggingface"]
+__all__ = ["SUPPORTED", "capture_huggingface", "self_attention_weights"]
 
 SUPPORTED = "BertModel and the BERT heads built on it (e.g. all-MiniLM-L6-v2), ViTModel, ViTForImageClassification"
 # kind -> (query projection, key projection, head size attribute) of its self-attention module
@@ -83,7 +83,9 @@ def capture_huggingface(
             handle.remove()
 
 
-def self_attention_weights(module: nn.Module, kind: str, hidden: Tensor, mask: Tensor | None, heads: Sequence[int]):
+def self_attention_weights(
+    module: nn.Module, kind: str, hidden: Tensor, mask: Tensor | None, heads: Sequence[int]
+) -> Tensor:
     """softmax(Q K^T * scaling + mask) of the ``heads`` of one HF self-attention ``module`` on its input
     ``hidden`` (B, L, D): ``(B, H, L, L)`` float32, as the module's eager kernel computes it."""
     query, key, size = _PARTS[kind]
