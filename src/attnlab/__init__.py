@@ -1,7 +1,8 @@
 """attnlab: attention = f_norm(f_sim(Q, K)) V, made real and fast.
 
 The public core: ``attention`` (the function), ``MultiHeadAttention`` and the other layers;
-``attnlab.load(run_dir)`` gives a trained run's ``Translator`` or ``Classifier``.
+``attnlab.load(run_dir)`` gives a trained run's ``Translator`` or ``Classifier``;
+``with attnlab.capture(model) as maps:`` records the attention maps of any call of a model.
 """
 
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "TemperatureSoftmax",
     "WeightedSoftmax",
     "attention",
+    "capture",
     "causal_mask",
     "load",
     "padding_mask",
@@ -47,4 +49,8 @@ def __getattr__(name: str) -> Any:
         from attnlab.inference import load
 
         return load
+    if name == "capture":
+        from attnlab.viz.capture import capture
+
+        return capture
     raise AttributeError(f"module 'attnlab' has no attribute {name!r}")

@@ -10,7 +10,7 @@ def test_se_excitation_is_b_by_c_in_open_unit_interval_and_scales_channels():
     torch.manual_seed(0)
     se = SEBlock(32, reduction=8)
     x = torch.randn(4, 32, 5, 6) * 10
-    out, gate = se(x, return_attention=True)
+    out, gate = se(x), se.excitation(x)
     assert gate.shape == (4, 32)
     assert ((gate > 0) & (gate < 1)).all()
     torch.testing.assert_close(out, x * gate[:, :, None, None])
@@ -40,7 +40,7 @@ def test_spatial_mask_in_unit_interval_and_output_is_f_times_m_plus_f(mode):
     torch.manual_seed(0)
     attn = SpatialAttention(8, mode=mode, kernel_size=3)
     x = torch.randn(2, 8, 7, 5) * 5
-    out, mask = attn(x, return_attention=True)
+    out, mask = attn(x), attn.mask(x)
     assert mask.shape == (2, 1, 7, 5)
     assert ((mask >= 0) & (mask <= 1)).all()
     torch.testing.assert_close(out, x * mask + x)
@@ -52,7 +52,7 @@ def test_cbam_mask_is_a_conv_over_channel_mean_and_max():
     x = torch.randn(2, 4, 9, 9)
     pooled = torch.stack([x.mean(dim=1), x.amax(dim=1)], dim=1)
     mask = torch.sigmoid(torch.nn.functional.conv2d(pooled, attn.conv.weight, attn.conv.bias, padding=3))
-    out, got = attn(x, return_attention=True)
+    out, got = attn(x), attn.mask(x)
     torch.testing.assert_close(got, mask)
     torch.testing.assert_close(out, x * mask)
 

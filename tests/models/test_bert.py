@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from attnlab.models.bert import BertEncoder
+from attnlab.viz.capture import capture
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +30,12 @@ def test_hidden_states_and_attentions_equal_huggingface(minilm):
     )
     with torch.no_grad():
         expected = hf(**batch, output_attentions=True)
-        got = ours(batch["input_ids"], batch["attention_mask"], output_attentions=True)
+        with capture(ours) as maps:
+            got = ours(batch["input_ids"], batch["attention_mask"])
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(got.last_hidden_state[real], expected.last_hidden_state[real], atol=1e-4, rtol=1e-4)
-    assert len(got.attentions) == 6
-    for ours_w, hf_w in zip(got.attentions, expected.attentions):
+    assert [m.name for m in maps] == [f"bert.{i}" for i in range(6)]
+    for ours_w, hf_w in zip((m.weights for m in maps), expected.attentions):
         # HF leaves padded query rows as they fall; compare the rows of real tokens.
         torch.testing.assert_close(ours_w[0], hf_w[0], atol=1e-5, rtol=1e-4)
         n = int(real[1].sum())

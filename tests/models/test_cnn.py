@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from attnlab.layers import SEBlock, SpatialAttention
 from attnlab.models import AttentionCNN, AttentionCNNConfig
+from attnlab.viz.capture import capture
 
 
 def tiny(attention: str, **overrides) -> AttentionCNN:
@@ -26,24 +28,45 @@ def test_every_parameter_gets_a_finite_gradient(attention):
 
 
 @pytest.mark.parametrize(
-    ("attention", "keys"),
-    [("none", set()), ("se", {"channel"}), ("spatial", {"spatial"}), ("cbam", {"channel", "spatial"})],
+    ("attention", "kinds"),
+    [("se", ["se_gate"]), ("spatial", ["spatial_mask"]), ("cbam", ["se_gate", "spatial_mask"])],
 )
-def test_attention_maps_per_block(attention, keys):
+def test_capture_records_each_blocks_gate_and_mask_as_the_block_computes_them(attention, kinds):
     model = tiny(attention).eval()
-    logits, maps = model(torch.randn(2, 1, 12, 12), return_attention=True)
-    assert logits.shape == (2, 4)
-    assert len(maps) == 3 and all(set(m) == keys for m in maps)
+    x = torch.randn(2, 1, 12, 12)
+    inputs = {}  # each attention module's input, from hooks of the test's own
+    handles = [
+        m.register_forward_hook(lambda mod, args, out: inputs.__setitem__(mod, args[0]))
+        for m in model.modules()
+        if isinstance(m, (SEBlock, SpatialAttention))
+    ]
+    with capture(model) as maps:
+        logits = model(x)
+    for h in handles:
+        h.remove()
+    torch.testing.assert_close(logits, model(x))
+    assert maps.kinds == kinds and len(maps) == 3 * len(kinds)
     sizes = [(8, 12), (16, 6), (16, 6)]
-    for m, (channels, side) in zip(maps, sizes):
-        if "channel" in m:
-            assert m["channel"].shape == (2, channels)
-        if "spatial" in m:
-            assert m["spatial"].shape == (2, 1, side, side)
-            assert ((m["spatial"] >= 0) & (m["spatial"] <= 1)).all()
-    torch.testing.assert_close(
-        model(torch.zeros(2, 1, 12, 12)), model(torch.zeros(2, 1, 12, 12), return_attention=True)[0]
-    )
+    for i, (block, (channels, side)) in enumerate(zip(model.blocks, sizes)):
+        if "se_gate" in kinds:
+            se = block.attention.channel
+            assert maps["se_gate", i].shape == (2, channels)
+            torch.testing.assert_close(maps["se_gate", i], se.excitation(inputs[se]))
+        if "spatial_mask" in kinds:
+            spatial = block.attention.spatial
+            assert maps["spatial_mask", i].shape == (2, 1, side, side)
+            torch.testing.assert_close(maps["spatial_mask", i], spatial.mask(inputs[spatial]))
+
+
+def test_capture_of_chosen_blocks_and_of_a_cnn_without_attention():
+    model = tiny("cbam").eval()
+    with capture(model, layers=[-1], kinds="spatial_mask") as maps:
+        model(torch.randn(2, 1, 12, 12))
+    assert [m.name for m in maps] == ["spatial_mask.2"]
+    with pytest.raises(ValueError, match="no attention"), capture(tiny("none")):
+        pass
+    with pytest.raises(ValueError, match=r"layer 3 does not exist: .* 3 se_gate layers"), capture(model, layers=3):
+        pass
 
 
 def test_wrong_channels_names_the_shape():

@@ -11,6 +11,7 @@ import torch
 from attnlab.decoding import beam_search, greedy_search
 from attnlab.models.rnn_seq2seq import ATTENTION_VARIANTS, RNNSeq2Seq, Seq2SeqConfig
 from attnlab.training.config import ConfigError, ModelSection
+from attnlab.viz.capture import capture
 
 PAD, BOS, EOS = 0, 2, 3
 VOCAB = 12
@@ -121,7 +122,10 @@ def test_attention_sums_to_one_over_real_tokens_and_is_zero_on_padding(decoder):
     model = make(decoder, cell="gru").eval()
     src = padded_source()
     tgt_in = torch.tensor([[BOS, 4, 5, 6], [BOS, 7, PAD, PAD], [BOS, 8, 9, PAD]])
-    _, weights = model(src, tgt_in, need_weights=True)  # (B, T, S)
+    with capture(model) as maps:
+        model(src, tgt_in)
+    assert [m.name for m in maps] == ["rnn_source.0"]
+    weights = maps["rnn_source", 0][:, 0]  # (B, T, S)
     assert weights.shape == (3, 4, 6)
     assert torch.all(weights.masked_select(src.eq(PAD)[:, None, :].expand_as(weights)) == 0)
     torch.testing.assert_close(weights.sum(dim=-1), torch.ones(3, 4))
@@ -199,36 +203,39 @@ def test_beam_one_equals_greedy_and_cache_equals_recompute(decoder, cell):
     model = make(decoder, cell=cell, num_layers=2).eval()
     src = padded_source()
     with torch.no_grad():
-        greedy = greedy_search(model, src, attention="last")
-        recompute = greedy_search(model, src, attention="last", use_cache=False)
-        beam = beam_search(model, src, beam_size=1, alpha=0.0, attention="last")
+        greedy = greedy_search(model, src)
+        recompute = greedy_search(model, src, use_cache=False)
+        beam = beam_search(model, src, beam_size=1, alpha=0.0)
     assert torch.equal(greedy.tokens, recompute.tokens)
-    torch.testing.assert_close(greedy.attention, recompute.attention)
+    torch.testing.assert_close(greedy.scores, recompute.scores)
     assert torch.equal(beam.tokens[:, 0, : greedy.tokens.shape[1]], greedy.tokens)
     torch.testing.assert_close(beam.scores[:, 0], greedy.scores)
-    torch.testing.assert_close(beam.attention[:, 0, : greedy.tokens.shape[1]], greedy.attention)
 
 
-@pytest.mark.parametrize("decoder", ["bahdanau", "luong_general"])
-def test_beam_attention_is_the_alignment_of_the_returned_hypothesis(decoder):
+@pytest.mark.parametrize("decoder", ATTENTIVE)
+def test_captured_map_is_the_attention_of_each_decoding_step(decoder):
+    """The map captured over teacher forcing equals what the decoder's ``step`` attends, step by step,
+    on the hypotheses a beam search returns."""
     model = make(decoder, cell="lstm", seed=3).eval()
     src = padded_source()
     with torch.no_grad():
-        result = beam_search(model, src, beam_size=3, n_best=2, alpha=0.6, max_len_b=5, attention="last")
-        for b, n in itertools.product(range(src.shape[0]), range(2)):
-            length = int(result.lengths[b, n])
-            tokens = result.tokens[b, n, :length]
-            tgt_in = torch.cat([torch.tensor([BOS]), tokens[:-1]])[None]  # (1, T)
-            _, weights = model(src[b : b + 1], tgt_in, need_weights=True)  # (1, T, S)
-            torch.testing.assert_close(result.attention[b, n, :length], weights[0])
-            assert torch.all(result.attention[b, n, length:] == 0)
+        result = beam_search(model, src, beam_size=3, n_best=1, alpha=0.6, max_len_b=5)
+        tokens = result.tokens[:, 0]  # (B, T)
+        tgt_in = torch.cat([torch.full((src.shape[0], 1), BOS), tokens[:, :-1]], dim=1)  # (B, T)
+        with capture(model) as maps:
+            model(src, tgt_in)
+        source = model.encode(src)
+        state, steps = model.decoder.start(source), []
+        for t in range(tgt_in.shape[1]):
+            _, state, weights = model.decoder.step(model.tgt_embed(tgt_in[:, t]), state, source)  # (B, S)
+            steps.append(weights)
+    torch.testing.assert_close(maps["rnn_source", 0][:, 0], torch.stack(steps, dim=1))
 
 
-def test_step_weights_without_attention_is_an_error():
+def test_a_model_without_attention_has_nothing_to_capture():
     model = make("none").eval()
-    state = model.start_state(padded_source())
-    with pytest.raises(ValueError, match="attention='none'"):
-        model.step(state, torch.full((3,), BOS), need_weights=True)
+    with pytest.raises(ValueError, match="computes no attention to capture"), capture(model):
+        pass
 
 
 # --------------------------------------------------------------------------------- configs

@@ -9,6 +9,7 @@ from torch import nn
 from attnlab.decoding import greedy_search
 from attnlab.layers import DecoderLayer, EncoderLayer, MultiHeadAttention
 from attnlab.models.transformer import DecoderCache, Transformer, TransformerConfig
+from attnlab.viz.capture import capture
 
 D, H, FF = 32, 4, 64
 
@@ -43,7 +44,7 @@ def test_encoder_layer_matches_torch(norm_first):
     ours.load_state_dict(torch_to_ours(ref.state_dict()))
     x, mask = padded(3, 7, [7, 5, 2])
     expected = ref(x, src_key_padding_mask=mask)
-    got, _ = ours(x, key_padding_mask=mask)
+    got = ours(x, key_padding_mask=mask)
     keep = ~mask  # torch's fast path may zero padded positions; compare real ones
     torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=1e-5)
 
@@ -58,12 +59,11 @@ def test_decoder_layer_matches_torch(norm_first):
     tgt, tgt_mask = padded(3, 5, [5, 5, 3])
     causal = torch.ones(5, 5, dtype=torch.bool).triu(1)  # True = not allowed
     expected = ref(tgt, memory, tgt_mask=causal, tgt_key_padding_mask=tgt_mask, memory_key_padding_mask=memory_mask)
-    got, _, _ = ours(tgt, memory, tgt_key_padding_mask=tgt_mask, memory_key_padding_mask=memory_mask)
+    got = ours(tgt, memory, tgt_key_padding_mask=tgt_mask, memory_key_padding_mask=memory_mask)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("average", [True, False])
-def test_decoder_layer_rows_per_source_sentence_match_a_repeated_memory(average):
+def test_decoder_layer_rows_per_source_sentence_match_a_repeated_memory():
     """k rows of x per sentence (beam hypotheses) against memory (B, S, D) give what those rows
     give against the memory repeated k times, the reference torch's layer accepts."""
     torch.manual_seed(0)
@@ -76,15 +76,8 @@ def test_decoder_layer_rows_per_source_sentence_match_a_repeated_memory(average)
     causal = torch.ones(4, 4, dtype=torch.bool).triu(1)
     repeated, repeated_mask = memory.repeat_interleave(k, dim=0), memory_mask.repeat_interleave(k, dim=0)
     expected = ref(tgt, repeated, tgt_mask=causal, memory_key_padding_mask=repeated_mask)
-    got, _, cross = ours(
-        tgt, memory, memory_key_padding_mask=memory_mask, need_weights=True, average_attn_weights=average
-    )
+    got = ours(tgt, memory, memory_key_padding_mask=memory_mask)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    _, _, cross_repeated = ours(
-        tgt, repeated, memory_key_padding_mask=repeated_mask, need_weights=True, average_attn_weights=average
-    )
-    assert cross.shape == cross_repeated.shape == ((2 * k, 4, 6) if average else (2 * k, H, 4, 6))
-    torch.testing.assert_close(cross, cross_repeated, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="x has 5 rows, not a multiple of the 2 source sentences"):
         ours(tgt[:5], memory)
 
@@ -105,24 +98,77 @@ def test_cached_decoding_matches_full_prefix(norm_first):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_attention_weights_are_returned_not_stashed():
+def test_captured_maps_are_the_attention_modules_own_weights_and_nothing_is_stashed():
     torch.manual_seed(0)
     model = Transformer(tiny_config()).eval()
     src = torch.tensor([[5, 6, 7, 3], [8, 3, 0, 0]])
     tgt = torch.tensor([[2, 9, 10], [2, 11, 3]])
-    logits, weights = model(src, tgt, need_weights=True)
+    inputs = {}  # each attention module's (query, key, value, kwargs), by a hook of the test's own
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, kw: inputs.__setitem__(mod, (args, kw)), with_kwargs=True)
+        for m in model.modules()
+        if isinstance(m, MultiHeadAttention)
+    ]
+    with capture(model) as maps:
+        logits = model(src, tgt)
+    for h in handles:
+        h.remove()
+    torch.testing.assert_close(logits, model(src, tgt))
     assert logits.shape == (2, 3, 19)
-    assert [w.shape for w in weights.encoder] == [(2, 4, 4)] * 2
-    assert [w.shape for w in weights.decoder] == [(2, 3, 3)] * 2
-    assert [w.shape for w in weights.cross] == [(2, 3, 4)] * 2
-    cross = weights.cross[-1]
-    torch.testing.assert_close(cross.sum(-1), torch.ones(2, 3))
-    assert torch.all(cross[1, :, 2:] == 0)  # source padding gets no weight
-    assert torch.all(weights.decoder[0].triu(1) == 0)  # no look-ahead
-    _, per_head = model(src, tgt, need_weights=True, average_attn_weights=False)
-    assert per_head.cross[0].shape == (2, H, 3, 4)
+    assert maps.kinds == ["encoder_self", "decoder_self", "cross"] and len(maps) == 6
+    for kind, layer, module in model.attention_sites():
+        args, kwargs = inputs[module]
+        _, expected = module(*args, **{**kwargs, "need_weights": True, "average_attn_weights": False})
+        torch.testing.assert_close(maps[kind, layer], expected)
+    assert [maps[k, 0].shape for k in maps.kinds] == [(2, H, 4, 4), (2, H, 3, 3), (2, H, 3, 4)]
+    torch.testing.assert_close(maps["cross", -1].sum(-1), torch.ones(2, H, 3))
+    assert torch.all(maps["cross", 1][1, :, :, 2:] == 0)  # source padding gets no weight
+    assert torch.all(maps["decoder_self", 0].triu(1) == 0)  # no look-ahead
     stashed = [n for m in model.modules() for n, v in vars(m).items() if isinstance(v, torch.Tensor)]
     assert stashed == []
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_capture_keeps_the_heads_asked_and_layers_not_asked_on_the_fused_kernel(monkeypatch):
+    import attnlab.layers.multihead as multihead
+
+    asked = []  # need_weights of every attention() call
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["need_weights"])
+        return attention(*args, **kwargs)
+
+    attention = multihead.attention
+    monkeypatch.setattr(multihead, "attention", spy)
+    torch.manual_seed(0)
+    model = Transformer(tiny_config()).eval()
+    src, tgt = torch.tensor([[5, 6, 7, 3]]), torch.tensor([[2, 9, 10]])
+    with capture(model) as every:
+        model(src, tgt)
+    asked.clear()
+    with capture(model, layers=-1, heads=[3, 1], kinds="cross") as maps:
+        model(src, tgt)
+    assert asked == [False] * 5 + [True]  # encoder 0, 1, then decoder 0 (self, cross), decoder 1 (self, cross)
+    assert [(m.name, m.heads) for m in maps] == [("cross.1", (3, 1))]
+    torch.testing.assert_close(maps["cross", 1], every["cross", 1][:, [3, 1]])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"layers": 2}, r"layer 2 does not exist: the model has 2 encoder_self layers \(0..1\)"),
+        ({"heads": [0, 4]}, r"head 4 does not exist: the model has 4 heads \(0..3\)"),
+        (
+            {"kinds": "vit"},
+            r"kind 'vit' is not in this Transformer: it has \['encoder_self', 'decoder_self', 'cross'\]",
+        ),
+    ],
+)
+def test_capture_names_what_does_not_exist(kwargs, message):
+    model = Transformer(tiny_config())
+    with pytest.raises(ValueError, match=message), capture(model, **kwargs):
+        pass
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 @pytest.mark.parametrize(

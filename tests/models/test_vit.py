@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from attnlab.models import VIT_CONFIGS, ViT, ViTConfig, vit_config
+from attnlab.viz.capture import capture
 
 TINY = ViTConfig(image_size=8, patch_size=2, in_channels=2, num_classes=3, embed_dim=16, depth=2, num_heads=2)
 
@@ -17,13 +18,16 @@ def tiny(**overrides) -> ViT:
 
 def test_logits_and_per_layer_attention_maps():
     model = tiny()
-    logits, attentions = model(torch.randn(4, 2, 8, 8), return_attention=True)
+    with capture(model) as maps:
+        logits = model(torch.randn(4, 2, 8, 8))
     assert logits.shape == (4, 3)
-    assert len(attentions) == 2
-    for a in attentions:
-        assert a.shape == (4, 2, 17, 17)
-        torch.testing.assert_close(a.sum(-1), torch.ones(4, 2, 17))
-    assert not any(isinstance(v, torch.Tensor) and v.ndim == 4 for v in vars(model).values())
+    assert [m.name for m in maps] == ["vit.0", "vit.1"]
+    for m in maps:
+        assert m.weights.shape == (4, 2, 17, 17) and m.heads == (0, 1)
+        torch.testing.assert_close(m.weights.sum(-1), torch.ones(4, 2, 17))
+    for module in model.modules():  # nothing stays on the model
+        assert not module._forward_hooks and not module._forward_pre_hooks
+        assert not any(isinstance(v, torch.Tensor) and v.ndim == 4 for v in vars(module).values())
 
 
 def test_forward_is_forward_features_then_forward_head():
@@ -36,17 +40,23 @@ def test_forward_is_forward_features_then_forward_head():
 def test_attention_maps_do_not_change_the_logits():
     model = tiny()
     x = torch.randn(2, 2, 8, 8)
-    torch.testing.assert_close(model(x, return_attention=True)[0], model(x))
+    with capture(model, heads=[1]) as maps:
+        captured = model(x)
+    torch.testing.assert_close(captured, model(x))
+    assert maps["vit", 0].shape == (2, 1, 17, 17)
 
 
 def test_fused_and_explicit_attention_agree():
     x = torch.randn(2, 2, 8, 8)
     fused, explicit = tiny(fused_attn=True), tiny(fused_attn=False)
     explicit.load_state_dict(fused.state_dict())
-    (a, maps_a), (b, maps_b) = fused(x, return_attention=True), explicit(x, return_attention=True)
+    with capture(fused) as maps_a:
+        a = fused(x)
+    with capture(explicit) as maps_b:
+        b = explicit(x)
     torch.testing.assert_close(a, b)
     for m, n in zip(maps_a, maps_b):
-        torch.testing.assert_close(m, n)
+        torch.testing.assert_close(m.weights, n.weights)
 
 
 def test_position_interpolation_is_identity_at_the_configured_size():
@@ -57,9 +67,10 @@ def test_position_interpolation_is_identity_at_the_configured_size():
 def test_model_works_at_a_new_size():
     model = tiny()
     x = torch.randn(2, 2, 12, 6)
-    logits, attentions = model(x, return_attention=True)
+    with capture(model, layers=0) as maps:
+        logits = model(x)
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
-    assert attentions[0].shape == (2, 2, 1 + 6 * 3, 1 + 6 * 3)
+    assert maps["vit", 0].shape == (2, 2, 1 + 6 * 3, 1 + 6 * 3)
     # the bicubic resampling of a constant table is constant, so the class token's view is unchanged
     with torch.no_grad():
         model.pos_embed[:, 1:] = model.pos_embed[:, 1:2]

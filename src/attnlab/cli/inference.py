@@ -22,6 +22,7 @@ from attnlab.training.devices import autocast_to
 from attnlab.training.runs import load_run
 from attnlab.training.translation import beam_suffix
 from attnlab.viz import format_attention_table
+from attnlab.viz.capture import CaptureSpec
 
 
 def positive_int(text: str) -> int:
@@ -117,7 +118,8 @@ def run_translate(args: argparse.Namespace) -> int:
         for line in translator.translate(texts, beam=args.beam):
             print(line)
         return 0
-    for result in translator.translate(texts, beam=args.beam, return_attention=True):
+    last_layer = CaptureSpec(layers=-1, kinds=_source_attention_kind(translator))
+    for result in translator.translate(texts, beam=args.beam, attention=last_layer):
         print(result.translation)
         print(_attention_table(result) + "\n")
     return 0
@@ -127,7 +129,12 @@ def _attention_table(result: Translation) -> str:
     """The source attention as a table (an empty line for a blank input)."""
     if not result.target_pieces:
         return ""
-    return format_attention_table(result.attention, result.target_pieces, result.source_pieces)
+    return format_attention_table(result.alignment(), result.target_pieces, result.source_pieces)
+
+
+def _source_attention_kind(translator: Translator) -> str:
+    kinds = [kind for kind, _, _ in translator.model.attention_sites()]
+    return "rnn_source" if "rnn_source" in kinds else "cross"
 
 
 def run_classify(args: argparse.Namespace) -> int:

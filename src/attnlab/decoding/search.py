@@ -16,12 +16,10 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
-
-AttentionChoice = Literal["last", "all"] | None
 
 
 class IncrementalDecoder(Protocol):
@@ -36,9 +34,8 @@ class IncrementalDecoder(Protocol):
     ) -> Any:
         """Encode ``src (B, S)`` once; the state holds ``repeat`` rows per sentence, row b * repeat + j."""
 
-    def step(self, state: Any, tokens: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Any, Tensor | None]:
-        """Feed ``tokens (B',)``; return logits ``(B', V)``, the state, and the source attention
-        of this step ``(B', N, S)`` (averaged over heads) when ``need_weights``."""
+    def step(self, state: Any, tokens: Tensor) -> tuple[Tensor, Any]:
+        """Feed ``tokens (B',)``; return logits ``(B', V)`` and the state."""
 
     def reorder_state(self, state: Any, index: Tensor) -> Any:
         """Keep rows ``index (B',)``; row i of the result always comes from the same sentence as row i."""
@@ -52,14 +49,14 @@ class SearchResult:
         tokens: ``(B, [n,] T)`` generated ids (no BOS; EOS if produced), ``pad_id`` after the end.
         scores: ``(B, [n])`` sum of log-probabilities; beam search divides by the length penalty.
         lengths: ``(B, [n])`` generated tokens, EOS included.
-        attention: source attention of every generated token, averaged over heads:
-            ``(B, [n,] T, S)`` from the last decoder layer or ``(B, [n,] N, T, S)`` from all; or None.
+
+    The attention behind a hypothesis is what the model computes teacher-forced on it:
+    ``attnlab.capture`` around ``model(src, tokens)`` (``attnlab.Translator`` does this).
     """
 
     tokens: Tensor
     scores: Tensor
     lengths: Tensor
-    attention: Tensor | None = None
 
 
 def _in_inference_mode(search: Callable[..., SearchResult]) -> Callable[..., SearchResult]:
@@ -72,7 +69,7 @@ def _in_inference_mode(search: Callable[..., SearchResult]) -> Callable[..., Sea
         with torch.inference_mode():
             result = search(*args, **kwargs)
         tensors = {f.name: getattr(result, f.name) for f in fields(result)}
-        return replace(result, **{name: None if t is None else t.clone() for name, t in tensors.items()})
+        return replace(result, **{name: t.clone() for name, t in tensors.items()})
 
     return run
 
@@ -112,7 +109,6 @@ def greedy_search(
     max_len_b: float = 10,
     min_len: int = 0,
     use_cache: bool = True,
-    attention: AttentionChoice = None,
 ) -> SearchResult:
     """y_t = argmax_y p(y | y_<t, x) for a batch, until EOS or floor(a * |x| + b) tokens.
 
@@ -124,7 +120,6 @@ def greedy_search(
         max_len_b: b of the length limit.
         min_len: tokens generated before EOS is allowed.
         use_cache: incremental decoding; False recomputes the whole prefix every step.
-        attention: return the source attention of the ``last`` decoder layer or of ``all``.
 
     Returns:
         A ``SearchResult`` with ``tokens (B, T)`` and ``scores (B,)``.
@@ -135,20 +130,19 @@ def greedy_search(
     tokens = src.new_full((src.shape[0],), model.bos_id)
     scores = torch.zeros(src.shape[0], device=src.device)
     ended = torch.zeros_like(tokens, dtype=torch.bool)
-    steps, attns = [], []
+    steps = []
     for t in range(int(limits.max())):
-        logits, state, cross = model.step(state, tokens, need_weights=attention is not None)
+        logits, state = model.step(state, tokens)
         best, tokens = (x.squeeze(1) for x in next_tokens(model, logits, t, min_len, 1))  # (B,), (B,)
         tokens = tokens.masked_fill(ended, model.pad_id)
         scores += best.masked_fill(ended, 0.0)
         steps.append(tokens)
-        attns.append(_select_layers(cross, attention, ended))
         ended = ended | tokens.eq(model.eos_id) | (t + 1 >= limits)
         if bool(ended.all()):
             break
     out = torch.stack(steps, dim=1)  # (B, T)
     lengths = out.ne(model.pad_id).sum(dim=1)
-    return SearchResult(out, scores, lengths, _stack_attention(attns, attention))
+    return SearchResult(out, scores, lengths)
 
 
 def _padding(model: IncrementalDecoder, src: Tensor, mask: Tensor | None) -> Tensor | None:
@@ -158,31 +152,10 @@ def _padding(model: IncrementalDecoder, src: Tensor, mask: Tensor | None) -> Ten
     return mask if bool(mask.any()) else None
 
 
-def _select_layers(cross: Tensor | None, attention: AttentionChoice, ended: Tensor | None = None) -> Tensor | None:
-    """``(B, N, S)`` -> the layers asked for ``(B, N', S)``, zero for rows that had ended."""
-    if attention is None:
-        return None
-    if attention not in ("last", "all"):
-        raise ValueError(f"attention must be None, 'last' or 'all', got {attention!r}")
-    if cross is None:
-        raise ValueError(f"attention={attention!r} was asked for, but the model's step returned no source attention")
-    chosen = cross[:, -1:] if attention == "last" else cross
-    return chosen if ended is None else chosen.masked_fill(ended[:, None, None], 0.0)
-
-
-def _stack_attention(steps: list[Tensor | None], attention: AttentionChoice) -> Tensor | None:
-    """Steps of ``(..., N', S)`` -> ``(..., T, S)`` (last layer) or ``(..., N, T, S)`` (all)."""
-    if attention is None or not steps:
-        return None
-    stacked = torch.stack(steps, dim=-3)  # (..., T, N', S)
-    return stacked.squeeze(-2) if attention == "last" else stacked.transpose(-3, -2)  # (..., [N,] T, S)
-
-
 @dataclass
 class _Hypothesis:
     score: float
     tokens: Tensor  # (T,)
-    attention: Tensor | None  # (T, N', S)
 
 
 @dataclass
@@ -191,7 +164,6 @@ class _Beams:
 
     scores: Tensor  # (B, k) sum of log-probabilities
     tokens: Tensor  # (B * k, T) generated so far
-    attention: Tensor | None  # (B * k, T, N', S)
 
 
 @_in_inference_mode
@@ -207,7 +179,6 @@ def beam_search(
     max_len_b: float = 10,
     min_len: int = 0,
     use_cache: bool = True,
-    attention: AttentionChoice = None,
 ) -> SearchResult:
     """Beam search for a batch, ranking by log p(Y | X) / lp(Y) (GNMT length penalty).
 
@@ -231,7 +202,6 @@ def beam_search(
         max_len_b: b of the length limit.
         min_len: tokens generated before EOS is allowed.
         use_cache: incremental decoding; False recomputes the whole prefix every step.
-        attention: return the source attention of the ``last`` decoder layer or of ``all``.
 
     Returns:
         A ``SearchResult`` with ``tokens (B, n, T)`` and ``scores (B, n)``.
@@ -242,26 +212,25 @@ def beam_search(
     limits = max_lengths(src, src_key_padding_mask, max_len_a, max_len_b).tolist()
     batch, k = src.shape[0], beam_size
     state = model.start_state(src, src_key_padding_mask, repeat=k, use_cache=use_cache)
-    beams = _Beams(_initial_scores(batch, k, src.device), src.new_empty(batch * k, 0), None)
+    beams = _Beams(_initial_scores(batch, k, src.device), src.new_empty(batch * k, 0))
     finished: list[list[_Hypothesis]] = [[] for _ in range(batch)]
     done = [False] * batch
     last = src.new_full((batch * k,), model.bos_id)
     for t in range(max(limits)):
-        logits, state, cross = model.step(state, last, need_weights=attention is not None)
+        logits, state = model.step(state, last)
         # A sentence's 2k best extensions are among the 2k best of each of its beams.
         per_beam = min(2 * k, logits.shape[-1])
         log_probs, candidates = next_tokens(model, logits, t, min_len, per_beam)  # (B * k, 2k) each
         scores, rows, tokens = _top_candidates(beams.scores, log_probs, candidates, 2 * k)  # (B, 2k) each
-        cross = _select_layers(cross, attention)
-        _finish_eos(beams, cross, scores, rows, tokens, model.eos_id, finished, done, alpha, k)
-        beams, parents = _advance(beams, cross, scores, rows, tokens, model.eos_id, k)
+        _finish_eos(beams, scores, rows, tokens, model.eos_id, finished, done, alpha, k)
+        beams, parents = _advance(beams, scores, rows, tokens, model.eos_id, k)
         _finish_at_limit(beams, t + 1, limits, finished, done, alpha)
         done = _settled(beams, t + 1, limits, finished, done, alpha)
         if all(done):
             break
         state = model.reorder_state(state, parents)
         last = beams.tokens[:, -1]
-    return _collect(finished, n_best, model.pad_id, attention)
+    return _collect(finished, n_best, model.pad_id)
 
 
 def _initial_scores(batch: int, k: int, device: torch.device) -> Tensor:
@@ -286,7 +255,6 @@ def _top_candidates(
 
 def _finish_eos(
     beams: _Beams,
-    cross: Tensor | None,
     scores: Tensor,
     rows: Tensor,
     tokens: Tensor,
@@ -302,30 +270,18 @@ def _finish_eos(
     for b, c in ends.nonzero().tolist():
         if done[b]:
             continue
-        row = int(rows[b, c])
-        attn = None
-        if cross is not None:
-            attn = (
-                cross[row, None] if beams.attention is None else torch.cat([beams.attention[row], cross[row, None]])
-            )  # (T, N', S)
-        hyp_tokens = torch.cat([beams.tokens[row], tokens[b, c, None]])  # (T,)
-        finished[b].append(_Hypothesis(float(scores[b, c]) / length_penalty(length, alpha), hyp_tokens, attn))
+        hyp_tokens = torch.cat([beams.tokens[int(rows[b, c])], tokens[b, c, None]])  # (T,)
+        finished[b].append(_Hypothesis(float(scores[b, c]) / length_penalty(length, alpha), hyp_tokens))
 
 
-def _advance(
-    beams: _Beams, cross: Tensor | None, scores: Tensor, rows: Tensor, tokens: Tensor, eos_id: int, k: int
-) -> tuple[_Beams, Tensor]:
+def _advance(beams: _Beams, scores: Tensor, rows: Tensor, tokens: Tensor, eos_id: int, k: int) -> tuple[_Beams, Tensor]:
     """The best k candidates per sentence that do not end in EOS become the beams; also their parent rows."""
     count = scores.shape[1]
     rank = tokens.eq(eos_id).long() * count + torch.arange(count, device=tokens.device)  # EOS last
     keep = rank.topk(k, dim=1, largest=False).indices  # (B, k), best first
     parents = rows.gather(1, keep).view(-1)  # (B * k,)
     new_tokens = torch.cat([beams.tokens[parents], tokens.gather(1, keep).view(-1, 1)], dim=1)  # (B * k, T)
-    attention = None
-    if cross is not None:
-        past = cross.new_empty(cross.shape[0], 0, *cross.shape[1:]) if beams.attention is None else beams.attention
-        attention = torch.cat([past[parents], cross[parents, None]], dim=1)  # (B * k, T, N', S)
-    return _Beams(scores.gather(1, keep), new_tokens, attention), parents
+    return _Beams(scores.gather(1, keep), new_tokens), parents
 
 
 def _finish_at_limit(
@@ -339,8 +295,7 @@ def _finish_at_limit(
         for j in range(k):
             score = float(beams.scores[b, j])
             if math.isfinite(score):
-                attn = None if beams.attention is None else beams.attention[b * k + j]
-                finished[b].append(_Hypothesis(score / length_penalty(length, alpha), beams.tokens[b * k + j], attn))
+                finished[b].append(_Hypothesis(score / length_penalty(length, alpha), beams.tokens[b * k + j]))
         done[b] = True
 
 
@@ -361,7 +316,7 @@ def _settled(
     return settled
 
 
-def _collect(finished: list[list[_Hypothesis]], n_best: int, pad_id: int, attention: AttentionChoice) -> SearchResult:
+def _collect(finished: list[list[_Hypothesis]], n_best: int, pad_id: int) -> SearchResult:
     """The n best finished hypotheses of every sentence as padded tensors."""
     best = [sorted(hyps, key=lambda h: h.score, reverse=True)[:n_best] for hyps in finished]
     length = max(len(h.tokens) for hyps in best for h in hyps)
@@ -369,16 +324,7 @@ def _collect(finished: list[list[_Hypothesis]], n_best: int, pad_id: int, attent
     tokens = ref.new_full((len(best), n_best, length), pad_id)  # (B, n, T)
     scores = torch.full((len(best), n_best), -math.inf, device=ref.device)
     lengths = ref.new_zeros(len(best), n_best)
-    attn = None
-    if attention is not None:
-        attn = best[0][0].attention.new_zeros(
-            len(best), n_best, length, *best[0][0].attention.shape[1:]
-        )  # (B, n, T, N', S)
     for b, hyps in enumerate(best):
         for i, h in enumerate(hyps):
             tokens[b, i, : len(h.tokens)], scores[b, i], lengths[b, i] = h.tokens, h.score, len(h.tokens)
-            if attn is not None:
-                attn[b, i, : len(h.tokens)] = h.attention
-    if attn is not None:
-        attn = attn.squeeze(-2) if attention == "last" else attn.transpose(-3, -2)  # (B, n, [N,] T, S)
-    return SearchResult(tokens, scores, lengths, attn)
+    return SearchResult(tokens, scores, lengths)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,8 @@ from attnlab.data.images import ImageInputError, ImageSpec, load_image
 from attnlab.models.registry import MODEL_REGISTRY
 from attnlab.models.vit import ViT
 from attnlab.training.devices import autocast_to
+from attnlab.viz.capture import CaptureSpec, capture
+from attnlab.viz.maps import AttentionMaps
 
 __all__ = ["Classification", "Classifier", "ImageInput"]
 
@@ -37,12 +39,13 @@ class Classification:
 
     Attributes:
         top: ``(class, probability)`` pairs, most probable first.
-        attention: a ViT's attention weights, one ``(h, N, N)`` tensor per block (token 0 is
-            the class token); None unless asked for.
+        attention: the maps captured for this image (batch dim 1): a ViT's ``vit`` maps
+            ``(1, h, N, N)`` (token 0 the class token, ``grid`` the patch grid), an attention CNN's
+            ``se_gate`` and ``spatial_mask`` per block; None unless asked for.
     """
 
     top: list[tuple[str, float]]
-    attention: list[Tensor] | None = None
+    attention: AttentionMaps | None = None
 
 
 def _model_type(model: nn.Module) -> str:
@@ -80,7 +83,7 @@ class Classifier:
         images: ImageInput | Sequence[ImageInput],
         *,
         top_k: int = 3,
-        return_attention: bool = False,
+        attention: bool | CaptureSpec = False,
         resize: bool = True,
     ) -> list[tuple[str, float]] | Classification | list[list[tuple[str, float]]] | list[Classification]:
         """The ``top_k`` most probable classes of each image, read as the model was trained.
@@ -91,37 +94,31 @@ class Classifier:
                 uint8 tensor ``([B,] C, H, W)`` holds pixels (scaled and normalised here), a float
                 tensor holds model input (already normalised). A 4-d tensor is a batch.
             top_k: classes returned per image (at most K).
-            return_attention: return :class:`Classification` objects holding the attention
-                weights of every block (ViT models only).
+            attention: return :class:`Classification` objects holding the attention maps:
+                ``True`` for all, or a ``CaptureSpec`` choosing layers, heads and kinds.
             resize: False makes a file or Pillow image of another size an error.
 
         Returns:
             For one image, its ``(class, probability)`` list; for a sequence or a batch, one per
-            image in order. :class:`Classification` objects with ``return_attention``.
+            image in order. :class:`Classification` objects with ``attention``.
 
         Raises:
-            ValueError: ``top_k`` below 1, a tensor of the wrong shape, or ``return_attention``
-                for a model that gives no attention weights (the message names its type).
+            ValueError: ``top_k`` below 1, a tensor of the wrong shape, or a layer, head or kind
+                of ``attention`` the model does not have (the message names what exists).
             ImageInputError: a file or image that cannot be read or converted.
         """
         if top_k < 1:
             raise ValueError(f"top_k ({top_k}) must be >= 1")
-        if return_attention and not isinstance(self.model, ViT):
-            raise ValueError(
-                f"return_attention needs a model that returns attention weights (vit); this is a "
-                f"{_model_type(self.model)} model ({type(self.model).__name__})"
-            )
+        spec = CaptureSpec.of(attention)
         single = isinstance(images, (str, Path, Image.Image)) or (isinstance(images, Tensor) and images.dim() == 3)
         batch = self._batch(images, resize)  # (B, C, H, W)
-        results = self._classify_batch(batch, top_k, return_attention)
+        results = self._classify_batch(batch, top_k, spec)
         return results[0] if single else results
 
-    def _classify_batch(self, batch: Tensor, top_k: int, return_attention: bool) -> list:
-        with torch.no_grad(), self._autocast():
-            if return_attention:
-                logits, maps = self.model(batch.to(self.device), return_attention=True)  # (B, K), L x (B, h, N, N)
-            else:
-                logits, maps = self.model(batch.to(self.device)), None
+    def _classify_batch(self, batch: Tensor, top_k: int, spec: CaptureSpec | None) -> list:
+        recording = contextlib.nullcontext() if spec is None else capture(self.model, **vars(spec))
+        with torch.no_grad(), self._autocast(), recording as maps:
+            logits = self.model(batch.to(self.device))  # (B, K)
         probs = torch.softmax(logits.float(), dim=-1).cpu()  # (B, K)
         values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # (B, k)
         tops = [
@@ -130,7 +127,18 @@ class Classifier:
         ]
         if maps is None:
             return tops
-        return [Classification(top, [m[b].float().cpu() for m in maps]) for b, top in enumerate(tops)]
+        self._describe(maps, batch)
+        return [Classification(top, maps.item(b)) for b, top in enumerate(tops)]
+
+    def _describe(self, maps: AttentionMaps, batch: Tensor) -> None:
+        """Weights as float32 on the CPU, and a ViT's patch grid and token labels."""
+        for i, m in enumerate(maps.maps):
+            maps.maps[i] = replace(m, weights=m.weights.float().cpu())
+        if isinstance(self.model, ViT):
+            gh, gw = self.model.patch_embed.patch_grid(batch.shape[2], batch.shape[3])
+            tokens = ["[CLS]"] + [f"({r},{c})" for r in range(gh) for c in range(gw)]
+            maps.grid, maps.prefix_tokens = (gh, gw), self.model.num_prefix_tokens
+            maps.labels["patches"] = [tokens] * batch.shape[0]
 
     def _batch(self, images: ImageInput | Sequence[ImageInput], resize: bool) -> Tensor:
         """Model input ``(B, C, H, W)`` from any accepted form."""

@@ -96,11 +96,11 @@ class DecodingEngine:
         cache = BeamDecoderCache(len(self.model.decoder_layers), beam_size=repeat)
         return SearchState(memory, src_key_padding_mask, cache)
 
-    def step(self, state: Any, tokens: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Any, Tensor | None]:
+    def step(self, state: Any, tokens: Tensor) -> tuple[Tensor, Any]:
         """Feed ``tokens (B,)``: a plain step where it applies, else the model's own ``step``."""
-        if need_weights or not self._steps_plainly(state):
-            return self.model.step(state, tokens, need_weights=need_weights)
-        return self._plain_step(state, tokens), state, None
+        if not self._steps_plainly(state):
+            return self.model.step(state, tokens)
+        return self._plain_step(state, tokens), state
 
     def reorder_state(self, state: Any, index: Tensor) -> Any:
         return self.model.reorder_state(state, index)

@@ -10,6 +10,7 @@ Shapes: B sentences, S source pieces, T target pieces (EOS included).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,11 +18,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attnlab.data import EOS_ID, PAD_ID, TranslationExample, TranslationTokenizer, collate_translation
+from attnlab.data import BOS_ID, EOS_ID, PAD_ID, TranslationExample, TranslationTokenizer, collate_translation
 from attnlab.decoding import IncrementalDecoder, beam_search, greedy_search
 from attnlab.inference.engine import DecodingEngine
 from attnlab.training.config import TextDataConfig
 from attnlab.training.devices import autocast_to
+from attnlab.viz.capture import CaptureSpec, capture
+from attnlab.viz.maps import AttentionMaps
 
 __all__ = ["Translation", "Translator", "strip_special"]
 
@@ -30,22 +33,30 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Translation:
-    """A translation and the source attention behind it.
+    """A translation and the attention behind it.
 
     Attributes:
         source: the input sentence.
         translation: the output sentence.
         source_pieces: the S SentencePiece pieces the model read (after the length limit).
         target_pieces: the T pieces it generated, EOS shown as ``</s>``.
-        attention: ``(T, S)``, one row per target piece: the last decoder layer's source
-            attention, mean over heads (each row sums to 1).
+        attention: the maps asked for, of this sentence alone (batch dim 1, padding cut), labelled
+            ``source``, ``target`` and ``target_in`` (``AttentionMaps``): what the model computes
+            teacher-forced on the returned hypothesis, so for a beam search the maps of the
+            hypothesis returned.
     """
 
     source: str
     translation: str
     source_pieces: list[str]
     target_pieces: list[str]
-    attention: Tensor
+    attention: AttentionMaps
+
+    def alignment(self, layer: int = -1) -> Tensor:
+        """``(T, S)``: the source attention of a decoder layer (the last by default), mean over the
+        heads captured; each row sums to 1. Needs the ``cross`` (or ``rnn_source``) maps captured."""
+        kind = "rnn_source" if self.attention.select("rnn_source") else "cross"
+        return self.attention[kind, layer][0].float().mean(dim=0)
 
 
 def strip_special(ids: Sequence[int]) -> list[int]:
@@ -132,7 +143,7 @@ class Translator:
         texts: str | Sequence[str],
         *,
         beam: int = 1,
-        return_attention: bool = False,
+        attention: bool | CaptureSpec = False,
         batch_size: int = 64,
     ) -> str | Translation | list[str] | list[Translation]:
         """Translate one sentence or a list, with greedy (``beam`` 1) or beam search.
@@ -143,29 +154,34 @@ class Translator:
         Args:
             texts: a sentence, or a sequence of sentences.
             beam: beam size k (1: greedy search).
-            return_attention: return :class:`Translation` objects with the source attention of
-                every generated piece instead of strings.
+            attention: return :class:`Translation` objects with the attention maps of each
+                translation instead of strings: ``True`` for all, or a ``CaptureSpec`` choosing
+                layers, heads and kinds (e.g. ``CaptureSpec(layers=-1, kinds="cross")``).
             batch_size: sentences decoded together.
 
         Returns:
             For a str, its translation; for a sequence, one translation per sentence in input
-            order. Strings, or :class:`Translation` objects with ``return_attention``.
+            order. Strings, or :class:`Translation` objects with ``attention``.
         """
         if beam < 1 or batch_size < 1:
             raise ValueError(f"beam ({beam}) and batch_size ({batch_size}) must be >= 1")
+        spec = CaptureSpec.of(attention)
+        if spec is not None:
+            with capture(self.model, **vars(spec)):  # names a layer, head or kind that does not exist
+                pass
         single = isinstance(texts, str)
         sources = [texts] if single else list(texts)
-        results = self._translate_all(sources, beam, return_attention, batch_size)
+        results = self._translate_all(sources, beam, spec, batch_size)
         return results[0] if single else results
 
     def _translate_all(
-        self, sources: list[str], beam: int, return_attention: bool, batch_size: int
+        self, sources: list[str], beam: int, spec: CaptureSpec | None, batch_size: int
     ) -> list[str] | list[Translation]:
         ids = self.tokenizer.source.encode(sources)
         _warn_unfit_inputs(ids, self.data.max_length)
         # Blank inputs translate to blank lines (a model fed only EOS would invent a sentence).
         blank = [i for i in range(len(ids)) if not ids[i]]
-        outputs = {i: self._blank(sources[i]) if return_attention else "" for i in blank}
+        outputs = {i: self._blank(sources[i]) if spec else "" for i in blank}
         order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))  # similar lengths batch
         was_training = self.model.training
         self.model.eval()
@@ -175,53 +191,62 @@ class Translator:
                 for start in range(0, len(order), batch_size):
                     rows = order[start : start + batch_size]
                     batch = [ids[i][: self.data.max_length] for i in rows]
-                    translated = self._translate_batch(
-                        decoder, [sources[i] for i in rows], batch, beam, return_attention
-                    )
+                    translated = self._translate_batch(decoder, [sources[i] for i in rows], batch, beam, spec)
                     outputs.update(zip(rows, translated))
         finally:
             self.model.train(was_training)
         return [outputs[i] for i in range(len(ids))]
 
     def _translate_batch(
-        self, decoder: IncrementalDecoder, sources: list[str], ids: list[list[int]], beam: int, return_attention: bool
+        self, decoder: IncrementalDecoder, sources: list[str], ids: list[list[int]], beam: int, spec: CaptureSpec | None
     ) -> list[str] | list[Translation]:
         src = collate_translation([TranslationExample(i, row, []) for i, row in enumerate(ids)]).src  # (B, S)
-        tokens, lengths, weights = self._search(decoder, src.to(self.device), beam, return_attention)  # (B, T)...
-        if not return_attention:
+        src = src.to(self.device)
+        tokens, lengths = self._search(decoder, src, beam)  # (B, T), (B,)
+        if spec is None:
             return self.tokenizer.target.decode([strip_special(row) for row in tokens.tolist()])
+        maps = self._maps(src, tokens, spec)
+        targets = [tokens[b, : int(lengths[b])].tolist() for b in range(len(ids))]
+        maps.labels = {
+            "source": [_piece_labels(self.tokenizer.source, row) for row in ids],
+            "target": [_piece_labels(self.tokenizer.target, row) for row in targets],
+            "target_in": [["<s>", *_piece_labels(self.tokenizer.target, row[:-1])] for row in targets],
+        }
         return [
-            self._aligned(source, row, tokens[b, : int(lengths[b])].tolist(), weights[b])
-            for b, (source, row) in enumerate(zip(sources, ids))
+            Translation(
+                source,
+                self.tokenizer.target.decode([strip_special(target)])[0],
+                maps.labels["source"][b],
+                maps.labels["target"][b],
+                maps.item(b),
+            )
+            for b, (source, target) in enumerate(zip(sources, targets))
         ]
 
-    def _aligned(self, source: str, source_ids: list[int], target_ids: list[int], weights: Tensor) -> Translation:
-        """One sentence's result from its ids and its attention ``(T', S')`` (padding cut off)."""
-        return Translation(
-            source,
-            self.tokenizer.target.decode([strip_special(target_ids)])[0],
-            _piece_labels(self.tokenizer.source, source_ids),
-            _piece_labels(self.tokenizer.target, target_ids),
-            weights[: len(target_ids), : len(source_ids)].float().cpu(),  # (T, S)
-        )
+    def _maps(self, src: Tensor, tokens: Tensor, spec: CaptureSpec) -> AttentionMaps:
+        """The maps of the model run teacher-forced on the hypotheses ``tokens (B, T)``: the maps
+        of the decoding that produced them (cached steps attend as the full prefix does)."""
+        bos = tokens.new_full((tokens.shape[0], 1), BOS_ID)
+        tgt_in = torch.cat([bos, tokens[:, :-1]], dim=1)  # (B, T): BOS y_1 .. y_{T-1}, padding after the end
+        with capture(self.model, **vars(spec)) as maps:
+            self.model(src, tgt_in)
+        for i, m in enumerate(maps.maps):
+            maps.maps[i] = dataclasses.replace(m, weights=m.weights.float().cpu())
+        return maps
 
     @staticmethod
     def _blank(source: str) -> Translation:
-        return Translation(source, "", [], [], torch.zeros(0, 0))
+        return Translation(source, "", [], [], AttentionMaps())
 
-    def _search(
-        self, decoder: IncrementalDecoder, src: Tensor, beam: int, return_attention: bool
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _search(self, decoder: IncrementalDecoder, src: Tensor, beam: int) -> tuple[Tensor, Tensor]:
         """The best hypothesis per sentence of ``src (B, S)`` under the data's length limits:
-        ``(tokens (B, T), lengths (B,), last-layer source attention (B, T, S) or None)``."""
-        attention = "last" if return_attention else None
+        ``(tokens (B, T), lengths (B,))``."""
         limits = {"max_len_a": self.data.max_decode_len_a, "max_len_b": self.data.max_decode_len_b}
         if beam == 1:
-            result = greedy_search(decoder, src, attention=attention, **limits)
-            return result.tokens, result.lengths, result.attention
-        result = beam_search(decoder, src, beam_size=beam, attention=attention, **limits)
-        best = None if result.attention is None else result.attention[:, 0]
-        return result.tokens[:, 0], result.lengths[:, 0], best
+            result = greedy_search(decoder, src, **limits)
+            return result.tokens, result.lengths
+        result = beam_search(decoder, src, beam_size=beam, **limits)
+        return result.tokens[:, 0], result.lengths[:, 0]
 
     def _decoder(self) -> IncrementalDecoder:
         """What greedy and beam search decode with: the engine, or the model itself when not ``fast``."""

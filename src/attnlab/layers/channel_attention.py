@@ -47,11 +47,9 @@ class SEBlock(nn.Module):
             logits = logits + self.fc2(self.act(self.fc1(x.amax(dim=(2, 3)))))
         return torch.sigmoid(logits)
 
-    def forward(self, x: Tensor, *, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """``(B, C, H, W) -> (B, C, H, W)``; with ``return_attention`` also the gate ``(B, C)``."""
-        gate = self.excitation(x)
-        out = x * gate[:, :, None, None]  # (B, C, 1, 1) broadcast over H, W
-        return (out, gate) if return_attention else out
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, C, H, W)`` (the gate: ``excitation``, or ``attnlab.capture``)."""
+        return x * self.excitation(x)[:, :, None, None]  # gate (B, C, 1, 1) broadcast over H, W
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.fc1.out_features}, pool={self.pool}"

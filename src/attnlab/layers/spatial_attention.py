@@ -47,11 +47,11 @@ class SpatialAttention(nn.Module):
             x = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)  # (B, 2, H, W)
         return torch.sigmoid(self.conv(x))
 
-    def forward(self, x: Tensor, *, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """``(B, C, H, W) -> (B, C, H, W)``; with ``return_attention`` also M ``(B, 1, H, W)``."""
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, C, H, W)`` (the mask: ``mask``, or ``attnlab.capture``)."""
         mask = self.mask(x)
         out = x * mask + x if self.residual else x * mask
-        return (out, mask) if return_attention else out
+        return out
 
     def extra_repr(self) -> str:
         kernel = self.conv.kernel_size[0]

@@ -22,7 +22,7 @@ from attnlab.layers.feedforward import FeedForward, LinearFn
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.multihead import MultiHeadAttention
 
-Sublayer = Callable[[Tensor], tuple[Tensor, Tensor | None]]
+Sublayer = Callable[[Tensor], Tensor]
 
 
 class _ResidualBlock(nn.Module):
@@ -55,16 +55,11 @@ class _ResidualBlock(nn.Module):
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.dropout = Dropout(dropout)
 
-    def _residual(self, x: Tensor, norm: nn.LayerNorm, sublayer: Sublayer) -> tuple[Tensor, Tensor | None]:
+    def _residual(self, x: Tensor, norm: nn.LayerNorm, sublayer: Sublayer) -> Tensor:
         """Post-norm LN(x + Dropout(F(x))) (Section 5.4) or pre-norm x + Dropout(F(LN(x)))."""
         if self.norm_first:
-            out, weights = sublayer(norm(x))
-            return x + self.dropout(out), weights
-        out, weights = sublayer(x)
-        return norm(x + self.dropout(out)), weights
-
-    def _feedforward(self, x: Tensor) -> tuple[Tensor, None]:
-        return self.ffn(x), None
+            return x + self.dropout(sublayer(norm(x)))
+        return norm(x + self.dropout(sublayer(x)))
 
 
 class EncoderLayer(_ResidualBlock):
@@ -84,42 +79,20 @@ class EncoderLayer(_ResidualBlock):
         rope: rotary positions in self-attention (Su et al., 2021).
     """
 
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        key_padding_mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-        need_weights: bool = False,
-        average_attn_weights: bool = True,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Encode ``x``.
+    def forward(self, x: Tensor, *, key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        """Encode ``x (B, S, D) -> (B, S, D)``.
 
         Args:
             x: ``(B, S, D)``.
             key_padding_mask: ``(B, S)``, ``True`` at padding.
             attn_mask: ``(S, S)`` or ``(B * H, S, S)``, ``True`` = not allowed.
-            need_weights: also return the self-attention weights.
-            average_attn_weights: average them over heads.
-
-        Returns:
-            ``(x, weights)``: ``(B, S, D)`` and ``(B, S, S)`` (``(B, H, S, S)`` per head) or None.
         """
 
-        def attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
-            return self.self_attn(
-                h,
-                h,
-                h,
-                key_padding_mask=key_padding_mask,
-                attn_mask=attn_mask,
-                need_weights=need_weights,
-                average_attn_weights=average_attn_weights,
-            )
+        def attend(h: Tensor) -> Tensor:
+            return self.self_attn(h, h, h, key_padding_mask=key_padding_mask, attn_mask=attn_mask)[0]
 
-        x, weights = self._residual(x, self.norm1, attend)
-        x, _ = self._residual(x, self.norm2, self._feedforward)
-        return x, weights
+        x = self._residual(x, self.norm1, attend)
+        return self._residual(x, self.norm2, self.ffn)
 
 
 class DecoderLayer(_ResidualBlock):
@@ -150,9 +123,7 @@ class DecoderLayer(_ResidualBlock):
         memory_key_padding_mask: Tensor | None = None,
         self_cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
-        need_weights: bool = False,
-        average_attn_weights: bool = True,
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    ) -> Tensor:
         """Decode ``x`` against the encoder output; target position i sees positions <= i only.
 
         Args:
@@ -164,61 +135,33 @@ class DecoderLayer(_ResidualBlock):
             memory_key_padding_mask: ``(B, S)``, ``True`` at source padding.
             self_cache: a growing ``KVCache`` for incremental decoding.
             cross_cache: a static ``KVCache``: the memory is projected to K, V once.
-            need_weights: also return the self- and source-target attention weights.
-            average_attn_weights: average them over heads.
 
         Returns:
-            ``(x, self_weights, cross_weights)``: ``(B, T, D)``, ``(B, T, T')`` and ``(B, T, S)``
-            (a head dim after B when not averaged) or None.
+            ``(B, T, D)``.
         """
-
         # One new query (a decoding step) may see every cached key: no causal mask to build.
         causal = x.shape[1] > 1
 
-        def self_attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
-            return self.self_attn(
-                h,
-                h,
-                h,
-                key_padding_mask=tgt_key_padding_mask,
-                is_causal=causal,
-                cache=self_cache,
-                need_weights=need_weights,
-                average_attn_weights=average_attn_weights,
-            )
+        def self_attend(h: Tensor) -> Tensor:
+            return self.self_attn(h, h, h, key_padding_mask=tgt_key_padding_mask, is_causal=causal, cache=self_cache)[0]
 
-        def cross_attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
+        def cross_attend(h: Tensor) -> Tensor:
             # k rows of x per source sentence (the hypotheses of a beam) ask their queries
             # together: one read of the sentence's keys and values instead of k.
             rows, length, dim = h.shape
-            group = rows // memory.shape[0]
-            out, weights = self.cross_attn(
-                h.reshape(memory.shape[0], group * length, dim),
-                memory,
-                memory,
-                key_padding_mask=memory_key_padding_mask,
-                cache=cross_cache,
-                need_weights=need_weights,
-                average_attn_weights=average_attn_weights,
-            )  # (B, k T, D), weights (B, [H,] k T, S)
-            out = out.reshape(rows, length, dim)
-            if weights is None or group == 1:
-                return out, weights
-            sources = weights.shape[-1]
-            if average_attn_weights:
-                return out, weights.reshape(rows, length, sources)
-            heads = weights.shape[1]
-            weights = weights.view(-1, heads, group, length, sources).transpose(1, 2)  # (B, k, H, T, S)
-            return out, weights.reshape(rows, heads, length, sources)
+            grouped = h.reshape(memory.shape[0], -1, dim)  # (B, k T, D)
+            out, _ = self.cross_attn(
+                grouped, memory, memory, key_padding_mask=memory_key_padding_mask, cache=cross_cache
+            )
+            return out.reshape(rows, length, dim)
 
         if x.shape[0] % memory.shape[0]:
             raise ValueError(
                 f"x has {x.shape[0]} rows, not a multiple of the {memory.shape[0]} source sentences of memory"
             )
-        x, self_weights = self._residual(x, self.norm1, self_attend)
-        x, cross_weights = self._residual(x, self.norm2, cross_attend)
-        x, _ = self._residual(x, self.norm3, self._feedforward)
-        return x, self_weights, cross_weights
+        x = self._residual(x, self.norm1, self_attend)
+        x = self._residual(x, self.norm2, cross_attend)
+        return self._residual(x, self.norm3, self.ffn)
 
     def step(
         self,

@@ -43,10 +43,9 @@ class BertConfig:
 
 @dataclass
 class BertOutput:
-    """Hidden states ``(B, L, D)`` and, on request, each layer's input and weights ``(B, H, L, L)``."""
+    """Hidden states ``(B, L, D)`` and, on request, each layer's input (maps: ``attnlab.capture``)."""
 
     last_hidden_state: Tensor
-    attentions: list[Tensor] | None = None
     hidden_states: list[Tensor] | None = None  # the embeddings, then each layer's output
 
 
@@ -82,7 +81,6 @@ class BertEncoder(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         *,
-        output_attentions: bool = False,
         output_hidden_states: bool = False,
     ) -> BertOutput:
         """Encode ``input_ids (B, L)``; ``attention_mask (B, L)`` is 1 at real tokens (HF's convention)."""
@@ -93,15 +91,16 @@ class BertEncoder(nn.Module):
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
         x = self.embed_norm(x)  # (B, L, D)
         padding = None if attention_mask is None else attention_mask == 0  # (B, L), True = ignored
-        attentions = [] if output_attentions else None
         hidden_states = [x] if output_hidden_states else None
         for layer in self.layers:
-            x, weights = layer(x, key_padding_mask=padding, need_weights=output_attentions, average_attn_weights=False)
-            if attentions is not None:
-                attentions.append(weights)
+            x = layer(x, key_padding_mask=padding)
             if hidden_states is not None:
                 hidden_states.append(x)
-        return BertOutput(x, attentions, hidden_states)
+        return BertOutput(x, hidden_states)
+
+    def attention_sites(self) -> list[tuple[str, int, nn.Module]]:
+        """Where ``attnlab.capture`` finds attention: each layer's self-attention (``bert``)."""
+        return [("bert", i, layer.self_attn) for i, layer in enumerate(self.layers)]
 
     @classmethod
     def from_huggingface(cls, hf_model: nn.Module) -> BertEncoder:

@@ -77,14 +77,13 @@ class BlockAttention(nn.Module):
                 channels, mode=kind if kind == "cbam" else "conv", kernel_size=spatial_kernel, residual=kind != "cbam"
             )
 
-    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(B, C, H, W) -> (B, C, H, W)`` and the maps used: ``channel`` (B, C), ``spatial`` (B, 1, H, W)."""
-        maps = {}
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, C, H, W)``: the channel gate first, then the spatial mask."""
         if self.channel is not None:
-            x, maps["channel"] = self.channel(x, return_attention=True)
+            x = self.channel(x)
         if self.spatial is not None:
-            x, maps["spatial"] = self.spatial(x, return_attention=True)
-        return x, maps
+            x = self.spatial(x)
+        return x
 
 
 class ResidualBlock(nn.Module):
@@ -114,11 +113,11 @@ class ResidualBlock(nn.Module):
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
             )
 
-    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)`` and the attention maps."""
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)``."""
         out = self.act(self.bn1(self.conv1(x)))
-        out, maps = self.attention(self.bn2(self.conv2(out)))
-        return self.act(out + self.shortcut(x)), maps
+        out = self.attention(self.bn2(self.conv2(out)))
+        return self.act(out + self.shortcut(x))
 
 
 class AttentionCNN(nn.Module):
@@ -153,37 +152,32 @@ class AttentionCNN(nn.Module):
                 in_channels = channels
         return blocks
 
-    def forward_features(
-        self, images: Tensor, *, return_attention: bool = False
-    ) -> Tensor | tuple[Tensor, list[dict[str, Tensor]]]:
-        """``(B, C, H, W) -> (B, C_last, H', W')``; with ``return_attention`` also each block's maps."""
+    def forward_features(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, C_last, H', W')``."""
         c = self.config
         if images.ndim != 4 or images.shape[1] != c.in_channels:
             raise ValueError(f"AttentionCNN expects images (B, {c.in_channels}, H, W), got shape {tuple(images.shape)}")
-        x, attentions = self.stem(images), []
+        x = self.stem(images)
         for block in self.blocks:
-            x, maps = block(x)
-            attentions.append(maps)
-        return (x, attentions) if return_attention else x
+            x = block(x)
+        return x
 
     def forward_head(self, features: Tensor, *, pre_logits: bool = False) -> Tensor:
         """Global average pool ``(B, C, H, W) -> (B, C)`` and classify to ``(B, K)``."""
         pooled = self.head_drop(features.mean(dim=(2, 3)))  # (B, C)
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(
-        self, images: Tensor, *, return_attention: bool = False
-    ) -> Tensor | tuple[Tensor, list[dict[str, Tensor]]]:
-        """Classify images.
+    def forward(self, images: Tensor) -> Tensor:
+        """Classify images ``(B, C, H, W)``: logits ``(B, K)``."""
+        return self.forward_head(self.forward_features(images))
 
-        Args:
-            images: ``(B, C, H, W)``.
-            return_attention: also return, per residual block, a dict with ``"channel"`` (the
-                excitation, ``(B, C)``) and/or ``"spatial"`` (the mask, ``(B, 1, H, W)``).
-
-        Returns:
-            logits ``(B, K)``, or ``(logits, maps)`` with ``return_attention``.
-        """
-        features, attentions = self.forward_features(images, return_attention=True)
-        logits = self.forward_head(features)
-        return (logits, attentions) if return_attention else logits
+    def attention_sites(self) -> list[tuple[str, int, nn.Module]]:
+        """Where ``attnlab.capture`` finds attention, per residual block: the SE channel gate
+        (``se_gate``, ``(B, C)``) and the spatial mask (``spatial_mask``, ``(B, 1, H, W)``)."""
+        sites = []
+        for i, block in enumerate(self.blocks):
+            if block.attention.channel is not None:
+                sites.append(("se_gate", i, block.attention.channel))
+            if block.attention.spatial is not None:
+                sites.append(("spatial_mask", i, block.attention.spatial))
+        return sites

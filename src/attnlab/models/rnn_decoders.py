@@ -55,7 +55,7 @@ def _top(hidden: Hidden) -> Tensor:
     return (hidden[0] if isinstance(hidden, tuple) else hidden)[-1]
 
 
-class _RNNDecoder(nn.Module):
+class RNNDecoder(nn.Module):
     """The parts every decoder shares: a (multi-layer) RNN and the read-out W_c.
 
     Args:
@@ -120,7 +120,7 @@ class _RNNDecoder(nn.Module):
         return torch.stack(outputs, dim=1), state, stacked  # (B, T, H)
 
 
-class PlainDecoder(_RNNDecoder):
+class PlainDecoder(RNNDecoder):
     """Encoder-decoder without attention: one context c for the whole sentence.
 
     s_t = f(s_{t-1}, [E y_{t-1}; c]), o_t = tanh(W_c [c; s_t]), with c the encoder's final state
@@ -149,7 +149,7 @@ class PlainDecoder(_RNNDecoder):
         return self.attentional_hidden(context, out), DecoderState(hidden, state.feed), None
 
 
-class BahdanauDecoder(_RNNDecoder):
+class BahdanauDecoder(RNNDecoder):
     """Attention from the previous state (Bahdanau et al., 2015, Eq. 4-6).
 
     e_tj = v_a^T tanh(W_a s_{t-1} + U_a h_j), a_t = softmax(e_t), c_t = sum_j a_tj h_j,
@@ -171,7 +171,7 @@ class BahdanauDecoder(_RNNDecoder):
         return o, DecoderState(hidden, None), weights[:, 0]
 
 
-class LuongDecoder(_RNNDecoder):
+class LuongDecoder(RNNDecoder):
     """Attention from the current state (Luong et al., 2015, Eq. 5, 7, 8; input feeding, Section 3.3).
 
     h_t = f(h_{t-1}, [E y_{t-1}; h~_{t-1}]) (or E y_{t-1} alone without input feeding),
@@ -205,7 +205,7 @@ class LuongDecoder(_RNNDecoder):
         return self.attentional_hidden(context, out), DecoderState(hidden, None), weights
 
 
-DECODERS: dict[str, type[_RNNDecoder]] = {"none": PlainDecoder, "bahdanau": BahdanauDecoder, "luong": LuongDecoder}
+DECODERS: dict[str, type[RNNDecoder]] = {"none": PlainDecoder, "bahdanau": BahdanauDecoder, "luong": LuongDecoder}
 
 # The five decoders of the classic comparison, by name: the Seq2SeqConfig fields that choose each.
 ATTENTION_VARIANTS: dict[str, dict[str, str]] = {

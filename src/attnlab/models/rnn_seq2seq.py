@@ -21,8 +21,8 @@ each layer are concatenated and passed through a linear layer (tanh for h, none 
 cell c) to initialise the decoder layer of the same depth.
 
 The model speaks ``attnlab.decoding.search``'s protocol, so ``greedy_search`` and ``beam_search``
-drive it as they drive the Transformer; the source attention of each step comes back as
-``(B, 1, S)`` (one "layer").
+drive it as they drive the Transformer; ``attnlab.capture`` reads the source attention of the
+teacher-forced decoder (``attention_sites``).
 
 Shapes: B batch (times the beam in search), S source positions, T target positions,
 E embedding size, H hidden size, L layers, V vocabulary.
@@ -130,38 +130,33 @@ class RNNSeq2Seq(nn.Module):
         keys = None if attention is None else attention.project_keys(source.memory)
         return dataclasses.replace(source, keys=keys)
 
-    def decode(
-        self, tgt_in: Tensor, source: EncoderOutput, *, need_weights: bool = False, parallel: bool = True
-    ) -> Tensor | tuple[Tensor, Tensor | None]:
+    def decode(self, tgt_in: Tensor, source: EncoderOutput, *, parallel: bool = True) -> Tensor:
         """Teacher-forced logits ``(B, T, V)`` for ``tgt_in (B, T)`` (BOS y_1 ... y_{T-1}).
 
         Args:
             tgt_in: decoder inputs.
             source: ``encode``'s output.
-            need_weights: also return the source attention ``(B, T, S)`` (None without attention).
             parallel: run the RNN over all positions at once where the decoder allows it (no
                 attention, or Luong without input feeding); False steps one position at a time.
         """
         embedded = self.dropout(self.tgt_embed(tgt_in))  # (B, T, E)
-        o, _, weights = self.decoder(embedded, self.decoder.start(source), source, parallel=parallel)  # (B, T, H)
-        logits = self.output(self.dropout(o))  # (B, T, V)
-        return (logits, weights) if need_weights else logits
+        o, _, _ = self.decoder(embedded, self.decoder.start(source), source, parallel=parallel)  # (B, T, H)
+        return self.output(self.dropout(o))  # (B, T, V)
 
-    def forward(
-        self, src: Tensor, tgt_in: Tensor, src_key_padding_mask: Tensor | None = None, *, need_weights: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor | None]:
-        """Teacher-forced logits for training: ``decode(tgt_in, encode(src))``.
+    def forward(self, src: Tensor, tgt_in: Tensor, src_key_padding_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits for training, ``decode(tgt_in, encode(src))``: ``(B, T, V)``.
 
         Args:
             src: ``(B, S)`` source ids.
             tgt_in: ``(B, T)`` decoder inputs, the targets shifted right behind BOS.
             src_key_padding_mask: ``(B, S)``, ``True`` at padding; None takes ``src == pad_id``.
-            need_weights: also return the source attention ``(B, T, S)`` (None without attention).
-
-        Returns:
-            logits ``(B, T, V)``, or ``(logits, weights)``.
         """
-        return self.decode(tgt_in, self.encode(src, src_key_padding_mask), need_weights=need_weights)
+        return self.decode(tgt_in, self.encode(src, src_key_padding_mask))
+
+    def attention_sites(self) -> list[tuple[str, int, nn.Module]]:
+        """Where ``attnlab.capture`` finds attention: the decoder's source attention of every target
+        position (``rnn_source``, one layer), if the decoder attends."""
+        return [] if self.config.attention == "none" else [("rnn_source", 0, self.decoder)]
 
     # --- incremental decoding, driven by attnlab.decoding.search ----------------------------
     def start_state(
@@ -180,30 +175,17 @@ class RNNSeq2Seq(nn.Module):
             return Seq2SeqSearchState(source, decoder)
         return Seq2SeqSearchState(source, decoder, decoder, src.new_empty(src.shape[0] * repeat, 0))
 
-    def step(
-        self, state: Seq2SeqSearchState, tokens: Tensor, *, need_weights: bool = False
-    ) -> tuple[Tensor, Seq2SeqSearchState, Tensor | None]:
-        """Feed the newest token of every row ``(B,)``.
-
-        Returns:
-            ``(logits (B, V), state, attention)``: the source attention of this step ``(B, 1, S)``
-            when ``need_weights``, else None.
-
-        Raises:
-            ValueError: ``need_weights`` for a model without attention, which has no alignment.
-        """
-        if need_weights and self.config.attention == "none":
-            raise ValueError("attention='none' has no source attention to return; call step(need_weights=False)")
+    def step(self, state: Seq2SeqSearchState, tokens: Tensor) -> tuple[Tensor, Seq2SeqSearchState]:
+        """Feed the newest token of every row ``(B,)``: ``(logits (B, V), state)``."""
         if state.prefix is None:
             embedded = self.dropout(self.tgt_embed(tokens))  # (B, E)
-            o, state.decoder, weights = self.decoder.step(embedded, state.decoder, state.source)  # (B, H)
+            o, state.decoder, _ = self.decoder.step(embedded, state.decoder, state.source)  # (B, H)
         else:
             state.prefix = torch.cat([state.prefix, tokens[:, None]], dim=1)  # (B, T')
             embedded = self.dropout(self.tgt_embed(state.prefix))  # (B, T', E)
-            o, state.decoder, all_weights = self.decoder(embedded, state.start, state.source)  # (B, T', H)
-            o, weights = o[:, -1], None if all_weights is None else all_weights[:, -1]
-        logits = self.output(self.dropout(o))  # (B, V)
-        return logits, state, (weights[:, None] if need_weights else None)  # (B, 1, S)
+            o, state.decoder, _ = self.decoder(embedded, state.start, state.source)  # (B, T', H)
+            o = o[:, -1]
+        return self.output(self.dropout(o)), state  # (B, V)
 
     def reorder_state(self, state: Seq2SeqSearchState, index: Tensor) -> Seq2SeqSearchState:
         """Keep rows ``index (B',)``, where row i of the result comes from the same source sentence

@@ -16,7 +16,7 @@ T' target positions seen so far, D d_model, H heads, V vocabulary, N layers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -30,27 +30,11 @@ from attnlab.models.transformer_config import POSITIONS, PRESETS, TransformerCon
 __all__ = [
     "POSITIONS",
     "PRESETS",
-    "AttentionWeights",
     "DecoderCache",
     "SearchState",
     "Transformer",
     "TransformerConfig",
 ]
-
-
-@dataclass
-class AttentionWeights:
-    """Attention maps returned on request, one tensor per layer (a head dim after B if not averaged).
-
-    Attributes:
-        encoder: encoder self-attention, ``(B, S, S)`` each.
-        decoder: decoder self-attention, ``(B, T, T')`` each.
-        cross: source-target attention (the alignments), ``(B, T, S)`` each.
-    """
-
-    encoder: list[Tensor] = field(default_factory=list)
-    decoder: list[Tensor] = field(default_factory=list)
-    cross: list[Tensor] = field(default_factory=list)
 
 
 class DecoderCache:
@@ -175,38 +159,19 @@ class Transformer(nn.Module):
         """The decoder's input for target ids ``(B, T)`` at positions ``offset ..``: ``(B, T, D)``."""
         return self._embed(self.tgt_embed, tokens, offset)
 
-    def encode(
-        self,
-        src: Tensor,
-        src_key_padding_mask: Tensor | None = None,
-        *,
-        need_weights: bool = False,
-        average_attn_weights: bool = True,
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Run the encoder stack.
+    def encode(self, src: Tensor, src_key_padding_mask: Tensor | None = None) -> Tensor:
+        """Run the encoder stack: source ids ``(B, S)`` -> memory ``(B, S, D)``.
 
         Args:
             src: source token ids ``(B, S)``.
             src_key_padding_mask: ``(B, S)``, ``True`` at padding; None takes ``src == pad_id``.
-            need_weights: also return each layer's self-attention weights.
-            average_attn_weights: average them over heads.
-
-        Returns:
-            memory ``(B, S, D)``, or ``(memory, weights)`` with one ``(B, S, S)`` per layer.
         """
         if src_key_padding_mask is None:
             src_key_padding_mask = self.padding_mask(src)
-        x, weights = self._embed(self.src_embed, src), []
+        x = self._embed(self.src_embed, src)
         for layer in self.encoder_layers:
-            x, w = layer(
-                x,
-                key_padding_mask=src_key_padding_mask,
-                need_weights=need_weights,
-                average_attn_weights=average_attn_weights,
-            )
-            weights.append(w)
-        memory = self.encoder_norm(x)
-        return (memory, weights) if need_weights else memory
+            x = layer(x, key_padding_mask=src_key_padding_mask)
+        return self.encoder_norm(x)
 
     def decode(
         self,
@@ -214,11 +179,8 @@ class Transformer(nn.Module):
         memory: Tensor,
         memory_key_padding_mask: Tensor | None = None,
         cache: DecoderCache | None = None,
-        *,
-        need_weights: bool = False,
-        average_attn_weights: bool = True,
-    ) -> Tensor | tuple[Tensor, AttentionWeights]:
-        """Run the decoder stack and the output projection.
+    ) -> Tensor:
+        """Run the decoder stack and the output projection: logits ``(B, T, V)``.
 
         Target positions start at ``len(cache)``: with a cache, ``tgt_in`` holds only the new
         tokens (usually one per row) and the caches grow by them. Target padding needs no mask:
@@ -230,63 +192,40 @@ class Transformer(nn.Module):
             memory: the encoder output ``(B, S, D)``.
             memory_key_padding_mask: ``(B, S)``, ``True`` at source padding.
             cache: a ``DecoderCache`` for incremental decoding, updated in place.
-            need_weights: also return the decoder's attention weights.
-            average_attn_weights: average them over heads.
-
-        Returns:
-            logits ``(B, T, V)``, or ``(logits, AttentionWeights)`` with ``decoder`` and ``cross``.
         """
         offset = 0 if cache is None else len(cache)
-        x, weights = self.embed_target(tgt_in, offset), AttentionWeights()
+        x = self.embed_target(tgt_in, offset)
         for i, layer in enumerate(self.decoder_layers):
-            x, self_w, cross_w = layer(
+            x = layer(
                 x,
                 memory,
                 memory_key_padding_mask=memory_key_padding_mask,
                 self_cache=None if cache is None else cache.self_attn[i],
                 cross_cache=None if cache is None else cache.cross_attn[i],
-                need_weights=need_weights,
-                average_attn_weights=average_attn_weights,
             )
-            weights.decoder.append(self_w)
-            weights.cross.append(cross_w)
-        logits = self.output(self.decoder_norm(x))  # (B, T, V)
-        return (logits, weights) if need_weights else logits
+        return self.output(self.decoder_norm(x))  # (B, T, V)
 
-    def forward(
-        self,
-        src: Tensor,
-        tgt_in: Tensor,
-        src_key_padding_mask: Tensor | None = None,
-        *,
-        need_weights: bool = False,
-        average_attn_weights: bool = True,
-    ) -> Tensor | tuple[Tensor, AttentionWeights]:
-        """Teacher-forced logits for training: ``decode(tgt_in, encode(src))``.
+    def forward(self, src: Tensor, tgt_in: Tensor, src_key_padding_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits for training, ``decode(tgt_in, encode(src))``: ``(B, T, V)``.
 
         Args:
             src: ``(B, S)`` source ids.
             tgt_in: ``(B, T)`` decoder inputs, the targets shifted right behind BOS.
             src_key_padding_mask: ``(B, S)``, ``True`` at padding; None takes ``src == pad_id``.
-            need_weights: also return every layer's attention weights.
-            average_attn_weights: average them over heads.
-
-        Returns:
-            logits ``(B, T, V)``, or ``(logits, AttentionWeights)``.
         """
         if src_key_padding_mask is None:
             src_key_padding_mask = self.padding_mask(src)
-        if not need_weights:
-            memory = self.encode(src, src_key_padding_mask)
-            return self.decode(tgt_in, memory, src_key_padding_mask)
-        memory, encoder_weights = self.encode(
-            src, src_key_padding_mask, need_weights=True, average_attn_weights=average_attn_weights
+        memory = self.encode(src, src_key_padding_mask)
+        return self.decode(tgt_in, memory, src_key_padding_mask)
+
+    def attention_sites(self) -> list[tuple[str, int, nn.Module]]:
+        """Where ``attnlab.capture`` finds attention: ``(kind, layer, module)`` for every encoder
+        self-attention, decoder self-attention and source-target (``cross``) attention."""
+        return (
+            [("encoder_self", i, layer.self_attn) for i, layer in enumerate(self.encoder_layers)]
+            + [("decoder_self", i, layer.self_attn) for i, layer in enumerate(self.decoder_layers)]
+            + [("cross", i, layer.cross_attn) for i, layer in enumerate(self.decoder_layers)]
         )
-        logits, weights = self.decode(
-            tgt_in, memory, src_key_padding_mask, need_weights=True, average_attn_weights=average_attn_weights
-        )
-        weights.encoder = encoder_weights
-        return logits, weights
 
     # --- incremental decoding, driven by attnlab.decoding.search ----------------------------
     def start_state(
@@ -303,26 +242,15 @@ class Transformer(nn.Module):
             return SearchState(memory, src_key_padding_mask, DecoderCache(len(self.decoder_layers)))
         return SearchState(memory, src_key_padding_mask, None, memory.new_empty(rows, 0, dtype=torch.long))
 
-    def step(
-        self, state: SearchState, tokens: Tensor, *, need_weights: bool = False
-    ) -> tuple[Tensor, SearchState, Tensor | None]:
-        """Feed the newest token of every row ``(B,)``.
-
-        Returns:
-            ``(logits (B, V), state, cross)``: ``cross`` is the source-target attention of this
-            step averaged over heads, ``(B, N, S)`` for the N decoder layers, or None.
-        """
+    def step(self, state: SearchState, tokens: Tensor) -> tuple[Tensor, SearchState]:
+        """Feed the newest token of every row ``(B,)``: ``(logits (B, V), state)``."""
         if state.cache is not None:
             new_tokens = tokens[:, None]  # (B, 1)
         else:
             state.prefix = torch.cat([state.prefix, tokens[:, None]], dim=1)  # (B, T')
             new_tokens = state.prefix
-        out = self.decode(
-            new_tokens, state.memory, state.memory_key_padding_mask, state.cache, need_weights=need_weights
-        )
-        logits, weights = out if need_weights else (out, None)
-        cross = None if weights is None else torch.stack([w[:, -1] for w in weights.cross], dim=1)  # (B, N, S)
-        return logits[:, -1], state, cross
+        logits = self.decode(new_tokens, state.memory, state.memory_key_padding_mask, state.cache)
+        return logits[:, -1], state
 
     def reorder_state(self, state: SearchState, index: Tensor) -> SearchState:
         """Keep rows ``index (B',)``, where row i of the result comes from the same source sentence

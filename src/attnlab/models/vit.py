@@ -193,20 +193,16 @@ class ViT(nn.Module):
         x = torch.cat([cls, x], dim=1) + self.position_embeddings(grid)  # (B, T, E)
         return self.pos_drop(x)
 
-    def encode(self, images: Tensor, *, return_attention: bool = False) -> tuple[Tensor, list[Tensor]]:
-        """The tokens z_L after the final norm, ``(B, T, E)``, and each block's attention ``(B, H, T, T)``
-        (an empty list unless ``return_attention``)."""
+    def encode(self, images: Tensor) -> Tensor:
+        """The tokens z_L after the final norm: ``(B, C, H, W) -> (B, T, E)``."""
         x = self.embed(images)
-        attentions = []
         for block in self.blocks:
-            x, weights = block(x, need_weights=return_attention, average_attn_weights=False)
-            if return_attention:
-                attentions.append(weights)
-        return self.norm(x), attentions
+            x = block(x)
+        return self.norm(x)
 
     def forward_features(self, images: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, T, E)``, the encoder output (after the final LayerNorm for ``pool="cls"``)."""
-        return self.encode(images)[0]
+        return self.encode(images)
 
     def forward_head(self, tokens: Tensor, *, pre_logits: bool = False) -> Tensor:
         """Pool ``(B, T, E)`` to ``(B, E)`` and classify to ``(B, K)`` (``(B, E)`` with ``pre_logits``)."""
@@ -214,20 +210,14 @@ class ViT(nn.Module):
         pooled = self.head_drop(self.fc_norm(pooled))  # (B, E)
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, images: Tensor, *, return_attention: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Classify images.
+    def forward(self, images: Tensor) -> Tensor:
+        """Classify images ``(B, C, H, W)`` (H and W multiples of the patch size): logits ``(B, K)``."""
+        return self.forward_head(self.encode(images))
 
-        Args:
-            images: ``(B, C, H, W)`` with H and W multiples of the patch size.
-            return_attention: also return every block's attention weights.
-
-        Returns:
-            logits ``(B, K)``; with ``return_attention``, ``(logits, [A_1, ..., A_L])`` with each
-            A_l ``(B, H, T, T)``, T = 1 + HW / P^2, token 0 the class token.
-        """
-        tokens, attentions = self.encode(images, return_attention=return_attention)
-        logits = self.forward_head(tokens)
-        return (logits, attentions) if return_attention else logits
+    def attention_sites(self) -> list[tuple[str, int, nn.Module]]:
+        """Where ``attnlab.capture`` finds attention: each block's self-attention (``vit``), whose
+        maps are ``(B, H, T, T)``, T = 1 + HW / P^2, token 0 the class token."""
+        return [("vit", i, block.self_attn) for i, block in enumerate(self.blocks)]
 
     def _check_images(self, images: Tensor) -> None:
         c = self.config

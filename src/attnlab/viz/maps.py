@@ -5,13 +5,16 @@ seq2seq, ViT, BERT or attention CNN, or a Hugging Face model run with its fused 
 says what it is (its ``kind`` and ``layer``), which heads it holds, and which axes its rows and
 columns index, so that a figure can label it with the tokens or patches of ``AttentionMaps.labels``.
 
+A translation's ``target`` axis holds the generated pieces (row t is the position that predicts piece t)
+and its ``target_in`` axis the decoder's inputs at those positions (BOS, then the pieces one step behind).
+
 Kinds and their tensors (B batch, H heads kept, Lq queries, Lk keys, C channels, h x w a feature map):
 
 =================  ======================  =====================  ====================
 kind               weights                 queries axis           keys axis
 =================  ======================  =====================  ====================
 ``encoder_self``   ``(B, H, S, S)``        ``source``             ``source``
-``decoder_self``   ``(B, H, T, T)``        ``target``             ``target``
+``decoder_self``   ``(B, H, T, T)``        ``target``             ``target_in``
 ``cross``          ``(B, H, T, S)``        ``target``             ``source``
 ``rnn_source``     ``(B, 1, T, S)``        ``target``             ``source``
 ``vit``            ``(B, H, N, N)``        ``patches``            ``patches``
@@ -31,7 +34,7 @@ from torch import Tensor
 KINDS = ("encoder_self", "decoder_self", "cross", "rnn_source", "vit", "bert", "spatial_mask", "se_gate")
 AXES = {
     "encoder_self": ("source", "source"),
-    "decoder_self": ("target", "target"),
+    "decoder_self": ("target", "target_in"),
     "cross": ("target", "source"),
     "rnn_source": ("target", "source"),
     "vit": ("patches", "patches"),
@@ -84,7 +87,7 @@ class AttentionMaps:
 
     Attributes:
         maps: the captured maps.
-        labels: per axis name (``"source"``, ``"target"``, ``"patches"``, ``"tokens"``) the labels
+        labels: per axis name (``"source"``, ``"target"``, ``"target_in"``, ``"patches"``, ``"tokens"``) the labels
             of each batch item, ``labels[axis][b]`` a list of strings (filled by the inference API
             and ``attnlab.capture`` for tokenized inputs; empty when unknown).
         grid: the patch grid ``(gh, gw)`` of an image model's patch tokens, or None.
