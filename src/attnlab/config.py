@@ -191,7 +191,15 @@ def read_dataclass(cls: type, values: Mapping[str, Any], path: str = "") -> Any:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, KeyError) as error:
-        raise ConfigError(f"{path or cls.__name__}: {error}") from error
+        raise ConfigError(_name_the_key(str(error), list(fields), path or cls.__name__)) from error
+
+
+def _name_the_key(message: str, names: Sequence[str], path: str) -> str:
+    """``"{path}.{message}"`` when ``message`` starts with a field name (``data.corpus.size (-5) must
+    be >= 1``), so that the key reads as the user wrote it; ``"{path}: {message}"`` otherwise."""
+    if any(message.startswith(f"{name} ") for name in names):
+        return f"{path}.{message}"
+    return f"{path}: {message}"
 
 
 def to_plain(value: Any) -> Any:

@@ -188,3 +188,49 @@ def test_translate_on_a_classification_run_names_both_tasks(trained_run, capsys)
     assert main(["translate", str(trained_run), "--text", "x"]) == 2
     line = _one_line(capsys.readouterr().err)
     assert str(trained_run) in line and "is a classification run" in line and "expected a translation run" in line
+
+
+# ----------------------------------------------------------------------------- resuming another model
+def test_damaged_weights_on_resume_are_called_damaged_not_another_model(run_copy, capsys):
+    weights = run_copy / "checkpoints" / "last" / ckpt.MODEL_FILE
+    weights.write_bytes(weights.read_bytes()[:200])  # cut short: the header promises more than the file holds
+    capsys.readouterr()
+    assert _resume(run_copy, "training.max_steps=4") == 2
+    line = _one_line(capsys.readouterr().err)
+    assert str(weights) in line and "damaged" in line and "another model" not in line
+    assert str(run_copy / "checkpoints" / "best") in line and "--fresh" in line
+
+
+def test_resuming_with_a_changed_model_says_another_model_in_one_line(run_copy, capsys):
+    capsys.readouterr()
+    assert _resume(run_copy, "training.max_steps=4", "model.channels=[8]") == 2
+    line = _one_line(capsys.readouterr().err)
+    assert str(run_copy / "checkpoints" / "last") in line and "holds another model" in line and "--fresh" in line
+    assert "is [4" in line and "[8" in line  # the first tensor whose shape differs, both shapes
+
+
+def test_weights_of_another_shape_raise_the_mismatch_error_naming_the_tensor(trained_run):
+    from attnlab.training import load_config
+
+    config = load_config(_tiny_config(trained_run.parent), ["model.channels=[8]"])
+    model = config.model.build(config.model.resolve(in_channels=1, num_classes=10))
+    with pytest.raises(ckpt.WeightsMismatchError, match=r"do not fit the model: \S+ is \[4"):
+        ckpt.load_weights(model, trained_run / "checkpoints" / "last")
+
+
+# ----------------------------------------------------------------------------- leftovers and odd run directories
+def test_an_interrupted_saves_temp_folder_is_removed_at_the_next_start(run_copy):
+    orphan = run_copy / "checkpoints" / ".last.tmp-killed"
+    orphan.mkdir()
+    (orphan / ckpt.MODEL_FILE).write_bytes(b"half a file")
+    assert _resume(run_copy, "training.max_steps=3") == 0
+    assert not orphan.exists()
+
+
+def test_an_output_dir_that_is_a_file_is_one_line_exit_2(tmp_path, capsys):
+    config = _tiny_config(tmp_path)
+    (tmp_path / "run").write_text("not a folder", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["train", str(config), "--no-progress"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert str(tmp_path / "run") in line

@@ -6,6 +6,7 @@ import argparse
 
 import yaml
 
+from attnlab.config import ConfigError
 from attnlab.data import CORPUS_NAMES, CorpusConfig, corpus_statistics, prepare_corpus
 
 
@@ -24,13 +25,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Print the statistics as YAML."""
-    config = CorpusConfig(
-        name=args.name,
-        source_lang=args.source_lang,
-        target_lang=args.target_lang,
-        size=args.size,
-        paths=tuple(args.paths),
-    )
+    config = _corpus_config(args)
     statistics = corpus_statistics(prepare_corpus(config))
     print(yaml.safe_dump(statistics, sort_keys=False, allow_unicode=True), end="")
     return 0
+
+
+def _corpus_config(args: argparse.Namespace) -> CorpusConfig:
+    """The corpus the options ask for; a bad value fails naming its option (``--size (0) must be >= 1``)."""
+    options = {"source_lang": args.source_lang, "target_lang": args.target_lang, "size": args.size}
+    try:
+        return CorpusConfig(name=args.name, paths=tuple(args.paths), **options)
+    except ValueError as error:
+        message = str(error)
+        for field in (*options, "paths"):
+            message = message.replace(f"{field} (", f"--{field.replace('_', '-')} (")
+        if args.name == "user" and not args.paths:
+            message = "corpus 'user' needs --paths: one TSV file, or a source and a target file"
+        raise ConfigError(message) from error

@@ -20,6 +20,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from attnlab.cli import data as data_cmd
 from attnlab.cli import inference as inference_cmd
@@ -43,11 +44,17 @@ def _subcommand_modules() -> list:
     return modules
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error of ``attnlab``;
+    subcommand parsers are of this class too (``add_subparsers`` builds them with ``type(self)``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERRORS, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="attnlab", description="Attention mechanisms: train, evaluate, translate, classify."
-    )
+    parser = _Parser(prog="attnlab", description="Attention mechanisms: train, evaluate, translate, classify.")
     _add_global_options(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _subcommand_modules():

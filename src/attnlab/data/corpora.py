@@ -81,6 +81,8 @@ class CorpusConfig(ConfigMixin):
                 f"dev_fraction ({self.dev_fraction}) and test_fraction ({self.test_fraction}) must be >= 0 "
                 "and sum to less than 1"
             )
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"size ({self.size!r}) must be >= 1: the number of generated pairs")
         if self.name == "user" and len(self.paths) not in (1, 2):
             raise ValueError(f"corpus 'user' needs paths = one TSV or two aligned files, got {list(self.paths)}")
         if self.name != "user" and "en" not in (self.source_lang, self.target_lang):
@@ -197,6 +199,9 @@ def _cache_key(config: CorpusConfig) -> dict[str, Any]:
         key["size"] = config.size
     if config.name == "user":
         files = [Path(path).resolve() for path in config.paths]
+        for path in files:
+            if not path.exists():
+                raise FileNotFoundError(f"user corpus file {path} does not exist: check data.corpus.paths")
         key["files"] = [[str(path), path.stat().st_size, path.stat().st_mtime_ns] for path in files]
     else:
         key["lang"] = config.other_lang

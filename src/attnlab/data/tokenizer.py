@@ -73,6 +73,8 @@ class TokenizerConfig(ConfigMixin):
             raise ValueError(f"model_type {self.model_type!r} is not one of {list(_MODEL_TYPES)}")
         if self.vocab_size <= EOS_ID + 1:
             raise ValueError(f"vocab_size ({self.vocab_size}) must exceed the {EOS_ID + 1} special ids")
+        if isinstance(self.max_sentences, bool) or not isinstance(self.max_sentences, int) or self.max_sentences < 1:
+            raise ValueError(f"max_sentences ({self.max_sentences!r}) must be >= 1: sentences read per model")
         if not 0 < self.character_coverage <= 1:
             raise ValueError(f"character_coverage ({self.character_coverage}) must be in (0, 1]")
 

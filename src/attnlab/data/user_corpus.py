@@ -127,14 +127,14 @@ def read_aligned_pairs(
         ``(pairs, skipped)`` as in :func:`read_tsv_pairs`; a line empty on either side is skipped.
 
     Raises:
-        ValueError: the files have different numbers of lines; the message names both.
+        UserCorpusError: the files have different numbers of lines; the message names both.
     """
     source_path, target_path = Path(source_path), Path(target_path)
     sources, targets = _read_lines(source_path), _read_lines(target_path)
     if len(sources) != len(targets):
-        raise ValueError(
+        raise UserCorpusError(
             f"aligned files must have the same number of lines: {source_path} has {len(sources)}, "
-            f"{target_path} has {len(targets)}"
+            f"{target_path} has {len(targets)}; line i of one must translate line i of the other"
         )
     pairs: list[tuple[str, str]] = []
     skipped: list[SkippedLine] = []

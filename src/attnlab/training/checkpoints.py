@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "MODEL_FILE",
     "STATE_FILE",
     "CheckpointError",
+    "WeightsMismatchError",
     "capture_rng_state",
     "checkpoint_dir",
     "find_checkpoint",
@@ -58,6 +60,10 @@ REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE)
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete or unreadable; the message names the path."""
+
+
+class WeightsMismatchError(CheckpointError):
+    """Readable weights of another model: names or shapes that the model does not have."""
 
 
 def checkpoint_dir(run_dir: str | Path, name: str) -> Path:
@@ -193,18 +199,45 @@ def read_config_text(directory: str | Path) -> str:
 
 
 def load_weights(model: torch.nn.Module, directory: str | Path) -> None:
-    """Load ``model.safetensors`` into ``model`` (strict); errors name the path and the mismatch."""
+    """Load ``model.safetensors`` into ``model`` (strict).
+
+    Raises:
+        CheckpointError: the file is missing or damaged (cut short, not safetensors); the message
+            names it and the ways to recover.
+        WeightsMismatchError: the file reads but holds another model's names or shapes.
+    """
     directory = Path(directory)
     _require(directory, (MODEL_FILE,))
+    path = directory / MODEL_FILE
     try:
-        missing, unexpected = load_model(model, str(directory / MODEL_FILE), strict=False)
+        with safe_open(str(path), framework="pt") as weights:  # reads the header only
+            shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118 (not a dict)
     except Exception as error:  # safetensors raises several types for a damaged file
-        raise CheckpointError(f"cannot read weights {directory / MODEL_FILE}: {error}") from error
+        raise _damaged(path, error) from error
+    _check_shapes(model, shapes, path)
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except Exception as error:
+        raise _damaged(path, error) from error
     if missing or unexpected:
-        raise CheckpointError(
-            f"weights {directory / MODEL_FILE} do not fit the model: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
+        raise WeightsMismatchError(
+            f"weights {path} do not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+
+
+def _damaged(path: Path, error: BaseException) -> CheckpointError:
+    reason = (str(error).splitlines() or [type(error).__name__])[0]
+    return CheckpointError(f"cannot read weights {path}: the file is damaged ({reason}); {_recovery(path.parent)}")
+
+
+def _check_shapes(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Raise :class:`WeightsMismatchError` naming the first tensor whose saved shape differs from the model's."""
+    for name, tensor in model.state_dict().items():
+        if name in shapes and shapes[name] != tuple(tensor.shape):
+            raise WeightsMismatchError(
+                f"weights {path} do not fit the model: {name} is {list(shapes[name])} there, "
+                f"{list(tensor.shape)} in the model"
+            )
 
 
 def load_trainer_state(directory: str | Path) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import yaml
 from attnlab.config import ConfigError, check_keys, coerce, load_yaml, load_yaml_mapping, read_dataclass, to_plain
 from attnlab.models.registry import MODEL_REGISTRY, MODEL_TYPES, ModelType
 from attnlab.training.data_config import ImageDataConfig, TextDataConfig
-from attnlab.training.ranges import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, check_ranges, dotted
+from attnlab.training.ranges import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, check_ranges
 
 __all__ = [
     "MODEL_REGISTRY",
@@ -56,19 +56,6 @@ TASKS = ("translation", "classification")
 PRECISIONS = ("fp32", "bf16", "auto")
 SCHEDULES = ("noam", "cosine", "constant")
 OPTIMIZERS = ("adamw", "adam")
-
-
-def _read_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    """:func:`~attnlab.config.read_dataclass`, with a failed check of ``cls``'s own fields named by
-    its dotted key (``training.lr (-1.0) must be > 0`` rather than ``training: lr (-1.0) ...``)."""
-    try:
-        return read_dataclass(cls, values, section)
-    except ConfigError as error:
-        cause = error.__cause__
-        named = dotted(section, cls, cause) if cause is not None and str(error) == f"{section}: {cause}" else None
-        if named is None:
-            raise
-        raise ConfigError(named) from cause
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +120,7 @@ class ModelSection:
                 raise ConfigError(f"model.{key} ({self.params[key]!r}) disagrees with the data, which needs {value!r}")
         preset = MODEL_REGISTRY[self.type].presets.get(self.preset, {}) if self.preset else {}
         values = {**preset, **self.params, **derived}
-        return _read_section(self.config_class, values, "model")
+        return read_dataclass(self.config_class, values, "model")
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form: ``type``, ``preset`` and the fields, flat."""
@@ -246,6 +233,17 @@ _TRAINING_RANGES = {
 
 
 _DATA_CLASSES = {"classification": ImageDataConfig, "translation": TextDataConfig}
+_SPLITS = {"classification": ("train", "val", "test"), "translation": ("train", "dev", "test")}
+
+
+def _check_final_split(training: TrainingConfig, task: str) -> TrainingConfig:
+    """``training``, once its ``final_split`` is a split of ``task`` (or None)."""
+    if training.final_split is not None and training.final_split not in _SPLITS[task]:
+        raise ConfigError(
+            f"training.final_split ({training.final_split!r}) is not a split of a {task} run: "
+            f"use one of {list(_SPLITS[task])} or null"
+        )
+    return training
 
 
 @dataclass
@@ -286,8 +284,8 @@ class RunConfig:
         return cls(
             task=task,
             model=model,
-            data=_read_section(_DATA_CLASSES[task], values.get("data", {}), "data"),
-            training=_read_section(TrainingConfig, values.get("training", {}), "training"),
+            data=read_dataclass(_DATA_CLASSES[task], values.get("data", {}), "data"),
+            training=_check_final_split(read_dataclass(TrainingConfig, values.get("training", {}), "training"), task),
             output_dir=coerce(values.get("output_dir", "runs/run"), str, "output_dir"),
             seed=coerce(values.get("seed", 0), int, "seed"),
         )
@@ -321,7 +319,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({error})") from error
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({' '.join(str(error).split())})") from error
     return key.split("."), value
 
 

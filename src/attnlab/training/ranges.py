@@ -2,7 +2,8 @@
 
 A config dataclass lists its numeric fields with an :class:`Interval` each and calls
 :func:`check_ranges` in ``__post_init__``; a value outside fails with ``"{field} ({value}) must be
-{range}"``. :func:`dotted` puts the section in front (``training.grad_clip (-1.0) must be > 0``).
+{range}"``; :func:`attnlab.config.read_dataclass` puts the section in front
+(``training.grad_clip (-1.0) must be > 0``).
 ``None`` always passes: for an optional key it means "off" or "unbounded".
 """
 
@@ -10,10 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COUNT", "FRACTION", "NON_NEGATIVE", "POSITIVE", "UNIT", "Interval", "check_ranges", "dotted"]
+__all__ = ["COUNT", "FRACTION", "NON_NEGATIVE", "POSITIVE", "UNIT", "Interval", "check_ranges"]
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,3 @@ def check_ranges(config: Any, ranges: Mapping[str, Interval]) -> None:
         if value is not None and not all(v in interval for v in values):
             shown = list(value) if isinstance(value, (tuple, list)) else value
             raise ValueError(f"{name} ({shown!r}) must be {interval}")
-
-
-def dotted(section: str, cls: type, error: BaseException) -> str | None:
-    """``"{section}.{message}"`` when ``error``'s message starts with a field name of dataclass
-    ``cls`` (``"dropout (2.0) must be in [0, 1)"`` -> ``"model.dropout (2.0) ..."``); else None."""
-    message = str(error)
-    for field in fields(cls):
-        if message.startswith(f"{field.name} "):
-            return f"{section}.{message}"
-    return None

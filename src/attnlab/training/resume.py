@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 def prepare_run_dir(run_dir: Path, fresh: bool) -> Path | None:
     """Create ``run_dir``; its ``last`` checkpoint to resume from, or None. ``fresh`` removes the
     checkpoints and metrics of an earlier run there first."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output_dir {run_dir} is a file, not a folder: set output_dir to a folder for the run")
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh:
         for name in ("checkpoints", "tensorboard"):
@@ -143,11 +145,12 @@ def restore_training(
     """Load the weights, optimiser, schedule and RNG states of checkpoint ``directory``; its counters.
 
     Raises:
-        CheckpointError: the saved weights or state do not fit this model, optimiser or schedule.
+        CheckpointError: the saved weights or state do not fit this model, optimiser or schedule, or
+            a file is damaged (then the message says so and names the file).
     """
     try:
         ckpt.load_weights(model, directory)
-    except ckpt.CheckpointError as error:
+    except ckpt.WeightsMismatchError as error:  # a damaged file keeps its own message and way out
         first = (str(error).splitlines() or [""])[0]
         raise ckpt.CheckpointError(
             f"checkpoint {directory} holds another model than this config builds: {_WAY_OUT} ({first})"
