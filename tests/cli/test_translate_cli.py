@@ -233,8 +233,11 @@ def test_align_weights_are_a_distribution_over_source_pieces(trained_run):
     import attnlab
 
     translator = attnlab.load(trained_run, task="translation")
-    alignment = translator.translate("May 1, 2020", beam=2, return_attention=True)
-    assert alignment.attention.shape == (len(alignment.target_pieces), len(alignment.source_pieces))
-    rows = torch.ones(len(alignment.target_pieces))
-    torch.testing.assert_close(alignment.attention.sum(-1), rows, atol=1e-3, rtol=0)
-    assert alignment.translation == translator.translate(["May 1, 2020"], beam=2)[0]
+    result = translator.translate("May 1, 2020", beam=2, attention=True)
+    alignment = result.alignment()
+    assert alignment.shape == (len(result.target_pieces), len(result.source_pieces))
+    rows = torch.ones(len(result.target_pieces))
+    torch.testing.assert_close(alignment.sum(-1), rows, atol=1e-3, rtol=0)
+    assert result.attention.axis_labels("source") == result.source_pieces
+    assert result.attention.axis_labels("target") == result.target_pieces
+    assert result.translation == translator.translate(["May 1, 2020"], beam=2)[0]

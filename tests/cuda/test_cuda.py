@@ -22,6 +22,7 @@ from attnlab.functional import attention
 from attnlab.inference.engine import DecodingEngine
 from attnlab.models.transformer import Transformer, TransformerConfig
 from attnlab.training import RunConfig, Trainer
+from attnlab.viz.capture import capture
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -158,6 +159,27 @@ def test_cuda_decoding_cached_equals_uncached_and_beam_one_equals_greedy():
     torch.testing.assert_close(beam.scores[:, 0], cached.scores, atol=1e-4, rtol=1e-4)
     assert beam4.tokens.shape[:2] == (3, 2) and beam4.tokens.device.type == "cuda"
     assert (beam4.scores[:, 0] >= beam4.scores[:, 1]).all()
+
+
+def test_capture_on_cuda_gives_the_cpu_maps_in_fp32_and_close_in_bf16():
+    """Per-head maps of every site captured on the GPU: the CPU's in fp32; under bf16 autocast (the
+    fused kernel, weights computed beside it) rows still sum to 1 and stay close to fp32's."""
+    model = _model()
+    tgt = torch.tensor([[2, 20, 21, 22], [2, 23, 3, 0], [2, 24, 25, 3]])
+    with torch.no_grad(), capture(model) as cpu:
+        model(SRC, tgt)
+    gpu_model = model.to(CUDA)
+    with torch.no_grad(), capture(gpu_model) as gpu:
+        gpu_model(SRC.to(CUDA), tgt.to(CUDA))
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), capture(gpu_model) as bf16:
+        gpu_model(SRC.to(CUDA), tgt.to(CUDA))
+    assert [(m.kind, m.layer, m.heads) for m in gpu] == [(m.kind, m.layer, m.heads) for m in cpu]
+    assert [(m.kind, m.layer, m.heads) for m in bf16] == [(m.kind, m.layer, m.heads) for m in cpu]
+    for ours, low, reference in zip(gpu, bf16, cpu):
+        assert ours.weights.device.type == "cuda" and low.weights.device.type == "cuda"
+        torch.testing.assert_close(ours.weights.cpu(), reference.weights, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(low.weights.float().sum(-1), ours.weights.sum(-1), atol=2e-2, rtol=0)
+        torch.testing.assert_close(low.weights.float(), ours.weights, atol=2e-2, rtol=2e-2)
 
 
 def test_bf16_autocast_training_step_on_cuda_is_close_to_fp32():

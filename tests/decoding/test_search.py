@@ -9,6 +9,7 @@ import torch
 
 from attnlab.decoding import beam_search, greedy_search, length_penalty
 from attnlab.models.transformer import Transformer, TransformerConfig
+from attnlab.viz.capture import capture
 
 PAD, BOS, EOS = 0, 2, 3
 
@@ -23,12 +24,12 @@ class EosBiased:
     def start_state(self, src, src_key_padding_mask=None, *, repeat=1, use_cache=True):
         return self.model.start_state(src, src_key_padding_mask, repeat=repeat, use_cache=use_cache)
 
-    def step(self, state, tokens, *, need_weights=False):
-        logits, state, cross = self.model.step(state, tokens, need_weights=need_weights)
+    def step(self, state, tokens):
+        logits, state = self.model.step(state, tokens)
         logits = logits.clone()
         logits[:, EOS] += self.bias
         self.logits.append(logits)
-        return logits, state, cross
+        return logits, state
 
     def reorder_state(self, state, index):
         return self.model.reorder_state(state, index)
@@ -55,9 +56,9 @@ class Markov:
     def start_state(self, src, src_key_padding_mask=None, *, repeat=1, use_cache=True):
         return torch.arange(src.shape[0]).repeat_interleave(repeat)  # the sentence of each row
 
-    def step(self, state, tokens, *, need_weights=False):
+    def step(self, state, tokens):
         self.steps += 1
-        return self.table[tokens], state, None
+        return self.table[tokens], state
 
     def reorder_state(self, state, index):
         assert torch.equal(state[index], state), "rows moved to another sentence"
@@ -99,11 +100,10 @@ def decode(search, model, src, **kwargs):
 @pytest.mark.parametrize("search", [greedy_search, beam_search])
 def test_cached_equals_uncached(model, src, search):
     cached, uncached = EosBiased(model, 2.0), EosBiased(model, 2.0)
-    a = decode(search, cached, src, use_cache=True, attention="all")
-    b = decode(search, uncached, src, use_cache=False, attention="all")
+    a = decode(search, cached, src, use_cache=True)
+    b = decode(search, uncached, src, use_cache=False)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(a.attention, b.attention, atol=1e-5, rtol=1e-5)
     assert len(cached.logits) == len(uncached.logits)
     for step_a, step_b in zip(cached.logits, uncached.logits):
         torch.testing.assert_close(step_a, step_b, atol=1e-5, rtol=1e-5)
@@ -129,28 +129,38 @@ def test_long_beam_search_through_plain_steps_equals_recomputing(model, src, mon
 
 def test_beam_of_one_equals_greedy(model, src):
     biased = EosBiased(model, 2.0)
-    greedy = decode(greedy_search, biased, src, attention="last")
-    beam = decode(beam_search, biased, src, beam_size=1, alpha=0.0, attention="last")
+    greedy = decode(greedy_search, biased, src)
+    beam = decode(beam_search, biased, src, beam_size=1, alpha=0.0)
     assert torch.equal(beam.tokens[:, 0], greedy.tokens)
     torch.testing.assert_close(beam.scores[:, 0], greedy.scores)
-    torch.testing.assert_close(beam.attention[:, 0], greedy.attention)
 
 
 @pytest.mark.parametrize(("search", "kwargs"), [(greedy_search, {}), (beam_search, {"beam_size": 3, "n_best": 2})])
 def test_batched_equals_one_by_one(model, src, search, kwargs):
     biased = EosBiased(model, 2.0)
-    batched = decode(search, biased, src, attention="last", **kwargs)
+    batched = decode(search, biased, src, **kwargs)
     assert batched.lengths.min() < batched.lengths.max()  # some end early, some at their limit
     for b in range(src.shape[0]):
         row = src[b : b + 1, : int(src[b].ne(PAD).sum())]  # no padding at all
-        alone = decode(search, biased, row, attention="last", **kwargs)
+        alone = decode(search, biased, row, **kwargs)
         width = alone.tokens.shape[-1]
         assert torch.equal(batched.tokens[b, ..., :width], alone.tokens[0])
         assert torch.all(batched.tokens[b, ..., width:] == PAD)
         torch.testing.assert_close(batched.scores[b], alone.scores[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(
-            batched.attention[b, ..., :width, : row.shape[1]], alone.attention[0], atol=1e-5, rtol=1e-5
-        )
+
+
+def test_the_steps_attend_as_a_teacher_forced_run_on_the_result(model, src):
+    """What SearchResult promises: capturing ``model(src, tgt_in)`` on the returned tokens gives the
+    source attention the cached decoding steps computed, row t the step that chose token t."""
+    with capture(model, kinds="cross") as during:
+        result = greedy_search(model, src, max_len_a=1.0, max_len_b=3)
+    tgt_in = torch.cat([torch.full_like(result.tokens[:, :1], BOS), result.tokens[:, :-1]], dim=1)  # (B, T)
+    with torch.no_grad(), capture(model, kinds="cross") as after:
+        model(src, tgt_in)
+    for layer in after.layers("cross"):
+        steps = torch.cat([m.weights for m in during.select("cross", layer)], dim=2)  # T x (B, H, 1, S) -> (B, H, T, S)
+        for b, length in enumerate(result.lengths.tolist()):
+            torch.testing.assert_close(steps[b, :, :length], after["cross", layer][b, :, :length], atol=1e-5, rtol=1e-4)
 
 
 def test_lengths_follow_min_and_max(model, src):
@@ -216,14 +226,14 @@ def test_length_penalty_and_early_finish():
 def test_bad_arguments_are_named(model, src):
     with pytest.raises(ValueError, match=r"n_best \(3\)"):
         beam_search(model, src, beam_size=2, n_best=3)
-    with pytest.raises(ValueError, match="'first'"):
-        greedy_search(model, src, attention="first")
+    with pytest.raises(TypeError, match="'attention'"):  # maps come from attnlab.capture now
+        greedy_search(model, src, attention="last")
 
 
 @pytest.mark.parametrize("search", [greedy_search, beam_search])
 def test_results_are_ordinary_tensors_that_training_can_use(model, src, search):
-    result = search(model, src, attention="last")  # the search itself runs in inference mode
-    assert not any(t.is_inference() for t in (result.tokens, result.scores, result.lengths, result.attention))
+    result = search(model, src)  # the search itself runs in inference mode
+    assert not any(t.is_inference() for t in (result.tokens, result.scores, result.lengths))
     tokens = result.tokens if result.tokens.ndim == 2 else result.tokens[:, 0]
     try:
         logits = model(src, tokens.clamp(min=BOS))  # e.g. back-translation: train on the search output

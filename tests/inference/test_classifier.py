@@ -14,6 +14,7 @@ from attnlab.data.image_transforms import preprocess_batch
 from attnlab.inference import Classification, Classifier
 from attnlab.models import AttentionCNN, AttentionCNNConfig
 from attnlab.training import ConfigError
+from attnlab.viz.capture import CaptureSpec
 
 
 @pytest.fixture
@@ -84,30 +85,87 @@ def test_top_k_beyond_the_classes_gives_every_class_summing_to_one(vit_run, digi
     assert len(top) == 10 and sum(p for _, p in top) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_return_attention_gives_each_blocks_weights(vit_run, digits):
+def explicit_maps(model, x: torch.Tensor) -> dict[tuple[str, int], torch.Tensor]:
+    """Every attention site's map for ``model(x)``, from calling each module again on its recorded input:
+    a multi-head attention as torch's ``need_weights=True, average_attn_weights=False`` (per-head weights),
+    an SE block's ``excitation`` and a spatial attention's ``mask``."""
+    calls, handles = {}, []
+
+    def recorder(key):
+        def record(module, args, kwargs, output) -> None:
+            calls[key] = (module, args, kwargs)
+
+        return record
+
+    for kind, layer, module in model.attention_sites():
+        handles.append(module.register_forward_hook(recorder((kind, layer)), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(x)
+            maps = {}
+            for (kind, layer), (module, args, kwargs) in calls.items():
+                if kind == "vit":
+                    maps[kind, layer] = module(
+                        *args, **{**kwargs, "need_weights": True, "average_attn_weights": False}
+                    )[1]
+                else:
+                    maps[kind, layer] = module.excitation(*args) if kind == "se_gate" else module.mask(*args)
+            return maps
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_attention_gives_each_blocks_per_head_weights(vit_run, digits):
     classifier = attnlab.load(vit_run)
     pixels, normalization = digits
-    results = classifier.classify(pixels, top_k=3, return_attention=True)
+    results = classifier.classify(pixels, top_k=3, attention=True)
     assert_same_tops([r.top for r in results], expected_top(classifier, pixels, 3))
-    with torch.no_grad():
-        _, maps = classifier.model(preprocess_batch(pixels, normalization), return_attention=True)
+    expected = explicit_maps(classifier.model, preprocess_batch(pixels, normalization))
     config = classifier.model.config
-    tokens = 1 + (config.image_size // config.patch_size) ** 2
+    grid = config.image_size // config.patch_size
+    tokens = 1 + grid**2
+    assert list(expected) == [("vit", i) for i in range(config.depth)]
     for b, result in enumerate(results):
-        assert isinstance(result, Classification) and len(result.attention) == config.depth
-        for weights, reference in zip(result.attention, maps):
-            assert weights.shape == (config.num_heads, tokens, tokens)
-            torch.testing.assert_close(weights.sum(-1), torch.ones(config.num_heads, tokens))
-            torch.testing.assert_close(weights, reference[b])
+        maps = result.attention
+        assert isinstance(result, Classification) and [(m.kind, m.layer) for m in maps] == list(expected)
+        assert maps.grid == (grid, grid) and maps.prefix_tokens == 1 and len(maps.labels["patches"][0]) == tokens
+        for (kind, layer), reference in expected.items():
+            weights = maps[kind, layer]
+            assert weights.shape == (1, config.num_heads, tokens, tokens)
+            torch.testing.assert_close(weights.sum(-1), torch.ones(1, config.num_heads, tokens))
+            torch.testing.assert_close(weights, reference[b : b + 1])
 
 
-def test_a_model_without_attention_maps_names_its_type(vit_run):
+def test_a_capture_spec_keeps_the_heads_asked_and_names_what_exists(vit_run, digits):
+    classifier = attnlab.load(vit_run)
+    pixels, _ = digits
+    full = classifier.classify(pixels[:2], attention=True)
+    chosen = classifier.classify(pixels[:2], attention=CaptureSpec(layers=-1, heads=[1]))
+    last = classifier.model.config.depth - 1
+    for a, b in zip(full, chosen):
+        assert [(m.kind, m.layer, m.heads) for m in b.attention] == [("vit", last, (1,))]
+        torch.testing.assert_close(b.attention["vit", last], a.attention["vit", last][:, 1:2])
+    heads = classifier.model.config.num_heads
+    with pytest.raises(ValueError, match=rf"head {heads} does not exist: the model has {heads} heads"):
+        classifier.classify(pixels[:1], attention=CaptureSpec(heads=heads))
+    with pytest.raises(ValueError, match=r"kind 'cross' is not in this ViT: it has \['vit'\]"):
+        classifier.classify(pixels[:1], attention=CaptureSpec(kinds="cross"))
+
+
+def test_an_attention_cnn_gives_its_gates_and_masks(vit_run, digits):
+    pixels, normalization = digits
     spec = attnlab.load(vit_run).spec
-    cnn = AttentionCNN(AttentionCNNConfig(in_channels=1, num_classes=10, channels=(8,), blocks=(1,)))
-    classifier = Classifier(cnn.eval(), spec)
-    assert len(classifier.classify(torch.zeros(1, 8, 8, dtype=torch.uint8), top_k=2)) == 2
-    with pytest.raises(ValueError, match=r"this is a cnn model \(AttentionCNN\)"):
-        classifier.classify(torch.zeros(1, 8, 8, dtype=torch.uint8), return_attention=True)
+    cnn = AttentionCNN(AttentionCNNConfig(in_channels=1, num_classes=10, channels=(8,), blocks=(1,))).eval()
+    classifier = Classifier(cnn, spec)
+    results = classifier.classify(pixels, top_k=2, attention=True)
+    assert [r.top for r in results] == classifier.classify(pixels, top_k=2)
+    expected = explicit_maps(cnn, preprocess_batch(pixels, normalization))
+    assert {kind for kind, _ in expected} <= {"se_gate", "spatial_mask"} and expected
+    for b, result in enumerate(results):
+        assert [(m.kind, m.layer) for m in result.attention] == list(expected)
+        for (kind, layer), reference in expected.items():
+            torch.testing.assert_close(result.attention[kind, layer], reference[b : b + 1])
 
 
 def test_wrong_inputs_and_tasks_are_clear_errors(vit_run):

@@ -10,26 +10,54 @@ import torch
 
 import attnlab
 from attnlab.cli.main import main
+from attnlab.data import BOS_ID, EOS_ID
 from attnlab.decoding import beam_search, greedy_search
 from attnlab.inference import Translation, Translator
+from attnlab.models.transformer import Transformer
 from attnlab.training import CheckpointError, ConfigError
+from attnlab.viz.capture import CaptureSpec
 
 TEXTS = ["March 15, 2024", "forty-two", "May 1, 2020", "seven hundred and twelve"]
 
 
-def reference(translator: Translator, text: str, beam: int = 1, attention: str | None = None):
-    """One sentence searched on the model itself, unbatched: (translation, best tokens, attention)."""
+def reference(translator: Translator, text: str, beam: int = 1):
+    """One sentence searched on the model itself, unbatched: (translation, best tokens, source ids (1, S))."""
     data, tokenizer = translator.data, translator.tokenizer
     src = torch.tensor([tokenizer.source.encode([text])[0][: data.max_length]])  # (1, S)
-    limits = {"max_len_a": data.max_decode_len_a, "max_len_b": data.max_decode_len_b, "attention": attention}
+    limits = {"max_len_a": data.max_decode_len_a, "max_len_b": data.max_decode_len_b}
     model = translator.model.eval()
     if beam == 1:
-        result = greedy_search(model, src, **limits)
-        tokens, weights = result.tokens[0], None if attention is None else result.attention[0]
+        tokens = greedy_search(model, src, **limits).tokens[0]
     else:
-        result = beam_search(model, src, beam_size=beam, **limits)
-        tokens, weights = result.tokens[0, 0], None if attention is None else result.attention[0, 0]
-    return tokenizer.target.decode([tokens.tolist()])[0], tokens, weights
+        tokens = beam_search(model, src, beam_size=beam, **limits).tokens[0, 0]
+    tokens = tokens[tokens.ne(model.pad_id)]  # (T,)
+    return tokenizer.target.decode([tokens.tolist()])[0], tokens, src
+
+
+def explicit_maps(model, src: torch.Tensor, tokens: torch.Tensor) -> dict[tuple[str, int], torch.Tensor]:
+    """Every attention site's per-head weights ``(1, H, Lq, Lk)`` for ``model(src, tgt_in)`` teacher-forced
+    on ``tokens (T,)``, from calling each module again as torch's ``need_weights=True, average_attn_weights=False``."""
+    tgt_in = torch.cat([torch.tensor([BOS_ID]), tokens[:-1]])[None]  # (1, T): BOS y_1 .. y_{T-1}
+    calls, handles = {}, []
+
+    def recorder(key):
+        def record(module, args, kwargs, output) -> None:  # the first call of each site: the full sequences
+            calls.setdefault(key, (module, args, kwargs))
+
+        return record
+
+    for kind, layer, module in model.attention_sites():
+        handles.append(module.register_forward_hook(recorder((kind, layer)), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(src, tgt_in)
+            return {
+                key: mod(*args, **{**kwargs, "need_weights": True, "average_attn_weights": False})[1]
+                for key, (mod, args, kwargs) in calls.items()
+            }
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def test_load_gives_a_translator_that_translates_as_the_cli(translation_run, capsys):
@@ -58,21 +86,88 @@ def test_a_string_gives_one_result_and_a_list_one_per_line(translation_run):
     assert translator.translate([]) == []
 
 
-@pytest.mark.parametrize("beam", [1, 2])
-def test_return_attention_gives_the_last_layers_source_attention(translation_run, beam):
-    translator = attnlab.load(translation_run)
-    results = translator.translate(TEXTS, beam=beam, return_attention=True)
+@pytest.fixture
+def untrained(translation_run) -> Translator:
+    """An untrained Transformer of the run's shape with the run's tokenizer: the trained tiny model says
+    EOS at once, this one talks up to the length limit, and beam search and greedy choose differently."""
+    loaded = attnlab.load(translation_run)
+    torch.manual_seed(1)
+    return Translator(Transformer(loaded.model.config).eval(), loaded.tokenizer, loaded.data)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+@pytest.mark.parametrize("which", ["trained", "untrained"])
+def test_attention_gives_the_maps_of_the_returned_hypothesis(translation_run, request, which, beam):
+    """Batched with longer sentences (padding), the maps of each sentence are those of the model
+    run alone, teacher-forced on the hypothesis that the search on the model itself returns."""
+    translator = attnlab.load(translation_run) if which == "trained" else request.getfixturevalue("untrained")
+    results = translator.translate(TEXTS, beam=beam, attention=True)
     assert [r.translation for r in results] == translator.translate(TEXTS, beam=beam)
     for text, result in zip(TEXTS, results):
         assert isinstance(result, Translation) and result.source == text
         assert result.source_pieces == translator.tokenizer.source.pieces([text])[0]
-        _, tokens, weights = reference(translator, text, beam, attention="last")
-        assert len(result.target_pieces) == int(tokens.ne(translator.model.pad_id).sum())
-        assert result.attention.shape == (len(result.target_pieces), len(result.source_pieces))
-        rows = torch.ones(len(result.target_pieces))
-        torch.testing.assert_close(result.attention.sum(-1), rows, atol=1e-5, rtol=0)
-        # Batched with longer sentences (padding) or alone, the same distribution over the same pieces.
-        torch.testing.assert_close(result.attention, weights[: len(result.target_pieces)], atol=1e-5, rtol=1e-4)
+        _, tokens, src = reference(translator, text, beam)
+        pieces = translator.tokenizer.target.id_to_piece(tokens.tolist())
+        assert result.target_pieces == ["</s>" if i == EOS_ID else p for p, i in zip(pieces, tokens.tolist())]
+        assert result.attention.labels == {
+            "source": [result.source_pieces],
+            "target": [result.target_pieces],
+            "target_in": [["<s>", *result.target_pieces[:-1]]],
+        }
+        expected = explicit_maps(translator.model, src, tokens)
+        assert [(m.kind, m.layer) for m in result.attention] == list(expected)
+        for (kind, layer), weights in expected.items():
+            torch.testing.assert_close(result.attention[kind, layer], weights, atol=1e-5, rtol=1e-4)
+        alignment = result.alignment()
+        assert alignment.shape == (len(result.target_pieces), len(result.source_pieces))
+        torch.testing.assert_close(
+            alignment, expected["cross", translator.model.config.num_decoder_layers - 1][0].mean(0)
+        )
+        torch.testing.assert_close(alignment.sum(-1), torch.ones(len(tokens)), atol=1e-5, rtol=0)
+
+
+def test_beam_maps_belong_to_the_returned_hypothesis_not_to_greedys(untrained):
+    results = untrained.translate(TEXTS, beam=3, attention=True)
+    differing = 0
+    for text, result in zip(TEXTS, results):
+        _, tokens, src = reference(untrained, text, beam=3)
+        _, greedy, _ = reference(untrained, text, beam=1)
+        expected = explicit_maps(untrained.model, src, tokens)
+        for (kind, layer), weights in expected.items():
+            torch.testing.assert_close(result.attention[kind, layer], weights, atol=1e-5, rtol=1e-4)
+        if not torch.equal(tokens, greedy):
+            differing += 1
+            others = explicit_maps(untrained.model, src, greedy)
+            assert any(
+                others[key].shape != weights.shape or not torch.allclose(others[key], weights, atol=1e-3)
+                for key, weights in expected.items()
+            )
+    assert differing > 0  # else this test could not tell the two apart
+
+
+def test_a_capture_spec_keeps_only_the_layers_heads_and_kinds_asked(untrained):
+    translator = untrained
+    full = translator.translate(TEXTS[0], attention=True).attention
+    last = translator.model.config.num_decoder_layers - 1
+    chosen = translator.translate(TEXTS[0], attention=CaptureSpec(layers=-1, heads=[1], kinds="cross")).attention
+    assert [(m.kind, m.layer, m.heads) for m in chosen] == [("cross", last, (1,))]
+    torch.testing.assert_close(chosen["cross", last], full["cross", last][:, 1:2])
+    both = translator.translate(TEXTS[0], attention=CaptureSpec(layers=0, kinds=["encoder_self", "decoder_self"]))
+    assert [(m.kind, m.layer) for m in both.attention] == [("encoder_self", 0), ("decoder_self", 0)]
+
+
+def test_a_capture_spec_of_what_the_model_lacks_names_what_exists(translation_run):
+    translator = attnlab.load(translation_run)
+    config = translator.model.config
+    layers, heads = config.num_encoder_layers, config.num_heads
+    with pytest.raises(ValueError, match=rf"layer {layers} does not exist: the model has {layers} encoder_self layers"):
+        translator.translate(TEXTS[0], attention=CaptureSpec(layers=layers))
+    with pytest.raises(ValueError, match=rf"head -{heads + 1} does not exist: the model has {heads} heads"):
+        translator.translate(TEXTS[0], attention=CaptureSpec(heads=-(heads + 1)))
+    with pytest.raises(ValueError, match=r"kind 'vit' is not in this Transformer: it has \['encoder_self', "):
+        translator.translate(TEXTS[0], attention=CaptureSpec(kinds="vit"))
+    with pytest.raises(TypeError, match="attention must be a bool or a CaptureSpec, got str"):
+        translator.translate(TEXTS[0], attention="last")
 
 
 def test_blank_and_overlong_lines_keep_their_place_and_are_named(translation_run, caplog):
@@ -83,8 +178,8 @@ def test_blank_and_overlong_lines_keep_their_place_and_are_named(translation_run
     assert len(out) == 3 and out[1] == "" and out[0] == translator.translate(TEXTS[0])
     assert "input line 2: empty" in caplog.text
     assert f"input line 3: longer than max_length={translator.data.max_length} tokens" in caplog.text
-    blank = translator.translate("", return_attention=True)
-    assert blank.translation == "" and blank.target_pieces == [] and blank.attention.shape == (0, 0)
+    blank = translator.translate("", attention=True)
+    assert blank.translation == "" and blank.target_pieces == [] and len(blank.attention) == 0
 
 
 def test_a_translator_of_a_model_in_memory_shares_its_weights_and_mode(translation_run):
@@ -124,7 +219,7 @@ def test_every_search_decodes_with_what_decoder_gives(translation_run, monkeypat
     monkeypatch.setattr(Translator, "_decoder", lambda self: Counting(self.model))
     assert loaded.translate(TEXTS, beam=2) == expected and steps
     steps.clear()
-    loaded.translate(TEXTS[0], return_attention=True)
+    loaded.translate(TEXTS[0], attention=True)
     assert steps
 
 
