@@ -37,6 +37,7 @@ def _one_line(message: str) -> str:
         (PAIRS.encode("utf-16-le"), 1, "UTF-16"),  # no BOM: ASCII halves would decode as UTF-8 with NULs
         (b"hello\tworld\n\x89PNG\r\n\x1a\n\x00\x00", 2, "UTF-16"),  # binary
     ],
+    ids=["latin-1", "utf-16", "utf-16le", "binary"],
 )
 def test_a_data_file_that_is_not_utf8_names_the_file_line_and_iconv(
     tmp_path: Path, encoded: bytes, line: int, encoding: str
@@ -113,7 +114,9 @@ def _seed_without_train(path: Path, config: CorpusConfig) -> CorpusConfig:
     raise AssertionError("no seed sends both pairs out of train")
 
 
-@pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "list"), ("just words\n", "str"), ("42\n", "int")])
+@pytest.mark.parametrize(
+    ("text", "kind"), [("- a\n- b\n", "list"), ("just words\n", "str"), ("42\n", "int")], ids=["list", "str", "int"]
+)
 def test_a_config_that_is_not_a_mapping_says_it_must_hold_one(text: str, kind: str) -> None:
     with pytest.raises(ConfigError) as error:
         load_yaml_mapping(text.encode("utf-8"), "run.yaml")
@@ -206,6 +209,7 @@ def test_two_class_folders_give_no_single_class_warning(tmp_path: Path, caplog: 
 @pytest.mark.parametrize(
     ("content", "expected"),
     [(b"- a\n- b\n", "must hold a mapping"), ("task: translation\n# caf\xe9\n".encode("latin-1"), "iconv")],
+    ids=["list", "latin-1"],
 )
 def test_train_on_a_list_or_latin1_config_is_one_line_exit_2(tmp_path, capsys, content, expected):
     from attnlab.cli.main import main

@@ -174,7 +174,11 @@ def _not_runs(tmp_path: Path, trained_run: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "file", "no weights", "no config"])
-@pytest.mark.parametrize("command", [["translate", "--text", "x"], ["classify", "x.png"], ["evaluate"]])
+@pytest.mark.parametrize(
+    "command",
+    [["translate", "--text", "x"], ["classify", "x.png"], ["evaluate"]],
+    ids=["translate", "classify", "evaluate"],
+)
 def test_inference_on_a_directory_that_is_not_a_run_is_one_line_exit_2(trained_run, tmp_path, capsys, case, command):
     path, missing = _not_runs(tmp_path, trained_run)[case]
     capsys.readouterr()
