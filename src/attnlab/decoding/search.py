@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from attnlab.decoding.constraints import LogitsProcessor, Processing, decoding_processors
 
 
 class IncrementalDecoder(Protocol):
@@ -109,6 +111,9 @@ def greedy_search(
     max_len_b: float = 10,
     min_len: int = 0,
     use_cache: bool = True,
+    processors: Sequence[LogitsProcessor] = (),
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float = 1.0,
 ) -> SearchResult:
     """y_t = argmax_y p(y | y_<t, x) for a batch, until EOS or floor(a * |x| + b) tokens.
 
@@ -120,6 +125,10 @@ def greedy_search(
         max_len_b: b of the length limit.
         min_len: tokens generated before EOS is allowed.
         use_cache: incremental decoding; False recomputes the whole prefix every step.
+        processors: edit each step's logits in order (``attnlab.decoding.constraints``, e.g. a
+            ``Utf8Constraint``); scores are log-probabilities of the processed logits.
+        no_repeat_ngram_size: n > 0 bans repeating any n-gram (``NoRepeatNGram``); 0 is off.
+        repetition_penalty: above 1 discourages generated tokens (``RepetitionPenalty``); 1 is off.
 
     Returns:
         A ``SearchResult`` with ``tokens (B, T)`` and ``scores (B,)``.
@@ -130,12 +139,18 @@ def greedy_search(
     tokens = src.new_full((src.shape[0],), model.bos_id)
     scores = torch.zeros(src.shape[0], device=src.device)
     ended = torch.zeros_like(tokens, dtype=torch.bool)
+    repetition = {"no_repeat_ngram_size": no_repeat_ngram_size, "repetition_penalty": repetition_penalty}
+    processing = Processing(decoding_processors(processors, **repetition), src.shape[0], src.device)
     steps = []
     for t in range(int(limits.max())):
         logits, state = model.step(state, tokens)
+        if processing:
+            generated = torch.stack(steps, dim=1) if steps else src.new_empty(src.shape[0], 0)  # (B, t)
+            logits = processing(generated, logits, limits - t - 1)
         best, tokens = (x.squeeze(1) for x in next_tokens(model, logits, t, min_len, 1))  # (B,), (B,)
         tokens = tokens.masked_fill(ended, model.pad_id)
         scores += best.masked_fill(ended, 0.0)
+        processing.advance(tokens)
         steps.append(tokens)
         ended = ended | tokens.eq(model.eos_id) | (t + 1 >= limits)
         if bool(ended.all()):
@@ -179,6 +194,9 @@ def beam_search(
     max_len_b: float = 10,
     min_len: int = 0,
     use_cache: bool = True,
+    processors: Sequence[LogitsProcessor] = (),
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float = 1.0,
 ) -> SearchResult:
     """Beam search for a batch, ranking by log p(Y | X) / lp(Y) (GNMT length penalty).
 
@@ -202,6 +220,9 @@ def beam_search(
         max_len_b: b of the length limit.
         min_len: tokens generated before EOS is allowed.
         use_cache: incremental decoding; False recomputes the whole prefix every step.
+        processors: edit each step's logits in order; their per-row states follow the beams.
+        no_repeat_ngram_size: n > 0 bans repeating any n-gram within a hypothesis; 0 is off.
+        repetition_penalty: above 1 discourages tokens a hypothesis already holds; 1 is off.
 
     Returns:
         A ``SearchResult`` with ``tokens (B, n, T)`` and ``scores (B, n)``.
@@ -216,8 +237,13 @@ def beam_search(
     finished: list[list[_Hypothesis]] = [[] for _ in range(batch)]
     done = [False] * batch
     last = src.new_full((batch * k,), model.bos_id)
+    repetition = {"no_repeat_ngram_size": no_repeat_ngram_size, "repetition_penalty": repetition_penalty}
+    processing = Processing(decoding_processors(processors, **repetition), batch * k, src.device)
+    row_limits = torch.tensor(limits, device=src.device).repeat_interleave(k)  # (B * k,)
     for t in range(max(limits)):
         logits, state = model.step(state, last)
+        if processing:
+            logits = processing(beams.tokens, logits, row_limits - t - 1)
         # A sentence's 2k best extensions are among the 2k best of each of its beams.
         per_beam = min(2 * k, logits.shape[-1])
         log_probs, candidates = next_tokens(model, logits, t, min_len, per_beam)  # (B * k, 2k) each
@@ -230,6 +256,8 @@ def beam_search(
             break
         state = model.reorder_state(state, parents)
         last = beams.tokens[:, -1]
+        processing.reorder(parents)
+        processing.advance(last)
     return _collect(finished, n_best, model.pad_id)
 
 
