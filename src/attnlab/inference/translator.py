@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.data import BOS_ID, EOS_ID, PAD_ID, TranslationExample, TranslationTokenizer, collate_translation
-from attnlab.decoding import IncrementalDecoder, beam_search, greedy_search
+from attnlab.decoding import IncrementalDecoder, Utf8Constraint, beam_search, greedy_search
+from attnlab.decoding.constraints import decoding_processors
 from attnlab.inference.engine import DecodingEngine
 from attnlab.training.config import TextDataConfig
 from attnlab.training.devices import autocast_to
@@ -112,6 +113,9 @@ class Translator:
             made with the translator: make a new translator after changing the model's weights.
             False decodes on the model's own teaching path.
 
+    Byte-fallback pieces are always constrained to valid UTF-8 (``Utf8Constraint`` of the target
+    tokenizer), so no translation holds U+FFFD from broken bytes.
+
     Example:
         >>> translator = attnlab.load("runs/en_ja")
         >>> translator.translate("March 15, 2024")
@@ -132,6 +136,7 @@ class Translator:
         self.precision = precision
         self.fast = fast
         self._engine = DecodingEngine(model) if fast else None
+        self._utf8 = Utf8Constraint.from_tokenizer(tokenizer.target)
 
     @property
     def device(self) -> torch.device:
@@ -145,6 +150,8 @@ class Translator:
         beam: int = 1,
         attention: bool | CaptureSpec = False,
         batch_size: int = 64,
+        no_repeat_ngram_size: int = 0,
+        repetition_penalty: float = 1.0,
     ) -> str | Translation | list[str] | list[Translation]:
         """Translate one sentence or a list, with greedy (``beam`` 1) or beam search.
 
@@ -158,6 +165,9 @@ class Translator:
                 translation instead of strings: ``True`` for all, or a ``CaptureSpec`` choosing
                 layers, heads and kinds (e.g. ``CaptureSpec(layers=-1, kinds="cross")``).
             batch_size: sentences decoded together.
+            no_repeat_ngram_size: n > 0 never repeats an n-gram within a translation; 0 is off.
+            repetition_penalty: above 1 discourages pieces a translation already holds (Keskar et
+                al., 2019); 1 is off.
 
         Returns:
             For a str, its translation; for a sequence, one translation per sentence in input
@@ -171,11 +181,14 @@ class Translator:
                 pass
         single = isinstance(texts, str)
         sources = [texts] if single else list(texts)
-        results = self._translate_all(sources, beam, spec, batch_size)
+        repetition = {"no_repeat_ngram_size": no_repeat_ngram_size, "repetition_penalty": repetition_penalty}
+        decoding_processors(**repetition)  # a size < 0 or a penalty <= 0 fails before any decoding
+        search = {"beam": beam, **repetition}
+        results = self._translate_all(sources, search, spec, batch_size)
         return results[0] if single else results
 
     def _translate_all(
-        self, sources: list[str], beam: int, spec: CaptureSpec | None, batch_size: int
+        self, sources: list[str], search: dict, spec: CaptureSpec | None, batch_size: int
     ) -> list[str] | list[Translation]:
         ids = self.tokenizer.source.encode(sources)
         _warn_unfit_inputs(ids, self.data.max_length)
@@ -191,18 +204,23 @@ class Translator:
                 for start in range(0, len(order), batch_size):
                     rows = order[start : start + batch_size]
                     batch = [ids[i][: self.data.max_length] for i in rows]
-                    translated = self._translate_batch(decoder, [sources[i] for i in rows], batch, beam, spec)
+                    translated = self._translate_batch(decoder, [sources[i] for i in rows], batch, search, spec)
                     outputs.update(zip(rows, translated))
         finally:
             self.model.train(was_training)
         return [outputs[i] for i in range(len(ids))]
 
     def _translate_batch(
-        self, decoder: IncrementalDecoder, sources: list[str], ids: list[list[int]], beam: int, spec: CaptureSpec | None
+        self,
+        decoder: IncrementalDecoder,
+        sources: list[str],
+        ids: list[list[int]],
+        search: dict,
+        spec: CaptureSpec | None,
     ) -> list[str] | list[Translation]:
         src = collate_translation([TranslationExample(i, row, []) for i, row in enumerate(ids)]).src  # (B, S)
         src = src.to(self.device)
-        tokens, lengths = self._search(decoder, src, beam)  # (B, T), (B,)
+        tokens, lengths = self._search(decoder, src, **search)  # (B, T), (B,)
         if spec is None:
             return self.tokenizer.target.decode([strip_special(row) for row in tokens.tolist()])
         maps = self._maps(src, tokens, spec)
@@ -238,14 +256,21 @@ class Translator:
     def _blank(source: str) -> Translation:
         return Translation(source, "", [], [], AttentionMaps())
 
-    def _search(self, decoder: IncrementalDecoder, src: Tensor, beam: int) -> tuple[Tensor, Tensor]:
-        """The best hypothesis per sentence of ``src (B, S)`` under the data's length limits:
-        ``(tokens (B, T), lengths (B,))``."""
-        limits = {"max_len_a": self.data.max_decode_len_a, "max_len_b": self.data.max_decode_len_b}
+    def _search(
+        self, decoder: IncrementalDecoder, src: Tensor, beam: int, **repetition: float
+    ) -> tuple[Tensor, Tensor]:
+        """The best hypothesis per sentence of ``src (B, S)`` under the data's length limits, in valid
+        UTF-8, with the repetition options: ``(tokens (B, T), lengths (B,))``."""
+        options = {
+            "max_len_a": self.data.max_decode_len_a,
+            "max_len_b": self.data.max_decode_len_b,
+            "processors": [self._utf8],
+            **repetition,
+        }
         if beam == 1:
-            result = greedy_search(decoder, src, **limits)
+            result = greedy_search(decoder, src, **options)
             return result.tokens, result.lengths
-        result = beam_search(decoder, src, beam_size=beam, **limits)
+        result = beam_search(decoder, src, beam_size=beam, **options)
         return result.tokens[:, 0], result.lengths[:, 0]
 
     def _decoder(self) -> IncrementalDecoder:
