@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
 
-from attnlab.training.metrics import translation_metrics
+from attnlab.training.metrics import is_repetitive, repetition_rate, translation_metrics
 
 SHORT = ["3 May", "12", "the 4th", "ninety nine"]  # no reference has 4 tokens
 LONG = ["the cat sat on the mat today", "a long sentence with many words in it"]
@@ -32,3 +32,29 @@ def test_references_shorter_than_4_tokens_explain_a_zero_bleu():
 def test_a_wrong_short_output_scores_below_a_right_one():
     wrong = ["4 May", "13", "the 5th", "ninety eight"]
     assert 0 < translation_metrics(wrong, SHORT, "en")["bleu_effective_order"] < 100
+
+
+@pytest.mark.parametrize(
+    "text, repetitive",
+    [
+        ("a b a b a b", False),  # each 3-gram twice
+        ("a b a b a b a b", True),  # "a b a" 3 times (overlapping)
+        ("the the the the end", True),  # a token 4 times in a row
+        ("the the the end", False),  # 3 times in a row is allowed
+        ("x y z w x y z v x y z", True),  # the 3-gram "x y z" 3 times, apart
+        ("x y z w x y z", False),  # twice
+        ("", False),
+    ],
+)
+def test_repetitive_outputs_by_hand(text, repetitive):
+    assert is_repetitive(text.split()) is repetitive
+
+
+def test_repetition_rate_counts_outputs_in_bleus_own_tokens():
+    hypotheses = ["ややややfosanvvv", "表を挿入します。", "the cat sat on the mat", "go go go go"]
+    char = BLEU(tokenize="char").tokenizer
+    assert repetition_rate(hypotheses, char) == 2 / 4  # "や" 4 times in a row; "go" 4 times
+    assert repetition_rate([], char) == 0.0
+    metrics = translation_metrics(hypotheses, hypotheses, "en")
+    expected = sum(is_repetitive(BLEU(tokenize="13a").tokenizer(h).split()) for h in hypotheses) / 4
+    assert metrics["repetition_rate"] == expected == 0.25  # 13a keeps "ややややfosanvvv" one token

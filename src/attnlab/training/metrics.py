@@ -3,7 +3,8 @@
 Translation scores come from sacrebleu; a Japanese (or Chinese, Korean) target is tokenised
 for BLEU with MeCab (``ja-mecab``, from ``sacrebleu[ja]``) when it imports, else by character,
 and the signature string of each score is returned with it. Outputs too short for BLEU's 4-grams
-get an effective-order BLEU and a note besides the standard score.
+get an effective-order BLEU and a note besides the standard score. The repetition rate counts
+degenerate outputs (a token 4+ times in a row, or a 3-gram 3+ times) in BLEU's own tokens.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ __all__ = [
     "bleu_tokenizer_for",
     "classification_metrics",
     "confusion_matrix",
+    "is_repetitive",
+    "repetition_rate",
     "save_confusion_matrix_png",
     "scalar_metrics",
     "translation_metrics",
@@ -148,8 +152,30 @@ def bleu_tokenizer_for(target_lang: str) -> str:
     return _CJK_FALLBACK.get(target_lang, "13a")
 
 
+def is_repetitive(tokens: Sequence[str], run: int = 4, ngram: int = 3, count: int = 3) -> bool:
+    """Whether a token comes ``run``+ times in a row, or some ``ngram``-gram ``count``+ times (overlaps count)."""
+    if any(len(set(tokens[i : i + run])) == 1 for i in range(len(tokens) - run + 1)):
+        return True
+    grams = Counter(tuple(tokens[i : i + ngram]) for i in range(len(tokens) - ngram + 1))
+    return any(n >= count for n in grams.values())
+
+
+def repetition_rate(hypotheses: Sequence[str], tokenize: Callable[[str], str]) -> float:
+    """Share of ``hypotheses`` that :func:`is_repetitive` finds degenerate, 0 for none.
+
+    Args:
+        hypotheses: decoded system outputs.
+        tokenize: text -> space-separated tokens; :func:`translation_metrics` passes BLEU's own
+            sacrebleu tokeniser, so a "token" of a Japanese output is a MeCab word (``ja-mecab``)
+            or a character (``char``), and a looping word is caught in either.
+    """
+    flagged = sum(is_repetitive(tokenize(h).split()) for h in hypotheses)
+    return flagged / len(hypotheses) if hypotheses else 0.0
+
+
 def translation_metrics(hypotheses: Sequence[str], references: Sequence[str], target_lang: str) -> dict[str, Any]:
-    """Corpus BLEU and chrF (sacrebleu) with their signatures, and the exact-match rate.
+    """Corpus BLEU and chrF (sacrebleu) with their signatures, the exact-match rate and the
+    repetition rate (:func:`repetition_rate`, in BLEU's tokens).
 
     Args:
         hypotheses: decoded system outputs.
@@ -168,6 +194,7 @@ def translation_metrics(hypotheses: Sequence[str], references: Sequence[str], ta
         "bleu": bleu_score.score,
         "chrf": chrf_score.score,
         "exact_match": exact / max(len(references), 1),
+        "repetition_rate": repetition_rate(hypotheses, bleu.tokenizer),
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
     }
