@@ -127,6 +127,7 @@ def _usage_errors() -> Iterator[None]:
 
 
 def _spec(args: argparse.Namespace) -> CaptureSpec:
+    """The layers and heads asked, for the inference API."""
     return CaptureSpec(layers=args.layers, heads=args.heads)
 
 
@@ -161,6 +162,7 @@ def _classification(classifier: Classifier, args: argparse.Namespace) -> Drawn:
 
 
 def _check_length(pieces: int, limit: int, reader: str) -> None:
+    """Refuse a text longer than the model reads (a cut text would show maps of another input)."""
     if pieces > limit:
         raise ConfigError(
             f"--text is {pieces} tokens long, but {reader} reads at most {limit}; "

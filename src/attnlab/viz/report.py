@@ -182,6 +182,7 @@ def _text_map(maps: AttentionMaps, found: AttentionMap, words: bool) -> tuple[Te
 
 
 def _mean(weights: Tensor, rows: list[str], cols: list[str]) -> Figure:
+    """The heatmap of the mean over heads of ``(H, Lq, Lk)`` weights."""
     return heatmap(weights.mean(dim=0), rows, cols)
 
 
@@ -192,6 +193,7 @@ def _heads(found: AttentionMap) -> str:
 
 
 def _head_ids(found: AttentionMap) -> list[int]:
+    """The model's indices of the heads a map holds."""
     return list(found.heads) if found.heads is not None else list(range(found.weights.shape[1]))
 
 
