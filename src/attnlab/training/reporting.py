@@ -49,6 +49,15 @@ class LossWindow:
             self.started = time.monotonic()
         self.loss, self.steps, self.units = self.loss + loss, self.steps + 1, self.units + units
 
+    def pending(self) -> dict[str, float]:
+        """What the next record will average (to save with a checkpoint)."""
+        return {"loss": self.loss, "steps": self.steps, "units": self.units}
+
+    def resume(self, pending: dict[str, float]) -> None:
+        """Continue the window that :meth:`pending` returned (empty: start a new one)."""
+        self.loss, self.steps, self.units = pending.get("loss", 0.0), pending.get("steps", 0), pending.get("units", 0)
+        self.started = time.monotonic()
+
     def record(self) -> dict[str, float]:
         """The window's mean loss and throughput; starts a new window."""
         seconds = max(time.monotonic() - self.started, 1e-9)
@@ -93,6 +102,14 @@ class Reporter:
                 **values,
             )
         )
+
+    def pending_window(self) -> dict[str, float]:
+        """The loss window not yet logged (see :attr:`TrainerState.loss_window`)."""
+        return self._window.pending()
+
+    def resume_window(self, pending: dict[str, float]) -> None:
+        """Continue a saved loss window, so that the next ``train`` record averages the same steps."""
+        self._window.resume(pending)
 
     def step(self, state: TrainerState, result: StepResult, lr: float) -> None:
         """An optimiser step: an event, and every ``log_every`` steps a ``train`` record."""

@@ -26,6 +26,8 @@ class TrainerState:
         evals_without_improvement: early-stopping counter.
         elapsed_seconds: training time over all sessions of this run.
         bad_batches: batches skipped for a non-finite loss or an error.
+        loss_window: the train losses summed since the last ``train`` record (``loss``, ``steps``,
+            ``units``), saved so that a resumed run writes the same records as one that never stopped.
     """
 
     step: int = 0
@@ -36,6 +38,7 @@ class TrainerState:
     evals_without_improvement: int = 0
     elapsed_seconds: float = 0.0
     bad_batches: int = 0
+    loss_window: dict[str, float] = field(default_factory=dict)
 
     def record_evaluation(self, value: Any, mode: str) -> bool:
         """Count an evaluation whose selection metric is ``value`` (better when larger for ``mode``

@@ -162,6 +162,7 @@ class Trainer:
         )
         if self.resumed_from is not None:
             self.state = restore_training(self.resumed_from, self.model, self.optimizer, self.scheduler)
+            self.report.resume_window(self.state.loss_window)
         if self.is_main:
             self._write_run_files()
         self.gradient_step = GradientStep(
@@ -344,6 +345,7 @@ class Trainer:
     # ----------------------------------------------------------------------------- checkpoints
     def save(self, name: str) -> Path:
         """Write checkpoint ``name`` (``last`` or ``best``) atomically."""
+        self.state.loss_window = self.report.pending_window()
         path = ckpt.save_checkpoint(
             ckpt.checkpoint_dir(self.run_dir, name),
             self.model,
