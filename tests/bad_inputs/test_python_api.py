@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import attnlab
 from attnlab import MultiHeadAttention, attention
+from attnlab.cli.main import main
 from attnlab.config import ConfigError
+from attnlab.data.image_files import ImageInputError
 from attnlab.models.transformer_config import TransformerConfig
 from attnlab.models.vit import ViTConfig
 from attnlab.training.checkpoints import CheckpointError
@@ -157,3 +160,77 @@ def test_load_a_file(tmp_path: Path) -> None:
 
 def test_load_a_directory_without_checkpoints(tmp_path: Path) -> None:
     _raises(lambda: attnlab.load(tmp_path), CheckpointError, str(tmp_path), "checkpoints/best/", "output_dir")
+
+
+# ----------------------------------------------------------------------------- Classifier
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-step digits CNN run (1x8x8 images)."""
+    tmp = tmp_path_factory.mktemp("classifier")
+    config = {
+        "task": "classification",
+        "output_dir": str(tmp / "run"),
+        "model": {"type": "cnn", "channels": [4], "blocks": [1], "attention": "se", "reduction": 2},
+        "data": {"dataset": "digits", "batch_size": 64, "augment": False},
+        "training": {"max_steps": 2, "eval_every": 2, "num_threads": 1, "tensorboard": False, "final_split": None},
+    }
+    (tmp / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["train", str(tmp / "run.yaml"), "--no-progress"]) == 0
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def classifier(classifier_run: Path):
+    """``attnlab.load`` of :func:`classifier_run`: a :class:`~attnlab.inference.Classifier`."""
+    return attnlab.load(classifier_run)
+
+
+def _not_an_image(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.png"
+    path.write_text("not pixels", encoding="utf-8")
+    return path
+
+
+CLASSIFY_CASES: dict[str, tuple[Callable[..., object], type[BaseException], tuple[str, ...]]] = {
+    "missing-file": (lambda c, tmp: c.classify(tmp / "nope.png"), FileNotFoundError, ("nope.png", "does not exist")),
+    "a-folder": (lambda c, tmp: c.classify(tmp), IsADirectoryError, ("is a folder", "give image files")),
+    "a-file-that-is-no-image": (
+        lambda c, tmp: c.classify(_not_an_image(tmp)),
+        ImageInputError,
+        ("notes.png", "cannot load", "(1, 8, 8)"),
+    ),
+    "tensor-of-another-size": (
+        lambda c, tmp: c.classify(torch.zeros(1, 5, 5)),
+        ValueError,
+        ("(1, 8, 8)", "(1, 5, 5)"),
+    ),
+    "tensor-of-other-channels": (
+        lambda c, tmp: c.classify(torch.zeros(3, 8, 8, dtype=torch.uint8)),
+        ValueError,
+        ("(1, 8, 8)", "(3, 8, 8)"),
+    ),
+    "top-k-zero": (
+        lambda c, tmp: c.classify(torch.zeros(1, 8, 8, dtype=torch.uint8), top_k=0),
+        ValueError,
+        ("top_k (0) must be >= 1",),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CLASSIFY_CASES))
+def test_classify_rejects(case: str, classifier, tmp_path: Path) -> None:
+    call, error, fragments = CLASSIFY_CASES[case]
+    _raises(lambda: call(classifier, tmp_path), error, *fragments)
+
+
+def test_load_a_classification_run_as_a_translator(classifier_run: Path) -> None:
+    _raises(
+        lambda: attnlab.load(classifier_run, task="translation"),
+        ConfigError,
+        f"{classifier_run} is a classification run",
+        "expected a translation run",
+    )
+
+
+def test_load_with_an_unknown_precision(classifier_run: Path) -> None:
+    _raises(lambda: attnlab.load(classifier_run, precision="fp8"), ValueError, "'fp8'", "bf16")
