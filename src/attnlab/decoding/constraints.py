@@ -1,6 +1,6 @@
 """Logits processors: what greedy and beam search may emit next, row by row.
 
-A processor edits the next-token logits ``(R, V)`` of R rows (sentences, or beams of sentences)
+A processor edits the next-token log-probabilities ``(R, V)`` of R rows (sentences, or beams of sentences)
 from what each row generated so far. Those that remember something per row keep it in a state
 tensor whose first dim is the row, so beam search keeps the parents' states with ``state[parents]``.
 
@@ -98,6 +98,7 @@ class Utf8Constraint:
         leads = torch.tensor([_utf8_lead(b) for b in range(256)])  # (256, 3)
         self.after = leads[self.byte_of.clamp(min=0)]  # (V, 3) the state a piece leaves behind
         self.after[self.byte_of < 0] = torch.tensor([0, 0x80, 0xBF])  # a text piece opens nothing
+        self._tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     @classmethod
     def from_pieces(cls, pieces: Sequence[str]) -> Utf8Constraint:
@@ -110,13 +111,20 @@ class Utf8Constraint:
         """The constraint of a ``SentencePieceTokenizer`` (``vocab_size`` and ``id_to_piece``)."""
         return cls.from_pieces(tokenizer.id_to_piece(range(tokenizer.vocab_size)))
 
+    def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``byte_of`` and ``after`` on ``device``, copied there once."""
+        if device not in self._tables:
+            self._tables[device] = (self.byte_of.to(device), self.after.to(device))
+        return self._tables[device]
+
     def start(self, rows: int, device: torch.device) -> Tensor:
         """``(R, 3)``: no character open."""
         return torch.tensor([0, 0x80, 0xBF], device=device).repeat(rows, 1)
 
     def allowed(self, state: Tensor, remaining: Tensor) -> Tensor:
         """``(R, V)``: True where a piece keeps the row's bytes valid UTF-8."""
-        byte_of, start_due = self.byte_of.to(state.device), self.after[:, 0].to(state.device)
+        byte_of, after = self._on(state.device)
+        start_due = after[:, 0]  # (V,)
         due, low, high = (x[:, None] for x in state.unbind(dim=1))  # (R, 1) each
         continues = (byte_of >= low) & (byte_of <= high)  # (R, V)
         starts = (start_due >= 0) & (start_due <= remaining[:, None])  # (R, V)
@@ -129,7 +137,7 @@ class Utf8Constraint:
     def advance(self, state: Tensor, tokens: Tensor) -> Tensor:
         """One continuation byte fewer due, or the character ``tokens`` opens."""
         due = state[:, :1]  # (R, 1)
-        opened = self.after.to(state.device)[tokens].clamp(min=0)  # (R, 3)
+        opened = self._on(state.device)[1][tokens].clamp(min=0)  # (R, 3)
         continued = torch.cat([due - 1, torch.full_like(due, 0x80), torch.full_like(due, 0xBF)], dim=1)  # (R, 3)
         return torch.where(due > 0, continued, opened)
 
