@@ -191,13 +191,15 @@ def test_a_processor_that_leaves_a_row_nothing_is_skipped_for_that_row():
 
 
 def reference_greedy(model, src, hf_processor, steps):
-    """Greedy decoding of one sentence by hand, recomputing the prefix, a Hugging Face processor on the logits."""
+    """Greedy decoding of one sentence by hand, recomputing the prefix, a Hugging Face processor on the
+    log-probabilities (as its beam search applies them)."""
     ids = []
     with torch.no_grad():
         for _ in range(steps):
-            logits = model(src, torch.tensor([[model.bos_id, *ids]]))[:, -1]  # (1, V)
-            logits[:, model.pad_id] = -math.inf
-            ids.append(int(hf_processor(torch.tensor([ids], dtype=torch.long), logits).argmax()))
+            log_probs = model(src, torch.tensor([[model.bos_id, *ids]]))[:, -1].log_softmax(-1)  # (1, V)
+            log_probs = hf_processor(torch.tensor([ids], dtype=torch.long), log_probs)
+            log_probs[:, model.pad_id] = -math.inf
+            ids.append(int(log_probs.argmax()))
             if ids[-1] == model.eos_id:
                 break
     return ids

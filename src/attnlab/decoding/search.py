@@ -90,11 +90,20 @@ def max_lengths(src: Tensor, src_key_padding_mask: Tensor | None, a: float, b: f
 
 
 def next_tokens(
-    model: IncrementalDecoder, logits: Tensor, step: int, min_len: int, count: int
+    model: IncrementalDecoder,
+    logits: Tensor,
+    step: int,
+    min_len: int,
+    count: int,
+    process: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The ``count`` best next tokens of every row of ``logits (B, V)`` and their log-probabilities,
-    ``(B, count)`` each. Padding never, EOS not before ``min_len`` tokens."""
+    ``(B, count)`` each. Padding never, EOS not before ``min_len`` tokens; ``process`` edits the
+    log-probabilities first (masked tokens are not renormalised away, as in fairseq and Hugging
+    Face's beam search, so a hypothesis scores what the model gives it)."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
+    if process is not None:
+        log_probs = process(log_probs)
     log_probs[:, model.pad_id] = -math.inf
     if step < min_len:
         log_probs[:, model.eos_id] = -math.inf
@@ -125,8 +134,8 @@ def greedy_search(
         max_len_b: b of the length limit.
         min_len: tokens generated before EOS is allowed.
         use_cache: incremental decoding; False recomputes the whole prefix every step.
-        processors: edit each step's logits in order (``attnlab.decoding.constraints``, e.g. a
-            ``Utf8Constraint``); scores are log-probabilities of the processed logits.
+        processors: edit each step's log-probabilities in order (``attnlab.decoding.constraints``,
+            e.g. a ``Utf8Constraint``).
         no_repeat_ngram_size: n > 0 bans repeating any n-gram (``NoRepeatNGram``); 0 is off.
         repetition_penalty: above 1 discourages generated tokens (``RepetitionPenalty``); 1 is off.
 
@@ -144,10 +153,9 @@ def greedy_search(
     steps = []
     for t in range(int(limits.max())):
         logits, state = model.step(state, tokens)
-        if processing:
-            generated = torch.stack(steps, dim=1) if steps else src.new_empty(src.shape[0], 0)  # (B, t)
-            logits = processing(generated, logits, limits - t - 1)
-        best, tokens = (x.squeeze(1) for x in next_tokens(model, logits, t, min_len, 1))  # (B,), (B,)
+        generated = torch.stack(steps, dim=1) if steps else src.new_empty(src.shape[0], 0)  # (B, t)
+        process = functools.partial(processing, generated, remaining=limits - t - 1) if processing else None
+        best, tokens = (x.squeeze(1) for x in next_tokens(model, logits, t, min_len, 1, process))  # (B,), (B,)
         tokens = tokens.masked_fill(ended, model.pad_id)
         scores += best.masked_fill(ended, 0.0)
         processing.advance(tokens)
@@ -220,7 +228,7 @@ def beam_search(
         max_len_b: b of the length limit.
         min_len: tokens generated before EOS is allowed.
         use_cache: incremental decoding; False recomputes the whole prefix every step.
-        processors: edit each step's logits in order; their per-row states follow the beams.
+        processors: edit each step's log-probabilities in order; their per-row states follow the beams.
         no_repeat_ngram_size: n > 0 bans repeating any n-gram within a hypothesis; 0 is off.
         repetition_penalty: above 1 discourages tokens a hypothesis already holds; 1 is off.
 
@@ -242,11 +250,10 @@ def beam_search(
     row_limits = torch.tensor(limits, device=src.device).repeat_interleave(k)  # (B * k,)
     for t in range(max(limits)):
         logits, state = model.step(state, last)
-        if processing:
-            logits = processing(beams.tokens, logits, row_limits - t - 1)
+        process = functools.partial(processing, beams.tokens, remaining=row_limits - t - 1) if processing else None
         # A sentence's 2k best extensions are among the 2k best of each of its beams.
         per_beam = min(2 * k, logits.shape[-1])
-        log_probs, candidates = next_tokens(model, logits, t, min_len, per_beam)  # (B * k, 2k) each
+        log_probs, candidates = next_tokens(model, logits, t, min_len, per_beam, process)  # (B * k, 2k) each
         scores, rows, tokens = _top_candidates(beams.scores, log_probs, candidates, 2 * k)  # (B, 2k) each
         _finish_eos(beams, scores, rows, tokens, model.eos_id, finished, done, alpha, k)
         beams, parents = _advance(beams, scores, rows, tokens, model.eos_id, k)
