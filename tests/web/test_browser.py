@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from attnlab.web import create_app
+from attnlab.web import create_app, load_models
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -22,6 +22,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
+# Draw each character with the page's font; missing glyphs all draw as the same empty box.
+DISTINCT_GLYPHS = """(chars) => {
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 48;
+  const ctx = canvas.getContext("2d");
+  ctx.font = getComputedStyle(document.getElementById("output")).fontFamily.replace(/^/, "40px ");
+  const drawn = chars.map((c) => { ctx.clearRect(0, 0, 48, 48); ctx.fillText(c, 2, 42); return canvas.toDataURL(); });
+  return new Set(drawn).size === chars.length;
+}"""
 README_IMAGE = Path(__file__).resolve().parents[2] / "docs" / "images" / "viewer.png"
 
 
@@ -50,7 +59,8 @@ def server_url(served_models):
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(served_models), log_level="warning"))
+    models = {**served_models, **load_models([], ["minilm"])}
+    server = uvicorn.Server(uvicorn.Config(create_app(models), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -129,6 +139,19 @@ def test_japanese_output_wraps_inside_its_box(viewer):
     box = viewer.locator("#output").bounding_box()
     assert box["height"] > 2.5 * one_line["height"]  # wrapped between characters, with no spaces to break at
     assert box["width"] == one_line["width"] and viewer.evaluate("document.documentElement.scrollWidth") <= 1280
+
+
+def test_japanese_sentence_encoded_by_minilm_shows_its_characters(viewer):
+    _select(viewer, "#model", "minilm")
+    viewer.fill("#text", "東京は日本の首都です。")
+    viewer.click("#run-text")
+    _ready(viewer)
+    labels = viewer.locator("#headview text").all_text_contents()
+    assert "東" in labels and "京" in labels  # BERT splits CJK text into characters
+    assert viewer.evaluate(DISTINCT_GLYPHS, ["東", "京", "首"])  # real glyphs: missing ones all draw one box
+    heat = _pixels(viewer, "#heatmap")
+    _select(viewer, "#layer", "5")
+    assert _pixels(viewer, "#heatmap") != heat
 
 
 def test_upload_image_click_patch_and_rollout_redraw(viewer, seven_png, tmp_path, artefacts):

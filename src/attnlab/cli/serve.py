@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
         from attnlab.web import create_app, load_models
     except ImportError as error:
-        print(f"attnlab serve: error: {error.name} is missing: pip install 'attnlab[web]'", file=sys.stderr)
+        print(f"attnlab serve: error: {error.name or error} is missing: pip install 'attnlab[web]'", file=sys.stderr)
         return USAGE_ERRORS
     try:
         models = load_models(args.run_dirs, args.pretrained)
