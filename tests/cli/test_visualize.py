@@ -64,10 +64,8 @@ def digit(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def attnlab(monkeypatch, capsys):
-    """``attnlab ARGS...`` with visualize registered, as main.py will: returns (exit code, stdout, stderr)."""
-    modules = cli_main._subcommand_modules
-    monkeypatch.setattr(cli_main, "_subcommand_modules", lambda: [*modules(), visualize])
+def attnlab(capsys):
+    """``attnlab visualize ARGS...``: returns (exit code, stdout, stderr)."""
 
     def run(*argv: str) -> tuple[int, str, str]:
         code = cli_main.main(["visualize", *map(str, argv)])

@@ -11,7 +11,7 @@ import torch
 import attnlab
 from attnlab.cli.main import main
 from attnlab.data import BOS_ID, EOS_ID
-from attnlab.decoding import beam_search, greedy_search
+from attnlab.decoding import Utf8Constraint, beam_search, greedy_search
 from attnlab.inference import Translation, Translator
 from attnlab.models.transformer import Transformer
 from attnlab.training import CheckpointError, ConfigError
@@ -25,6 +25,7 @@ def reference(translator: Translator, text: str, beam: int = 1):
     data, tokenizer = translator.data, translator.tokenizer
     src = torch.tensor([tokenizer.source.encode([text])[0][: data.max_length]])  # (1, S)
     limits = {"max_len_a": data.max_decode_len_a, "max_len_b": data.max_decode_len_b}
+    limits["processors"] = [Utf8Constraint.from_tokenizer(tokenizer.target)]  # as the translator decodes
     model = translator.model.eval()
     if beam == 1:
         tokens = greedy_search(model, src, **limits).tokens[0]

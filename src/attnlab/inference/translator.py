@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attnlab.data import BOS_ID, EOS_ID, PAD_ID, TranslationExample, TranslationTokenizer, collate_translation
+from attnlab.data import EOS_ID, PAD_ID, TranslationExample, TranslationTokenizer, collate_translation
 from attnlab.decoding import IncrementalDecoder, Utf8Constraint, beam_search, greedy_search
 from attnlab.decoding.constraints import decoding_processors
 from attnlab.inference.engine import DecodingEngine
@@ -244,7 +244,7 @@ class Translator:
     def _maps(self, src: Tensor, tokens: Tensor, spec: CaptureSpec) -> AttentionMaps:
         """The maps of the model run teacher-forced on the hypotheses ``tokens (B, T)``: the maps
         of the decoding that produced them (cached steps attend as the full prefix does)."""
-        bos = tokens.new_full((tokens.shape[0], 1), BOS_ID)
+        bos = tokens.new_full((tokens.shape[0], 1), self.model.bos_id)
         tgt_in = torch.cat([bos, tokens[:, :-1]], dim=1)  # (B, T): BOS y_1 .. y_{T-1}, padding after the end
         with capture(self.model, **vars(spec)) as maps:
             self.model(src, tgt_in)
