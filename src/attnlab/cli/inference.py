@@ -24,6 +24,8 @@ from attnlab.training.translation import beam_suffix
 from attnlab.viz import format_attention_table
 from attnlab.viz.capture import CaptureSpec
 
+CHECKPOINT_HELP = "best (default), last, or a checkpoint of the run by name (e.g. one written by attnlab average)"
+
 
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (argparse names the option and exits 2 otherwise)."""
@@ -41,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser("evaluate", help="metrics of a run's best checkpoint on a split")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--split", default="test", help="test (default), val/dev or train")
-    evaluate.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    evaluate.add_argument("--checkpoint", default="best", help=CHECKPOINT_HELP)
     evaluate.add_argument(
         "--beam", type=positive_int, default=1, help="translation runs: beam size of the decoding scored (1: greedy)"
     )
@@ -51,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     translate.add_argument("run_dir")
     translate.add_argument("--text", action="append", help="a sentence (repeatable); otherwise stdin, one per line")
     translate.add_argument("--beam", type=positive_int, default=1, help="beam size (1: greedy)")
-    translate.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    translate.add_argument("--checkpoint", default="best", help=CHECKPOINT_HELP)
     translate.add_argument(
         "--show-attention",
         action="store_true",
@@ -63,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     classify.add_argument("run_dir")
     classify.add_argument("images", nargs="+", metavar="IMAGE")
     classify.add_argument("--top-k", type=positive_int, default=3, help="labels shown per image")
-    classify.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    classify.add_argument("--checkpoint", default="best", help=CHECKPOINT_HELP)
     classify.add_argument(
         "--no-resize",
         action="store_true",
