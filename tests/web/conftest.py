@@ -19,7 +19,8 @@ SMALL = [
     "training.tensorboard=false",
     "training.num_threads=1",
 ]
-# The shipped configs, shrunk: a 2+2-layer Transformer of width 32, a 2-block ViT of width 16.
+# The shipped configs, shrunk: a 2+2-layer Transformer of width 32, a 2-block ViT of width 16, and a
+# 2-block CNN with spatial attention on 8x8 digits.
 TINY_TRANSLATION = [
     *SMALL,
     *("model.d_model=32", "model.num_heads=2", "model.dim_feedforward=64"),
@@ -27,23 +28,29 @@ TINY_TRANSLATION = [
     *("training.max_steps=20", "training.warmup_steps=10", "training.eval_every=null", "training.precision=fp32"),
 ]
 TINY_VIT = [*SMALL, "model.embed_dim=16", "model.depth=2", "model.num_heads=2", "training.max_steps=4"]
+TINY_CNN = [
+    *SMALL,
+    *("data.dataset=digits", "data.augment=false", "training.max_steps=4", "training.eval_every=4"),
+    *("model.channels=[8, 8]", "model.blocks=[1, 1]", "model.spatial_kernel=3", "training.precision=fp32"),
+]
+TINY = {"en_ja": ("generated_transformer", TINY_TRANSLATION), "digits_vit": ("digits_vit", TINY_VIT)}
+TINY["digits_cnn"] = ("fashion_cnn_spatial", TINY_CNN)
 
 
 @pytest.fixture(scope="session")
 def web_runs(tmp_path_factory) -> dict[str, Path]:
-    """``{"en_ja": translation run, "digits_vit": ViT run}``, trained once."""
+    """``{"en_ja": translation run, "digits_vit": ViT run, "digits_cnn": spatial-attention CNN run}``,
+    each trained once (a few seconds)."""
     root = tmp_path_factory.mktemp("web_runs")
-    runs = {"en_ja": root / "en_ja", "digits_vit": root / "digits_vit"}
-    for (name, path), config in zip(runs.items(), ("generated_transformer", "digits_vit")):
-        overrides = TINY_TRANSLATION if name == "en_ja" else TINY_VIT
-        Trainer(load_config(CONFIGS / f"{config}.yaml", [*overrides, f"output_dir={path}"])).run()
-    return runs
+    for name, (config, overrides) in TINY.items():
+        Trainer(load_config(CONFIGS / f"{config}.yaml", [*overrides, f"output_dir={root / name}"])).run()
+    return {name: root / name for name in TINY}
 
 
 @pytest.fixture(scope="session")
 def served_models(web_runs):
-    """The two runs loaded as ``attnlab serve`` loads them."""
-    return load_models([web_runs["en_ja"], web_runs["digits_vit"]])
+    """The runs loaded as ``attnlab serve`` loads them."""
+    return load_models(list(web_runs.values()))
 
 
 @pytest.fixture(scope="session")

@@ -119,6 +119,19 @@ def test_classify_keeps_the_layers_and_heads_asked(client, png):
     assert [(m["layer"], m["heads"], m["shape"]) for m in body["maps"]] == [(1, [0], [1, 17, 17])]
 
 
+def test_classify_with_a_cnn_returns_its_spatial_masks(client, served_models, png):
+    body = client.post("/api/models/digits_cnn/classify", content=png, headers={"content-type": "image/png"}).json()
+    expected = served_models["digits_cnn"].runner.classify(Image.open(io.BytesIO(png)), attention=True)
+    assert [label for label, _ in body["top"]] == [label for label, _ in expected.top]
+    assert body["grid"] is None and body["rollout"] is None
+    assert [(m["kind"], m["layer"], m["heads"]) for m in body["maps"]] == [
+        ("spatial_mask", 0, None),
+        ("spatial_mask", 1, None),
+    ]
+    for payload, m in zip(body["maps"], expected.attention):
+        _close(payload, m.weights[0])  # (1, h, w)
+
+
 def test_encode_minilm_matches_huggingface_eager_attentions():
     transformers = pytest.importorskip("transformers", reason="the [hf] extra: pip install 'attnlab[hf]'")
     from attnlab.web import load_models

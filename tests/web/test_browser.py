@@ -99,9 +99,9 @@ def _select(viewer, selector: str, value: str) -> None:
     viewer.select_option(selector, value)
 
 
-def _upload(page, png: bytes, folder: Path) -> None:
-    """Pick the image model and upload ``png`` through the file input; wait for the drawing."""
-    _select(page, "#model", "digits_vit")
+def _upload(page, png: bytes, folder: Path, model: str = "digits_vit") -> None:
+    """Pick the image ``model`` and upload ``png`` through the file input; wait for the drawing."""
+    _select(page, "#model", model)
     image = folder / "seven.png"
     image.write_bytes(png)
     page.set_input_files("#image-file", str(image))
@@ -172,6 +172,14 @@ def test_upload_image_click_patch_and_rollout_redraw(viewer, seven_png, tmp_path
     _select(viewer, "#head", "0")
     assert _pixels(viewer, "#image-canvas") != fused
     viewer.screenshot(path=artefacts / "viewer_image.png", full_page=True)
+
+
+def test_cnn_spatial_mask_overlay_follows_the_block(viewer, seven_png, tmp_path):
+    _upload(viewer, seven_png, tmp_path, "digits_cnn")
+    assert viewer.locator("#prediction li").count() == 3 and viewer.is_hidden("#overlay")
+    first = _pixels(viewer, "#image-canvas")
+    _select(viewer, "#layer", "1")
+    assert _pixels(viewer, "#image-canvas") != first
 
 
 def test_readme_screenshot(viewer, seven_png, tmp_path, artefacts):

@@ -92,13 +92,15 @@ async function runImage() {
 // ---- selectors ----------------------------------------------------------------------------------
 function show(result) {
   state.result = result;
-  state.maps = result.maps.filter((m) => m.heads !== null).map((m) => ({ ...m, ...decode(m) }));
+  // attention (H, Lq, Lk) and CNN spatial masks (1, h, w); SE gates (C,) are not drawn
+  state.maps = result.maps.filter((m) => m.shape.length === 3).map((m) => ({ ...m, heads: m.heads || [0], ...decode(m) }));
   state.rollout = result.rollout ? { fused: decode(result.rollout.fused), heads: decode(result.rollout.heads) } : null;
   const kinds = [...new Set(state.maps.map((m) => m.kind))];
   $("kind").replaceChildren(...kinds.map((k) => new Option(k, k)));
   fillLayers();
   $("controls").hidden = $("views").hidden = kinds.length === 0;
   $("headview-figure").hidden = state.model.task === "classification";
+  $("overlay").parentElement.hidden = !result.grid;
   setStatus("ready");
 }
 
@@ -213,8 +215,10 @@ function drawHeadView(svg, m, rowLabels, colLabels) {
   svg.replaceChildren(...nodes);
 }
 
-// the overlay of an image model: class-token map, one query patch's map, or rollout, on the patch grid
+// the overlay of an image model: a ViT's class-token map, one query patch's map or rollout on the patch
+// grid, or a CNN block's spatial mask
 function overlayGrid(map, m) {
+  if (map.kind === "spatial_mask") return { gh: m.rows, gw: m.cols, values: m.values };
   const grid = state.result.grid;
   if (!grid) return null;
   const [gh, gw] = grid, prefix = state.result.prefix_tokens;
