@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -251,6 +252,27 @@ def test_bad_classify_queries_are_422(client, png, query, words):
         f"/api/models/digits_vit/classify?{query}", content=png, headers={"content-type": "image/png"}
     )
     _error(response, 422, *words)
+
+
+def test_a_model_with_a_full_queue_answers_503_and_others_still_answer(served_models, png, monkeypatch):
+    inside, release = threading.Event(), threading.Event()
+    translate = served_models["en_ja"].runner.translate
+
+    def slow(*args, **kwargs):
+        inside.set()
+        release.wait(30)
+        return translate(*args, **kwargs)
+
+    monkeypatch.setattr(served_models["en_ja"].runner, "translate", slow)
+    client = TestClient(create_app(served_models, Limits(max_waiting=1)))
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/api/models/en_ja/translate", json={"text": TEXT})
+        assert inside.wait(30)
+        _error(client.post("/api/models/en_ja/translate", json={"text": TEXT}), 503, "'en_ja'", "retry")
+        image = client.post("/api/models/digits_vit/classify", content=png, headers={"content-type": "image/png"})
+        assert image.status_code == 200  # another model is not held up
+        release.set()
+        assert first.result(30).status_code == 200
 
 
 def test_a_failing_model_answers_500_without_a_traceback(served_models, monkeypatch):

@@ -8,7 +8,8 @@ Routes (the OpenAPI schema at ``/openapi.json``, browsable at ``/docs``)::
     POST /api/models/{name}/encode         {"text", "layers", "heads"} -> tokens + maps (BERT encoders)
     POST /api/models/{name}/classify       image bytes as the body; ?layers=&heads=&top_k= -> top-k + maps
 
-Inference runs in a bounded thread pool, off the event loop, one request per model at a time.
+Inference runs off the event loop, in one thread per model (so a slow model never holds up another),
+one request per model at a time, with at most ``Limits.max_waiting`` requests queued per model (503 beyond).
 Errors are JSON ``{"error": message}`` with a 4xx status; nothing answers with a traceback.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +34,7 @@ from attnlab.viz.capture import CaptureSpec
 from attnlab.viz.maps import check_choice
 from attnlab.web.limits import ApiError, BodyLimit, Limits, decode_image
 from attnlab.web.payload import map_payload, rollout_payload
-from attnlab.web.registry import HEADED, ServedModel
+from attnlab.web.registry import ServedModel
 
 __all__ = ["STATIC", "EncodeRequest", "TranslateRequest", "create_app"]
 
@@ -62,12 +64,13 @@ def create_app(models: Mapping[str, ServedModel], limits: Limits | None = None) 
 
     Args:
         models: the models by name.
-        limits: body, image, text and beam limits and the inference pool size (defaults: ``Limits()``).
+        limits: body, image, text, beam and queue limits (defaults: ``Limits()``).
     """
     limits = limits or Limits()
     app = FastAPI(title="attnlab viewer", description="Attention maps of translation, image and encoder models.")
     app.state.models, app.state.limits = dict(models), limits
-    app.state.pool = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="attnlab-infer")
+    app.state.pools = {name: ThreadPoolExecutor(1, thread_name_prefix=f"attnlab-{name}") for name in models}
+    app.state.queues = {name: threading.BoundedSemaphore(limits.max_waiting) for name in models}
     _add_error_handlers(app)
     _add_routes(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -179,7 +182,7 @@ def _spec(
     served: ServedModel, layers: list[int] | None, heads: list[int] | None, kinds: list[str] | None
 ) -> CaptureSpec:
     """The capture asked for, checked against the model (422 naming what exists)."""
-    present = [kind for kind in served.layers if served.task != "translation" or kind in HEADED]
+    present = list(served.layers)
     for kind in kinds or ():
         if kind not in present:
             raise ApiError(422, f"kind {kind!r} is not one of model {served.name!r}'s kinds {present}")
@@ -195,13 +198,21 @@ def _spec(
 
 
 async def _infer(app: FastAPI, served: ServedModel, work: Callable[..., dict], *args: Any) -> dict:
-    """``work(*args)`` in the inference pool, holding ``served``'s lock."""
+    """``work(*args)`` in ``served``'s thread, holding its lock (apps may share a model); 503 when
+    ``max_waiting`` requests already wait for it."""
+    queue = app.state.queues[served.name]
+    if not queue.acquire(blocking=False):
+        waiting = app.state.limits.max_waiting
+        raise ApiError(503, f"model {served.name!r} has {waiting} requests waiting, the limit: retry in a moment")
 
     def locked() -> dict:
         with served.lock:
             return work(*args)
 
-    return await asyncio.get_running_loop().run_in_executor(app.state.pool, locked)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(app.state.pools[served.name], locked)
+    finally:
+        queue.release()
 
 
 def _translate(served: ServedModel, body: TranslateRequest, spec: CaptureSpec) -> dict:
@@ -230,7 +241,8 @@ def _classify(served: ServedModel, data: bytes, spec: CaptureSpec, top_k: int, m
     image = decode_image(data, max_pixels)
     result = served.runner.classify(image, top_k=top_k, attention=True)  # all layers: rollout needs them
     maps = result.attention
-    layers = None if spec.layers is None else {i % served.layers[m.kind] for m in maps for i in spec.layers}
+    count = max(served.layers.values())
+    layers = None if spec.layers is None else {i % count for i in spec.layers}
     heads = None if spec.heads is None else [h % served.heads for h in spec.heads]
     chosen = [m for m in maps if layers is None or m.layer in layers]
     return {

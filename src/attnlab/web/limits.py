@@ -25,14 +25,14 @@ class Limits:
         max_image_pixels: the largest image, width x height.
         max_text_chars: the longest text to translate or encode.
         max_beam: the largest beam size.
-        workers: inferences run at once (each model still runs one request at a time).
+        max_waiting: requests queued for one model, the one running included (503 beyond).
     """
 
     max_body_bytes: int = 8 * 2**20
     max_image_pixels: int = 4096 * 4096
     max_text_chars: int = 1000
     max_beam: int = 8
-    workers: int = 4
+    max_waiting: int = 64
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

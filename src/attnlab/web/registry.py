@@ -15,6 +15,7 @@ from attnlab.web.encoder import Encoder, load_pretrained
 __all__ = ["ServedModel", "load_models"]
 
 TASKS = {Translator: "translation", Classifier: "classification", Encoder: "encoding"}
+HEADED = ("encoder_self", "decoder_self", "cross", "rnn_source", "vit", "bert")  # kinds with heads
 
 
 @dataclass
@@ -55,9 +56,6 @@ class ServedModel:
             info["classes"] = list(spec.classes)
             info["image_size"] = list(spec.image_size)
         return info
-
-
-HEADED = ("encoder_self", "decoder_self", "cross", "rnn_source", "vit", "bert")
 
 
 def load_models(run_dirs: Sequence[str | Path], pretrained: Sequence[str] = ()) -> dict[str, ServedModel]:
