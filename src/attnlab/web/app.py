@@ -1,6 +1,6 @@
 """``create_app(models)``: the FastAPI app of ``attnlab serve``.
 
-Routes (the OpenAPI schema at ``/openapi.json``, browsable at ``/docs``)::
+Routes (their OpenAPI schema at ``/openapi.json``; no Swagger page, which would load from a CDN)::
 
     GET  /                                 the viewer page (static/index.html)
     GET  /api/models                       the models served, their task, layers and heads
@@ -67,7 +67,12 @@ def create_app(models: Mapping[str, ServedModel], limits: Limits | None = None) 
         limits: body, image, text, beam and queue limits (defaults: ``Limits()``).
     """
     limits = limits or Limits()
-    app = FastAPI(title="attnlab viewer", description="Attention maps of translation, image and encoder models.")
+    app = FastAPI(
+        title="attnlab viewer",
+        description="Attention maps of translation, image and encoder models.",
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN; the viewer works offline
+        redoc_url=None,
+    )
     app.state.models, app.state.limits = dict(models), limits
     app.state.pools = {name: ThreadPoolExecutor(1, thread_name_prefix=f"attnlab-{name}") for name in models}
     app.state.queues = {name: threading.BoundedSemaphore(limits.max_waiting) for name in models}
@@ -136,7 +141,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        missing = f"no such page {request.url.path}: see /docs for the API"
+        missing = f"no such page {request.url.path}: the API is described at /openapi.json"
         message = missing if error.status_code == 404 else error.detail
         return JSONResponse({"error": str(message)}, status_code=error.status_code)
 
@@ -172,6 +177,7 @@ def _model(app: FastAPI, name: str, task: str) -> ServedModel:
 
 
 def _check_text(text: str, limits: Limits) -> None:
+    """422 for blank text or text over ``max_text_chars``."""
     if not text.strip():
         raise ApiError(422, "text is empty: type a sentence")
     if len(text) > limits.max_text_chars:
@@ -216,6 +222,7 @@ async def _infer(app: FastAPI, served: ServedModel, work: Callable[..., dict], *
 
 
 def _translate(served: ServedModel, body: TranslateRequest, spec: CaptureSpec) -> dict:
+    """The translation of ``body.text``, its pieces and its maps (8-bit)."""
     result = served.runner.translate(body.text, beam=body.beam, attention=spec)
     labels = {axis: rows[0] for axis, rows in result.attention.labels.items()}
     maps = [map_payload(m) for m in result.attention]
@@ -229,6 +236,7 @@ def _translate(served: ServedModel, body: TranslateRequest, spec: CaptureSpec) -
 
 
 def _encode(served: ServedModel, text: str, spec: CaptureSpec) -> dict:
+    """The tokens of ``text`` and the encoder's self-attention maps (8-bit)."""
     encoded = served.runner.encode(text, layers=spec.layers, heads=spec.heads)
     return {
         "model": served.name,
@@ -238,6 +246,7 @@ def _encode(served: ServedModel, text: str, spec: CaptureSpec) -> dict:
 
 
 def _classify(served: ServedModel, data: bytes, spec: CaptureSpec, top_k: int, max_pixels: int) -> dict:
+    """The top-k classes of the image in ``data``, the maps asked (8-bit) and a ViT's rollout."""
     image = decode_image(data, max_pixels)
     result = served.runner.classify(image, top_k=top_k, attention=True)  # all layers: rollout needs them
     maps = result.attention

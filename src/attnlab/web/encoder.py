@@ -7,6 +7,7 @@ Shapes: L tokens ([CLS] ... [SEP]), H heads.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +53,9 @@ class Encoder:
         """Heads per layer."""
         return self.model.config.num_attention_heads
 
-    def encode(self, text: str, layers=None, heads=None) -> Encoded:
+    def encode(
+        self, text: str, layers: int | Sequence[int] | None = None, heads: int | Sequence[int] | None = None
+    ) -> Encoded:
         """The tokens of ``text`` and the ``bert`` maps ``(1, H, L, L)`` of the layers and heads asked."""
         inputs = self.tokenizer([text], return_tensors="pt", truncation=True, max_length=self.max_tokens)
         with torch.no_grad(), capture_huggingface(self.model, layers=layers, heads=heads) as maps:
