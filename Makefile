@@ -16,15 +16,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job on built-in data: a tour of the core on a real pretrained model, then a
-# Transformer trained on generated English -> Japanese dates (96 s here; a second
-# `make demo` resumes the finished run) and the alignment behind two of its translations.
-DEMO_RUN := runs/demo_translation
-
+# The main job on built-in data: a tour of the core on a real pretrained model in the terminal,
+# then `attnlab tour`: four small models trained on built-in data (each step printed as the
+# command it is) and their attention drawn, every page linked from runs/demo/index.html.
+# A second `make demo` resumes the finished runs.
 demo: $(STAMP)
 	$(VENV)/bin/attnlab demo
-	$(VENV)/bin/attnlab train configs/generated_transformer.yaml output_dir=$(DEMO_RUN) training.max_steps=1000 training.max_minutes=4
-	$(VENV)/bin/attnlab translate $(DEMO_RUN) --show-attention --text "March 15, 2024" --text "three hundred and twelve"
+	$(VENV)/bin/attnlab tour --out runs/demo
 
 # The quick suite; the slowest tests are listed at the end (none unmarked should take 10 s).
 PYTEST_QUICK := -q -m "not slow" --durations=15

@@ -8,6 +8,7 @@
     attnlab average RUN_DIR [--last N]
     attnlab visualize RUN_DIR --text "..." | --image PATH | --pretrained minilm --text "..."
     attnlab serve RUN_DIR... [--pretrained minilm] [--port 8000]
+    attnlab tour [--out runs/demo]
     attnlab demo
 
 Every subcommand module exposes ``add_parser(subparsers)`` (which sets ``func``) and a
@@ -29,6 +30,7 @@ from attnlab.cli import average as average_cmd
 from attnlab.cli import data as data_cmd
 from attnlab.cli import inference as inference_cmd
 from attnlab.cli import serve as serve_cmd
+from attnlab.cli import tour as tour_cmd
 from attnlab.cli import train as train_cmd
 from attnlab.cli import visualize as visualize_cmd
 from attnlab.training.errors import TrainingInterrupted
@@ -40,7 +42,7 @@ RUN_ERRORS = 1
 
 
 def _subcommand_modules() -> list:
-    modules = [train_cmd, inference_cmd, average_cmd, visualize_cmd, serve_cmd, data_cmd]
+    modules = [train_cmd, inference_cmd, average_cmd, visualize_cmd, serve_cmd, tour_cmd, data_cmd]
     try:
         from attnlab.cli import demo  # the lead's module
     except ImportError as error:  # keep the other subcommands usable without it
