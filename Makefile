@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-isa test-all lint bench install clean
+.PHONY: demo test test-isa test-all lint bench install clean browser-deps readme-figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,12 @@ demo: $(STAMP)
 # The quick suite; the slowest tests are listed at the end (none unmarked should take 10 s).
 PYTEST_QUICK := -q -m "not slow" --durations=15
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(PY) -m pytest $(PYTEST_QUICK)
+
+# The viewer's browser test drives Debian's Chromium; as root, install it (and CJK fonts) when missing.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; } || echo "make: chromium is not installed, so the browser test will skip (as root: apt-get install chromium fonts-noto-cjk)"
 
 # The quick suite on the kernels of an older CPU, emulated here: PyTorch's AVX2 kernels and oneDNN
 # without AVX-512 or bf16 instructions (another level: make test-isa ATEN_ISA=default ONEDNN_ISA=SSE41).
@@ -50,6 +54,15 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.translation
 	$(PY) -m benchmarks.thin_products
 	$(PY) -m benchmarks.vision
+	$(PY) -m benchmarks.capture
+	$(PY) -m benchmarks.serve_load
+
+# The README's figures, each made by an attnlab command (the tour's steps; fashion_vit trains 4 minutes).
+readme-figures: $(STAMP)
+	$(VENV)/bin/attnlab tour --out runs/readme --only translation --only minilm --only fashion_vit
+	cp runs/readme/translation/figures/cross_1_mean.png docs/images/alignment_dates.png
+	cp runs/readme/minilm/figures/bert_5_head_view.png docs/images/minilm_head_view.png
+	cp runs/readme/fashion_vit/figures/vit_5_class_token.png docs/images/fashion_vit_class_token.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

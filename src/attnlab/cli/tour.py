@@ -32,6 +32,7 @@ class Step:
     note: str
     train: tuple[str, ...] | None
     visualize: tuple[str, ...]
+    extra: bool = False  # only with --only (it downloads a Debian package)
 
 
 STEPS = (
@@ -80,6 +81,15 @@ STEPS = (
         ("configs/digits_cnn_cbam.yaml",),
         ("--image", "{image}"),
     ),
+    Step(
+        "fashion_vit",
+        "Vision Transformer on Fashion-MNIST: where the class token looks",
+        "A 28x28 item seen as 4x4 patches of 7x7 pixels: the class token's map per head and rollout. "
+        "Fashion-MNIST の画像に重ねたクラストークンの注意。",
+        ("configs/fashion_vit.yaml", "training.max_minutes=4.0"),
+        ("--image", "{fashion_image}"),
+        extra=True,
+    ),
 )
 
 
@@ -87,7 +97,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``tour`` on the ``attnlab`` command."""
     parser = subparsers.add_parser("tour", help="train small models on built-in data and draw their attention")
     parser.add_argument("--out", default="runs/demo", help="the tour's folder (default runs/demo)")
-    parser.add_argument("--only", choices=[s.name for s in STEPS], action="append", help="run only these steps")
+    parser.add_argument(
+        "--only", choices=[s.name for s in STEPS], action="append", help="run only these steps (fashion_vit: only so)"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -97,13 +109,17 @@ def run(args: argparse.Namespace) -> int:
     from attnlab.cli.main import main
 
     out = Path(args.out)
-    image = _digit_image(out / "digit.png")
-    steps = [s for s in STEPS if not args.only or s.name in args.only]
+    steps = [s for s in STEPS if s.name in args.only] if args.only else [s for s in STEPS if not s.extra]
+    images = {}
+    if any("{image}" in s.visualize for s in steps):
+        images["image"] = _test_image("digits", 3, out / "digit.png")
+    if any("{fashion_image}" in s.visualize for s in steps):
+        images["fashion_image"] = _test_image("fashion-mnist", 9, out / "ankle_boot.png")
     for step in steps:
         run_dir = out / step.name
         commands = [] if step.train is None else [["train", *step.train, f"output_dir={run_dir}"]]
         source = [] if step.train is None else [str(run_dir)]
-        visualize = [arg.format(image=image) for arg in step.visualize]
+        visualize = [arg.format(**images) for arg in step.visualize]
         commands.append(["visualize", *source, *visualize, "--out", str(run_dir / "figures")])
         for argv in commands:
             print(f"\n$ attnlab {shlex.join(argv)}", flush=True)
@@ -114,14 +130,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _digit_image(path: Path) -> Path:
-    """The first 3 of scikit-learn's digits test split (never trained on) as an 8x8 PNG."""
+def _test_image(dataset: str, label: int, path: Path) -> Path:
+    """The first test image of class ``label`` (never trained on) of ``dataset`` as a PNG."""
     from attnlab.data.digits import load_digits
+    from attnlab.data.fashion_mnist import load_fashion_mnist
 
-    test = load_digits().test
-    index = int(test.labels.eq(3).nonzero()[0, 0])
+    test = (load_digits() if dataset == "digits" else load_fashion_mnist()).test
+    index = int(test.labels.eq(label).nonzero()[0, 0])
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(test.images[index, 0].numpy(), "L").save(path)  # uint8 (8, 8)
+    Image.fromarray(test.images[index, 0].numpy(), "L").save(path)  # uint8 (H, W)
     return path
 
 
