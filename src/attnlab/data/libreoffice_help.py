@@ -26,6 +26,8 @@ __all__ = [
     "build_libreoffice_help_pairs",
     "extract_help_paragraphs",
     "fetch_libreoffice_help",
+    "keeps_translation",
+    "libreoffice_lang_dir",
     "pair_help_pages",
 ]
 
@@ -118,7 +120,9 @@ def _help_pages(lang_dir: Path) -> Iterator[Path]:
     return iter(sorted(path.relative_to(lang_dir) for path in lang_dir.rglob("*.html")))
 
 
-def _keeps_translation(lang: str, english: str, translation: str) -> bool:
+def keeps_translation(lang: str, english: str, translation: str) -> bool:
+    """Whether a pair is translated: both sides non-empty and, for ``ja``, kana or kanji in the translation,
+    otherwise a translation that differs from the English."""
     if not english or not translation:
         return False
     if lang == "ja":
@@ -150,15 +154,15 @@ def pair_help_pages(english_dir: Path, other_dir: Path, lang: str = "ja") -> lis
         other = extract_help_paragraphs(other_page.read_text(encoding="utf-8"))
         for ident, english_text in english.items():
             other_text = other.get(ident, "")
-            if _keeps_translation(lang, english_text, other_text):
+            if keeps_translation(lang, english_text, other_text):
                 pairs.setdefault((english_text, other_text), None)
     if missing:
         logger.warning("%d help pages of %s have no counterpart in %s", missing, english_dir, other_dir)
     return list(pairs)
 
 
-def _help_lang_dir(lang: str) -> str:
-    """Folder name of a language in the help tree: ``ja`` -> ``ja``, ``pt-br`` -> ``pt-BR``."""
+def libreoffice_lang_dir(lang: str) -> str:
+    """LibreOffice's folder (help and UI) of a Debian language suffix: ``ja`` -> ``ja``, ``pt-br`` -> ``pt-BR``."""
     base, _, region = lang.partition("-")
     return f"{base}-{region.upper()}" if region else base
 
@@ -179,7 +183,7 @@ def fetch_libreoffice_help(lang: str, workdir: Path) -> Path:
     """
     packages = ["libreoffice-help-en-us", f"libreoffice-help-{lang}"]
     help_root = extract_debian_packages(packages, workdir) / HELP_SUBDIR
-    for sub in ("en-US", _help_lang_dir(lang)):
+    for sub in ("en-US", libreoffice_lang_dir(lang)):
         if not (help_root / sub).is_dir():
             raise RuntimeError(f"expected help folder {help_root / sub} after unpacking {packages}; not found")
     return help_root
@@ -193,6 +197,6 @@ def build_libreoffice_help_pairs(lang: str = "ja") -> list[tuple[str, str]]:
     """
     with tempfile.TemporaryDirectory(prefix="attnlab-lohelp-") as tmp:
         help_root = fetch_libreoffice_help(lang, Path(tmp))
-        pairs = pair_help_pages(help_root / "en-US", help_root / _help_lang_dir(lang), lang)
+        pairs = pair_help_pages(help_root / "en-US", help_root / libreoffice_lang_dir(lang), lang)
     logger.info("libreoffice-help en-%s: %d unique pairs", lang, len(pairs))
     return pairs
