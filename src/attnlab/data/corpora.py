@@ -1,9 +1,12 @@
 """Parallel corpora as (source, target) string pairs with a deterministic train/dev/test split.
 
-Three corpora, chosen by ``CorpusConfig.name``:
+Four corpora, chosen by ``CorpusConfig.name``:
 
 - ``libreoffice-help``: English-Japanese (or English-LANG) paragraphs of the LibreOffice help,
   fetched from Debian (:mod:`attnlab.data.libreoffice_help`); ~18.6k unique pairs for ``ja``.
+- ``libreoffice-combined``: the help pairs plus the LibreOffice UI catalogue strings
+  (:mod:`attnlab.data.libreoffice_ui`), de-duplicated; dev and test are exactly those of
+  ``libreoffice-help`` and the UI strings only add training pairs (:mod:`attnlab.data.combined`).
 - ``generated``: English dates and numbers and their ``lang`` rendering by babel and num2words
   (:mod:`attnlab.data.generated_pairs`); any size, instant.
 - ``user``: one TSV file or two line-aligned files (:mod:`attnlab.data.user_corpus`).
@@ -28,8 +31,10 @@ from typing import Any
 
 from attnlab.config import ConfigMixin
 from attnlab.data.cache import atomic_write_text, default_cache_dir
+from attnlab.data.combined import CombinedSplits, SourcePairs, combine_sources
 from attnlab.data.generated_pairs import build_generated_pairs
 from attnlab.data.libreoffice_help import build_libreoffice_help_pairs
+from attnlab.data.libreoffice_ui import build_libreoffice_ui_pairs
 from attnlab.data.user_corpus import SkippedLine, UserCorpusError, read_user_pairs
 
 __all__ = ["CORPUS_NAMES", "SPLITS", "CorpusConfig", "ParallelCorpus", "assign_split", "prepare_corpus", "split_pairs"]
@@ -37,7 +42,8 @@ __all__ = ["CORPUS_NAMES", "SPLITS", "CorpusConfig", "ParallelCorpus", "assign_s
 logger = logging.getLogger(__name__)
 
 Pair = tuple[str, str]
-CORPUS_NAMES = ("libreoffice-help", "generated", "user")
+SourceCounts = dict[str, dict[str, int]]
+CORPUS_NAMES = ("libreoffice-help", "libreoffice-combined", "generated", "user")
 SPLITS = ("train", "dev", "test")
 _CACHE_FORMAT = 1  # bump when the prepared content of any corpus changes
 
@@ -48,7 +54,7 @@ class CorpusConfig(ConfigMixin):
 
     Attributes:
         name: one of :data:`CORPUS_NAMES`.
-        source_lang: source language code. For ``libreoffice-help`` and ``generated`` one side
+        source_lang: source language code. For the built-in corpora one side
             must be ``"en"``; ``source_lang="ja", target_lang="en"`` gives the reverse direction.
             For ``user`` both are labels only.
         target_lang: target language code.
@@ -112,6 +118,8 @@ class ParallelCorpus:
         target_lang: language of ``pair[1]``.
         splits: ``{"train": [...], "dev": [...], "test": [...]}`` of ``(source, target)`` pairs.
         skipped: input lines left out while reading (``user`` corpora only).
+        sources: per-source counts of a combined corpus, ``{source: {"entries", "filtered",
+            "duplicates", "dropped", "kept"}}`` (see :mod:`attnlab.data.combined`); empty otherwise.
     """
 
     name: str
@@ -119,6 +127,7 @@ class ParallelCorpus:
     target_lang: str
     splits: dict[str, list[Pair]]
     skipped: list[SkippedLine] = field(default_factory=list)
+    sources: SourceCounts = field(default_factory=dict)
 
     @property
     def train(self) -> list[Pair]:
@@ -138,7 +147,8 @@ class ParallelCorpus:
     def reversed(self) -> ParallelCorpus:
         """The same corpus translating target -> source; splits stay the same pairs."""
         splits = {name: [(target, source) for source, target in pairs] for name, pairs in self.splits.items()}
-        return ParallelCorpus(self.name, self.target_lang, self.source_lang, splits, list(self.skipped))
+        sources = {name: dict(counts) for name, counts in self.sources.items()}
+        return ParallelCorpus(self.name, self.target_lang, self.source_lang, splits, list(self.skipped), sources)
 
 
 def assign_split(key: str, seed: int = 0, dev_fraction: float = 0.05, test_fraction: float = 0.05) -> str:
@@ -174,6 +184,26 @@ def _build_pairs(config: CorpusConfig) -> tuple[list[Pair], list[SkippedLine]]:
             f"first {skipped[0] if skipped else 'none'}); expected source<TAB>target lines"
         )
     return pairs, skipped
+
+
+def _build_combined(config: CorpusConfig) -> CombinedSplits:
+    """The help pairs split as in ``libreoffice-help``, the UI strings added to train."""
+    help_splits = split_pairs(
+        build_libreoffice_help_pairs(config.other_lang), config.seed, config.dev_fraction, config.test_fraction
+    )
+    ui = build_libreoffice_ui_pairs(config.other_lang)
+    return combine_sources("libreoffice-help", help_splits, [SourcePairs("libreoffice-ui", ui.pairs, ui.entries)])
+
+
+def _build_splits(config: CorpusConfig) -> tuple[dict[str, list[Pair]], list[SkippedLine], SourceCounts]:
+    """The splits, the skipped input lines and the per-source counts of a corpus."""
+    if config.name == "libreoffice-combined":
+        combined = _build_combined(config)
+        return combined.splits, [], combined.sources
+    pairs, skipped = _build_pairs(config)
+    splits = split_pairs(pairs, config.seed, config.dev_fraction, config.test_fraction)
+    _check_train_split(config, splits)
+    return splits, skipped, {}
 
 
 def _check_train_split(config: CorpusConfig, splits: dict[str, list[Pair]]) -> None:
@@ -216,26 +246,35 @@ def _cache_path(config: CorpusConfig) -> Path:
     return root / "corpora" / f"{label}-{digest}.json"
 
 
-def _read_cache(path: Path) -> tuple[dict[str, list[Pair]], list[SkippedLine]] | None:
+def _read_cache(path: Path) -> tuple[dict[str, list[Pair]], list[SkippedLine], SourceCounts] | None:
     if not path.is_file():
         return None
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
         splits = {name: [(pair[0], pair[1]) for pair in stored["splits"][name]] for name in SPLITS}
         skipped = [SkippedLine(**item) for item in stored["skipped"]]
+        sources = stored.get("sources", {})  # absent for single-source corpora
     except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
         logger.warning("ignoring unreadable corpus cache %s (%s); rebuilding", path, error)
         return None
     logger.info("loaded corpus from cache %s", path)
-    return splits, skipped
+    return splits, skipped, sources
 
 
-def _write_cache(path: Path, config: CorpusConfig, splits: dict[str, list[Pair]], skipped: list[SkippedLine]) -> None:
+def _write_cache(
+    path: Path,
+    config: CorpusConfig,
+    splits: dict[str, list[Pair]],
+    skipped: list[SkippedLine],
+    sources: SourceCounts,
+) -> None:
     stored = {
         "key": _cache_key(config),
         "splits": splits,
         "skipped": [dataclasses.asdict(item) for item in skipped],
     }
+    if sources:
+        stored["sources"] = sources
     atomic_write_text(path, json.dumps(stored, ensure_ascii=False))
     logger.info("cached corpus at %s", path)
 
@@ -252,19 +291,18 @@ def prepare_corpus(config: CorpusConfig) -> ParallelCorpus:
 
     Raises:
         ValueError: a ``user`` corpus with misaligned files, or an unsupported ``generated`` lang.
+        FileNotFoundError: the UI package of ``libreoffice-combined`` holds no catalogue.
         UserCorpusError: a ``user`` corpus that is not UTF-8, is empty, or leaves no training pair.
         RuntimeError: the Debian packages could not be fetched.
     """
     path = _cache_path(config) if config.use_cache else None
     cached = _read_cache(path) if path else None
     if cached is None:
-        pairs, skipped = _build_pairs(config)
-        splits = split_pairs(pairs, config.seed, config.dev_fraction, config.test_fraction)
-        _check_train_split(config, splits)
+        splits, skipped, sources = _build_splits(config)
         if path:
-            _write_cache(path, config, splits, skipped)
+            _write_cache(path, config, splits, skipped, sources)
     else:
-        splits, skipped = cached
+        splits, skipped, sources = cached
     if config.english_first:
-        return ParallelCorpus(config.name, config.source_lang, config.target_lang, splits, skipped)
-    return ParallelCorpus(config.name, config.target_lang, config.source_lang, splits, skipped).reversed()
+        return ParallelCorpus(config.name, config.source_lang, config.target_lang, splits, skipped, sources)
+    return ParallelCorpus(config.name, config.target_lang, config.source_lang, splits, skipped, sources).reversed()

@@ -36,19 +36,25 @@ def corpus_statistics(corpus: ParallelCorpus) -> dict[str, Any]:
 
     Returns:
         ``{"name", "source_lang", "target_lang", "pairs": {"train", "dev", "test", "total"},
-        "skipped_lines", "source": side, "target": side}`` where each side is
+        "skipped_lines", "sources" (combined corpora only: ``{source: {"entries", "filtered", "duplicates",
+        "dropped", "kept"}}``, see :mod:`attnlab.data.combined`), "source": side, "target": side}`` where each side is
         ``{"chars": {"median", "mean", "max"}, "words": {...}, "japanese_char_fraction"}`` over all
         splits; words are whitespace-separated (so a Japanese sentence is mostly one "word") and the
         Japanese fraction counts kana and kanji among non-space characters.
     """
     pairs = [pair for name in SPLITS for pair in corpus.splits[name]]
     counts = {name: len(corpus.splits[name]) for name in SPLITS}
-    return {
+    statistics = {
         "name": corpus.name,
         "source_lang": corpus.source_lang,
         "target_lang": corpus.target_lang,
         "pairs": {**counts, "total": sum(counts.values())},
         "skipped_lines": len(corpus.skipped),
+    }
+    if corpus.sources:
+        statistics["sources"] = {name: dict(source_counts) for name, source_counts in corpus.sources.items()}
+    return {
+        **statistics,
         "source": _side_statistics([source for source, _ in pairs]),
         "target": _side_statistics([target for _, target in pairs]),
     }
