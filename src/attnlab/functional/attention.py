@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnlab.functional import kernels
-from attnlab.functional.checks import check_inputs, check_no_nan, nan_checks_enabled
+from attnlab.functional.checks import (
+    check_average_dim,
+    check_inputs,
+    check_no_nan,
+    check_scale,
+    nan_checks_enabled,
+)
 from attnlab.functional.masks import causal_mask, check_mask, merge_masks
 from attnlab.functional.normalize import NormalizeFn, resolve_normalizer, softmax
 from attnlab.functional.scores import ScoreFn, check_same_dim, resolve_score, scaled_dot_score
@@ -63,10 +69,12 @@ def attention(
         averaged dim removed) or None. Queries with no allowed key get zero weights and context.
 
     Raises:
-        ValueError: shapes that do not fit (naming them), ``dropout_p`` outside [0, 1), ``scale``
-            or ``fused=True`` with another score or normaliser, and, inside ``nan_checks()``,
-            an input holding NaN.
-        TypeError: inputs that are not floating-point tensors, masks neither bool nor float.
+        ValueError: shapes that do not fit (naming them), query, key and value of different
+            dtypes or devices, ``dropout_p`` outside [0, 1), a ``scale`` that is not finite and
+            > 0, a ``weights_average_dim`` outside the weights' dims, ``scale`` or ``fused=True``
+            with another score or normaliser, and, inside ``nan_checks()``, an input holding NaN.
+        TypeError: inputs that are not floating-point tensors, masks that are not tensors or
+            neither bool nor float.
     """
     batch_shape = check_inputs(query, key, value)
     lq, lk = query.shape[-2], key.shape[-2]
@@ -74,6 +82,9 @@ def attention(
         check_mask(mask, (*batch_shape, lq, lk))
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_scale(scale)
+    if need_weights and weights_average_dim is not None:
+        check_average_dim(weights_average_dim, (*batch_shape, lq, lk))
     if lq == 0 or lk == 0:
         return _empty_result(query, value, batch_shape, lq, lk, need_weights, weights_average_dim)
     score_fn, norm_fn = resolve_score(score), resolve_normalizer(normalize)

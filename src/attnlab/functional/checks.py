@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -54,7 +55,7 @@ def check_no_nan(context: Tensor, query: Tensor, key: Tensor, value: Tensor) -> 
 
 
 def check_inputs(query: Tensor, key: Tensor, value: Tensor) -> torch.Size:
-    """Raise on bad types, ranks, dtypes or lengths; return the broadcast batch shape."""
+    """Raise on bad types, ranks, dtypes, devices or lengths; return the broadcast batch shape."""
     for name, x in (("query", query), ("key", key), ("value", value)):
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
@@ -62,6 +63,7 @@ def check_inputs(query: Tensor, key: Tensor, value: Tensor) -> torch.Size:
             raise ValueError(f"{name} must have shape (..., L, d), got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
+    check_same_dtype_and_device(query, key, value)
     if not query.ndim == key.ndim == value.ndim:
         raise ValueError(
             f"query, key and value must have the same rank, got query {tuple(query.shape)}, "
@@ -78,3 +80,33 @@ def check_inputs(query: Tensor, key: Tensor, value: Tensor) -> torch.Size:
             f"batch dims of query {tuple(query.shape)}, key {tuple(key.shape)} and value "
             f"{tuple(value.shape)} do not match"
         ) from None
+
+
+def check_same_dtype_and_device(query: Tensor, key: Tensor, value: Tensor) -> None:
+    """Raise a ``ValueError`` naming the three dtypes or devices unless they agree (attribute reads, no sync)."""
+    if not query.dtype == key.dtype == value.dtype:
+        raise ValueError(
+            f"query, key and value must have one dtype, got query {query.dtype}, key {key.dtype}, "
+            f"value {value.dtype}; convert them, e.g. key.to(query.dtype)"
+        )
+    if not query.device == key.device == value.device:
+        raise ValueError(
+            f"query, key and value must be on one device, got query on {query.device}, key on {key.device}, "
+            f"value on {value.device}; move them, e.g. key.to(query.device)"
+        )
+
+
+def check_scale(scale: float | None) -> None:
+    """Raise a ``ValueError`` naming ``scale`` unless it is None or a finite number > 0 (a tensor is not read)."""
+    if scale is not None and not isinstance(scale, Tensor) and not 0.0 < scale < math.inf:
+        raise ValueError(f"scale ({scale}) must be finite and > 0 (the factor of Q K^T), or None for 1 / sqrt(d_k)")
+
+
+def check_average_dim(dim: int, weights_shape: tuple[int, ...]) -> None:
+    """Raise a ``ValueError`` naming ``dim`` and the weights' rank unless ``dim`` indexes the weights."""
+    rank = len(weights_shape)
+    if not -rank <= dim < rank:
+        raise ValueError(
+            f"weights_average_dim ({dim}) is out of range for the weights (..., Lq, Lk) of shape "
+            f"{weights_shape}: expected a dim in [{-rank}, {rank - 1}]"
+        )

@@ -33,6 +33,11 @@ def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
 
 def check_mask(mask: Tensor, scores_shape: torch.Size | tuple[int, ...], name: str = "mask") -> None:
     """Raise a ``ValueError`` naming the shapes unless ``mask`` is bool/float and broadcasts to the scores."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(
+            f"{name} must be a Tensor (bool, True = may attend, or a float bias), got {type(mask).__name__}; "
+            f"convert it, e.g. torch.as_tensor({name})"
+        )
     if mask.dtype != torch.bool and not mask.is_floating_point():
         raise TypeError(f"{name} must be bool (True = may attend) or a float bias, got dtype {mask.dtype}")
     if mask.ndim > len(scores_shape):
@@ -107,6 +112,11 @@ def torch_masks_to_allowed(
         attn_mask: ``(Lq, Lk)``, ``(B * H, Lq, Lk)`` or ``(B, H, Lq, Lk)``.
         batch, heads, lq, lk: B, H, Lq and Lk, for the checks.
     """
+    for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+        if mask is not None and not isinstance(mask, Tensor):
+            raise TypeError(
+                f"{name} must be a Tensor (bool, True = masked out, or a float bias), got {type(mask).__name__}"
+            )
     if key_padding_mask is not None:
         if tuple(key_padding_mask.shape) != (batch, lk):
             raise ValueError(

@@ -234,6 +234,7 @@ class MultiHeadAttention(nn.Module):
         for name, x, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
             if x.ndim != 3 or x.shape[-1] != dim:
                 raise ValueError(f"{name} must be (B, L, {dim}), got shape {tuple(x.shape)} (batch first)")
+        self._check_dtypes(query, key, value)
         if cache is not None and cache.is_filled:
             return
         if not query.shape[0] == key.shape[0] == value.shape[0]:
@@ -242,6 +243,18 @@ class MultiHeadAttention(nn.Module):
             )
         if key.shape[1] != value.shape[1]:
             raise ValueError(f"key and value lengths differ: key {tuple(key.shape)}, value {tuple(value.shape)}")
+
+    def _check_dtypes(self, query: Tensor, key: Tensor, value: Tensor) -> None:
+        """Raise naming both dtypes when an input's dtype is not the weights' and autocast does not bridge them."""
+        weight = self.in_proj_weight if self._qkv_same_embed_dim else self.q_proj_weight
+        if torch.is_autocast_enabled(query.device.type):
+            return
+        for name, x in (("query", query), ("key", key), ("value", value)):
+            if x.dtype != weight.dtype:
+                raise ValueError(
+                    f"{name} is {x.dtype} but the weights of MultiHeadAttention are {weight.dtype}: run it under "
+                    f"torch.autocast, or convert one side, e.g. module.to({x.dtype}) or {name}.to({weight.dtype})"
+                )
 
     def project(
         self,

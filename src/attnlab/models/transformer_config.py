@@ -103,7 +103,16 @@ class TransformerConfig(ConfigMixin):
             )
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {list(POSITIONS)}, got {self.positions!r}")
-        check_attention_choice(self.score, self.normalize)
+        self._check_attention()
         for name in ("pad_id", "bos_id", "eos_id"):
             if not 0 <= getattr(self, name) < min(self.src_vocab_size, self.tgt_vocab_size):
                 raise ValueError(f"{name} ({getattr(self, name)}) must be a valid id of both vocabularies")
+
+    def _check_attention(self) -> None:
+        """Raise for an unknown score or normaliser, the message led by the field (``score: unknown score ...``)
+        so that a run config names the key, ``model.score``."""
+        for name, normalize in (("score", "softmax"), ("normalize", self.normalize)):
+            try:
+                check_attention_choice(self.score, normalize)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from error
