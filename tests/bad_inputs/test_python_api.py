@@ -209,6 +209,12 @@ CLASSIFY_CASES: dict[str, tuple[Callable[..., object], type[BaseException], tupl
         ValueError,
         ("(1, 8, 8)", "(3, 8, 8)"),
     ),
+    "an-int": (
+        lambda c, tmp: c.classify(42),
+        TypeError,
+        ("images must be a path, a Pillow image or a tensor", "got int"),
+    ),
+    "a-list-holding-an-int": (lambda c, tmp: c.classify([torch.zeros(1, 8, 8), 42]), TypeError, ("got int",)),
     "top-k-zero": (
         lambda c, tmp: c.classify(torch.zeros(1, 8, 8, dtype=torch.uint8), top_k=0),
         ValueError,
@@ -234,3 +240,12 @@ def test_load_a_classification_run_as_a_translator(classifier_run: Path) -> None
 
 def test_load_with_an_unknown_precision(classifier_run: Path) -> None:
     _raises(lambda: attnlab.load(classifier_run, precision="fp8"), ValueError, "'fp8'", "bf16")
+
+
+def test_load_a_checkpoint_the_run_does_not_hold(classifier_run: Path) -> None:
+    _raises(
+        lambda: attnlab.load(classifier_run, checkpoint="middle"),
+        CheckpointError,
+        "checkpoint 'middle' is not one of ['best', 'last']",
+        str(classifier_run),
+    )

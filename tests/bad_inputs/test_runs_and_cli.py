@@ -194,6 +194,14 @@ def test_translate_on_a_classification_run_names_both_tasks(trained_run, capsys)
     assert str(trained_run) in line and "is a classification run" in line and "expected a translation run" in line
 
 
+def test_evaluate_a_checkpoint_the_run_does_not_hold_names_those_it_holds(trained_run, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(trained_run), "--checkpoint", "middle"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("attnlab evaluate: error: ") and str(trained_run) in line
+    assert "checkpoint 'middle' is not one of ['best', 'last']" in line
+
+
 # ----------------------------------------------------------------------------- resuming another model
 def test_damaged_weights_on_resume_are_called_damaged_not_another_model(run_copy, capsys):
     weights = run_copy / "checkpoints" / "last" / ckpt.MODEL_FILE

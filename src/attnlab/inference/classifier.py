@@ -9,7 +9,8 @@ Shapes: B images, C channels, H x W image, K classes, L blocks, h heads, N token
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -106,6 +107,7 @@ class Classifier:
             ValueError: ``top_k`` below 1, a tensor of the wrong shape, or a layer, head or kind
                 of ``attention`` the model does not have (the message names what exists).
             ImageInputError: a file or image that cannot be read or converted.
+            TypeError: ``images`` (or one of them) of another type, e.g. an int (the message names it).
         """
         if top_k < 1:
             raise ValueError(f"top_k ({top_k}) must be >= 1")
@@ -144,7 +146,12 @@ class Classifier:
         """Model input ``(B, C, H, W)`` from any accepted form."""
         if isinstance(images, Tensor):
             return self._tensor(images)
-        items = [images] if isinstance(images, (str, Path, Image.Image)) else list(images)
+        if isinstance(images, (str, Path, Image.Image)):
+            items = [images]
+        elif isinstance(images, Iterable):
+            items = list(images)
+        else:
+            raise _not_an_image(images)
         if not items:
             raise ValueError("classify needs at least one image, got an empty sequence")
         return torch.cat([self._one(item, resize) for item in items])
@@ -156,6 +163,8 @@ class Classifier:
             return self._tensor(image)
         if isinstance(image, Image.Image):
             return preprocess_batch(self._pixels(image, resize)[None], spec.normalization)
+        if not isinstance(image, (str, os.PathLike)):
+            raise _not_an_image(image)
         return load_image(image, spec.channels, spec.image_size, spec.normalization, resize=resize)[None]
 
     def _tensor(self, images: Tensor) -> Tensor:
@@ -185,3 +194,10 @@ class Classifier:
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast_to(self.precision, self.device)
+
+
+def _not_an_image(value: object) -> TypeError:
+    """The error for a value that ``classify`` cannot read as images, naming its type."""
+    return TypeError(
+        f"images must be a path, a Pillow image or a tensor, or a sequence of them, got {type(value).__name__}"
+    )

@@ -38,7 +38,7 @@ def load(
 
     Args:
         run_dir: the run's ``output_dir``, or one of its checkpoint directories.
-        checkpoint: ``best`` (falls back to ``last``) or ``last``.
+        checkpoint: ``best`` (falls back to ``last``), ``last`` or another checkpoint of the run by name.
         device: ``cpu``, ``cuda`` or ``auto`` (CUDA where available).
         precision: ``run`` (the run's ``training.precision``), ``fp32``, ``bf16`` (autocast) or
             ``auto`` (bf16 where the hardware has it).
@@ -46,7 +46,8 @@ def load(
             a run of another task fails naming both.
 
     Raises:
-        CheckpointError: no such run directory, no checkpoint, or a missing/corrupt file (named).
+        CheckpointError: no such run directory, no checkpoint, a ``checkpoint`` the run does not hold
+            (the message lists those it holds), or a missing/corrupt file (named).
         ConfigError: the saved config is unreadable, or the run is not a ``task`` run.
 
     Example:

@@ -47,11 +47,22 @@ def _checkpoint_of(run_dir: Path, which: str) -> Path:
         found = ckpt.find_checkpoint(run_dir, name)
         if found is not None:
             return found
+    held = _checkpoint_names(run_dir)
+    if held:
+        raise ckpt.CheckpointError(f"checkpoint {which!r} is not one of {held}, the checkpoints {run_dir} holds")
     wanted = " or ".join(f"checkpoints/{n}/" for n in names)
     raise ckpt.CheckpointError(
         f"{run_dir} holds no checkpoint, so it is not a trained run: missing {wanted} "
         f"(pass the output_dir of `attnlab train`, or one of its checkpoint directories)"
     )
+
+
+def _checkpoint_names(run_dir: Path) -> list[str]:
+    """The names of the checkpoints under ``run_dir/checkpoints/``, sorted (temporary folders left out)."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def load_run(
@@ -61,13 +72,14 @@ def load_run(
 
     Args:
         run_dir: the run's ``output_dir``, or a checkpoint directory itself.
-        which: ``best`` (falls back to ``last``) or ``last``.
+        which: ``best`` (falls back to ``last``), ``last`` or the name of another checkpoint of the run.
         need_data: also load the data set (for evaluation); inference needs only the checkpoint.
         device: ``cpu``, ``cuda`` or ``auto``.
         task: if given, the task the caller needs; another task fails naming both.
 
     Raises:
-        CheckpointError: no checkpoint, or a missing/corrupt file (named).
+        CheckpointError: no checkpoint, a checkpoint ``which`` the run does not hold (naming those
+            it holds), or a missing/corrupt file (named).
         ConfigError: the saved config is unreadable, or the run is not a ``task`` run.
     """
     run_dir = Path(run_dir)
