@@ -92,7 +92,7 @@ def test_attention_rejects(case: str) -> None:
         assert fragment in message, message
 
 
-@pytest.mark.parametrize("fused", [None, True, False])
+@pytest.mark.parametrize("fused", [None, True, False], ids=["chosen", "sdpa", "explicit"])
 def test_the_valid_neighbours_still_agree_with_torch(fused: bool | None) -> None:
     """One dtype and device, a positive scale, an in-range dim, a tensor mask: SDPA's numbers."""
     mask = torch.rand(3, 4, generator=torch.Generator().manual_seed(1)) > 0.3
@@ -140,6 +140,7 @@ def test_mha_rejects_a_numpy_padding_mask() -> None:
 @pytest.mark.parametrize(
     ("field", "fragment"),
     [("score", "score: unknown score 'foo'"), ("normalize", "normalize: unknown normalizer 'foo'")],
+    ids=["score", "normalize"],
 )
 def test_a_transformer_config_names_the_field_of_an_unknown_choice(field: str, fragment: str) -> None:
     message = _message(lambda: TransformerConfig(src_vocab_size=10, tgt_vocab_size=10, **{field: "foo"}), ValueError)
