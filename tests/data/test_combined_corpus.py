@@ -124,3 +124,13 @@ def test_cli_prints_the_per_source_counts(
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["sources"] == prepare_corpus(CorpusConfig("libreoffice-combined")).sources
     assert set(printed["sources"]["libreoffice-ui"]) == {"entries", "filtered", "duplicates", "dropped", "kept"}
+
+
+@pytest.mark.slow
+def test_real_combined_corpus(cache_dir: Path) -> None:
+    combined = prepare_corpus(CorpusConfig("libreoffice-combined"))
+    help_corpus = prepare_corpus(CorpusConfig("libreoffice-help"))
+    assert combined.dev == help_corpus.dev and combined.test == help_corpus.test
+    assert not set(combined.train) & set(combined.test + combined.dev)
+    assert combined.sources["libreoffice-ui"]["kept"] > 10_000
+    assert len(combined.train) == len(help_corpus.train) + combined.sources["libreoffice-ui"]["kept"]
