@@ -196,8 +196,9 @@ def read_dataclass(cls: type, values: Mapping[str, Any], path: str = "") -> Any:
 
 def _name_the_key(message: str, names: Sequence[str], path: str) -> str:
     """``"{path}.{message}"`` when ``message`` starts with a field name (``data.corpus.size (-5) must
-    be >= 1``), so that the key reads as the user wrote it; ``"{path}: {message}"`` otherwise."""
-    if any(message.startswith(f"{name} ") for name in names):
+    be >= 1``, ``model.score: unknown score 'foo'``), so that the key reads as the user wrote it;
+    ``"{path}: {message}"`` otherwise."""
+    if any(message.startswith((f"{name} ", f"{name}: ")) for name in names):
         return f"{path}.{message}"
     return f"{path}: {message}"
 

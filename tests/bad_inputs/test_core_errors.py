@@ -159,5 +159,5 @@ def test_a_run_configs_unknown_score_names_model_score(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     section = load_config(path).model
     message = _message(lambda: section.resolve(src_vocab_size=100, tgt_vocab_size=100), ConfigError)
-    assert message.startswith("model") and "score: unknown score 'foo'" in message, message
+    assert message.startswith("model.score: unknown score 'foo'"), message
     assert "'scaled_dot'" in message, message

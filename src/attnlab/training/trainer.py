@@ -41,6 +41,7 @@ from attnlab.training.config import RunConfig
 from attnlab.training.devices import autocast_to, cpu_has_bf16, resolve_device, resolve_precision, seed_everything
 from attnlab.training.errors import BadBatch, TrainingError, TrainingInterrupted, is_data_error
 from attnlab.training.interrupts import StopSignals
+from attnlab.training.memory import fix_mmap_threshold
 from attnlab.training.metrics import scalar_metrics
 from attnlab.training.reporting import Reporter
 from attnlab.training.resume import (
@@ -142,6 +143,7 @@ class Trainer:
         t = self.config.training
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
+        fix_mmap_threshold()  # varying batch shapes would otherwise fragment the heap: RSS grows all run
         device = resolve_device(t.device)
         self.dist = distributed.from_environment(device)
         self.device = device if self.dist is None else self.dist.device(device)

@@ -1,0 +1,106 @@
+"""Resident memory of a training run over time: sample its RSS, write CSV, plot PNG.
+
+    python -m benchmarks.rss_training run --minutes 30 --csv rss.csv configs/libreoffice_transformer.yaml output_dir=/tmp/rss --fresh
+    python -m benchmarks.rss_training plot rss.csv --out docs/results/rss_libreoffice.png
+
+``run`` starts ``attnlab train`` with the given arguments (``training.max_minutes`` set from
+``--minutes``), reads ``VmRSS`` of the process from ``/proc`` every ``--every`` seconds (Linux),
+and writes ``seconds,rss_mib`` rows; ``plot`` draws such a CSV with the band of +-10% around the
+median after warm-up (the first ``--warmup`` seconds are excluded) and prints the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def rss_mib(pid: int) -> float | None:
+    """The resident set size of ``pid`` in MiB, or None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def sample(train_args: list[str], minutes: float, every: float, out: Path) -> None:
+    command = [sys.executable, "-m", "attnlab.cli.main", "train", *train_args, f"training.max_minutes={minutes}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = time.monotonic()
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["seconds", "rss_mib"])
+        while process.poll() is None:
+            if (rss := rss_mib(process.pid)) is not None:
+                writer.writerow([round(time.monotonic() - start), round(rss)])
+                f.flush()
+            time.sleep(every)
+    print(f"exit code {process.returncode}; samples in {out}")
+
+
+def read_csv(path: Path) -> tuple[list[float], list[float]]:
+    seconds, rss = [], []
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            if row["seconds"].isdigit():
+                seconds.append(float(row["seconds"]))
+                rss.append(float(row["rss_mib"]))
+    return seconds, rss
+
+
+def plot(path: Path, out: Path, warmup: float, title: str) -> None:
+    seconds, rss = read_csv(path)
+    after = [r for s, r in zip(seconds, rss) if s >= warmup]
+    median = statistics.median(after)
+    low, high = min(after), max(after)
+    fig = Figure(figsize=(7, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([s / 60 for s in seconds], rss, lw=1)
+    ax.axhspan(0.9 * median, 1.1 * median, color="tab:green", alpha=0.15, label="median after warm-up +-10%")
+    ax.axvline(warmup / 60, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("RSS (MiB)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    print(
+        f"after {warmup:.0f} s: median {median:.0f} MiB, min {low:.0f} ({low / median - 1:+.1%}), "
+        f"max {high:.0f} ({high / median - 1:+.1%}); {len(after)} samples; plot {out}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run")
+    run.add_argument("--minutes", type=float, default=30.0)
+    run.add_argument("--every", type=float, default=10.0)
+    run.add_argument("--csv", type=Path, default=Path("rss.csv"))
+    run.add_argument("train_args", nargs=argparse.REMAINDER, help="attnlab train arguments (config, overrides, --fresh)")
+    draw = commands.add_parser("plot")
+    draw.add_argument("csv", type=Path)
+    draw.add_argument("--out", type=Path, default=Path("rss.png"))
+    draw.add_argument("--warmup", type=float, default=300.0)
+    draw.add_argument("--title", default="attnlab train configs/libreoffice_transformer.yaml: RSS")
+    args = parser.parse_args()
+    if args.command == "run":
+        sample(args.train_args, args.minutes, args.every, args.csv)
+    else:
+        plot(args.csv, args.out, args.warmup, args.title)
+
+
+if __name__ == "__main__":
+    main()
