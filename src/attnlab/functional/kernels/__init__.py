@@ -7,6 +7,8 @@ query with no allowed key gets zero context and zero weights):
 - ``explicit``: matmul, softmax, matmul; any dtype, forward and backward.
 - ``sdpa``: ``F.scaled_dot_product_attention``, weights computed beside it on request.
 - ``blockwise``: a block of queries at a time, never all heads' maps at once.
+- ``causal``: causal attention with each block of queries against its key prefix only, about
+  half the work of full attention; other calls go to ``sdpa``.
 - ``step``: a decoding step's few queries against a cache, in place and without autograd;
   ``step_attention`` is the decoding engine's entry, choosing it or SDPA per call.
 
@@ -16,6 +18,7 @@ query with no allowed key gets zero context and zero weights):
 
 from attnlab.functional.kernels._common import Kernel
 from attnlab.functional.kernels.blockwise import attention_weights, blockwise
+from attnlab.functional.kernels.causal import causal
 from attnlab.functional.kernels.dispatch import choose_kernel
 from attnlab.functional.kernels.explicit import explicit
 from attnlab.functional.kernels.sdpa import sdpa
@@ -29,7 +32,13 @@ from attnlab.functional.kernels.thresholds import (
     write_table,
 )
 
-KERNELS: dict[str, Kernel] = {"explicit": explicit, "sdpa": sdpa, "blockwise": blockwise, "step": step}
+KERNELS: dict[str, Kernel] = {
+    "explicit": explicit,
+    "sdpa": sdpa,
+    "blockwise": blockwise,
+    "causal": causal,
+    "step": step,
+}
 """Every kernel by name."""
 
 __all__ = [
@@ -38,6 +47,7 @@ __all__ = [
     "Thresholds",
     "attention_weights",
     "blockwise",
+    "causal",
     "choose_kernel",
     "current_thresholds",
     "explicit",

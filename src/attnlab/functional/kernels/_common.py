@@ -79,3 +79,18 @@ def broadcast_shapes(*shapes: torch.Size) -> torch.Size:
             raise RuntimeError(f"shapes {[tuple(s) for s in shapes]} do not broadcast at dim {dim}")
         result.append(sizes.pop() if sizes else 1)
     return torch.Size(result)
+
+
+def as_4d(query: Tensor, key: Tensor, value: Tensor, batch: torch.Size, mask: Tensor | None) -> tuple[Tensor, ...]:
+    """(B, H, L, d) views for SDPA's kernels; leading dims beyond two are flattened into B."""
+    if query.ndim <= 4 and query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
+        pad = (1,) * (4 - query.ndim)
+        q, k, v = (x.reshape(*pad, *x.shape) for x in (query, key, value))
+        if mask is not None and mask.ndim < 4:  # SDPA wants a mask of the inputs' rank
+            mask = mask.reshape(*(1,) * (4 - mask.ndim), *mask.shape)
+        return q, k, v, mask
+    q, k, v = (x.expand(*batch, *x.shape[-2:]).reshape(-1, 1, *x.shape[-2:]) for x in (query, key, value))
+    if mask is not None:
+        lq, lk = query.shape[-2], key.shape[-2]
+        mask = mask.expand(*batch, lq, lk).reshape(-1, 1, lq, lk)
+    return q, k, v, mask

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from attnlab.functional.kernels._common import Kernel
 from attnlab.functional.kernels.blockwise import blockwise
+from attnlab.functional.kernels.causal import causal, prefix_attention_applies
 from attnlab.functional.kernels.explicit import explicit
 from attnlab.functional.kernels.sdpa import sdpa
 from attnlab.functional.kernels.thresholds import Thresholds, current_thresholds
@@ -16,7 +17,9 @@ def choose_kernel(
     query: Tensor,
     key: Tensor,
     value: Tensor,
+    mask: Tensor | None = None,
     *,
+    is_causal: bool = False,
     need_weights: bool = False,
     weights_average_dim: int | None = None,
     thresholds: Thresholds | None = None,
@@ -24,12 +27,14 @@ def choose_kernel(
     """The kernel for one call, like PyTorch's own choice of SDPA backend.
 
     Per-head weights take ``explicit`` (it makes the map once; SDPA would need a second pass);
-    otherwise CUDA takes ``sdpa``. On CPU, head-averaged weights take ``blockwise``, calls that
-    need no gradients ``sdpa``, and training calls ``sdpa`` from
+    otherwise CUDA takes ``sdpa``. On CPU, head-averaged weights take ``blockwise``; causal calls
+    with no mask or a key-padding mask take ``causal`` from ``thresholds.cpu_causal_min_queries``
+    queries on (0: never); other calls that need no gradients take ``sdpa``, and training calls ``sdpa`` from
     ``thresholds.backward_sdpa_min_keys(dtype)`` keys on, ``explicit`` below.
 
     Args:
-        query, key, value: the call's inputs, as ``Kernel`` takes them.
+        query, key, value, mask: the call's inputs, as ``Kernel`` takes them.
+        is_causal: whether the call masks the keys after each query, as ``Kernel`` takes it.
         need_weights, weights_average_dim: what the call returns, as ``Kernel`` takes them.
         thresholds: the table to choose by; ``current_thresholds()`` when None.
     """
@@ -39,7 +44,11 @@ def choose_kernel(
         return sdpa
     if need_weights:
         return blockwise
+    thresholds = current_thresholds() if thresholds is None else thresholds
+    if 0 < thresholds.cpu_causal_min_queries <= query.shape[-2] and prefix_attention_applies(
+        query, key, value, mask, is_causal, 0.0, need_weights
+    ):
+        return causal
     if not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)):
         return sdpa
-    thresholds = current_thresholds() if thresholds is None else thresholds
     return sdpa if key.shape[-2] >= thresholds.backward_sdpa_min_keys(query.dtype) else explicit

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.functional.kernels._common import batch_shape
+from attnlab.functional.kernels._common import as_4d, batch_shape
 from attnlab.functional.kernels.blockwise import attention_weights
 from attnlab.functional.kernels.thresholds import current_thresholds
 from attnlab.functional.masks import causal_mask, merge_masks
@@ -35,7 +34,7 @@ def sdpa(
     if is_causal and (mask is not None or lq != lk):
         # SDPA's is_causal aligns the first query with the first key and takes no extra mask.
         sdpa_mask, sdpa_causal = merge_masks(mask, causal_mask(lq, lk, device=query.device)), False
-    q, k, v, m = _as_4d(query, key, value, batch, sdpa_mask)  # (B, H, L, d)
+    q, k, v, m = as_4d(query, key, value, batch, sdpa_mask)  # (B, H, L, d)
     if query.device.type == "cpu" and lk >= current_thresholds().cpu_contiguous_min_keys:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # SDPA's CPU kernel reads whole heads faster
     context = F.scaled_dot_product_attention(
@@ -47,18 +46,3 @@ def sdpa(
     return context, attention_weights(
         query, key, mask=mask, is_causal=is_causal, scale=scale, average_dim=weights_average_dim
     )
-
-
-def _as_4d(query: Tensor, key: Tensor, value: Tensor, batch: torch.Size, mask: Tensor | None) -> tuple[Tensor, ...]:
-    """(B, H, L, d) views for SDPA's kernels; leading dims beyond two are flattened into B."""
-    if query.ndim <= 4 and query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
-        pad = (1,) * (4 - query.ndim)
-        q, k, v = (x.reshape(*pad, *x.shape) for x in (query, key, value))
-        if mask is not None and mask.ndim < 4:  # SDPA wants a mask of the inputs' rank
-            mask = mask.reshape(*(1,) * (4 - mask.ndim), *mask.shape)
-        return q, k, v, mask
-    q, k, v = (x.expand(*batch, *x.shape[-2:]).reshape(-1, 1, *x.shape[-2:]) for x in (query, key, value))
-    if mask is not None:
-        lq, lk = query.shape[-2], key.shape[-2]
-        mask = mask.expand(*batch, lq, lk).reshape(-1, 1, lq, lk)
-    return q, k, v, mask

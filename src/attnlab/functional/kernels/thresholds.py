@@ -35,6 +35,10 @@ class Thresholds:
         cpu_backward_sdpa_min_keys_bfloat16: likewise for bf16 and fp16 (SDPA's low-precision
             CPU backward is slow for short sequences).
         cpu_backward_sdpa_min_keys_float64: likewise for float64.
+        cpu_causal_min_queries: causal CPU self-attention with no mask or a key-padding mask and
+            no weights takes the causal kernel from this many queries on (0: never; its pieces
+            of PyTorch's CPU flash kernel have not beaten SDPA's own causal mode where measured).
+        cpu_causal_block_queries: about the query rows of the causal kernel's leaf blocks.
         cpu_contiguous_min_keys: from this many keys on, SDPA on CPU gets contiguous copies of
             strided heads (the copy pays for itself only on long sequences).
         cpu_step_plain_max_queries: a decoding step takes the plain products of the step kernel
@@ -47,6 +51,8 @@ class Thresholds:
     cpu_backward_sdpa_min_keys_float32: int = 0
     cpu_backward_sdpa_min_keys_bfloat16: int = 512
     cpu_backward_sdpa_min_keys_float64: int = 0
+    cpu_causal_min_queries: int = 0
+    cpu_causal_block_queries: int = 256
     cpu_contiguous_min_keys: int = 256
     cpu_step_plain_max_queries: int = 8
     cpu_step_plain_max_keys: int = 128
@@ -57,8 +63,9 @@ class Thresholds:
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{field.name} must be an int >= 0, got {value!r}")
-        if self.weights_chunk_elements < 1:
-            raise ValueError(f"weights_chunk_elements must be >= 1, got {self.weights_chunk_elements}")
+        for name in ("weights_chunk_elements", "cpu_causal_block_queries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def backward_sdpa_min_keys(self, dtype: torch.dtype) -> int:
         """The fewest keys from which a CPU call in ``dtype`` that needs gradients takes SDPA."""

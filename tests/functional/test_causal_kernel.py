@@ -1,0 +1,152 @@
+"""The causal kernel against float64 ``F.scaled_dot_product_attention`` with the causal mask, and its dispatch."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlab.functional.kernels import Thresholds, causal, choose_kernel, sdpa, set_thresholds
+
+B, H, D = 2, 3, 8
+DTYPES = [torch.float32, torch.bfloat16, torch.float64]
+MASK_KINDS = ["none", "padding_bool", "padding_bias", "padding_empty_rows"]
+
+
+def _qkv(n: int, dtype: torch.dtype, seed: int = 0, leading: tuple[int, ...] = (B, H)) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*leading, n, D, generator=g).to(dtype) for _ in range(3)]
+
+
+def _padding(kind: str, n: int) -> torch.Tensor | None:
+    """A key-padding mask ``(B, 1, 1, n)``: bool True = may attend, or a float bias."""
+    if kind == "none":
+        return None
+    allowed = torch.ones(B, 1, 1, n, dtype=torch.bool)
+    if kind == "padding_empty_rows":
+        allowed[1, ..., : min(3, n)] = False  # batch 1's first queries have no allowed key
+    else:
+        allowed[1, ..., n - n // 3 :] = False
+        allowed[..., 0] = True
+    if kind == "padding_bias":
+        g = torch.Generator().manual_seed(3)
+        return torch.randn(B, 1, 1, n, generator=g).masked_fill(~allowed, -math.inf)
+    return allowed
+
+
+def _reference(q, k, v, mask):
+    """float64 SDPA under the causal mask and ``mask``; rows with no allowed key give zeros."""
+    n = q.shape[-2]
+    allowed = torch.ones(n, n, dtype=torch.bool).tril()
+    bias = torch.zeros(n, n, dtype=torch.float64).masked_fill(~allowed, -math.inf)
+    if mask is not None:
+        bias = bias + (
+            mask.double() if mask.is_floating_point() else torch.zeros(mask.shape).masked_fill(~mask, -math.inf)
+        )
+    q, k, v = (x.double() for x in (q, k, v))
+    empty = (bias == -math.inf).all(-1, keepdim=True).expand(*q.shape[:-1], 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(empty, 0.0))
+    return out.masked_fill(empty, 0.0)
+
+
+@pytest.fixture(params=[2, 256], ids=["leaves_of_2", "default_leaves"])
+def leaves(request):
+    """Small leaves (several levels of halving even for short sequences) and the default."""
+    previous = set_thresholds(Thresholds(cpu_causal_block_queries=request.param))
+    yield request.param
+    set_thresholds(previous)
+
+
+def _tolerance(dtype: torch.dtype, factor: float) -> dict[str, float]:
+    eps = torch.finfo(dtype).eps
+    return {"atol": factor * eps, "rtol": factor * eps}
+
+
+@pytest.mark.usefixtures("leaves")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [1, 7, 13, 64])
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+def test_causal_equals_float64_sdpa_forward_and_backward(mask_kind, n, dtype):
+    q, k, v = (x.requires_grad_() for x in _qkv(n, dtype))
+    mask = _padding(mask_kind, n)
+    out, weights = causal(q, k, v, mask, is_causal=True)
+    ref_q, ref_k, ref_v = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = _reference(ref_q, ref_k, ref_v, mask)
+    assert weights is None and out.dtype == dtype
+    torch.testing.assert_close(out.double(), ref, **_tolerance(dtype, 4))
+    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    grads = torch.autograd.grad((out.double() * grad_out).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * grad_out).sum(), (ref_q, ref_k, ref_v))
+    for got, expected, name in zip(grads, ref_grads, "qkv"):
+        assert torch.isfinite(got).all(), name
+        torch.testing.assert_close(got.double(), expected, **_tolerance(dtype, 8), msg=name)
+
+
+@pytest.mark.usefixtures("leaves")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rows_with_no_allowed_key_get_zero_context_and_gradients(dtype):
+    q, k, v = (x.requires_grad_() for x in _qkv(9, dtype))
+    out, _ = causal(q, k, v, _padding("padding_empty_rows", 9), is_causal=True)
+    assert torch.equal(out[1, :, :3], torch.zeros_like(out[1, :, :3]))
+    out.sum().backward()
+    assert torch.equal(q.grad[1, :, :3], torch.zeros_like(q.grad[1, :, :3]))
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+@pytest.mark.usefixtures("leaves")
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+def test_gradcheck_in_float64(mask_kind):
+    q, k, v = (x[:1, :2, :, :4].requires_grad_() for x in _qkv(6, torch.float64))
+    mask = _padding(mask_kind, 6)
+    mask = None if mask is None else mask[:1]
+    assert torch.autograd.gradcheck(lambda a, b, c: causal(a, b, c, mask, is_causal=True)[0], (q, k, v))
+
+
+@pytest.mark.usefixtures("leaves")
+@pytest.mark.parametrize("leading", [(B * H,), (B, H, 2), (1, H)], ids=str)
+def test_leading_dims_broadcast_as_in_sdpa(leading):
+    q, k, v = _qkv(11, torch.float32, leading=leading)
+    expected, _ = sdpa(q, k.expand_as(q), v.expand_as(q), is_causal=True)
+    torch.testing.assert_close(causal(q, k, v, is_causal=True)[0], expected)
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["not_causal", "full_mask", "fewer_queries", "weights", "dropout", "other_value_size"],
+)
+def test_calls_it_does_not_cover_equal_the_sdpa_kernel(call):
+    q, k, v = _qkv(7, torch.float32)
+    options = {"is_causal": call != "not_causal", "need_weights": call == "weights"}
+    mask = torch.rand(B, H, 7, 7, generator=torch.Generator().manual_seed(1)) > 0.3 if call == "full_mask" else None
+    if call == "fewer_queries":
+        q = q[..., :4, :]
+    if call == "other_value_size":
+        v = torch.cat([v, v[..., :1]], dim=-1)
+    torch.manual_seed(0)
+    got = causal(q, k, v, mask, dropout_p=0.5 if call == "dropout" else 0.0, **options)
+    torch.manual_seed(0)
+    expected = sdpa(q, k, v, mask, dropout_p=0.5 if call == "dropout" else 0.0, **options)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_the_dispatcher_picks_it_only_where_it_applies(grad):
+    on = Thresholds(cpu_causal_min_queries=16)
+    q, k, v = (x.requires_grad_(grad) for x in _qkv(16, torch.float32))
+    padding = torch.ones(B, 1, 1, 16, dtype=torch.bool)
+    assert choose_kernel(q, k, v, is_causal=True, thresholds=on) is causal
+    assert choose_kernel(q, k, v, padding, is_causal=True, thresholds=on) is causal
+    assert choose_kernel(q, k, v, padding.float(), is_causal=True, thresholds=on) is causal
+    full = torch.ones(B, H, 16, 16, dtype=torch.bool)
+    assert choose_kernel(q, k, v, full, is_causal=True, thresholds=on) is not causal
+    assert choose_kernel(q, k, v, is_causal=False, thresholds=on) is not causal
+    assert choose_kernel(q, k, v, is_causal=True, need_weights=True, weights_average_dim=1, thresholds=on) is not causal
+    assert choose_kernel(q[..., :8, :], k, v, is_causal=True, thresholds=on) is not causal  # fewer queries
+    assert choose_kernel(q, k, v, is_causal=True, thresholds=Thresholds(cpu_causal_min_queries=17)) is not causal
+    assert choose_kernel(q, k, v, is_causal=True, thresholds=Thresholds(cpu_causal_min_queries=0)) is not causal
+
+
+def test_a_leaf_size_below_one_is_refused_by_name():
+    with pytest.raises(ValueError, match="cpu_causal_block_queries"):
+        Thresholds(cpu_causal_block_queries=0)
