@@ -1,12 +1,14 @@
 """Resident memory of a training run over time: sample its RSS, write CSV, plot PNG.
 
-    python -m benchmarks.rss_training run --minutes 30 --csv rss.csv configs/libreoffice_transformer.yaml output_dir=/tmp/rss --fresh
+    python -m benchmarks.rss_training run --minutes 30 --csv rss.csv \\
+        configs/libreoffice_transformer.yaml output_dir=/tmp/rss --fresh
     python -m benchmarks.rss_training plot rss.csv --out docs/results/rss_libreoffice.png
 
 ``run`` starts ``attnlab train`` with the given arguments (``training.max_minutes`` set from
 ``--minutes``), reads ``VmRSS`` of the process from ``/proc`` every ``--every`` seconds (Linux),
-and writes ``seconds,rss_mib`` rows; ``plot`` draws such a CSV with the band of +-10% around the
-median after warm-up (the first ``--warmup`` seconds are excluded) and prints the spread.
+and writes ``seconds,rss_mib`` rows; ``plot`` draws such a CSV, each sample and its rolling median
+(single samples swing with the size of the batch in flight), with the band of +-10% around the
+median after warm-up (the first ``--warmup`` seconds are excluded), and prints the spread.
 """
 
 from __future__ import annotations
@@ -59,26 +61,35 @@ def read_csv(path: Path) -> tuple[list[float], list[float]]:
     return seconds, rss
 
 
-def plot(path: Path, out: Path, warmup: float, title: str) -> None:
+def rolling_median(seconds: list[float], values: list[float], window: float) -> list[float]:
+    """The median of the samples in the ``window`` seconds ending at each sample."""
+    return [statistics.median(v for s, v in zip(seconds, values) if t - window < s <= t) for t in seconds]
+
+
+def plot(path: Path, out: Path, warmup: float, window: float, title: str) -> None:
     seconds, rss = read_csv(path)
-    after = [r for s, r in zip(seconds, rss) if s >= warmup]
+    trend = rolling_median(seconds, rss, window)
+    after = [r for s, r in zip(seconds, trend) if s >= warmup]
     median = statistics.median(after)
     low, high = min(after), max(after)
     fig = Figure(figsize=(7, 3.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.plot([s / 60 for s in seconds], rss, lw=1)
-    ax.axhspan(0.9 * median, 1.1 * median, color="tab:green", alpha=0.15, label="median after warm-up +-10%")
+    ax.plot([s / 60 for s in seconds], rss, lw=0.6, color="tab:blue", alpha=0.5, label="RSS every sample")
+    ax.plot([s / 60 for s in seconds], trend, lw=1.5, color="tab:blue", label=f"median of the last {window:.0f} s")
+    ax.axhspan(0.9 * median, 1.1 * median, color="tab:green", alpha=0.15, label="+-10% around it after warm-up")
     ax.axvline(warmup / 60, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("minutes")
     ax.set_ylabel("RSS (MiB)")
-    ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
+    samples = [r for s, r in zip(seconds, rss) if s >= warmup]
     print(
-        f"after {warmup:.0f} s: median {median:.0f} MiB, min {low:.0f} ({low / median - 1:+.1%}), "
-        f"max {high:.0f} ({high / median - 1:+.1%}); {len(after)} samples; plot {out}"
+        f"after {warmup:.0f} s: {window:.0f}-s median {median:.0f} MiB, from {low:.0f} ({low / median - 1:+.1%}) "
+        f"to {high:.0f} ({high / median - 1:+.1%}); single samples {min(samples):.0f}-{max(samples):.0f} MiB; "
+        f"{len(samples)} samples; plot {out}"
     )
 
 
@@ -89,17 +100,18 @@ def main() -> None:
     run.add_argument("--minutes", type=float, default=30.0)
     run.add_argument("--every", type=float, default=10.0)
     run.add_argument("--csv", type=Path, default=Path("rss.csv"))
-    run.add_argument("train_args", nargs=argparse.REMAINDER, help="attnlab train arguments (config, overrides, --fresh)")
+    run.add_argument("train_args", nargs=argparse.REMAINDER, help="attnlab train's arguments (config, overrides)")
     draw = commands.add_parser("plot")
     draw.add_argument("csv", type=Path)
     draw.add_argument("--out", type=Path, default=Path("rss.png"))
     draw.add_argument("--warmup", type=float, default=300.0)
+    draw.add_argument("--window", type=float, default=120.0)
     draw.add_argument("--title", default="attnlab train configs/libreoffice_transformer.yaml: RSS")
     args = parser.parse_args()
     if args.command == "run":
         sample(args.train_args, args.minutes, args.every, args.csv)
     else:
-        plot(args.csv, args.out, args.warmup, args.title)
+        plot(args.csv, args.out, args.warmup, args.window, args.title)
 
 
 if __name__ == "__main__":
