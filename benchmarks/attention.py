@@ -21,13 +21,15 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnlab import MultiHeadAttention
+from attnlab.functional import kernels
 from benchmarks.common import interleave, matmul_gflops, peak_rss_mib, peak_rss_of, reset_peak_rss, summary, write_json
 
-PEERS = ("attnlab", "torch", "sdpa", "explicit", "attnlab+weights", "torch+weights")
+PEERS = ("attnlab", "torch", "sdpa", "explicit", "causal-kernel", "attnlab+weights", "torch+weights")
 
 
 class BareAttention(nn.Module):
-    """Projections around one attention kernel: F.scaled_dot_product_attention or softmax(QK^T)V."""
+    """Projections around one attention kernel: F.scaled_dot_product_attention, softmax(QK^T)V, or
+    attnlab's causal kernel (which hands non-causal calls to SDPA)."""
 
     def __init__(self, ref: nn.MultiheadAttention, kernel: str) -> None:
         super().__init__()
@@ -39,6 +41,8 @@ class BareAttention(nn.Module):
         q, k, v = qkv.view(b, n, 3, self.h, e // self.h).permute(2, 0, 3, 1, 4)  # (B, H, N, d) each
         if self.kernel == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        elif self.kernel == "causal-kernel":
+            out = kernels.causal(q, k, v, is_causal=causal)[0]
         else:
             s = q @ k.transpose(-2, -1) * (e // self.h) ** -0.5  # (B, H, N, N)
             if causal:
@@ -151,6 +155,10 @@ def print_row(row: dict) -> None:
         + (f" | dropped {row['dropped_noisy']}" if row["dropped_noisy"] else ""),
         flush=True,
     )
+    if row["causal"]:
+        print(
+            f"{'':21}causal kernel {p['causal-kernel']:8.1f} ms (x{p['causal-kernel'] / p['sdpa']:.2f} of SDPA causal)"
+        )
     if "peak_mib" in row:
         mem = " ".join(f"{k} {v:.0f}" for k, v in row["peak_mib"].items())
         print(f"{'':21}peak MiB above set-up: {mem}", flush=True)
