@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 import transformers
 
 from attnlab.viz.hf_capture import capture_huggingface
-from benchmarks.common import RESULTS, interleave, peak_rss_mib, peak_rss_of, reset_peak_rss, summary
+from benchmarks.common import RESULTS, interleave, peak_rss_mib, peak_rss_of, reset_peak_rss, summary, write_json_to
 
 Peer = Callable[[], int]  # one forward; returns the bytes of the maps it returned or captured
 
@@ -248,8 +247,7 @@ def main() -> None:
         "note": missing,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_json_to(args.out, report)
     print(f"wrote {args.out}")
 
 

@@ -92,7 +92,12 @@ def _status_mib(field: str) -> float:
 
 
 def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    """``payload`` as ``benchmarks/results/<name>.json``; returns the path."""
+    return write_json_to(RESULTS / f"{name}.json", payload)
+
+
+def write_json_to(path: Path, payload: dict) -> Path:
+    """``payload`` as indented JSON at ``path`` (its folder made); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2))
     return path

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import multiprocessing
 import platform
 import socket
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, write_json_to
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BRIEF = [
@@ -169,8 +168,7 @@ def main() -> int:
         print("error:", error)
     machine = {"python": platform.python_version(), "cpus": multiprocessing.cpu_count()}
     report_json = {"clients": args.clients, "requests": args.requests, "wall_s": wall, "rows": rows, "machine": machine}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report_json, indent=2))
+    write_json_to(args.out, report_json)
     return 1 if rows["all"]["errors"] else 0
 
 

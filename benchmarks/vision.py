@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import statistics
 import time
@@ -28,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attnlab.models.vit import ViT, vit_config
 from attnlab.models.vit_interop import vit_to_hf
-from benchmarks.common import timed
+from benchmarks.common import timed, write_json_to
 
 MODELS = {"vit_tiny_patch16_224": {"infer": 16, "train": 8}, "vit_mnist_patch4_28": {"infer": 256, "train": 128}}
 BUSY_SHARE_LIMIT = 0.15  # of all cores, used by other processes during a timed block
@@ -159,8 +158,7 @@ def main() -> None:
         "matmul_gflops": peaks,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_json_to(args.out, report)
     print(f"wrote {args.out}")
 
 
