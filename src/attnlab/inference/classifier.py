@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,18 +129,17 @@ class Classifier:
         ]
         if maps is None:
             return tops
-        self._describe(maps, batch)
+        maps = self._described(maps.float_cpu(), batch)
         return [Classification(top, maps.item(b)) for b, top in enumerate(tops)]
 
-    def _describe(self, maps: AttentionMaps, batch: Tensor) -> None:
-        """Weights as float32 on the CPU, and a ViT's patch grid and token labels."""
-        for i, m in enumerate(maps.maps):
-            maps.maps[i] = replace(m, weights=m.weights.float().cpu())
+    def _described(self, maps: AttentionMaps, batch: Tensor) -> AttentionMaps:
+        """``maps`` with a ViT's patch grid and token labels."""
         if isinstance(self.model, ViT):
             gh, gw = self.model.patch_embed.patch_grid(batch.shape[2], batch.shape[3])
             tokens = ["[CLS]"] + [f"({r},{c})" for r in range(gh) for c in range(gw)]
             maps.grid, maps.prefix_tokens = (gh, gw), self.model.num_prefix_tokens
             maps.labels["patches"] = [tokens] * batch.shape[0]
+        return maps
 
     def _batch(self, images: ImageInput | Sequence[ImageInput], resize: bool) -> Tensor:
         """Model input ``(B, C, H, W)`` from any accepted form."""

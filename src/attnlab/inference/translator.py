@@ -10,7 +10,6 @@ Shapes: B sentences, S source pieces, T target pieces (EOS included).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -248,9 +247,7 @@ class Translator:
         tgt_in = torch.cat([bos, tokens[:, :-1]], dim=1)  # (B, T): BOS y_1 .. y_{T-1}, padding after the end
         with capture(self.model, **vars(spec)) as maps:
             self.model(src, tgt_in)
-        for i, m in enumerate(maps.maps):
-            maps.maps[i] = dataclasses.replace(m, weights=m.weights.float().cpu())
-        return maps
+        return maps.float_cpu()
 
     @staticmethod
     def _blank(source: str) -> Translation:

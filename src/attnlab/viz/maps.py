@@ -141,6 +141,11 @@ class AttentionMaps:
         labels = {axis: [rows[index]] for axis, rows in self.labels.items()}
         return AttentionMaps(maps, labels, self.grid, self.prefix_tokens)
 
+    def float_cpu(self) -> AttentionMaps:
+        """Every map's weights as float32 on the CPU (what figures, tables and JSON read)."""
+        maps = [replace(m, weights=m.weights.float().cpu()) for m in self.maps]
+        return AttentionMaps(maps, self.labels, self.grid, self.prefix_tokens)
+
     def axis_labels(self, axis: str | None, index: int = 0) -> list[str] | None:
         """The labels of batch item ``index`` along ``axis``, or None when unknown."""
         rows = self.labels.get(axis) if axis else None
