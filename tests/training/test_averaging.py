@@ -7,7 +7,14 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from attnlab.training.averaging import average_checkpoints, average_state_dicts, checkpoints_by_step
+from attnlab.training import RunConfig, Trainer
+from attnlab.training.averaging import (
+    average_checkpoints,
+    average_state_dicts,
+    checkpoints_by_step,
+    keep_step_save,
+    step_save_name,
+)
 from attnlab.training.checkpoints import MODEL_FILE, WeightsMismatchError, checkpoint_dir, save_checkpoint
 
 
@@ -89,3 +96,56 @@ def test_checkpoints_by_step_orders_by_step_and_counts_a_step_once(tmp_path):
         [(10, "step10"), (30, "best")],
         [(10, "step10"), (30, "last")],
     )
+
+
+def test_keep_step_save_keeps_the_newest_saves_only(tmp_path):
+    model = Mixed(0)
+    for step in (5, 10, 15, 20):
+        keep_step_save(tmp_path, lambda d, s=step: saved(tmp_path, d.name, model, s), step, keep=2)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == [step_save_name(15), step_save_name(20)]
+
+
+def test_the_trainer_keeps_its_last_saves_and_scores_their_average(tmp_path, tiny_translation_config):
+    """Six steps, a save every two: steps 2, 4, 6 kept, the last two averaged; the final test pass
+    scores exactly the weights of ``averaged``, which are the float64 mean of the two saves."""
+    config = RunConfig.from_dict(
+        tiny_translation_config(
+            tmp_path, max_steps=6, checkpoint_every=2, keep_checkpoints=2, average_last=2, final_split="test"
+        )
+    )
+    trainer = Trainer(config)
+    trainer.run()
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.glob("step_*")) == [step_save_name(4), step_save_name(6)]
+    two = [load_file(str(root / step_save_name(s) / MODEL_FILE)) for s in (4, 6)]
+    averaged = load_file(str(root / "averaged" / MODEL_FILE))
+    assert not all(torch.equal(two[0][key], two[1][key]) for key in two[0])  # the saves differ
+    for key, tensor in averaged.items():
+        mean = ((two[0][key].double() + two[1][key].double()) / 2).to(tensor.dtype)
+        assert torch.equal(tensor, mean), key
+    in_model = trainer.model.state_dict()
+    assert all(torch.equal(in_model[key], tensor) for key, tensor in averaged.items())
+
+
+@pytest.mark.parametrize(
+    "training, words",
+    [
+        ({"max_steps": 4, "keep_checkpoints": 2}, "set checkpoint_every"),
+        ({"max_steps": 4, "checkpoint_every": 2, "keep_checkpoints": 1, "average_last": 2}, "keep_checkpoints >= 2"),
+        ({"max_steps": 4, "clock": "gpu"}, "clock 'gpu' is not one of"),
+    ],
+)
+def test_averaging_and_clock_options_are_checked(tmp_path, tiny_translation_config, training, words):
+    with pytest.raises(ValueError, match=words):
+        RunConfig.from_dict(tiny_translation_config(tmp_path, **training))
+
+
+def test_a_cpu_clock_budget_counts_this_process_cpu_time(tmp_path, monkeypatch, tiny_translation_config):
+    """With ``clock: cpu`` the budget reads ``time.process_time``: a clock that jumps a minute a call
+    stops the run at its first step, while the wall clock stays still."""
+    seconds = iter(range(0, 10**6, 60))
+    monkeypatch.setattr("attnlab.training.trainer.time.process_time", lambda: float(next(seconds)))
+    config = RunConfig.from_dict(tiny_translation_config(tmp_path, max_minutes=0.5, clock="cpu"))
+    result = Trainer(config).run()
+    assert result.stop_reason == "max_minutes" and result.step == 1

@@ -11,11 +11,9 @@ import argparse
 import re
 from pathlib import Path
 
-from torch import nn
-
 from attnlab.cli.inference import positive_int
 from attnlab.training import checkpoints as ckpt
-from attnlab.training.averaging import average_checkpoints, checkpoints_by_step
+from attnlab.training.averaging import average_checkpoints, checkpoints_by_step, load_averaged
 from attnlab.training.config import ConfigError
 from attnlab.training.runs import load_run
 
@@ -43,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     averaged = average_checkpoints(paths)
     newest = paths[-1]
     loaded = load_run(newest)
-    _load_averaged(loaded.model, averaged, newest)
+    load_averaged(loaded.model, averaged, newest)
     out = ckpt.save_checkpoint(
         ckpt.checkpoint_dir(run_dir, args.out),
         loaded.model,
@@ -76,16 +74,3 @@ def _choose(run_dir: Path, last: int | None) -> list[tuple[int, Path]]:
             f"{max(wanted, 2)}: pass a smaller --last, or train with more checkpoints kept"
         )
     return found[-wanted:]
-
-
-def _load_averaged(model: nn.Module, averaged: dict, source: Path) -> None:
-    """Copy the averaged tensors into ``model``; tensors tied to one saved under another name follow it."""
-    missing, unexpected = model.load_state_dict(averaged, strict=False)
-    state = model.state_dict()
-    loaded = {state[key].data_ptr() for key in averaged}
-    untied = [key for key in missing if state[key].data_ptr() not in loaded]
-    if untied or unexpected:
-        raise ckpt.WeightsMismatchError(
-            f"weights of {source} do not fit its model: "
-            f"missing {sorted(untied)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )

@@ -10,16 +10,24 @@ and boolean buffers (counters, masks) are taken from the last checkpoint.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from attnlab.training import checkpoints as ckpt
 
-__all__ = ["average_checkpoints", "average_state_dicts", "checkpoints_by_step"]
+__all__ = [
+    "average_checkpoints",
+    "average_state_dicts",
+    "checkpoints_by_step",
+    "keep_step_save",
+    "load_averaged",
+    "step_save_name",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -116,3 +124,47 @@ def checkpoints_by_step(run_dir: str | Path) -> list[tuple[int, Path]]:
             continue
         found[step] = directory
     return sorted(found.items())
+
+
+def step_save_name(step: int) -> str:
+    """The name of the kept save of ``step`` (``step_0002800``): names sort by step."""
+    return f"step_{step:07d}"
+
+
+def step_saves(run_dir: str | Path) -> list[Path]:
+    """The kept step saves of a run (``checkpoints/step_*``), oldest first."""
+    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step_*") if p.is_dir())
+
+
+def keep_step_save(run_dir: str | Path, save: Callable[[Path], Path], step: int, keep: int) -> Path:
+    """Write the save of ``step`` as ``checkpoints/step_<step>`` with ``save`` and delete all but the
+    newest ``keep`` such saves, so that the last ``keep`` can be averaged.
+
+    Args:
+        run_dir: the run directory.
+        save: writes a checkpoint directory (atomically) and returns it.
+        step: the optimiser step saved.
+        keep: how many step saves to keep, >= 1.
+    """
+    path = save(Path(run_dir) / "checkpoints" / step_save_name(step))
+    for old in step_saves(run_dir)[:-keep]:
+        logger.info("removing %s: only the last %d step saves are kept", old, keep)
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_averaged(model: nn.Module, averaged: dict[str, Tensor], source: str | Path) -> None:
+    """Copy the averaged tensors into ``model``; tensors tied to one saved under another name follow it.
+
+    Raises:
+        WeightsMismatchError: the averaged weights miss (untied) tensors of ``model`` or hold others.
+    """
+    missing, unexpected = model.load_state_dict(averaged, strict=False)
+    state = model.state_dict()
+    loaded = {state[key].data_ptr() for key in averaged}
+    untied = [key for key in missing if state[key].data_ptr() not in loaded]
+    if untied or unexpected:
+        raise ckpt.WeightsMismatchError(
+            f"weights of {source} do not fit its model: "
+            f"missing {sorted(untied)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )

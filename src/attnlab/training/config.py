@@ -56,6 +56,7 @@ TASKS = ("translation", "classification")
 PRECISIONS = ("fp32", "bf16", "auto")
 SCHEDULES = ("noam", "cosine", "constant")
 OPTIMIZERS = ("adamw", "adam")
+CLOCKS = ("wall", "cpu")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,10 +152,17 @@ class TrainingConfig:
         max_steps: stop after this many optimiser steps.
         max_epochs: stop after this many epochs.
         max_minutes: stop after this much training time (a resumed run counts earlier time).
+        clock: what ``max_minutes`` counts: ``wall`` (elapsed time) or ``cpu`` (this process's CPU
+            time, all threads: the same budget buys the same work on a busy machine).
         eval_every: evaluate every N steps (None: only at epoch ends, if ``eval_at_epoch_end``).
         eval_at_epoch_end: evaluate after each epoch.
         early_stopping_patience: stop after this many evaluations without improvement.
         checkpoint_every: also save ``last`` every N steps (evaluations always save).
+        keep_checkpoints: also keep the last N periodic saves as ``checkpoints/step_<step>`` (for
+            checkpoint averaging); 0 keeps none.
+        average_last: when training ends, average the weights of the last N kept saves in float64
+            into ``checkpoints/averaged`` (Vaswani et al., 2017, Sec. 6.1) and score that on
+            ``final_split`` instead of ``best``; None does not average.
         log_every: write training loss and throughput every N steps.
         precision: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the hardware has it).
         num_threads: ``torch.set_num_threads``; None leaves torch's default.
@@ -179,10 +187,13 @@ class TrainingConfig:
     max_steps: int | None = None
     max_epochs: int | None = None
     max_minutes: float | None = None
+    clock: str = "wall"
     eval_every: int | None = None
     eval_at_epoch_end: bool = True
     early_stopping_patience: int | None = None
     checkpoint_every: int | None = None
+    keep_checkpoints: int = 0
+    average_last: int | None = None
     log_every: int = 10
     precision: str = "fp32"
     num_threads: int | None = None
@@ -197,6 +208,7 @@ class TrainingConfig:
             ("schedule", SCHEDULES),
             ("precision", PRECISIONS),
             ("device", ("auto", "cpu", "cuda")),
+            ("clock", CLOCKS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {list(allowed)}")
@@ -207,6 +219,19 @@ class TrainingConfig:
         if len(self.betas) != 2:
             raise ValueError(f"betas ({list(self.betas)}) must be 2 numbers (beta1, beta2), each in [0, 1)")
         check_ranges(self, _TRAINING_RANGES)
+        self._check_averaging()
+
+    def _check_averaging(self) -> None:
+        if self.keep_checkpoints and not (self.checkpoint_every or self.eval_every):
+            raise ValueError(
+                f"keep_checkpoints ({self.keep_checkpoints}) keeps periodic saves, but there are none: "
+                "set checkpoint_every (or eval_every)"
+            )
+        if self.average_last is not None and self.average_last > self.keep_checkpoints:
+            raise ValueError(
+                f"average_last ({self.average_last}) averages kept saves, but keep_checkpoints is "
+                f"{self.keep_checkpoints}: set keep_checkpoints >= {self.average_last}"
+            )
 
 
 _TRAINING_RANGES = {
@@ -226,6 +251,8 @@ _TRAINING_RANGES = {
     "eval_every": COUNT,
     "early_stopping_patience": COUNT,
     "checkpoint_every": COUNT,
+    "keep_checkpoints": NON_NEGATIVE,
+    "average_last": COUNT,
     "log_every": COUNT,
     "num_threads": COUNT,
     "max_bad_batches": NON_NEGATIVE,

@@ -37,6 +37,7 @@ from torch import nn
 
 from attnlab.training import checkpoints as ckpt
 from attnlab.training import distributed
+from attnlab.training.averaging import average_checkpoints, keep_step_save, load_averaged, step_saves
 from attnlab.training.config import RunConfig
 from attnlab.training.devices import autocast_to, cpu_has_bf16, resolve_device, resolve_precision, seed_everything
 from attnlab.training.errors import BadBatch, TrainingError, TrainingInterrupted, is_data_error
@@ -223,7 +224,7 @@ class Trainer:
     # ----------------------------------------------------------------------------- train
     def train(self) -> str:
         """Run epochs until a budget or early stopping ends the run; returns the stop reason."""
-        self._session_start = time.monotonic()
+        self._session_start = self._clock()
         self._elapsed_before = self.state.elapsed_seconds
         self.model.train()
         with self._signals:
@@ -249,7 +250,7 @@ class Trainer:
         world, rank = (1, 0) if self.dist is None else (self.dist.world_size, self.dist.rank)
         for batches_of_step in step_batches(batches, self.config.training.accumulate_batches, world, rank):
             stepped = self._train_step(batches_of_step)
-            self.state.elapsed_seconds = self._elapsed_before + time.monotonic() - self._session_start
+            self.state.elapsed_seconds = self._elapsed_before + self._clock() - self._session_start
             interrupted = "interrupted" if self._signals.received is not None else ""
             self.stop_reason = self._agreed(interrupted or (self._after_step() if stepped else self._budget_reason()))
             if self.stop_reason:
@@ -274,6 +275,10 @@ class Trainer:
             return reason
         reason, self.state.elapsed_seconds = self.dist.from_main((reason, self.state.elapsed_seconds))
         return reason
+
+    def _clock(self) -> float:
+        """Seconds on the clock ``training.clock`` names: wall time, or this process's CPU time."""
+        return time.process_time() if self.config.training.clock == "cpu" else time.monotonic()
 
     def _autocast(self) -> Any:
         return autocast_to(self.autocast_dtype, self.device)
@@ -346,32 +351,48 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- checkpoints
     def save(self, name: str) -> Path:
-        """Write checkpoint ``name`` (``last`` or ``best``) atomically."""
+        """Write checkpoint ``name`` (``last`` or ``best``) atomically; a save of ``last`` is also
+        kept as ``step_<step>`` when ``training.keep_checkpoints`` asks for it."""
         self.state.loss_window = self.report.pending_window()
-        path = ckpt.save_checkpoint(
-            ckpt.checkpoint_dir(self.run_dir, name),
-            self.model,
-            self.config_yaml,
-            training_state(self.optimizer, self.scheduler, self.state),
-            self.task.write_extras,
-        )
+        path = self._save_to(ckpt.checkpoint_dir(self.run_dir, name))
+        keep = self.config.training.keep_checkpoints
+        if name == "last" and keep:
+            keep_step_save(self.run_dir, self._save_to, self.state.step, keep)
         self.report.event("checkpoint", self.state, message=f"saved {path} at step {self.state.step}")
         return path
 
+    def _save_to(self, directory: Path) -> Path:
+        state = training_state(self.optimizer, self.scheduler, self.state)
+        return ckpt.save_checkpoint(directory, self.model, self.config_yaml, state, self.task.write_extras)
+
+    def _average_last_saves(self) -> None:
+        """Average the last ``training.average_last`` kept saves into ``averaged`` and load it."""
+        paths = step_saves(self.run_dir)[-self.config.training.average_last :]
+        load_averaged(self.model, average_checkpoints(paths), paths[-1])
+        out = ckpt.save_checkpoint(
+            ckpt.checkpoint_dir(self.run_dir, "averaged"), self.model, self.config_yaml, None, self.task.write_extras
+        )
+        names = ", ".join(path.name for path in paths)
+        self.report.event("checkpoint", self.state, message=f"averaged {len(paths)} saves ({names}) into {out}")
+
     # ----------------------------------------------------------------------------- cleanup
     def cleanup(self) -> TrainResult:
-        """Save ``last``, evaluate the best checkpoint on ``training.final_split``, close the logs
+        """Save ``last``, average the last saves if asked, evaluate the average (or else ``best``) on
+        ``training.final_split``, close the logs
         (the main process; under ``torchrun`` the others leave the process group)."""
         final: dict[str, Any] = {}
         split = self.config.training.final_split if self.is_main else None
+        averaged = self.is_main and self.config.training.average_last is not None
         if self.is_main:
             self.save("last")
+        if averaged:
+            self._average_last_saves()
         if self.dist is not None:
             self.dist.close()
             if self.is_main:
                 shutil.rmtree(self._shared_dir(), ignore_errors=True)
         if split:
-            best = ckpt.find_checkpoint(self.run_dir, "best")
+            best = None if averaged else ckpt.find_checkpoint(self.run_dir, "best")
             if best is not None:
                 ckpt.load_weights(self.model, best)
             final = self.evaluate(split, output_dir=self.run_dir)
