@@ -1,0 +1,69 @@
+"""The numbers of the site's pages, generated from the experiments' ``results.json``.
+
+A page quotes an experiment's numbers in a block between two markers::
+
+    <!-- results:scaling -->
+    | d_k | ... |
+    <!-- /results:scaling -->
+
+``update_pages`` rewrites every such block from ``table(results, lang)`` of the experiment's
+module (``lang`` is ``"ja"`` for ``*.ja.md`` pages, else ``"en"``), so a page never quotes a
+number that its experiment did not produce; ``stale_blocks`` lists the blocks that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+__all__ = ["BLOCK", "page_lang", "render_block", "stale_blocks", "update_pages"]
+
+BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def page_lang(page: Path) -> str:
+    """``"ja"`` for ``name.ja.md``, ``"en"`` otherwise (mkdocs-static-i18n's suffix layout)."""
+    return "ja" if page.name.endswith(".ja.md") else "en"
+
+
+def render_block(name: str, figures_root: Path, lang: str) -> str:
+    """The block body of experiment ``name`` from ``figures_root/name/results.json``."""
+    from attnlab.experiments import get
+
+    results = json.loads((Path(figures_root) / name / "results.json").read_text(encoding="utf-8"))
+    return get(name).table(results, lang).rstrip("\n") + "\n"
+
+
+def _rewrite(text: str, figures_root: Path, lang: str) -> str:
+    def body(match: re.Match) -> str:
+        return match.group(1) + render_block(match.group("name"), figures_root, lang) + match.group(4)
+
+    return BLOCK.sub(body, text)
+
+
+def stale_blocks(site: Path, figures_root: Path) -> list[str]:
+    """``page: name`` for every block whose text differs from what its results render."""
+    stale = []
+    for page in sorted(Path(site).glob("*.md")):
+        lang = page_lang(page)
+        for match in BLOCK.finditer(page.read_text(encoding="utf-8")):
+            if match.group("body") != render_block(match.group("name"), figures_root, lang):
+                stale.append(f"{page.name}: {match.group('name')}")
+    return stale
+
+
+def update_pages(site: Path, figures_root: Path) -> list[Path]:
+    """Rewrite the result blocks of the pages in ``site`` whose experiment has a ``results.json``;
+    returns the pages changed."""
+    changed = []
+    for page in sorted(Path(site).glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        names = {m.group("name") for m in BLOCK.finditer(text)}
+        if not names or not all((Path(figures_root) / n / "results.json").exists() for n in names):
+            continue
+        new = _rewrite(text, figures_root, page_lang(page))
+        if new != text:
+            page.write_text(new, encoding="utf-8")
+            changed.append(page)
+    return changed
