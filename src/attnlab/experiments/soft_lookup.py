@@ -45,10 +45,7 @@ def lookup(query: torch.Tensor, normalizer: str, temperature: float = 1.0) -> tu
     """``(weights (4,), context (4,))`` of one query: S = q Kᵀ / √d, A = f_norm(S), C = A V."""
     keys, values = keys_and_values()
     scores = scaled_dot_score(query[None], keys[None])[0]  # (1, 4)
-    if normalizer == "softmax":
-        weights = softmax(scores, temperature=temperature)
-    else:
-        weights = sparsemax(scores / temperature)
+    weights = softmax(scores, temperature=temperature) if normalizer == "softmax" else sparsemax(scores / temperature)
     return weights[0], (weights @ values)[0]
 
 
