@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-isa test-all lint bench install clean browser-deps readme-figures
+.PHONY: demo test test-isa test-all lint bench install clean browser-deps readme-figures docs figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,20 @@ readme-figures: $(STAMP)
 	cp runs/readme/translation/figures/cross_1_mean.png docs/images/alignment_dates.png
 	cp runs/readme/minilm/figures/bert_5_head_view.png docs/images/minilm_head_view.png
 	cp runs/readme/fashion_vit/figures/vit_5_class_token.png docs/images/fashion_vit_class_token.png
+
+# The documentation site (mkdocs.yml, pages in docs/site): built offline into site/, every warning an error.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# Every figure and result table of the site, one experiment each (src/attnlab/experiments), seeded.
+figures: $(STAMP)
+	$(VENV)/bin/attnlab experiment --all --out docs/site/figures
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
