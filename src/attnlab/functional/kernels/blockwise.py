@@ -34,13 +34,14 @@ def blockwise(
     head's map, and each block of scores is still in cache when V meets it. Blocks hold about
     ``Thresholds.weights_chunk_elements`` scores. Arguments and result as ``Kernel``.
     """
-    contexts, weights = [], []
     value = value.contiguous()  # read by every block
-    for _, block in softmax_blocks(query, key, mask, is_causal, scale, current_thresholds().weights_chunk_elements):
-        contexts.append(dropped(block, dropout_p) @ value)  # (..., rows, d_v)
+    in_place = not _needs_grad(query, key, value)
+    contexts, weights = RowBlocks(query.shape[-2], in_place), RowBlocks(query.shape[-2], in_place)
+    for rows, block in softmax_blocks(query, key, mask, is_causal, scale, current_thresholds().weights_chunk_elements):
+        contexts.put(rows, dropped(block, dropout_p) @ value)  # (..., rows, d_v)
         if need_weights:
-            weights.append(block if weights_average_dim is None else block.mean(weights_average_dim))
-    return torch.cat(contexts, dim=-2), torch.cat(weights, dim=-2) if need_weights else None
+            weights.put(rows, block if weights_average_dim is None else block.mean(weights_average_dim))
+    return contexts.result(), weights.result() if need_weights else None
 
 
 def attention_weights(
@@ -57,17 +58,17 @@ def attention_weights(
 
     Peak memory is the result plus one chunk of about ``chunk_elements`` scores (by default
     ``Thresholds.weights_chunk_elements``): with ``average_dim`` set (e.g. over heads) the
-    per-head map is never held whole.
+    per-head map is never held whole, and without gradients each chunk is written into the
+    result as it is made rather than concatenated at the end.
 
     Returns:
         ``(..., Lq, Lk)``, the averaged dim removed.
     """
     chunk_elements = current_thresholds().weights_chunk_elements if chunk_elements is None else chunk_elements
-    chunks = [
-        weights if average_dim is None else weights.mean(average_dim)
-        for _, weights in softmax_blocks(query, key, mask, is_causal, scale, chunk_elements)
-    ]
-    return torch.cat(chunks, dim=-2)
+    result = RowBlocks(query.shape[-2], in_place=not _needs_grad(query, key))
+    for rows, weights in softmax_blocks(query, key, mask, is_causal, scale, chunk_elements):
+        result.put(rows, weights if average_dim is None else weights.mean(average_dim))
+    return result.result()
 
 
 def softmax_blocks(
@@ -89,3 +90,35 @@ def softmax_blocks(
 def _rows_of(mask: Tensor, rows: slice) -> Tensor:
     """The mask's slice for a block of query rows (a mask broadcasting over queries is kept whole)."""
     return mask if mask.ndim < 2 or mask.shape[-2] == 1 else mask[..., rows, :]
+
+
+class RowBlocks:
+    """A ``(..., Lq, n)`` result assembled from blocks of its query rows.
+
+    ``in_place``: each block is copied into one tensor allocated at the first block, so memory
+    holds the result and one block; otherwise the blocks are kept and concatenated at the end
+    (autograd's path, which holds the blocks and the result at once).
+    """
+
+    def __init__(self, rows: int, in_place: bool) -> None:
+        self.rows, self.in_place = rows, in_place
+        self.blocks: list[Tensor] = []
+        self.out: Tensor | None = None
+
+    def put(self, rows: slice, block: Tensor) -> None:
+        """Add the block ``(..., len(rows), n)`` of rows ``rows``."""
+        if not self.in_place:
+            self.blocks.append(block)
+            return
+        if self.out is None:
+            self.out = block.new_empty(*block.shape[:-2], self.rows, block.shape[-1])  # (..., Lq, n)
+        self.out[..., rows, :] = block
+
+    def result(self) -> Tensor:
+        """The assembled ``(..., Lq, n)``."""
+        return self.out if self.in_place else torch.cat(self.blocks, dim=-2)
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records operations on any of ``tensors`` here."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
