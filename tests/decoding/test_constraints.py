@@ -252,3 +252,16 @@ def test_the_options_are_off_by_default():
     plain = greedy_search(model, src)
     off = greedy_search(model, src, no_repeat_ngram_size=0, repetition_penalty=1.0, processors=())
     assert torch.equal(plain.tokens, off.tokens) and torch.equal(plain.scores, off.scores)
+
+
+def test_the_translator_takes_the_runs_repetition_options_unless_told_otherwise(tokenizer):
+    """The data config's options are the translator's defaults (so training-time evaluation and
+    ``attnlab evaluate`` decode as the run says); an explicit argument wins."""
+    model = random_model(11, tokenizer.target.vocab_size)
+    texts = ["March 15, 2024", "forty-two", "Insert a table."]
+    data = {"max_decode_len_a": 0.0, "max_decode_len_b": 24}
+    plain = Translator(model, tokenizer, TextDataConfig(**data))
+    ruled = Translator(model, tokenizer, TextDataConfig(**data, no_repeat_ngram_size=1))
+    unique = plain.translate(texts, no_repeat_ngram_size=1)
+    assert ruled.translate(texts) == unique != plain.translate(texts)
+    assert ruled.translate(texts, no_repeat_ngram_size=0) == plain.translate(texts)

@@ -149,8 +149,8 @@ class Translator:
         beam: int = 1,
         attention: bool | CaptureSpec = False,
         batch_size: int = 64,
-        no_repeat_ngram_size: int = 0,
-        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int | None = None,
+        repetition_penalty: float | None = None,
     ) -> str | Translation | list[str] | list[Translation]:
         """Translate one sentence or a list, with greedy (``beam`` 1) or beam search.
 
@@ -164,9 +164,10 @@ class Translator:
                 translation instead of strings: ``True`` for all, or a ``CaptureSpec`` choosing
                 layers, heads and kinds (e.g. ``CaptureSpec(layers=-1, kinds="cross")``).
             batch_size: sentences decoded together.
-            no_repeat_ngram_size: n > 0 never repeats an n-gram within a translation; 0 is off.
+            no_repeat_ngram_size: n > 0 never repeats an n-gram within a translation; 0 is off;
+                None takes the data config's.
             repetition_penalty: above 1 discourages pieces a translation already holds (Keskar et
-                al., 2019); 1 is off.
+                al., 2019); 1 is off; None takes the data config's.
 
         Returns:
             For a str, its translation; for a sequence, one translation per sentence in input
@@ -180,7 +181,12 @@ class Translator:
                 pass
         single = isinstance(texts, str)
         sources = [texts] if single else list(texts)
-        repetition = {"no_repeat_ngram_size": no_repeat_ngram_size, "repetition_penalty": repetition_penalty}
+        repetition = {
+            "no_repeat_ngram_size": self.data.no_repeat_ngram_size
+            if no_repeat_ngram_size is None
+            else no_repeat_ngram_size,
+            "repetition_penalty": self.data.repetition_penalty if repetition_penalty is None else repetition_penalty,
+        }
         decoding_processors(**repetition)  # a size < 0 or a penalty <= 0 fails before any decoding
         search = {"beam": beam, **repetition}
         results = self._translate_all(sources, search, spec, batch_size)

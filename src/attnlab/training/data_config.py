@@ -8,7 +8,7 @@ from typing import Any
 
 from attnlab.data.corpora import CorpusConfig
 from attnlab.data.tokenizer import TokenizerConfig
-from attnlab.training.ranges import COUNT, FRACTION, NON_NEGATIVE, check_ranges
+from attnlab.training.ranges import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, check_ranges
 
 __all__ = ["ImageDataConfig", "TextDataConfig"]
 
@@ -81,6 +81,10 @@ class TextDataConfig:
         eval_max_sentences: dev sentences decoded for BLEU at each evaluation (None: all).
         max_decode_len_a: greedy decoding stops after a * |x| + b tokens.
         max_decode_len_b: b of that limit.
+        no_repeat_ngram_size: decoding (evaluation, ``translate``) never repeats an n-gram of this
+            size within a translation; 0 is off.
+        repetition_penalty: decoding discourages pieces a translation already holds (Keskar et
+            al., 2019); 1 is off.
         dev_paths: a ``user`` corpus kept in split files, as JoeyNMT's ``train`` / ``dev`` /
             ``test``: the dev split's TSV file or source and target files. ``corpus.paths`` are
             then the train split, whole (its ``dev_fraction`` and ``test_fraction`` become 0).
@@ -95,6 +99,8 @@ class TextDataConfig:
     eval_max_sentences: int | None = 500
     max_decode_len_a: float = 1.5
     max_decode_len_b: float = 10.0
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
     dev_paths: tuple[str, ...] = ()
     test_paths: tuple[str, ...] = ()
 
@@ -130,4 +136,6 @@ _TEXT_RANGES = {
     "eval_max_sentences": COUNT,
     "max_decode_len_a": NON_NEGATIVE,
     "max_decode_len_b": NON_NEGATIVE,
+    "no_repeat_ngram_size": NON_NEGATIVE,
+    "repetition_penalty": POSITIVE,
 }
