@@ -151,7 +151,7 @@ def run(out: Path, quick: bool = False) -> dict:
             results[attention]["mask_inside_over_outside"] = mask_focus(model, sets["test"][0], sets["test"][2])
     _draw_examples(out, sets["test"])
     _draw_accuracy(out, results)
-    _draw_masks(out, models, sets["test"][0][0])
+    _draw_masks(out, models, sets["test"][0][0], sets["test"][2][0])
     _draw_gates(out, models["se"], sets["test"][0][0])
     return results
 
@@ -184,7 +184,7 @@ def _draw_accuracy(out: Path, results: dict) -> None:
 
 
 @torch.no_grad()
-def _draw_masks(out: Path, models: dict, image: np.ndarray) -> None:
+def _draw_masks(out: Path, models: dict, image: np.ndarray, box: np.ndarray) -> None:
     masks, names = [], []
     for attention in ("spatial", "cbam"):
         with capture(models[attention], kinds="spatial_mask") as maps:
@@ -192,7 +192,10 @@ def _draw_masks(out: Path, models: dict, image: np.ndarray) -> None:
         for found in maps.select("spatial_mask"):
             masks.append(found.weights[0, 0])
             names.append(f"{attention}, block {found.layer}")
-    save(mask_overlays(image[0], masks, names, cols=3), out / "masks.png")
+    fig = mask_overlays(image[0], masks, names, cols=3)
+    for ax in fig.axes[: len(masks)]:
+        ax.add_patch(_box(*box))  # where the digit is
+    save(fig, out / "masks.png")
 
 
 @torch.no_grad()

@@ -103,11 +103,12 @@ def _draw_normalizers(out: Path, near: torch.Tensor, table: dict) -> None:
 
 
 def table(results: dict, lang: str) -> str:
-    """The page's numbers: weights of the query at 70° per normaliser and temperature."""
-    first = "正規化" if lang == "ja" else "f_norm"
-    lines = [f"| {first} | T | " + " | ".join(results["keys"]) + " |", "|---|---|" + "---|" * len(results["keys"])]
-    for kind in ("softmax", "sparsemax"):
-        for t in TEMPERATURES:
-            weights = results["near_query"][f"{kind}_T{t:g}"]
-            lines.append(f"| {kind} | {t:g} | " + " | ".join(f"{w:.3f}" for w in weights) + " |")
+    """The page's numbers: weights of the half-way query, then of the query at 70° per normaliser and T."""
+    head = ("クエリ", "正規化") if lang == "ja" else ("query", "f_norm")
+    lines = [f"| {head[0]} | {head[1]} | T | " + " | ".join(results["keys"]) + " |", "|---|---|---|" + "---|" * 4]
+    rows = [("45°", kind, 1.0, results["midpoint_query"][kind]) for kind in ("softmax", "sparsemax")]
+    near = results["near_query"]
+    rows += [("70°", k, t, near[f"{k}_T{t:g}"]) for k in ("softmax", "sparsemax") for t in TEMPERATURES]
+    for degrees, kind, t, weights in rows:
+        lines.append(f"| {degrees} | {kind} | {t:g} | " + " | ".join(f"{w:.3f}" for w in weights) + " |")
     return "\n".join(lines)
