@@ -49,11 +49,12 @@ lint: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
+# `attnlab bench`: the suite against the peers with MFU (benchmarks/results/bench.json); `attnlab
+# bench --readme` then writes the README's table. The benchmarks after it measure what the suite
+# does not (decoding's thin products, capture, the viewer under load).
 bench: $(STAMP)
-	$(PY) -m benchmarks.attention
-	$(PY) -m benchmarks.translation
+	$(VENV)/bin/attnlab bench
 	$(PY) -m benchmarks.thin_products
-	$(PY) -m benchmarks.vision
 	$(PY) -m benchmarks.capture
 	$(PY) -m benchmarks.serve_load
 

@@ -51,14 +51,16 @@ class BareAttention(nn.Module):
         return self.ref.out_proj(out.transpose(1, 2).reshape(b, n, e))
 
 
-def make_case(peer: str, n: int, causal: bool, backward: bool, batch: int, heads: int, head_dim: int):
+def make_case(
+    peer: str, n: int, causal: bool, backward: bool, batch: int, heads: int, head_dim: int, device: str = "cpu"
+):
     """A closure running one call of the peer (forward, or forward + backward)."""
     torch.manual_seed(0)
     e = heads * head_dim
-    ref = nn.MultiheadAttention(e, heads, batch_first=True)
+    ref = nn.MultiheadAttention(e, heads, batch_first=True, device=device)
     ours = MultiHeadAttention.from_torch(ref)
-    x = torch.randn(batch, n, e, requires_grad=backward)
-    mask = torch.ones(n, n, dtype=torch.bool).triu(1) if causal else None
+    x = torch.randn(batch, n, e, requires_grad=backward, device=device)
+    mask = torch.ones(n, n, dtype=torch.bool, device=device).triu(1) if causal else None
     weights = peer.endswith("+weights")
     if peer.startswith("attnlab"):
         module, call = ours, lambda: ours(x, x, x, is_causal=causal, need_weights=weights)[0]

@@ -184,6 +184,7 @@ def bench_training(
     repeats: int,
     device: torch.device = torch.device("cpu"),
     bf16: bool = False,
+    measure: Callable[..., dict] = compare,
 ) -> dict:
     torch.manual_seed(0)
     ours, ref = Transformer(config).train().to(device), TorchSeq2Seq(config).train().to(device)
@@ -200,7 +201,7 @@ def bench_training(
     }
     tokens = int(tgt[:, 1:].ne(PAD).sum() + src.ne(PAD).sum())
     name = "training (fwd+bwd+Adam)" + (", bf16" if bf16 else "")
-    return compare(name, peers, tokens, repeats, warmup=2 if device.type == "cuda" else 1, device=device)
+    return measure(name, peers, tokens, repeats, warmup=2 if device.type == "cuda" else 1, device=device)
 
 
 def marian(config: TransformerConfig):
@@ -241,6 +242,7 @@ def bench_decoding(
     repeats: int,
     bf16: bool = False,
     device: torch.device = torch.device("cpu"),
+    measure: Callable[..., dict] = compare,
 ) -> dict:
     """Ours against ``MarianMTModel.generate``. With ``bf16``, ours runs under bf16 autocast (its
     weights stay fp32; the decoding engine keeps bf16 copies) against both ways to run HF in
@@ -291,7 +293,7 @@ def bench_decoding(
             "HF (bf16 autocast)": hf_generate(hf, autocast),
             "HF (bf16 weights)": hf_generate(hf_bf16, contextlib.nullcontext()),
         }
-    return compare(name, peers, batch * new_tokens, repeats, warmup=1, device=device)
+    return measure(name, peers, batch * new_tokens, repeats, warmup=1, device=device)
 
 
 def step_weights(model: Transformer) -> list[Tensor]:

@@ -35,9 +35,9 @@ BUSY_SHARE_LIMIT = 0.15  # of all cores, used by other processes during a timed 
 
 def make_step(model: torch.nn.Module, images: torch.Tensor, train: bool, bf16: bool, hf: bool) -> Callable[[], None]:
     """One inference call or one training step of ``model`` on ``images``."""
-    labels = torch.randint(0, 10, (images.shape[0],))
+    labels = torch.randint(0, 10, (images.shape[0],)).to(images.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3) if train else None
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
+    autocast = (lambda: torch.autocast(images.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
 
     def logits() -> torch.Tensor:
         return model(images).logits if hf else model(images)

@@ -10,6 +10,7 @@
     attnlab serve RUN_DIR... [--pretrained minilm] [--port 8000]
     attnlab tour [--out runs/demo]
     attnlab experiment NAME | --all | --list [--out docs/site/figures] [--quick]
+    attnlab bench [--quick] [--only NAME ...] [--device cpu|cuda] [--readme]
     attnlab demo
 
 Every subcommand module exposes ``add_parser(subparsers)`` (which sets ``func``) and a
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from attnlab.cli import average as average_cmd
+from attnlab.cli import bench as bench_cmd
 from attnlab.cli import data as data_cmd
 from attnlab.cli import experiment as experiment_cmd
 from attnlab.cli import inference as inference_cmd
@@ -44,7 +46,17 @@ RUN_ERRORS = 1
 
 
 def _subcommand_modules() -> list:
-    modules = [train_cmd, inference_cmd, average_cmd, visualize_cmd, serve_cmd, tour_cmd, data_cmd, experiment_cmd]
+    modules = [
+        train_cmd,
+        inference_cmd,
+        average_cmd,
+        visualize_cmd,
+        serve_cmd,
+        tour_cmd,
+        data_cmd,
+        experiment_cmd,
+        bench_cmd,
+    ]
     try:
         from attnlab.cli import demo  # the lead's module
     except ImportError as error:  # keep the other subcommands usable without it

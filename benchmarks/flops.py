@@ -1,0 +1,79 @@
+"""FLOPs of one call, counted by ``torch.utils.flop_counter.FlopCounterMode``, and MFU.
+
+PyTorch's counter knows the CUDA attention kernels but not the CPU ones: SDPA's CPU flash kernel,
+the fused ``nn.MultiheadAttention`` inference path and oneDNN's packed linear (attnlab's decoding
+engine) would count as zero, and a peer that takes another kernel would look like less work.
+``count_flops`` adds their formulas, the same ones PyTorch uses for the CUDA kernels: a matmul of
+(m, k) by (k, n) is 2 m k n FLOPs; attention is 4 B H L S d forward (QKᵀ and A V).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_flops", "mfu"]
+
+
+def _sdpa_cpu(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query, key, value)
+
+
+def _sdpa_cpu_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def _native_multi_head_attention(query, key, value, embed_dim, *args, out_shape=None, **kwargs) -> int:
+    """``nn.MultiheadAttention``'s fused inference path: query (B, L, E), key and value (B, S, E)."""
+    *batch, length, e = query
+    source = key[-2]
+    b = math.prod(batch)
+    projections = 2 * b * (2 * length + 2 * source) * e * embed_dim  # W^Q, W^O on L rows; W^K, W^V on S
+    return projections + 4 * b * length * source * embed_dim  # QKᵀ and A V over all heads
+
+
+def _packed_linear(x, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's ``_linear_pointwise``: x (..., in) times a packed (out, in) weight."""
+    return 2 * math.prod(x) * out_shape[-1]
+
+
+def _cpu_formulas() -> dict:
+    aten, formulas = torch.ops.aten, {}
+    known = {
+        "_scaled_dot_product_flash_attention_for_cpu": _sdpa_cpu,
+        "_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_cpu_backward,
+        "_native_multi_head_attention": _native_multi_head_attention,
+    }
+    for name, formula in known.items():
+        if hasattr(aten, name):
+            formulas[getattr(aten, name)] = formula
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        formulas[torch.ops.mkldnn._linear_pointwise] = _packed_linear
+    return formulas
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` (matmuls, convolutions and attention; elementwise work is free).
+
+    Args:
+        fn: a closure; it runs once, for real, under the counter.
+    """
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_formulas())
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def mfu(flops: float, seconds: float, peak_gflops: float) -> float:
+    """Model FLOPs utilisation: the achieved rate ``flops / seconds`` over the peak (GFLOP/s).
+
+    Raises:
+        ValueError: a time or peak that is not positive.
+    """
+    if seconds <= 0 or peak_gflops <= 0:
+        raise ValueError(f"mfu needs positive seconds ({seconds}) and peak GFLOP/s ({peak_gflops})")
+    return flops / seconds / 1e9 / peak_gflops

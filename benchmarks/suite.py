@@ -1,0 +1,372 @@
+"""The benchmark suite behind ``attnlab bench``: every case ours against its peer, with MFU.
+
+A case builds one closure per side (ours first, then one or more peers with the same weights and
+inputs), runs them interleaved in this process (A B A B ...) after a warm-up, and reports the
+median and minimum wall time of each side, the ratio of the fastest peer's median to ours (> 1:
+ours is faster) and each side's MFU: the FLOPs of one call (``benchmarks.flops.count_flops``)
+over its median time, divided by the rate of a large matmul of the case's dtype measured in the
+same run. Rounds in which other processes took more than ``MAX_FOREIGN`` of the cores are dropped
+when at least two quiet rounds remain; the share they took is reported as the noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import matmul_gflops, timed
+from benchmarks.flops import count_flops, mfu
+from benchmarks.translation import synced
+
+MAX_FOREIGN = 0.25  # drop rounds in which other processes used more than this share of all cores
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes of every case; ``SIZES["tiny"]`` is for tests only."""
+
+    attn_batch: int = 8
+    attn_heads: int = 8
+    attn_head_dim: int = 64
+    attn_lengths: tuple[int, ...] = (512, 2048)
+    preset: str = "base"  # Transformer
+    vocab: int = 8000
+    batch: int = 8
+    src_len: int = 32
+    new_tokens: int = 64
+    beam: int = 5
+    vit: str = "vit_small_patch16_224"
+    vit_infer_batch: int = 16
+    vit_train_batch: int = 8
+    gemm_n: int = 2048
+
+
+SIZES = {
+    "full": Sizes(),
+    "tiny": Sizes(
+        attn_batch=2,
+        attn_heads=2,
+        attn_head_dim=16,
+        attn_lengths=(32, 64),
+        preset="tiny",
+        vocab=200,
+        batch=2,
+        src_len=8,
+        new_tokens=4,
+        beam=2,
+        vit="vit_digits_patch2_8",
+        vit_infer_batch=4,
+        vit_train_batch=4,
+        gemm_n=256,
+    ),
+}
+
+
+@dataclass
+class Built:
+    """The closures of one case: ``sides`` maps a label to one call, ours first."""
+
+    sides: dict[str, Callable[[], object]]
+    work: int | None = None  # items (tokens, images) one call makes; None: report milliseconds
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the table: a name for ``--only``, what it runs, its unit and dtype, and its builder."""
+
+    name: str
+    what: str
+    unit: str  # "ms", "tok/s" or "img/s"
+    dtype: str  # "fp32" or "bf16"
+    quick: bool
+    build: Callable[[torch.device], Built] = field(repr=False)
+
+
+# --- the cases ------------------------------------------------------------------------------------
+
+
+def _attention(sizes: Sizes, n: int, backward: bool) -> Callable[[torch.device], Built]:
+    from benchmarks.attention import make_case
+
+    dims = (sizes.attn_batch, sizes.attn_heads, sizes.attn_head_dim)
+
+    def build(device: torch.device) -> Built:
+        sides = {p: make_case(p, n, False, backward, *dims, device=device) for p in ("attnlab", "torch")}
+        return Built({"attnlab": sides["attnlab"], "nn.MultiheadAttention": sides["torch"]})
+
+    return build
+
+
+def _captured(name: str, peers: dict, tokens: int, *args, **kwargs) -> Built:
+    """A ``measure`` for ``benchmarks.translation``'s builders: keep the closures, time nothing."""
+    return Built(dict(peers), tokens)
+
+
+def _translation(sizes: Sizes, kind: str, bf16: bool) -> Callable[[torch.device], Built]:
+    from attnlab.models.transformer import TransformerConfig
+    from benchmarks import translation
+
+    def build(device: torch.device) -> Built:
+        config = TransformerConfig.from_preset(
+            sizes.preset, src_vocab_size=sizes.vocab, tgt_vocab_size=sizes.vocab, share_embeddings=True
+        )
+        common = dict(batch=sizes.batch, repeats=0, device=device, bf16=bf16, measure=_captured)
+        if kind == "train":
+            return translation.bench_training(config, length=sizes.src_len, **common)
+        beam = 1 if kind == "greedy" else sizes.beam
+        return translation.bench_decoding(
+            config, beam=beam, src_len=sizes.src_len, new_tokens=sizes.new_tokens, **common
+        )
+
+    return build
+
+
+def _vit(sizes: Sizes, mode: str, bf16: bool) -> Callable[[torch.device], Built]:
+    from attnlab.models.vit import ViT, vit_config
+    from attnlab.models.vit_interop import vit_to_hf
+    from benchmarks.vision import make_step
+
+    def build(device: torch.device) -> Built:
+        torch.manual_seed(0)
+        config = vit_config(sizes.vit, dropout=0.0)
+        ours = ViT(config).to(device)
+        hf = vit_to_hf(ours, attn_implementation="sdpa").to(device)
+        batch = sizes.vit_train_batch if mode == "train" else sizes.vit_infer_batch
+        images = torch.randn(batch, config.in_channels, config.image_size, config.image_size, device=device)
+        train = mode == "train"
+        sides = {
+            "attnlab": make_step(ours, images, train, bf16, hf=False),
+            "HF ViT (SDPA)": make_step(hf, images, train, bf16, hf=True),
+        }
+        if timm_status() == "used":
+            sides["timm ViT"] = make_step(_timm_vit(ours).to(device), images, train, bf16, hf=False)
+        return Built(sides, batch)
+
+    return build
+
+
+def timm_status() -> str:
+    """ "used" when timm imports here, else why not (timm imports torchvision, which attnlab never installs)."""
+    try:
+        import timm  # noqa: F401
+    except ImportError as error:
+        return f"not used: {error}"
+    return "used"
+
+
+def _timm_vit(ours):
+    """timm's ``VisionTransformer`` with the sizes and a copy of the weights of our ViT."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from attnlab.models.vit_interop import attnlab_to_timm
+
+    c = ours.config
+    model = VisionTransformer(
+        img_size=c.image_size, patch_size=c.patch_size, in_chans=c.in_channels, num_classes=c.num_classes,
+        embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
+    )  # fmt: skip
+    model.load_state_dict(attnlab_to_timm(ours.state_dict()))
+    return model
+
+
+def all_cases(sizes: Sizes, bf16: bool) -> list[Case]:
+    """Every case of the suite in the order they run; bf16 ones only where ``bf16`` is true."""
+    cases = []
+    attn = f"B={sizes.attn_batch} H={sizes.attn_heads} d={sizes.attn_head_dim}"
+    for i, n in enumerate(sizes.attn_lengths):
+        for backward, mode in ((False, "fwd"), (True, "fwdbwd")):
+            quick = i == 0 or not backward
+            cases.append(Case(f"attn-{mode}-{n}", f"self-attention {mode} {attn} N={n}", "ms", "fp32", quick,
+                              _attention(sizes, n, backward)))  # fmt: skip
+    model = f"{sizes.preset} Transformer, batch {sizes.batch}"
+    for dtype in ("fp32", "bf16") if bf16 else ("fp32",):
+        tag, on = ("" if dtype == "fp32" else "-bf16"), dtype == "bf16"
+        cases += [
+            Case("transformer-train" + tag, f"{model} x {sizes.src_len} tokens, fwd+bwd+Adam", "tok/s", dtype, True,
+                 _translation(sizes, "train", on)),
+            Case("greedy" + tag, f"{model}, {sizes.new_tokens} new tokens", "tok/s", dtype, True,
+                 _translation(sizes, "greedy", on)),
+            Case(f"beam{sizes.beam}" + tag, f"{model}, {sizes.new_tokens} new tokens", "tok/s", dtype, True,
+                 _translation(sizes, "beam", on)),
+        ]  # fmt: skip
+    for dtype in ("fp32", "bf16") if bf16 else ("fp32",):
+        tag, on = ("" if dtype == "fp32" else "-bf16"), dtype == "bf16"
+        for mode, batch in (("train", sizes.vit_train_batch), ("infer", sizes.vit_infer_batch)):
+            what = f"{sizes.vit}, batch {batch}" + (", fwd+bwd+SGD" if mode == "train" else "")
+            cases.append(Case(f"vit-{mode}{tag}", what, "img/s", dtype, True, _vit(sizes, mode, on)))
+    return cases
+
+
+def select(cases: list[Case], only: list[str] | None, quick: bool) -> list[Case]:
+    """The cases ``--only`` names (a name or a prefix such as ``vit``), else all or the quick ones.
+
+    Raises:
+        ValueError: a name that matches no case; the message lists the names.
+    """
+    if not only:
+        return [c for c in cases if c.quick or not quick]
+    names = [c.name for c in cases]
+
+    def matches(name: str) -> list[str]:  # the case of that name, else the cases it is a prefix of
+        return [name] if name in names else [n for n in names if n.startswith(name + "-")]
+
+    unknown = [o for o in only if not matches(o)]
+    if unknown:
+        raise ValueError(f"unknown case {', '.join(map(repr, unknown))}; the cases are: {', '.join(names)}")
+    chosen = {n for o in only for n in matches(o)}
+    return [c for c in cases if c.name in chosen]
+
+
+# --- measuring ------------------------------------------------------------------------------------
+
+
+def interleaved(sides: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict:
+    """Run the sides A B A B ...; per side the wall and CPU times of the quiet rounds, and the noise."""
+    for _ in range(warmup):
+        for fn in sides.values():
+            fn()
+    rounds = [{name: timed(fn) for name, fn in sides.items()} for _ in range(repeats)]
+    # /proc/stat counts in clock ticks (10 ms): the share is coarse for short calls; never above all cores.
+    foreign = [min(1.0, max(sample[2] for sample in r.values())) for r in rounds]
+    quiet = [r for r, share in zip(rounds, foreign) if share <= MAX_FOREIGN]
+    kept = quiet if len(quiet) >= 2 else rounds
+    return {
+        "times": {name: [r[name][0] for r in kept] for name in sides},
+        "cpu": {name: [r[name][1] for r in kept] for name in sides},
+        "noise": {
+            "foreign_share_median": statistics.median(foreign),
+            "foreign_share_max": max(foreign),
+            "rounds": repeats,
+            "rounds_kept": len(kept),
+        },
+    }
+
+
+def gemm_gflops(dtype: torch.dtype, device: torch.device, n: int) -> float:
+    """The rate of a large square matmul now (best of 5): MFU's denominator."""
+    if device.type == "cpu":
+        return matmul_gflops(n, dtype)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    run = synced(lambda: a @ b, device)
+    run()
+    return 2 * n**3 / min(timed(run)[0] for _ in range(5)) / 1e9
+
+
+def measure_case(case: Case, device: torch.device, repeats: int, peaks: dict[str, float], warmup: int = 0) -> dict:
+    """Build, count (the first call of each side, which also warms it up) and time one case; its row."""
+    built = case.build(device)
+    sides = {name: synced(fn, device) for name, fn in built.sides.items()}
+    flops = {name: count_flops(fn) for name, fn in sides.items()}
+    timing = interleaved(sides, repeats, warmup)
+    result = {
+        "case": case.name,
+        "what": case.what,
+        "unit": case.unit,
+        "dtype": case.dtype,
+        "work_per_call": built.work,
+        "noise": timing["noise"],
+        "sides": {},
+    }
+    for name in sides:
+        times = timing["times"][name]
+        median = statistics.median(times)
+        result["sides"][name] = {
+            "median_ms": 1e3 * median,
+            "min_ms": 1e3 * min(times),
+            "median_cpu_ms": 1e3 * statistics.median(timing["cpu"][name]),
+            "flops_per_call": flops[name],
+            "gflops": flops[name] / median / 1e9,
+            "mfu": mfu(flops[name], median, peaks[case.dtype]),
+            "rate": built.work / median if built.work else None,
+        }
+    ours, *peers = result["sides"]
+    result["ours"] = ours
+    result["peer"] = min(peers, key=lambda p: result["sides"][p]["median_ms"])
+    them, us = result["sides"][result["peer"]], result["sides"][ours]
+    result["ratio"] = them["median_ms"] / us["median_ms"]
+    # This process's CPU seconds: steadier than wall time while other processes compete for the cores.
+    result["cpu_time_ratio"] = them["median_cpu_ms"] / us["median_cpu_ms"] if us["median_cpu_ms"] else None
+    del built, sides
+    gc.collect()
+    return result
+
+
+# --- the machine and the report -------------------------------------------------------------------
+
+
+def machine(device: torch.device, threads: int) -> dict:
+    """The CPU (model, flags that matter for fp32 and bf16 kernels, cores), threads and versions."""
+    import transformers
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    flags_line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    flags = set(flags_line.split(":", 1)[1].split()) if flags_line else set()
+    return {
+        "cpu_model": model or platform.processor() or platform.machine(),
+        "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS},
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16": bf16_supported(device),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "timm": timm_status(),
+        "python": platform.python_version(),
+    }
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 instructions on this device (CPU: oneDNN's bf16 kernels)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    from attnlab.inference import onednn
+
+    return onednn.bf16_available()
+
+
+def run_suite(
+    cases: list[Case],
+    device: torch.device,
+    repeats: int,
+    gemm_n: int,
+    warmup: int = 0,
+    report: Callable[[dict], None] = lambda row: None,
+) -> dict:
+    """Measure the GEMM rates, then every case (``warmup`` untimed rounds after the counted first
+    call; ``report`` sees each row as it is done); the whole report but the machine."""
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    needed = sorted({c.dtype for c in cases} | {"fp32"})
+    start = time.perf_counter()
+    before = {d: gemm_gflops(dtypes[d], device, gemm_n) for d in needed}
+    rows = []
+    for case in cases:
+        rows.append(measure_case(case, device, repeats, before, warmup))
+        report(rows[-1])
+    after = {d: gemm_gflops(dtypes[d], device, gemm_n) for d in needed}
+    # The peak is the faster of the two measurements: a busy moment slows a matmul, never speeds it up.
+    peaks = {d: max(before[d], after[d]) for d in needed}
+    for row in rows:
+        for side in row["sides"].values():
+            side["mfu"] = side["gflops"] / peaks[row["dtype"]]
+    gemm = {"n": gemm_n, "peak": peaks, "start": before, "end": after}
+    return {"gemm_gflops": gemm, "repeats": repeats, "seconds": time.perf_counter() - start, "cases": rows}
+
+
+def with_sizes(name: str) -> Sizes:
+    """``SIZES[name]``; raises ``ValueError`` naming the choices for another name."""
+    if name not in SIZES:
+        raise ValueError(f"unknown sizes {name!r}; expected one of {', '.join(SIZES)}")
+    return dataclasses.replace(SIZES[name])

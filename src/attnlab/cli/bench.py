@@ -1,0 +1,142 @@
+"""``attnlab bench [--quick] [--only NAME ...] [--device cpu|cuda] [--threads N] [--out FILE]``.
+
+Runs the benchmark suite of the repository's ``benchmarks/`` folder (``benchmarks.suite``): each
+case runs attnlab and its peers interleaved in this process and prints one line; a table follows
+with the ratio (peer time / ours: > 1, attnlab is faster) and each side's MFU (FLOPs of one call
+over its time, over a large matmul's rate measured in the same run). The JSON report (machine,
+versions, GEMM rates, per-case min and median times, noise) goes to ``--out``
+(``benchmarks/results/bench.json``). ``attnlab bench --readme`` rewrites README.md's speed table
+from that report instead of running anything.
+
+The suite lives in the repository, not in the installed package: run the command from an attnlab
+checkout. ``--list`` prints the cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from attnlab.cli.inference import positive_int
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the checkout, for an editable install
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``bench``."""
+    parser = subparsers.add_parser("bench", help="run the speed suite against the peers (MFU, JSON, README table)")
+    parser.add_argument("--quick", action="store_true", help="the quick cases, 3 rounds (a few minutes on 2 cores)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="cases by name or prefix (e.g. vit, attn-fwd)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--repeats", type=positive_int, default=None, help="timed rounds (default: 3 quick, 7 full)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON report (default benchmarks/results/bench.json)")
+    parser.add_argument("--list", action="store_true", help="print the cases and exit")
+    parser.add_argument("--readme", action="store_true", help="rewrite README.md's speed table from --out; no run")
+    parser.add_argument("--sizes", default="full", help=argparse.SUPPRESS)  # "tiny": tests only
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"attnlab bench: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _import(name: str):
+    """``benchmarks.<name>`` from the checkout in or above the working folder (or this package's)."""
+    for root in (Path.cwd(), *Path.cwd().parents, _PACKAGE_ROOT):
+        if (root / "benchmarks" / "suite.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            break
+    return importlib.import_module(f"benchmarks.{name}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the suite (or ``--list``, ``--readme``); print the table, write the JSON."""
+    try:
+        suite, readme_table = _import("suite"), _import("readme_table")
+    except ImportError as error:
+        if (error.name or "").startswith("benchmarks"):
+            return _fail(
+                f"{error.name} is missing: `attnlab bench` runs the benchmarks/ folder of an attnlab "
+                f"checkout; run it from one (looked in {Path.cwd()} and above, and in {_PACKAGE_ROOT})"
+            )
+        return _fail(f"the suite needs {error.name or error}, which is missing: pip install 'attnlab[hf]'")
+    out = args.out or readme_table.ROOT / "benchmarks" / "results" / "bench.json"
+    if args.readme:
+        print(f"rewrote the bench block of {readme_table.update_readme(out, readme_table.ROOT / 'README.md')}")
+        return 0
+    import torch
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return _fail("--device cuda but torch.cuda.is_available() is False on this machine")
+    torch.set_num_threads(args.threads)
+    try:
+        sizes = suite.with_sizes(args.sizes)
+        cases = suite.select(suite.all_cases(sizes, suite.bf16_supported(device)), args.only, args.quick)
+    except ValueError as error:
+        return _fail(str(error))
+    if args.list:
+        for case in cases:
+            print(f"{case.name:22} {case.dtype:5} {'quick' if case.quick else '':5} {case.what}")
+        return 0
+    report = _run(suite, cases, sizes, device, args)
+    print("\n".join(["", *table(report)]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _run(suite, cases: list, sizes, device, args: argparse.Namespace) -> dict:
+    machine = suite.machine(device, args.threads)
+    if not machine["bf16"]:
+        print("no bf16 instructions on this device: bf16 cases skipped (precision auto stays fp32)")
+    repeats = args.repeats or (3 if args.quick else 7)
+    print(f"{len(cases)} cases, {repeats} rounds each, {args.threads} threads on {machine['cpu_model']}", flush=True)
+    report = suite.run_suite(cases, device, repeats, sizes.gemm_n, warmup=0 if args.quick else 1, report=_progress)
+    command = " ".join(["attnlab bench", *(["--quick"] if args.quick else []), *(["--only"] if args.only else [])])
+    command += "".join(f" {name}" for name in args.only or [])
+    return {"command": command, "machine": machine, "sizes": args.sizes, **report}
+
+
+def _progress(row: dict) -> None:
+    ours, peer = row["sides"][row["ours"]], row["sides"][row["peer"]]
+    print(
+        f"{row['case']:22} ours {ours['median_ms']:9.1f} ms, {row['peer']} {peer['median_ms']:9.1f} ms: "
+        f"x{row['ratio']:.2f}",
+        flush=True,
+    )
+
+
+def table(report: dict) -> list[str]:
+    """The table of a report: one line per case."""
+    gemm = report["gemm_gflops"]["peak"]
+    lines = [
+        "GEMM peak "
+        + ", ".join(f"{d} {r:.0f} GFLOP/s" for d, r in gemm.items())
+        + "; ratio = peer time / ours (> 1: attnlab faster); cpu = the same for this process's CPU time; "
+        + "others = share of the CPU other processes took (median round)",
+        f"{'case':22} {'dtype':5} {'attnlab':>15} {'peer':>15} {'':22} {'ratio':>6} {'cpu':>5} "
+        f"{'MFU ours':>8} {'MFU peer':>8} {'others':>6} {'kept':>5}",
+    ]
+    for row in report["cases"]:
+        ours, peer = row["sides"][row["ours"]], row["sides"][row["peer"]]
+        noise = row["noise"]
+        lines.append(
+            f"{row['case']:22} {row['dtype']:5} {_value(ours, row['unit']):>15} {_value(peer, row['unit']):>15} "
+            f"{row['peer'][:22]:22} {row['ratio']:6.2f} {row['cpu_time_ratio'] or 0:5.2f} "
+            f"{ours['mfu']:8.1%} {peer['mfu']:8.1%} "
+            f"{noise['foreign_share_median']:6.0%} {noise['rounds_kept']:>2}/{noise['rounds']}"
+        )
+    return lines
+
+
+def _value(side: dict, unit: str) -> str:
+    return f"{side['rate']:.1f} {unit}" if side["rate"] is not None else f"{side['median_ms']:.1f} ms"
