@@ -122,7 +122,7 @@ def _draw_equivariance(out: Path, table: dict) -> None:
     ax.set_yscale("log")
     ax.set_xticks(range(len(KINDS)), KINDS)
     ax.set(ylabel="largest difference / largest output", title="a shuffled sentence through self-attention")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left")
     save(fig, out / "equivariance.png")
 
 
