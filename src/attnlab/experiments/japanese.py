@@ -155,11 +155,24 @@ def _draw_layers(out: Path, layers: list[torch.Tensor], words: list[str], focus:
     save(fig, out / "self_attention_layers.png")
 
 
-def table(results: dict, lang: str) -> str:
-    """The page's numbers: 「小説」's weights per layer, and the test accuracy of both directions."""
+def table(results: dict, lang: str, part: str = "self") -> str:
+    """The page's numbers: 「小説」's weights per layer with its two most attended words (``self``),
+    or the most attended source word of every generated word (``alignment``)."""
+    if part == "alignment":
+        head = "| 生成した語 | 最も注意したソース語 |"
+        if lang != "ja":
+            head = "| generated word | most attended source word |"
+        rows = [f"| {_cell(target)} | {_cell(source)} |" for target, source in results["align_most_attended"]]
+        return "\n".join([head, "|---|---|", *rows])
     words = results["self_demo"].split()
-    first = "層" if lang == "ja" else "layer"
-    lines = [f"| {first} | " + " | ".join(words) + " |", "|---|" + "---|" * len(words)]
+    first, top = ("層", "上位 2 語") if lang == "ja" else ("layer", "top two")
+    lines = [f"| {first} | " + " | ".join(words) + f" | {top} |", "|---|" + "---|" * (len(words) + 1)]
     for index, layer in enumerate(results["focus_weights"]):
-        lines.append(f"| {index} | " + " | ".join(f"{layer[w]:.2f}" for w in words) + " |")
+        best = sorted(words, key=lambda w: -layer[w])[:2]
+        joined = ("、" if lang == "ja" else ", ").join(best)
+        lines.append(f"| {index} | " + " | ".join(f"{layer[w]:.2f}" for w in words) + f" | {joined} |")
     return "\n".join(lines)
+
+
+def _cell(word: str) -> str:
+    return f"`{word}`" if word.startswith("<") else word  # </s> is not an HTML tag

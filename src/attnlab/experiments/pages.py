@@ -8,7 +8,8 @@ A page quotes an experiment's numbers in a block between two markers::
 
 ``update_pages`` rewrites every such block from ``table(results, lang)`` of the experiment's
 module (``lang`` is ``"ja"`` for ``*.ja.md`` pages, else ``"en"``), so a page never quotes a
-number that its experiment did not produce; ``stale_blocks`` lists the blocks that differ.
+number that its experiment did not produce; ``stale_blocks`` lists the blocks that differ. A
+second table of the same experiment is ``results:NAME:PART``, from ``table(results, lang, PART)``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 __all__ = ["BLOCK", "page_lang", "render_block", "stale_blocks", "update_pages"]
 
-BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+BLOCK = re.compile(
+    r"(<!-- results:(?P<name>[a-z0-9_]+(?::[a-z0-9_]+)?) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S
+)
 
 
 def page_lang(page: Path) -> str:
@@ -27,12 +30,14 @@ def page_lang(page: Path) -> str:
     return "ja" if page.name.endswith(".ja.md") else "en"
 
 
-def render_block(name: str, figures_root: Path, lang: str) -> str:
-    """The block body of experiment ``name`` from ``figures_root/name/results.json``."""
+def render_block(block: str, figures_root: Path, lang: str) -> str:
+    """The body of block ``NAME`` or ``NAME:PART`` from ``figures_root/NAME/results.json``."""
     from attnlab.experiments import get
 
+    name, _, part = block.partition(":")
     results = json.loads((Path(figures_root) / name / "results.json").read_text(encoding="utf-8"))
-    return get(name).table(results, lang).rstrip("\n") + "\n"
+    text = get(name).table(results, lang, part) if part else get(name).table(results, lang)
+    return text.rstrip("\n") + "\n"
 
 
 def _rewrite(text: str, figures_root: Path, lang: str) -> str:
@@ -59,7 +64,7 @@ def update_pages(site: Path, figures_root: Path) -> list[Path]:
     changed = []
     for page in sorted(Path(site).glob("*.md")):
         text = page.read_text(encoding="utf-8")
-        names = {m.group("name") for m in BLOCK.finditer(text)}
+        names = {m.group("name").partition(":")[0] for m in BLOCK.finditer(text)}
         if not names or not all((Path(figures_root) / n / "results.json").exists() for n in names):
             continue
         new = _rewrite(text, figures_root, page_lang(page))
