@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-__all__ = ["DPI", "new_figure", "save"]
+__all__ = ["DPI", "new_figure", "percent_bars", "save"]
 
 DPI = 110
 
@@ -26,3 +26,11 @@ def save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def percent_bars(ax, names: list[str], values: list[float]) -> None:
+    """One bar per name, a fraction in [0, 1], labelled with its percentage."""
+    ax.bar(names, values, color=["tab:grey", "tab:blue", "tab:green", "tab:purple"][: len(names)])
+    for i, v in enumerate(values):
+        ax.text(i, v + 0.01, f"{100 * v:.1f}%", ha="center")
+    ax.set_ylim(0, 1.1)

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from attnlab.data.digits import load_digits
-from attnlab.experiments._plots import new_figure, save
+from attnlab.experiments._plots import new_figure, percent_bars, save
+from attnlab.experiments.pages import table_head
 from attnlab.models.cnn import AttentionCNN, AttentionCNNConfig
 from attnlab.viz import capture
 from attnlab.viz.figures import gate_strip, mask_overlays
@@ -176,10 +177,8 @@ def _box(top: int, left: int, bottom: int, right: int):
 def _draw_accuracy(out: Path, results: dict) -> None:
     fig, (ax,) = new_figure(1, width=4.8)
     values = [results[m]["test_accuracy"] for m in MODELS]
-    ax.bar(MODELS, values, color=["tab:grey", "tab:blue", "tab:green", "tab:purple"])
-    for i, v in enumerate(values):
-        ax.text(i, v + 0.01, f"{100 * v:.1f}%", ha="center")
-    ax.set(ylim=(0, 1.08), ylabel="test accuracy", title="cluttered digits: CNN attention")
+    percent_bars(ax, list(MODELS), values)
+    ax.set(ylabel="test accuracy", title="cluttered digits: CNN attention")
     save(fig, out / "accuracy.png")
 
 
@@ -209,11 +208,11 @@ def _draw_gates(out: Path, model: nn.Module, image: np.ndarray) -> None:
 
 def table(results: dict, lang: str) -> str:
     """The page's numbers: accuracy, parameters and mask focus per model."""
-    if lang == "ja":
-        head = "| アテンション | パラメータ数 | テスト正解率 | マスク: 数字の内側 / 外側 (ブロックごと) |"
-    else:
-        head = "| attention | parameters | test accuracy | mask inside / outside the digit (per block) |"
-    lines = [head, "|---|---|---|---|"]
+    lines = table_head(
+        lang,
+        ["attention", "parameters", "test accuracy", "mask inside / outside the digit (per block)"],
+        ["アテンション", "パラメータ数", "テスト正解率", "マスク: 数字の内側 / 外側 (ブロックごと)"],
+    )
     for m in MODELS:
         r = results[m]
         focus = ", ".join(f"{v:.2f}" for v in r.get("mask_inside_over_outside", [])) or "-"

@@ -18,11 +18,17 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["BLOCK", "page_lang", "render_block", "stale_blocks", "update_pages"]
+__all__ = ["BLOCK", "page_lang", "render_block", "stale_blocks", "table_head", "update_pages"]
 
 BLOCK = re.compile(
     r"(<!-- results:(?P<name>[a-z0-9_]+(?::[a-z0-9_]+)?) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S
 )
+
+
+def table_head(lang: str, en: list[str], ja: list[str]) -> list[str]:
+    """The header and rule lines of a Markdown table, with the column names of ``lang``."""
+    names = ja if lang == "ja" else en
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
 
 
 def page_lang(page: Path) -> str:

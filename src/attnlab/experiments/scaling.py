@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from attnlab.experiments._plots import new_figure, save
+from attnlab.experiments.pages import table_head
 from attnlab.functional import dot_score, scaled_dot_score, softmax
 
 NAME = "scaling"
@@ -84,13 +85,16 @@ def _draw(out: Path, results: dict) -> None:
 
 def table(results: dict, lang: str) -> str:
     """The page's numbers: per d_k, the score std, max weight, entropy and gradient norm, both ways."""
-    if lang == "ja":
-        head = "| d_k | スケーリング | スコアの標準偏差 | 最大の重み | エントロピー | 勾配ノルム |"
-        names = {"unscaled": "なし", "scaled": "√d_k で割る"}
-    else:
-        head = "| d_k | scaling | score std | max weight | entropy | gradient norm |"
-        names = {"unscaled": "none", "scaled": "divide by √d_k"}
-    lines = [head, "|---|---|---|---|---|---|"]
+    lines = table_head(
+        lang,
+        ["d_k", "scaling", "score std", "max weight", "entropy", "gradient norm"],
+        ["d_k", "スケーリング", "スコアの標準偏差", "最大の重み", "エントロピー", "勾配ノルム"],
+    )
+    names = (
+        {"unscaled": "なし", "scaled": "√d_k で割る"}
+        if lang == "ja"
+        else {"unscaled": "none", "scaled": "divide by √d_k"}
+    )
     for d in results["dims"]:
         for kind in ("unscaled", "scaled"):
             m = results[kind][str(d)]

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attnlab.experiments._plots import new_figure, save
+from attnlab.experiments._plots import new_figure, percent_bars, save
 from attnlab.experiments._seq2seq import Vocab, exact_match, train_seq2seq
+from attnlab.experiments.pages import table_head
 from attnlab.layers import LearnedPositionalEmbedding, MultiHeadAttention, SinusoidalPositionalEncoding
 from attnlab.models.transformer import Transformer, TransformerConfig
 
@@ -129,20 +130,18 @@ def _draw_equivariance(out: Path, table: dict) -> None:
 def _draw_reversal(out: Path, table: dict) -> None:
     fig, (ax,) = new_figure(1, width=5.0)
     values = [table.get(k, {}).get("exact_match", 0.0) for k in KINDS]
-    ax.bar(KINDS, values, color=["tab:grey", "tab:blue", "tab:green", "tab:purple"])
-    for i, v in enumerate(values):
-        ax.text(i, v + 0.02, f"{100 * v:.0f}%", ha="center")
-    ax.set(ylim=(0, 1.1), ylabel="exact match (test)", title="reverse a sequence: positions per model")
+    percent_bars(ax, list(KINDS), values)
+    ax.set(ylabel="exact match (test)", title="reverse a sequence: positions per model")
     save(fig, out / "reversal.png")
 
 
 def table(results: dict, lang: str) -> str:
     """The page's numbers: equivariance errors and reversal accuracy per kind of position."""
-    if lang == "ja":
-        head = "| 位置表現 | トークンごとの差 | 平均プーリングの差 | 反転タスクの完全一致 |"
-    else:
-        head = "| positions | per-token difference | pooled difference | reversal exact match |"
-    lines = [head, "|---|---|---|---|"]
+    lines = table_head(
+        lang,
+        ["positions", "per-token difference", "pooled difference", "reversal exact match"],
+        ["位置表現", "トークンごとの差", "平均プーリングの差", "反転タスクの完全一致"],
+    )
     for kind in KINDS:
         eq, rev = results["equivariance"][kind], results["reversal"].get(kind)
         accuracy = "-" if rev is None else f"{100 * rev['exact_match']:.1f}%"
