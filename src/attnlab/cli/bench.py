@@ -101,9 +101,15 @@ def _run(suite, cases: list, sizes, device, args: argparse.Namespace) -> dict:
     repeats = args.repeats or (3 if args.quick else 7)
     print(f"{len(cases)} cases, {repeats} rounds each, {args.threads} threads on {machine['cpu_model']}", flush=True)
     report = suite.run_suite(cases, device, repeats, sizes.gemm_n, warmup=0 if args.quick else 1, report=_progress)
-    command = " ".join(["attnlab bench", *(["--quick"] if args.quick else []), *(["--only"] if args.only else [])])
-    command += "".join(f" {name}" for name in args.only or [])
-    return {"command": command, "machine": machine, "sizes": args.sizes, **report}
+    return {"command": _command(args), "machine": machine, "sizes": args.sizes, **report}
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (options at their defaults left out)."""
+    words = ["attnlab bench", *(["--quick"] if args.quick else []), *(["--only", *args.only] if args.only else [])]
+    words += [f"--threads {args.threads}"] if args.threads != 2 else []
+    words += [f"--device {args.device}"] if args.device != "cpu" else []
+    return " ".join(words + ([f"--repeats {args.repeats}"] if args.repeats else []))
 
 
 def _progress(row: dict) -> None:
