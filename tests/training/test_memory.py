@@ -46,3 +46,15 @@ def _own_mappings(mode: str) -> int:
 def test_a_fixed_threshold_keeps_large_blocks_in_their_own_mapping():
     assert _own_mappings("default") == 0  # glibc's dynamic threshold: the 1 MiB block comes from the heap
     assert _own_mappings("fixed") == 1
+
+
+def test_the_trainer_fixes_the_threshold_only_when_asked(tmp_path, monkeypatch, tiny_translation_config):
+    from attnlab.training import RunConfig, Trainer
+
+    calls = []
+    monkeypatch.setattr("attnlab.training.trainer.fix_mmap_threshold", lambda threshold: calls.append(threshold))
+    Trainer(RunConfig.from_dict(tiny_translation_config(tmp_path / "a", max_steps=1))).setup()
+    assert calls == []
+    config = tiny_translation_config(tmp_path / "b", max_steps=1, malloc_mmap_threshold=131072)
+    Trainer(RunConfig.from_dict(config)).setup()
+    assert calls == [131072]

@@ -179,6 +179,8 @@ class Transformer(nn.Module):
         memory: Tensor,
         memory_key_padding_mask: Tensor | None = None,
         cache: DecoderCache | None = None,
+        *,
+        features_only: bool = False,
     ) -> Tensor:
         """Run the decoder stack and the output projection: logits ``(B, T, V)``.
 
@@ -192,6 +194,8 @@ class Transformer(nn.Module):
             memory: the encoder output ``(B, S, D)``.
             memory_key_padding_mask: ``(B, S)``, ``True`` at source padding.
             cache: a ``DecoderCache`` for incremental decoding, updated in place.
+            features_only: return the normalised decoder features ``(B, T, D)`` that the output
+                projection reads, not the logits.
         """
         offset = 0 if cache is None else len(cache)
         x = self.embed_target(tgt_in, offset)
@@ -203,20 +207,25 @@ class Transformer(nn.Module):
                 self_cache=None if cache is None else cache.self_attn[i],
                 cross_cache=None if cache is None else cache.cross_attn[i],
             )
-        return self.output(self.decoder_norm(x))  # (B, T, V)
+        x = self.decoder_norm(x)  # (B, T, D)
+        return x if features_only else self.output(x)  # (B, T, V)
 
-    def forward(self, src: Tensor, tgt_in: Tensor, src_key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, src: Tensor, tgt_in: Tensor, src_key_padding_mask: Tensor | None = None, *, features_only: bool = False
+    ) -> Tensor:
         """Teacher-forced logits for training, ``decode(tgt_in, encode(src))``: ``(B, T, V)``.
 
         Args:
             src: ``(B, S)`` source ids.
             tgt_in: ``(B, T)`` decoder inputs, the targets shifted right behind BOS.
             src_key_padding_mask: ``(B, S)``, ``True`` at padding; None takes ``src == pad_id``.
+            features_only: return the features ``(B, T, D)`` the output projection reads (a loss
+                may then apply ``self.output`` itself, in chunks).
         """
         if src_key_padding_mask is None:
             src_key_padding_mask = self.padding_mask(src)
         memory = self.encode(src, src_key_padding_mask)
-        return self.decode(tgt_in, memory, src_key_padding_mask)
+        return self.decode(tgt_in, memory, src_key_padding_mask, features_only=features_only)
 
     def attention_sites(self) -> list[tuple[str, int, nn.Module]]:
         """Where ``attnlab.capture`` finds attention: ``(kind, layer, module)`` for every encoder

@@ -166,6 +166,10 @@ class TrainingConfig:
         log_every: write training loss and throughput every N steps.
         precision: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the hardware has it).
         num_threads: ``torch.set_num_threads``; None leaves torch's default.
+        malloc_mmap_threshold: fix glibc's mmap threshold at this many bytes: every larger block
+            gets its own mapping, returned when freed, so the heap cannot fragment and resident
+            memory cannot creep, at the price of page faults for each large tensor (131072 is
+            glibc's own starting value); None keeps glibc's dynamic threshold.
         device: ``auto``, ``cpu``, ``cuda``.
         max_bad_batches: stop with an error once this many batches were skipped (NaN / errors).
         tensorboard: also write TensorBoard events when ``torch.utils.tensorboard`` imports.
@@ -197,6 +201,7 @@ class TrainingConfig:
     log_every: int = 10
     precision: str = "fp32"
     num_threads: int | None = None
+    malloc_mmap_threshold: int | None = None
     device: str = "auto"
     max_bad_batches: int = 20
     tensorboard: bool = True
@@ -255,6 +260,7 @@ _TRAINING_RANGES = {
     "average_last": COUNT,
     "log_every": COUNT,
     "num_threads": COUNT,
+    "malloc_mmap_threshold": COUNT,
     "max_bad_batches": NON_NEGATIVE,
 }
 

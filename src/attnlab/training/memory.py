@@ -5,7 +5,8 @@ malloc raises its mmap threshold each time a large mmapped block is freed (up to
 so later large tensors come from the heap instead, and the heap fragments: a translation run's RSS
 kept growing for as long as it trained. A fixed threshold (``mallopt(M_MMAP_THRESHOLD, ...)``,
 which also turns the dynamic adjustment off) gives every large tensor its own mapping, returned
-to the system when freed. Elsewhere (macOS, musl, Windows) this does nothing.
+to the system when freed, at the price of page faults for every large tensor: the trainer applies it
+only when ``training.malloc_mmap_threshold`` asks. Elsewhere (macOS, musl, Windows) this does nothing.
 """
 
 from __future__ import annotations

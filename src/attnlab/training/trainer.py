@@ -144,7 +144,8 @@ class Trainer:
         t = self.config.training
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
-        fix_mmap_threshold()  # varying batch shapes would otherwise fragment the heap: RSS grows all run
+        if t.malloc_mmap_threshold:
+            fix_mmap_threshold(t.malloc_mmap_threshold)
         device = resolve_device(t.device)
         self.dist = distributed.from_environment(device)
         self.device = device if self.dist is None else self.dist.device(device)

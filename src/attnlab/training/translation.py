@@ -33,8 +33,10 @@ from attnlab.data import (
     collate_translation,
 )
 from attnlab.inference.translator import Translator
+from attnlab.models.transformer import Transformer
 from attnlab.training.checkpoints import CheckpointError
 from attnlab.training.config import RunConfig
+from attnlab.training.linear_cross_entropy import linear_cross_entropy
 from attnlab.training.metrics import translation_metrics
 
 __all__ = ["TOKENIZER_DIR", "TranslationTask", "beam_suffix"]
@@ -43,6 +45,15 @@ logger = logging.getLogger(__name__)
 
 TOKENIZER_DIR = "tokenizer"
 _SPLITS = ("train", "dev", "test")
+
+
+def _output_projection(model: nn.Module) -> nn.Linear | None:
+    """The bias-free output projection of a Transformer (inside DDP or not) whose forward can stop
+    before it (``features_only``); None for other models."""
+    core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if isinstance(core, Transformer) and core.output.bias is None:
+        return core.output
+    return None
 
 
 def beam_suffix(beam_size: int) -> str:
@@ -146,13 +157,25 @@ class TranslationTask:
     def loss(
         self, model: nn.Module, batch: TranslationBatch, label_smoothing: float | None = None
     ) -> tuple[torch.Tensor, int]:
-        """Summed label-smoothed cross-entropy over non-pad target tokens, and their count."""
+        """Summed label-smoothed cross-entropy over non-pad target tokens, and their count.
+
+        A Transformer's output projection and loss are computed together in row chunks
+        (:func:`linear_cross_entropy`: same value and gradients, without the whole ``(B, T, V)``
+        logits); other models' logits go to ``F.cross_entropy``.
+        """
         batch = batch.to(self.device)
-        logits = model(batch.src, batch.tgt_in).float()  # (B, T, V)
         smoothing = self.config.training.label_smoothing if label_smoothing is None else label_smoothing
+        targets = batch.tgt_out.reshape(-1)  # (B T,)
+        head = _output_projection(model)
+        if head is not None:
+            features = model(batch.src, batch.tgt_in, features_only=True)  # (B, T, D)
+            features = features.reshape(-1, features.shape[-1])  # (B T, D)
+            loss = linear_cross_entropy(features, head.weight, targets, ignore_index=PAD_ID, label_smoothing=smoothing)
+            return loss, batch.num_target_tokens
+        logits = model(batch.src, batch.tgt_in).float()  # (B, T, V)
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
-            batch.tgt_out.reshape(-1),
+            targets,
             ignore_index=PAD_ID,
             reduction="sum",
             label_smoothing=smoothing,
@@ -172,9 +195,10 @@ class TranslationTask:
         (``translations_<split>_beam<N>.tsv`` for beams)."""
         dataset = self._dataset(split)
         total, tokens = 0.0, 0
-        for batch in self._eval_batches(dataset):
-            loss, count = self.loss(model, batch, label_smoothing=0.0)
-            total, tokens = total + float(loss), tokens + count
+        with torch.no_grad():
+            for batch in self._eval_batches(dataset):
+                loss, count = self.loss(model, batch, label_smoothing=0.0)
+                total, tokens = total + float(loss), tokens + count
         loss = total / max(tokens, 1)
         # eval_max_sentences caps the dev decoding done during training; test is always decoded whole.
         limit = self.config.data.eval_max_sentences if split == self.eval_split else None
