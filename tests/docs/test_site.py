@@ -24,12 +24,17 @@ SITE = ROOT / "docs" / "site"
 IMAGE = re.compile(r"!\[[^\]]*\]\(\s*([^)\s]+)[^)]*\)|<img\b[^>]*\bsrc=[\"']([^\"']+)[\"']")
 
 
-def _reference_hook():
-    """``docs/hooks/reference.py``, the MkDocs hook that writes the CLI and config reference."""
-    spec = importlib.util.spec_from_file_location("site_reference_hook", ROOT / "docs" / "hooks" / "reference.py")
+def _hook(name: str):
+    """``docs/hooks/NAME.py``, one of the site's MkDocs hooks."""
+    spec = importlib.util.spec_from_file_location(f"site_hook_{name}", ROOT / "docs" / "hooks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _reference_hook():
+    """The hook that writes the CLI and config reference."""
+    return _hook("reference")
 
 
 def _pages() -> list[Path]:
@@ -138,6 +143,13 @@ def test_attribute_docs_joins_continuation_lines_and_plain_roles():
 
     docs = _reference_hook().attribute_docs(Example)
     assert docs == {"first": "a value that goes on (`CorpusConfig`).", "second": "`code` here."}
+
+
+def test_line_breaks_between_japanese_characters_are_joined_outside_code():
+    join = _hook("cjk").join_cjk_lines
+    text = "最初の\n層では、\n- 項目の\n  続き。\n```text\nコードの\n中\n```\nattnlab は\nPyTorch の\n部品。\n"
+    assert join(text) == "最初の層では、\n- 項目の続き。\n```text\nコードの\n中\n```\nattnlab は\nPyTorch の部品。\n"
+    assert join("English\nlines stay.\n") == "English\nlines stay.\n"
 
 
 @pytest.mark.slow
