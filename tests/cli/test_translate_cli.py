@@ -128,6 +128,37 @@ def test_evaluate_with_a_beam_scores_beam_search_translations(trained_run, capsy
     assert [row.split("\t")[2] for row in rows[:5]] == attnlab.load(trained_run).translate(sources, beam=3)
 
 
+def test_evaluate_and_translate_take_the_repetition_options(trained_run, capsys):
+    import attnlab
+
+    assert main(["evaluate", str(trained_run), "--split", "test", "--no-repeat-ngram-size", "1"]) == 0
+    report = trained_run / "test_metrics_evaluate_best_no_repeat_ngram_size1.json"
+    assert json.loads(report.read_text(encoding="utf-8"))["sentences"] > 0
+    rows = (trained_run / "translations_test.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    sources = [row.split("\t")[0] for row in rows[:5]]
+    expected = attnlab.load(trained_run).translate(sources, no_repeat_ngram_size=1)
+    assert [row.split("\t")[2] for row in rows[:5]] == expected
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "translate",
+                str(trained_run),
+                "--repetition-penalty",
+                "1.5",
+                *[arg for s in sources for arg in ("--text", s)],
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.splitlines() == attnlab.load(trained_run).translate(sources, repetition_penalty=1.5)
+
+
+def test_a_bad_repetition_option_is_named(trained_run, capsys):
+    assert main(["evaluate", str(trained_run), "--repetition-penalty", "0"]) == 2
+    assert "--repetition-penalty (0.0) must be > 0" in capsys.readouterr().err
+
+
 def test_translate_rejects_a_beam_below_one(trained_run, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["translate", str(trained_run), "--text", "seven", "--beam", "0"])

@@ -7,6 +7,7 @@ reads the run with its data and scores it with the task's ``evaluate``, which tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -73,6 +74,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     classify.set_defaults(func=run_classify)
 
+    for command in (evaluate, translate):
+        command.add_argument(
+            "--no-repeat-ngram-size",
+            type=int,
+            default=None,
+            metavar="N",
+            help="translation runs: never repeat an n-gram within a translation (0: off; default: the run's "
+            "data.no_repeat_ngram_size)",
+        )
+        command.add_argument(
+            "--repetition-penalty",
+            type=float,
+            default=None,
+            metavar="P",
+            help="translation runs: discourage pieces a translation already holds, P > 1 (1: off; default: "
+            "the run's data.repetition_penalty)",
+        )
+
     for command in (evaluate, translate, classify):
         command.add_argument(
             "--precision",
@@ -94,10 +113,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if loaded.config.task != "translation":
             raise ConfigError(f"--beam applies to translation runs; {args.run_dir} is a {loaded.config.task} run")
         options["beam_size"] = args.beam
+    repetition = _repetition_options(args)
+    if repetition:
+        if loaded.config.task != "translation":
+            raise ConfigError(
+                f"repetition options apply to translation runs; {args.run_dir} is a {loaded.config.task} run"
+            )
+        data = dataclasses.replace(loaded.task.config.data, **repetition)  # checks the values
+        loaded.task.config = dataclasses.replace(loaded.task.config, data=data)
     device = next(loaded.model.parameters()).device
     with torch.no_grad(), autocast_to(run_precision(args.precision, loaded.config, device), device):
         metrics = loaded.task.evaluate(loaded.model, args.split, output_dir=Path(args.run_dir), **options)
-    out = Path(args.run_dir) / evaluation_file_name(args.split, loaded.checkpoint.name, args.beam)
+    out = Path(args.run_dir) / evaluation_file_name(args.split, loaded.checkpoint.name, args.beam, repetition)
     record = {"checkpoint": str(loaded.checkpoint), "split": args.split, **metrics}
     out.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"{args.split} ({loaded.checkpoint}): {format_metrics(metrics)}")
@@ -107,21 +134,34 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluation_file_name(split: str, checkpoint: str, beam: int) -> str:
-    """``test_metrics_evaluate_best_beam5.json``: the report of ``attnlab evaluate``, apart from the trainer's."""
-    return f"{split}_metrics_evaluate_{checkpoint}{beam_suffix(beam)}.json"
+def evaluation_file_name(split: str, checkpoint: str, beam: int, repetition: dict | None = None) -> str:
+    """``test_metrics_evaluate_best_beam5.json``: the report of ``attnlab evaluate``, apart from the
+    trainer's (``..._no_repeat_ngram_size3.json`` with a repetition option given)."""
+    options = "".join(f"_{name}{value:g}" for name, value in sorted((repetition or {}).items()))
+    return f"{split}_metrics_evaluate_{checkpoint}{beam_suffix(beam)}{options}.json"
+
+
+def _repetition_options(args: argparse.Namespace) -> dict:
+    """The repetition options given on the command line, as data config keys."""
+    given = {"no_repeat_ngram_size": args.no_repeat_ngram_size, "repetition_penalty": args.repetition_penalty}
+    if given["no_repeat_ngram_size"] is not None and given["no_repeat_ngram_size"] < 0:
+        raise ConfigError(f"--no-repeat-ngram-size ({args.no_repeat_ngram_size}) must be >= 0 (0: off)")
+    if given["repetition_penalty"] is not None and not given["repetition_penalty"] > 0:
+        raise ConfigError(f"--repetition-penalty ({args.repetition_penalty}) must be > 0 (1: off)")
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def run_translate(args: argparse.Namespace) -> int:
     """One translation per input line, in order (with ``--show-attention``, each followed by its table)."""
     translator: Translator = load(args.run_dir, args.checkpoint, precision=args.precision, task="translation")
     texts = args.text if args.text else [line.rstrip("\n") for line in sys.stdin]
+    search = {"beam": args.beam, **_repetition_options(args)}
     if not args.show_attention:
-        for line in translator.translate(texts, beam=args.beam):
+        for line in translator.translate(texts, **search):
             print(line)
         return 0
     last_layer = CaptureSpec(layers=-1, kinds=_source_attention_kind(translator))
-    for result in translator.translate(texts, beam=args.beam, attention=last_layer):
+    for result in translator.translate(texts, **search, attention=last_layer):
         print(result.translation)
         print(_attention_table(result) + "\n")
     return 0
