@@ -8,8 +8,9 @@ views or allocations (on the CPU, where this project's dropout takes five ops th
 kernel on CUDA: an overestimate). The optimiser's few FLOPs and kernels are left out. Then,
 for n GPUs each with the same batch (data parallel, as ``attnlab train`` under torchrun):
 
-    compute   = max(step FLOPs / (peak * MFU), kernels * launch time)  (eager PyTorch enqueues one
-                                                                           kernel per non-view aten op)
+    compute   = max(step FLOPs / (peak * MFU), kernels * host time per kernel)  (eager PyTorch
+                      enqueues one kernel per non-view aten op; the host's Python, dispatch and
+                      launch per kernel, 30 us as measured for attnlab's base step on an H100)
     all-reduce = 2 (n - 1) / n * gradient bytes / bus bandwidth          (ring all-reduce)
     step      = compute + all-reduce                                      (no overlap)
               = compute + max(last bucket, all-reduce - backward time)     (overlap: DDP's buckets
@@ -26,6 +27,7 @@ parameters, also under bf16 autocast. Every assumption is an argument, printed w
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -108,10 +110,10 @@ def per_sample_flops(make: Callable[[int], tuple[nn.Module, Callable[[], None]]]
     return float(flops), sum(p.numel() for p in model.parameters()), counted_kernels(one)
 
 
-def project(step_flops: float, params: int, kernels: int, gpus: int, bus_gbs: float, args) -> dict:
+def project(step_flops: float, params: int, kernels: int, gpus: int, bus_gbs: float, launch_us: float, args) -> dict:
     """Seconds per step and throughput of ``gpus`` data-parallel GPUs, without and with overlap."""
     math_time = step_flops / (args.peak_tflops * 1e12 * args.mfu)
-    launch_time = kernels * args.launch_us * 1e-6
+    launch_time = kernels * launch_us * 1e-6
     compute = max(math_time, launch_time)
     grad_bytes = 4 * params
     share = 2 * (gpus - 1) / gpus
@@ -136,7 +138,13 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per GPU (H100/H200 SXM)")
     parser.add_argument("--mfu", type=float, default=0.35, help="share of the peak a training step reaches")
     parser.add_argument("--bus-gbs", type=float, nargs="+", default=[360.0, 24.0], help="all-reduce bus GB/s")
-    parser.add_argument("--launch-us", type=float, default=5.0, help="host time to enqueue one kernel")
+    parser.add_argument(
+        "--launch-us",
+        type=float,
+        nargs="+",
+        default=[30.0, 5.0],
+        help="host time per kernel: eager attnlab as measured on an H100 (docs/results/translation.md), a lean loop",
+    )
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--mt-batch", type=int, default=128, help="sentence pairs per GPU per step")
     parser.add_argument("--mt-lengths", type=int, nargs=2, default=[25, 25], help="source and target tokens")
@@ -159,8 +167,8 @@ def main() -> None:
     print(
         f"assumed: {args.peak_tflops:g} TFLOP/s bf16 dense peak per GPU, MFU {args.mfu:.0%}, ring all-reduce of "
         f"fp32 gradients at {' or '.join(f'{b:g}' for b in args.bus_gbs)} GB/s bus bandwidth, DDP buckets of "
-        f"{BUCKET_MIB} MiB, backward = {BACKWARD_SHARE:.2f} of a step's compute, {args.launch_us:g} us to "
-        "launch a kernel"
+        f"{BUCKET_MIB} MiB, backward = {BACKWARD_SHARE:.2f} of a step's compute, "
+        f"{' or '.join(f'{u:g}' for u in args.launch_us)} us of host time per kernel"
     )
     rows = []
     for name, (make, batch, units, unit_name) in models.items():
@@ -172,26 +180,26 @@ def main() -> None:
             f"{step_flops / 1e12:.2f} TFLOP per GPU per step; {kernels} kernels per step"
         )
         print(
-            "| bus GB/s | GPUs | math / launch ms | all-reduce ms | step ms (no overlap / overlap) | "
+            "| host us/kernel | bus GB/s | GPUs | math / host ms | all-reduce ms | step ms (no overlap / overlap) | "
             f"{unit_name}/s (no overlap / overlap) | scaling efficiency |"
         )
-        print("|---|---|---|---|---|---|---|")
-        for bus in args.bus_gbs:
-            for gpus in args.gpus:
-                row = project(step_flops, params, kernels, gpus, bus, args)
-                row.update(model=name, bus_gbs=bus, params=params, step_flops=step_flops, kernels=kernels)
-                row["units_per_step"] = units
-                row["throughput_no_overlap"] = gpus * units / (row["step_ms_no_overlap"] / 1e3)
-                row["throughput_overlap"] = gpus * units / (row["step_ms_overlap"] / 1e3)
-                rows.append(row)
-                print_row(row)
+        print("|---|---|---|---|---|---|---|---|")
+        for launch_us, bus, gpus in itertools.product(args.launch_us, args.bus_gbs, args.gpus):
+            row = project(step_flops, params, kernels, gpus, bus, launch_us, args)
+            row.update(model=name, bus_gbs=bus, launch_us=launch_us, params=params, step_flops=step_flops)
+            row.update(kernels=kernels, units_per_step=units)
+            row["throughput_no_overlap"] = gpus * units / (row["step_ms_no_overlap"] / 1e3)
+            row["throughput_overlap"] = gpus * units / (row["step_ms_overlap"] / 1e3)
+            rows.append(row)
+            print_row(row)
     path = write_json("gpu_projection", {"assumptions": vars(args), "bucket_mib": BUCKET_MIB, "rows": rows})
     print(f"\nwrote {path}")
 
 
 def print_row(row: dict) -> None:
     print(
-        f"| {row['bus_gbs']:g} | {row['gpus']} | {row['math_ms']:.1f} / {row['launch_ms']:.1f} | "
+        f"| {row['launch_us']:g} | {row['bus_gbs']:g} | {row['gpus']} | "
+        f"{row['math_ms']:.1f} / {row['launch_ms']:.1f} | "
         f"{row['all_reduce_ms']:.1f} | "
         f"{row['step_ms_no_overlap']:.1f} / {row['step_ms_overlap']:.1f} | "
         f"{row['throughput_no_overlap']:,.0f} / {row['throughput_overlap']:,.0f} | "
