@@ -68,8 +68,10 @@ def cli_reference() -> str:
 
 
 def _usage_block(parser: argparse.ArgumentParser) -> str:
-    usage = " ".join(parser.format_usage().split())
-    return f"```text\n{usage}\n```"
+    """The usage line as argparse wraps it, at a fixed width (not the terminal's)."""
+    formatter = argparse.HelpFormatter(parser.prog, width=90)
+    formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups)
+    return f"```text\n{formatter.format_help().strip()}\n```"
 
 
 def _argument_table(parser: argparse.ArgumentParser) -> str:
