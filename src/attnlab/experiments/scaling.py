@@ -78,8 +78,9 @@ def _draw(out: Path, results: dict) -> None:
         ax.set(xscale="log", xlabel="d_k", title=label)
         ax.set_xticks(DIMS, [str(d) for d in DIMS])
     axes[1].axhline(results["uniform_entropy"], color="grey", lw=0.8, ls=":")
-    axes[2].set_yscale("log")
     axes[0].legend()
+    axes[2].set_ylim(bottom=0)
+    fig.tight_layout()
     save(fig, out / "saturation.png")
 
 
