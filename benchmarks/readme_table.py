@@ -32,6 +32,7 @@ def machine_line(report: dict) -> str:
         f"`{report['command']}` on {m['cpu_model']} ({m['cores']} cores; {flags}), {threads}, "
         f"torch {m['torch']}, transformers {m['transformers']}; large-matmul peak {peaks}."
         + ("" if m["bf16"] else " No bf16 instructions here: bf16 cases skipped, `precision: auto` stays fp32.")
+        + (" A partial run: the cases it finished." if report.get("partial") else "")
     )
 
 

@@ -343,10 +343,11 @@ def run_suite(
     repeats: int,
     gemm_n: int,
     warmup: int = 0,
-    report: Callable[[dict], None] = lambda row: None,
+    report: Callable[[dict, dict], None] = lambda row, partial: None,
 ) -> dict:
     """Measure the GEMM rates, then every case (``warmup`` untimed rounds after the counted first
-    call; ``report`` sees each row as it is done); the whole report but the machine."""
+    call); the whole report but the machine. ``report`` sees each row as it is done, with the
+    report so far (MFU against the first GEMM measurement), which a long run can save as it goes."""
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     needed = sorted({c.dtype for c in cases} | {"fp32"})
     start = time.perf_counter()
@@ -354,7 +355,8 @@ def run_suite(
     rows = []
     for case in cases:
         rows.append(measure_case(case, device, repeats, before, warmup))
-        report(rows[-1])
+        gemm = {"n": gemm_n, "peak": before, "start": before}
+        report(rows[-1], {"partial": True, "gemm_gflops": gemm, "repeats": repeats, "cases": rows})
     after = {d: gemm_gflops(dtypes[d], device, gemm_n) for d in needed}
     # The peak is the faster of the two measurements: a busy moment slows a matmul, never speeds it up.
     peaks = {d: max(before[d], after[d]) for d in needed}

@@ -86,22 +86,28 @@ def run(args: argparse.Namespace) -> int:
         for case in cases:
             print(f"{case.name:22} {case.dtype:5} {'quick' if case.quick else '':5} {case.what}")
         return 0
-    report = _run(suite, cases, sizes, device, args)
-    print("\n".join(["", *table(report)]))
     out.parent.mkdir(parents=True, exist_ok=True)
+    report = _run(suite, cases, sizes, device, args, out)
+    print("\n".join(["", *table(report)]))
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
     return 0
 
 
-def _run(suite, cases: list, sizes, device, args: argparse.Namespace) -> dict:
+def _run(suite, cases: list, sizes, device, args: argparse.Namespace, out: Path) -> dict:
     machine = suite.machine(device, args.threads)
     if not machine["bf16"]:
         print("no bf16 instructions on this device: bf16 cases skipped (precision auto stays fp32)")
     repeats = args.repeats or (3 if args.quick else 7)
     print(f"{len(cases)} cases, {repeats} rounds each, {args.threads} threads on {machine['cpu_model']}", flush=True)
-    report = suite.run_suite(cases, device, repeats, sizes.gemm_n, warmup=0 if args.quick else 1, report=_progress)
-    return {"command": _command(args), "machine": machine, "sizes": args.sizes, **report}
+    head = {"command": _command(args), "machine": machine, "sizes": args.sizes}
+
+    def progress(row: dict, partial: dict) -> None:  # print the row; keep what is done if the run stops
+        _progress(row)
+        out.write_text(json.dumps({**head, **partial}, indent=2))
+
+    report = suite.run_suite(cases, device, repeats, sizes.gemm_n, warmup=0 if args.quick else 1, report=progress)
+    return {**head, **report}
 
 
 def _command(args: argparse.Namespace) -> str:
