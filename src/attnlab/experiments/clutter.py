@@ -11,7 +11,7 @@ cluttered MNIST). The same small ResNet (``attnlab.models.cnn.AttentionCNN``) tr
 attention, SE, spatial and CBAM for the same steps; we report test accuracy, draw the spatial
 masks with ``attnlab.capture`` and ``attnlab.viz.mask_overlays``, the SE gates with
 ``gate_strip``, and measure how much more mask the digit gets than the clutter: the mean of M_s
-inside the digit's box over its mean outside. About 3 minutes on one core.
+inside the digit's box over its mean outside. About 5 minutes on one core.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from attnlab.viz.figures import gate_strip, mask_overlays
 
 NAME = "clutter"
 FIGURES = ["examples.png", "accuracy.png", "masks.png", "gates.png"]
-RUNTIME = "~3 min"
+RUNTIME = "~5 min"
 
 MODELS = ("none", "se", "spatial", "cbam")
 CANVAS, SCALE, FRAGMENTS, FRAGMENT = 32, 2, 8, 6
