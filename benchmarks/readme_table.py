@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def side_value(row: dict, side: str) -> str:
     """A side's median as its case reports it: tokens or images per second, else milliseconds."""
     s = row["sides"][side]
-    return f"{s['rate']:,.0f} {row['unit']}" if s["rate"] is not None else f"{s['median_ms']:,.1f} ms"
+    if s["rate"] is None:
+        return f"{s['median_ms']:,.1f} ms"
+    return f"{s['rate']:,.0f} {row['unit']}" if s["rate"] >= 100 else f"{s['rate']:.3g} {row['unit']}"
 
 
 def machine_line(report: dict) -> str:
@@ -59,6 +61,8 @@ def block(report: dict) -> str:
         "the large-matmul peak of its dtype. The run and the targets it meets: "
         "[docs/results/bench.md](docs/results/bench.md)."
     )
+    if any(side["mfu"] > 1 for row in report["cases"] for side in row["sides"].values()):
+        note += " An MFU above 100% means the matmul peak was measured while other processes held the cores."
     return "\n".join([machine_line(report), "", *table_lines(report), "", note])
 
 
