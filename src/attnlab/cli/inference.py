@@ -99,7 +99,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             choices=PRECISIONS,
             help="run (default: the run's training.precision, as its final test was scored), fp32, bf16 "
             "autocast (on CPU the decoder keeps bf16 copies of its weights: faster search, scores within "
-            "bf16 rounding), or auto (bf16 where the hardware has it)",
+            "bf16 rounding), auto (bf16 where the hardware has it), or int8 (translation runs on CPU: "
+            "the decoder multiplies by int8 copies of its weights)",
         )
 
 
@@ -113,6 +114,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if loaded.config.task != "translation":
             raise ConfigError(f"--beam applies to translation runs; {args.run_dir} is a {loaded.config.task} run")
         options["beam_size"] = args.beam
+    if args.precision == "int8":
+        if loaded.config.task != "translation":
+            raise ConfigError(
+                f"--precision int8 applies to translation runs; {args.run_dir} is a {loaded.config.task} run"
+            )
+        options["int8"] = True
     repetition = _repetition_options(args)
     if repetition:
         if loaded.config.task != "translation":
@@ -124,7 +131,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     device = next(loaded.model.parameters()).device
     with torch.no_grad(), autocast_to(run_precision(args.precision, loaded.config, device), device):
         metrics = loaded.task.evaluate(loaded.model, args.split, output_dir=Path(args.run_dir), **options)
-    out = Path(args.run_dir) / evaluation_file_name(args.split, loaded.checkpoint.name, args.beam, repetition)
+    name = evaluation_file_name(args.split, loaded.checkpoint.name, args.beam, repetition)
+    out = Path(args.run_dir) / (name.replace(".json", "_int8.json") if args.precision == "int8" else name)
     record = {"checkpoint": str(loaded.checkpoint), "split": args.split, **metrics}
     out.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"{args.split} ({loaded.checkpoint}): {format_metrics(metrics)}")

@@ -13,6 +13,10 @@ default where it pays and off with one argument:
 - **beam pools**: beam hypotheses keep their keys where they were written
   (``attnlab.inference.beam_cache``) instead of copying them to their children every step.
 
+With ``int8=True`` the plain steps multiply by int8 copies of the weights instead
+(``attnlab.inference.quantized``: PyTorch's dynamic quantisation), a faster decoding whose
+scores are within the int8 rounding of fp32's; the encoder stays fp32.
+
 The engine holds every inference cache (the packed copies, the pools); the model holds none.
 Packed copies live as long as the engine: after the model's weights change (a training step),
 make a new engine, as ``Translator`` does for each evaluation. With every path off, the engine
@@ -30,6 +34,7 @@ from torch import Tensor, nn
 from attnlab.inference import onednn
 from attnlab.inference.beam_cache import BeamDecoderCache
 from attnlab.inference.packed import PackedWeights
+from attnlab.inference.quantized import QuantizedWeights, check_available
 from attnlab.layers.feedforward import LinearFn
 from attnlab.models.transformer import SearchState, Transformer
 
@@ -47,6 +52,13 @@ class DecodingEngine:
         pack_weights: on CPU, multiply plain steps by packed copies of the weights; None packs
             where this PyTorch build can (``attnlab.inference.onednn``).
         beam_pools: keep beam hypotheses' keys in per-sentence pools.
+        int8: multiply plain steps by int8 copies of the weights (CPU, a ``Transformer`` in
+            evaluation mode; implies ``plain_steps``).
+
+    Raises:
+        ValueError: ``int8`` for a model that is not a ``Transformer``, not on CPU, or with
+            ``plain_steps`` off (the message names which).
+        RuntimeError: ``int8`` where this PyTorch build lacks a CPU quantisation engine.
 
     Example:
         >>> engine = DecodingEngine(model.eval())
@@ -60,9 +72,13 @@ class DecodingEngine:
         plain_steps: bool = True,
         pack_weights: bool | None = None,
         beam_pools: bool = True,
+        int8: bool = False,
     ) -> None:
         self.model = model
         is_transformer = isinstance(model, Transformer)
+        if int8:
+            _check_int8(model, plain_steps)
+        self.int8 = int8
         self.plain_steps = plain_steps and is_transformer
         self.pack_weights = self.plain_steps and (onednn.available() if pack_weights is None else pack_weights)
         self.beam_pools = beam_pools and is_transformer
@@ -99,6 +115,13 @@ class DecodingEngine:
     def step(self, state: Any, tokens: Tensor) -> tuple[Tensor, Any]:
         """Feed ``tokens (B,)``: a plain step where it applies, else the model's own ``step``."""
         if not self._steps_plainly(state):
+            if self.int8:
+                raise RuntimeError(
+                    "int8 decoding runs plain cached steps of a model in evaluation mode; got "
+                    f"model.training={self.model.training}, state {type(state).__name__} "
+                    f"(cache {getattr(state, 'cache', None) is not None}) and attention layers that are "
+                    f"{'' if self._plain_layers() else 'not '}plain: call model.eval() and search with the cache"
+                )
             return self.model.step(state, tokens)
         return self._plain_step(state, tokens), state
 
@@ -113,8 +136,11 @@ class DecodingEngine:
             and isinstance(state, SearchState)
             and state.cache is not None
             and not model.training
-            and all(layer.self_attn.is_plain and layer.cross_attn.is_plain for layer in model.decoder_layers)
+            and self._plain_layers()
         )
+
+    def _plain_layers(self) -> bool:
+        return all(layer.self_attn.is_plain and layer.cross_attn.is_plain for layer in self.model.decoder_layers)
 
     def _plain_step(self, state: SearchState, tokens: Tensor) -> Tensor:
         """Logits ``(B', V)`` of one new token per row through ``DecoderLayer.step``."""
@@ -128,9 +154,21 @@ class DecodingEngine:
         return linear(model.decoder_norm(x[:, -1]), model.output.weight, model.output.bias)  # (B', V)
 
     def _linear(self, x: Tensor) -> LinearFn:
-        """The products of a plain step on ``x (B', 1, D)``: packed copies on CPU, else ``F.linear``."""
-        if not (self.pack_weights and x.device.type == "cpu") or torch.is_grad_enabled():
+        """The products of a plain step on ``x (B', 1, D)``: int8 or packed copies on CPU, else ``F.linear``."""
+        if not (self.int8 or (self.pack_weights and x.device.type == "cpu")) or torch.is_grad_enabled():
             return F.linear
-        if self._packed is None:
-            self._packed = PackedWeights(rows=x.shape[0])  # the first search's rows: a layout hint
+        if self._packed is None:  # the first search's rows: a layout hint
+            self._packed = QuantizedWeights(rows=x.shape[0]) if self.int8 else PackedWeights(rows=x.shape[0])
         return self._packed.linear
+
+
+def _check_int8(model: nn.Module, plain_steps: bool) -> None:
+    """Raise unless ``model`` can decode with int8 products: a ``Transformer`` on CPU, plain steps on."""
+    if not isinstance(model, Transformer):
+        raise ValueError(f"int8 decoding is for Transformer models; got a {type(model).__name__}")
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise ValueError(f"int8 decoding runs on CPU; the model is on {device}")
+    if not plain_steps:
+        raise ValueError("int8 decoding multiplies in plain steps: plain_steps=False cannot be int8")
+    check_available()

@@ -111,6 +111,8 @@ class Translator:
         fast: decode through a ``DecodingEngine`` (plain steps, packed weights, beam pools),
             made with the translator: make a new translator after changing the model's weights.
             False decodes on the model's own teaching path.
+        int8: the engine multiplies by int8 copies of the decoder's weights (a ``Transformer``
+            on CPU; ``DecodingEngine(int8=True)``); needs ``fast``.
 
     Byte-fallback pieces are always constrained to valid UTF-8 (``Utf8Constraint`` of the target
     tokenizer), so no translation holds U+FFFD from broken bytes.
@@ -128,13 +130,16 @@ class Translator:
         *,
         precision: torch.dtype | None = None,
         fast: bool = True,
+        int8: bool = False,
     ) -> None:
+        if int8 and not fast:
+            raise ValueError("int8 decoding runs in the decoding engine: int8=True needs fast=True")
         self.model = model
         self.tokenizer = tokenizer
         self.data = TextDataConfig() if data is None else data
         self.precision = precision
         self.fast = fast
-        self._engine = DecodingEngine(model) if fast else None
+        self._engine = DecodingEngine(model, int8=int8) if fast else None
         self._utf8 = Utf8Constraint.from_tokenizer(tokenizer.target)
 
     @property

@@ -188,11 +188,12 @@ class TranslationTask:
         return (collate_translation([dataset[i] for i in indices]) for indices in sampler)
 
     def evaluate(
-        self, model: nn.Module, split: str, output_dir: Path | None = None, beam_size: int = 1
+        self, model: nn.Module, split: str, output_dir: Path | None = None, beam_size: int = 1, int8: bool = False
     ) -> dict[str, Any]:
         """Loss and perplexity (no smoothing) on a split; BLEU, chrF and exact match of greedy
         (``beam_size`` 1) or beam-search translations, written to ``translations_<split>.tsv``
-        (``translations_<split>_beam<N>.tsv`` for beams)."""
+        (``translations_<split>_beam<N>.tsv`` for beams). ``int8`` decodes with int8 products
+        (``Translator(int8=True)``); the loss stays fp32."""
         dataset = self._dataset(split)
         total, tokens = 0.0, 0
         with torch.no_grad():
@@ -203,7 +204,7 @@ class TranslationTask:
         # eval_max_sentences caps the dev decoding done during training; test is always decoded whole.
         limit = self.config.data.eval_max_sentences if split == self.eval_split else None
         pairs = self.corpus.splits[split][:limit]
-        translator = Translator(model, self.tokenizer, self.config.data)
+        translator = Translator(model, self.tokenizer, self.config.data, int8=int8)
         hypotheses = translator.translate([source for source, _ in pairs], beam=beam_size)
         references = [target for _, target in pairs]
         metrics = {

@@ -1,0 +1,312 @@
+"""Decoding against CTranslate2: ours (fp32 and int8) beside Hugging Face Marian and CTranslate2.
+
+One randomly initialised Transformer base (seeded) is decoded five ways, with the same weights:
+
+- **ours**: ``DecodingEngine`` fp32 (plain steps, packed weights, beam pools) and
+  ``DecodingEngine(int8=True)`` (``attnlab.inference.quantized``);
+- **HF**: ``MarianMTModel.generate`` with our weights copied in (``marian_from``);
+- **CT2**: that Marian model converted by ``ctranslate2.converters.TransformersConverter``, in fp32
+  and with int8 weights (``quantization="int8"``), behind a minimal MarianTokenizer vocabulary
+  (token names ``t<id>``; two SentencePiece models trained at bench time on a few lines).
+
+First the three fp32 engines' greedy tokens are compared (a count of differing tokens, not a
+crash: random weights give near-ties that a different summation order can flip). Then greedy
+and beam-5 search, batch 8, exactly 64 new tokens (EOS suppressed), 2 threads, interleaved in
+one process, median of 7 (3 with ``--quick``). Prints tokens/s and the ratios of the targets;
+writes ``benchmarks/results/ctranslate2.json``.
+
+    .venv/bin/python -m benchmarks.ctranslate2_bar [--quick]
+
+``measure(quick)`` returns the rows of the table (for ``attnlab bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from attnlab.decoding import beam_search, greedy_search
+from attnlab.inference.engine import DecodingEngine
+from attnlab.models.transformer import Transformer, TransformerConfig
+from benchmarks.common import RESULTS, interleave, write_json_to
+from benchmarks.translation import EOS, PAD, marian, random_batch
+
+SPECIALS = {"<pad>": PAD, "<unk>": 1, "<s>": 2, "</s>": EOS}
+BATCH, SRC_LEN, NEW_TOKENS, THREADS = 8, 32, 64, 2
+PEERS = ("ours fp32", "ours int8", "HF fp32", "CT2 fp32", "CT2 int8")
+# (name, ours, peer, target ratio): the issue's bars.
+TARGETS = (
+    ("ours fp32 / HF fp32", "ours fp32", "HF fp32", 2.0),
+    ("ours fp32 / CT2 fp32", "ours fp32", "CT2 fp32", 1.5),
+    ("ours int8 / CT2 int8", "ours int8", "CT2 int8", 1.5),
+)
+
+
+# --- the same weights in Marian ----------------------------------------------------------------
+def marian_from(model: Transformer):
+    """``MarianMTModel`` computing what ``model`` (post-norm, tied shared embeddings, sinusoidal
+    positions) computes: our weights copied in, q/k/v split from the fused in-projections."""
+    hf = marian(model.config)
+    with torch.no_grad():
+        hf.model.shared.weight.copy_(model.src_embed.weight)
+        table = model.positional.table[: model.config.max_len]  # (max_len, D), ours interleaved sin/cos
+        for stack in (hf.model.encoder, hf.model.decoder):
+            stack.embed_positions.weight.copy_(table)
+        for ours, theirs in zip(model.encoder_layers, hf.model.encoder.layers):
+            _copy_attention(ours.self_attn, theirs.self_attn)
+            _copy_block(
+                ours, theirs, [(ours.norm1, theirs.self_attn_layer_norm), (ours.norm2, theirs.final_layer_norm)]
+            )
+        for ours, theirs in zip(model.decoder_layers, hf.model.decoder.layers):
+            _copy_attention(ours.self_attn, theirs.self_attn)
+            _copy_attention(ours.cross_attn, theirs.encoder_attn)
+            norms = [
+                (ours.norm1, theirs.self_attn_layer_norm),
+                (ours.norm2, theirs.encoder_attn_layer_norm),
+                (ours.norm3, theirs.final_layer_norm),
+            ]
+            _copy_block(ours, theirs, norms)
+    return hf.eval()
+
+
+def _copy_attention(ours, theirs) -> None:
+    for proj, w, b in zip(
+        (theirs.q_proj, theirs.k_proj, theirs.v_proj), ours.in_proj_weight.chunk(3), ours.in_proj_bias.chunk(3)
+    ):
+        proj.weight.copy_(w)
+        proj.bias.copy_(b)
+    theirs.out_proj.load_state_dict(ours.out_proj.state_dict())
+
+
+def _copy_block(ours, theirs, norms) -> None:
+    theirs.fc1.load_state_dict(ours.ffn.fc1.state_dict())
+    theirs.fc2.load_state_dict(ours.ffn.fc2.state_dict())
+    for our_norm, their_norm in norms:
+        their_norm.load_state_dict(our_norm.state_dict())
+
+
+# --- CTranslate2 -------------------------------------------------------------------------------
+def save_vocabulary(directory: Path, vocab_size: int) -> None:
+    """A MarianTokenizer in ``directory``: ``vocab.json`` of our ids (the specials, then ``t<id>``)
+    and SentencePiece models trained on a few lines (CT2 reads only the vocabulary)."""
+    import sentencepiece as spm
+    from transformers import MarianTokenizer
+
+    vocab = {**SPECIALS, **{f"t{i}": i for i in range(len(SPECIALS), vocab_size)}}
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    lines = [f"sentence {i} of the bench vocabulary, with words and numbers" for i in range(50)]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(directory / "spm"), vocab_size=40, minloglevel=2
+    )
+    spm_file = str(directory / "spm.model")
+    MarianTokenizer(spm_file, spm_file, str(directory / "vocab.json")).save_pretrained(directory)
+
+
+def convert(hf, directory: Path, quantization: str):
+    """``hf`` converted to a CTranslate2 model in ``directory / quantization``; returns its path.
+
+    ``TransformersConverter`` loads the model we give it (not ``from_pretrained``, which would
+    redraw the sinusoids); the decoder starts from the ``<s>`` embedding as ours and HF's do (the
+    Marian loader's default is a zero vector), and keeps every vocabulary row."""
+    from ctranslate2.converters import TransformersConverter
+
+    hf = copy.deepcopy(hf)  # int8 conversion quantises the weights it is given in place
+
+    class InMemoryConverter(TransformersConverter):
+        def load_model(self, model_class, model_name_or_path, **kwargs):
+            return hf
+
+        def _load(self):
+            spec = super()._load()
+            # The Marian loader drops the last vocabulary row, taking it for the <pad> that HF's
+            # Marian conversions append; ours has <pad> at 0 and nothing appended.
+            shared = hf.model.shared.weight
+            spec.encoder.embeddings[0].weight = spec.decoder.embeddings.weight = shared
+            spec.decoder.projection.weight = shared
+            spec.decoder.start_from_zero_embedding = False
+            spec.config.decoder_start_token = "<s>"
+            return spec
+
+    hf.config.save_pretrained(directory)
+    out = directory / quantization
+    InMemoryConverter(str(directory)).convert(str(out), quantization=quantization, force=True)
+    return out
+
+
+def ct2_source(src: Tensor) -> list[list[str]]:
+    """``src (B, S)`` ids as CT2's source tokens (padding cut, EOS kept)."""
+    names = {i: name for name, i in SPECIALS.items()}
+    return [[names.get(i, f"t{i}") for i in row if i != PAD] for row in src.tolist()]
+
+
+def ct2_ids(results, k: int = 0) -> Tensor:
+    """``(B, T)`` ids of CT2's ``k``-th hypotheses."""
+    ids = [[SPECIALS[t] if t in SPECIALS else int(t[1:]) for t in r.hypotheses[k]] for r in results]
+    return torch.tensor(ids)
+
+
+# --- the peers ---------------------------------------------------------------------------------
+def searches(model: Transformer, hf, ct2_models: dict, src: Tensor, beam: int) -> dict[str, Callable[[], Tensor]]:
+    """Each peer's search of ``src (B, S)``, returning ``(B, NEW_TOKENS)`` ids."""
+    engines = {"ours fp32": DecodingEngine(model), "ours int8": DecodingEngine(model, int8=True)}
+    tokens = ct2_source(src)
+
+    def ours(engine: DecodingEngine) -> Callable[[], Tensor]:
+        options = {"max_len_a": 0.0, "max_len_b": NEW_TOKENS, "min_len": NEW_TOKENS}
+        if beam == 1:
+            return lambda: greedy_search(engine, src, **options).tokens
+        return lambda: beam_search(engine, src, beam_size=beam, **options).tokens[:, 0]
+
+    @torch.no_grad()
+    def hf_generate() -> Tensor:
+        out = hf.generate(
+            input_ids=src,
+            attention_mask=src.ne(PAD),
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            num_beams=beam,
+            do_sample=False,
+            early_stopping=False,
+        )
+        return out[:, 1:]  # without the decoder start token
+
+    def ct2(translator) -> Callable[[], Tensor]:
+        # min = max decoding length: EOS is masked at every step, as min_len / min_new_tokens do.
+        options = {"beam_size": beam, "max_decoding_length": NEW_TOKENS, "min_decoding_length": NEW_TOKENS}
+        return lambda: ct2_ids(translator.translate_batch(tokens, max_batch_size=len(tokens), **options))
+
+    peers = {name: ours(engine) for name, engine in engines.items()}
+    peers["HF fp32"] = hf_generate
+    peers.update({name: ct2(translator) for name, translator in ct2_models.items()})
+    return peers
+
+
+def agreement(peers: dict[str, Callable[[], Tensor]]) -> dict[str, dict]:
+    """Tokens each peer's search gives that differ from HF fp32's, and the first step where one does."""
+    reference = peers["HF fp32"]()
+    report = {}
+    for name, search in peers.items():
+        tokens = search()
+        if tokens.shape != reference.shape:
+            raise RuntimeError(f"{name} made tokens of shape {tuple(tokens.shape)}, HF {tuple(reference.shape)}")
+        differ = tokens.ne(reference)
+        steps = differ.any(dim=0).nonzero()
+        report[name] = {
+            "differing_tokens": int(differ.sum()),
+            "differing_sentences": int(differ.any(dim=1).sum()),
+            "first_differing_step": int(steps[0]) if len(steps) else None,
+        }
+    return report
+
+
+def bench_case(peers: dict[str, Callable[[], Tensor]], beam: int, repeats: int) -> dict:
+    """Interleaved timing of ``peers``: tokens/s (median) per peer and the targets' ratios."""
+    samples, noisy = interleave(peers, repeats, warmup=1)
+    tokens = BATCH * NEW_TOKENS
+    rates = {name: tokens / statistics.median(times) for name, times in samples.items()}
+    return {
+        "case": "greedy" if beam == 1 else f"beam {beam}",
+        "tokens_per_call": tokens,
+        "repeats": repeats,
+        "noisy_rounds": noisy,
+        "tokens_per_s": rates,
+        "min_s": {name: min(times) for name, times in samples.items()},
+        "ratios": {name: rates[ours] / rates[peer] for name, ours, peer, _ in TARGETS},
+    }
+
+
+def measure(quick: bool = False, threads: int = THREADS, preset: str = "base") -> list[dict]:
+    """The CT2 bar: token agreement of the fp32 engines, then greedy and beam-5 rows.
+
+    Args:
+        quick: 3 timed rounds instead of 7.
+        threads: torch's and CT2's intra-op threads.
+        preset: the ``TransformerConfig`` preset (vocabulary 8000, shared embeddings).
+
+    Returns:
+        One dict per search: ``case``, ``tokens_per_s`` per peer, ``ratios`` of the targets
+        (``TARGETS``), ``agreement`` (differing tokens per peer against HF fp32), timing details.
+    """
+    import ctranslate2
+
+    torch.set_num_threads(threads)
+    config = TransformerConfig.from_preset(preset, src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True)
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    hf = marian_from(model)
+    src = random_batch(BATCH, SRC_LEN, config.src_vocab_size, 3)
+    repeats = 3 if quick else 7
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        save_vocabulary(directory, config.tgt_vocab_size)
+        ct2_models = {
+            f"CT2 {name}": ctranslate2.Translator(
+                str(convert(hf, directory, name)), device="cpu", compute_type=name, intra_threads=threads
+            )
+            for name in ("float32", "int8")
+        }
+        ct2_models = {name.replace("float32", "fp32"): t for name, t in ct2_models.items()}
+        for beam in (1, 5):
+            peers = searches(model, hf, ct2_models, src, beam)
+            checked = agreement(peers)  # before timing: the peers must make the same translations
+            rows.append({**bench_case(peers, beam, repeats), "agreement": checked})
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'case':8} " + " ".join(f"{name:>10}" for name in PEERS) + "   (tokens/s)")
+    for row in rows:
+        print(f"{row['case']:8} " + " ".join(f"{row['tokens_per_s'][name]:10.0f}" for name in PEERS))
+    print()
+    for name, _, _, target in TARGETS:
+        cells = ", ".join(f"{row['case']} {row['ratios'][name]:.2f}x" for row in rows)
+        met = all(row["ratios"][name] >= target for row in rows)
+        print(f"{name:22} {cells}  (target >= {target}x: {'met' if met else 'not met'})")
+    print("\ntokens differing from HF fp32's (of", BATCH * NEW_TOKENS, "), first step that differs:")
+    for row in rows:
+        cells = ", ".join(
+            f"{name} {a['differing_tokens']} (step {a['first_differing_step']})"
+            for name, a in row["agreement"].items()
+            if name != "HF fp32"
+        )
+        print(f"{row['case']:8} {cells}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 timed rounds instead of 7")
+    parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--preset", default="base", help="Transformer preset (base: the issue's model)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ctranslate2.json")
+    args = parser.parse_args()
+    rows = measure(args.quick, args.threads, args.preset)
+    print_table(rows)
+    import ctranslate2
+    import transformers
+
+    meta = {
+        "preset": args.preset,
+        "threads": args.threads,
+        "batch": BATCH,
+        "new_tokens": NEW_TOKENS,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "ctranslate2": ctranslate2.__version__,
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    print(f"wrote {write_json_to(args.out, {'meta': meta, 'results': rows})}")
+
+
+if __name__ == "__main__":
+    main()
