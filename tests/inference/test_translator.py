@@ -227,7 +227,7 @@ def test_every_search_decodes_with_what_decoder_gives(translation_run, monkeypat
 def test_precision_names_the_autocast_dtype(translation_run):
     assert attnlab.load(translation_run).precision is None  # the run trained in fp32
     assert attnlab.load(translation_run, precision="bf16").precision == torch.bfloat16
-    with pytest.raises(ValueError, match=r"precision 'fp16' is not one of \['run', 'fp32', 'bf16', 'auto'\]"):
+    with pytest.raises(ValueError, match=r"precision 'fp16' is not one of \['run', 'fp32', 'bf16', 'auto', 'int8'\]"):
         attnlab.load(translation_run, precision="fp16")
 
 
