@@ -13,7 +13,7 @@ from pathlib import Path
 
 from attnlab.cli.inference import positive_int
 from attnlab.training import checkpoints as ckpt
-from attnlab.training.averaging import average_checkpoints, checkpoints_by_step, load_averaged
+from attnlab.training.averaging import checkpoints_by_step, save_average
 from attnlab.training.config import ConfigError
 from attnlab.training.runs import load_run
 
@@ -38,16 +38,9 @@ def run(args: argparse.Namespace) -> int:
     _check_out_name(args.out)
     chosen = _choose(run_dir, args.last)
     paths = [path for _, path in chosen]
-    averaged = average_checkpoints(paths)
-    newest = paths[-1]
-    loaded = load_run(newest)
-    load_averaged(loaded.model, averaged, newest)
-    out = ckpt.save_checkpoint(
-        ckpt.checkpoint_dir(run_dir, args.out),
-        loaded.model,
-        ckpt.read_config_text(newest),
-        write_extras=loaded.task.write_extras,
-    )
+    loaded = load_run(paths[-1])
+    directory = ckpt.checkpoint_dir(run_dir, args.out)
+    out = save_average(paths, loaded.model, directory, ckpt.read_config_text(paths[-1]), loaded.task.write_extras)
     inputs = ", ".join(f"{path.name} (step {step})" for step, path in chosen)
     print(f"averaged {len(chosen)} checkpoints: {inputs}")
     print(f"wrote {out}; score it with: attnlab evaluate {run_dir} --checkpoint {args.out}")

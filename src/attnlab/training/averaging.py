@@ -26,7 +26,9 @@ __all__ = [
     "checkpoints_by_step",
     "keep_step_save",
     "load_averaged",
+    "save_average",
     "step_save_name",
+    "step_saves",
 ]
 
 logger = logging.getLogger(__name__)
@@ -151,6 +153,19 @@ def keep_step_save(run_dir: str | Path, save: Callable[[Path], Path], step: int,
         logger.info("removing %s: only the last %d step saves are kept", old, keep)
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def save_average(
+    paths: Sequence[Path],
+    model: nn.Module,
+    directory: Path,
+    config_yaml: str,
+    write_extras: Callable[[Path], None] | None = None,
+) -> Path:
+    """Average the checkpoints ``paths`` (oldest first) into ``model`` and save it, weights only
+    (nothing resumes from an average), as checkpoint ``directory``; returns ``directory``."""
+    load_averaged(model, average_checkpoints(paths), paths[-1])
+    return ckpt.save_checkpoint(directory, model, config_yaml, None, write_extras)
 
 
 def load_averaged(model: nn.Module, averaged: dict[str, Tensor], source: str | Path) -> None:

@@ -123,7 +123,7 @@ def linear_cross_entropy(
         raise ValueError(f"targets {list(targets.shape)} must be ({hidden.shape[0]},), one per row of hidden")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing ({label_smoothing}) must be in [0, 1)")
-    rows = chunk_rows or max(1, _CHUNK_BYTES // (4 * weight.shape[0]))
-    if rows < 1:
+    if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows ({chunk_rows}) must be >= 1")
+    rows = chunk_rows or max(1, _CHUNK_BYTES // (4 * weight.shape[0]))
     return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, float(label_smoothing), rows)

@@ -37,7 +37,7 @@ from torch import nn
 
 from attnlab.training import checkpoints as ckpt
 from attnlab.training import distributed
-from attnlab.training.averaging import average_checkpoints, keep_step_save, load_averaged, step_saves
+from attnlab.training.averaging import keep_step_save, save_average, step_saves
 from attnlab.training.config import RunConfig
 from attnlab.training.devices import autocast_to, cpu_has_bf16, resolve_device, resolve_precision, seed_everything
 from attnlab.training.errors import BadBatch, TrainingError, TrainingInterrupted, is_data_error
@@ -369,10 +369,8 @@ class Trainer:
     def _average_last_saves(self) -> None:
         """Average the last ``training.average_last`` kept saves into ``averaged`` and load it."""
         paths = step_saves(self.run_dir)[-self.config.training.average_last :]
-        load_averaged(self.model, average_checkpoints(paths), paths[-1])
-        out = ckpt.save_checkpoint(
-            ckpt.checkpoint_dir(self.run_dir, "averaged"), self.model, self.config_yaml, None, self.task.write_extras
-        )
+        directory = ckpt.checkpoint_dir(self.run_dir, "averaged")
+        out = save_average(paths, self.model, directory, self.config_yaml, self.task.write_extras)
         names = ", ".join(path.name for path in paths)
         self.report.event("checkpoint", self.state, message=f"averaged {len(paths)} saves ({names}) into {out}")
 
