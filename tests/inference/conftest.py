@@ -5,10 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from attnlab.models.transformer import Transformer, TransformerConfig
 from attnlab.training import RunConfig, Trainer
 
 _RUNS: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module")
+def model() -> Transformer:
+    """A random ``small`` Transformer (vocabularies of 1000, shared embeddings), in eval mode."""
+    config = TransformerConfig.from_preset("small", src_vocab_size=1000, tgt_vocab_size=1000, share_embeddings=True)
+    torch.manual_seed(0)
+    return Transformer(config).eval()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from attnlab.inference.engine import DecodingEngine
 from attnlab.inference.packed import MIN_PACKED_ELEMENTS, PackedWeights
 from attnlab.layers import MultiHeadAttention
 from attnlab.layers.kv_cache import KVCache
-from attnlab.models.transformer import Transformer, TransformerConfig
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this PyTorch build has no oneDNN packed linear")
 needs_bf16 = pytest.mark.skipif(not onednn.bf16_available(), reason="this CPU has no bf16 instructions")
@@ -91,13 +90,6 @@ def test_a_weight_loaded_anew_is_packed_anew() -> None:
 
 
 # --- the engine against the model -------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model() -> Transformer:
-    config = TransformerConfig.from_preset("small", src_vocab_size=1000, tgt_vocab_size=1000, share_embeddings=True)
-    torch.manual_seed(0)
-    return Transformer(config).eval()
-
-
 @pytest.fixture(scope="module")
 def src() -> torch.Tensor:
     """3 sources of 12 tokens, one with 4 padding positions."""

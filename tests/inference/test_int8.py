@@ -16,7 +16,6 @@ from attnlab.inference import load
 from attnlab.inference.engine import DecodingEngine
 from attnlab.inference.loading import run_precision
 from attnlab.inference.quantized import QuantizedWeights, dequantized, reduce_range
-from attnlab.models.transformer import Transformer, TransformerConfig
 
 torch.set_num_threads(1)
 
@@ -52,13 +51,6 @@ def test_products_that_do_not_qualify_stay_exact() -> None:
     big = torch.randn(256, 128, requires_grad=True)
     out = QuantizedWeights(rows=4).linear(torch.randn(4, 128), big)
     assert out.requires_grad
-
-
-@pytest.fixture(scope="module")
-def model() -> Transformer:
-    config = TransformerConfig.from_preset("small", src_vocab_size=1000, tgt_vocab_size=1000, share_embeddings=True)
-    torch.manual_seed(0)
-    return Transformer(config).eval()
 
 
 @pytest.fixture(scope="module")
