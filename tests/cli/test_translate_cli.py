@@ -123,7 +123,7 @@ def test_evaluate_with_a_beam_scores_beam_search_translations(trained_run, capsy
     assert main(["evaluate", str(trained_run), "--split", "test", "--beam", "3"]) == 0
     metrics = json.loads((trained_run / "test_metrics_evaluate_best_beam3.json").read_text(encoding="utf-8"))
     assert metrics["beam_size"] == 3
-    rows = (trained_run / "translations_test_beam3.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    rows = (trained_run / "test_translations_evaluate_best_beam3.tsv").read_text(encoding="utf-8").splitlines()[1:]
     sources = [row.split("\t")[0] for row in rows[:5]]
     assert [row.split("\t")[2] for row in rows[:5]] == attnlab.load(trained_run).translate(sources, beam=3)
 
@@ -134,7 +134,8 @@ def test_evaluate_and_translate_take_the_repetition_options(trained_run, capsys)
     assert main(["evaluate", str(trained_run), "--split", "test", "--no-repeat-ngram-size", "1"]) == 0
     report = trained_run / "test_metrics_evaluate_best_no_repeat_ngram_size1.json"
     assert json.loads(report.read_text(encoding="utf-8"))["sentences"] > 0
-    rows = (trained_run / "translations_test.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    translations = trained_run / "test_translations_evaluate_best_no_repeat_ngram_size1.tsv"
+    rows = translations.read_text(encoding="utf-8").splitlines()[1:]
     sources = [row.split("\t")[0] for row in rows[:5]]
     expected = attnlab.load(trained_run).translate(sources, no_repeat_ngram_size=1)
     assert [row.split("\t")[2] for row in rows[:5]] == expected
@@ -167,13 +168,17 @@ def test_translate_rejects_a_beam_below_one(trained_run, capsys):
 
 
 def test_evaluate_writes_bleu_and_chrf_with_signatures(trained_run, capsys):
+    trainers = (trained_run / "translations_test.tsv").read_bytes()
     assert main(["evaluate", str(trained_run), "--split", "test"]) == 0
     assert "bleu" in capsys.readouterr().out
     metrics = json.loads((trained_run / "test_metrics_evaluate_best.json").read_text(encoding="utf-8"))
     assert {"bleu", "chrf", "exact_match", "loss"} <= set(metrics)
     assert metrics["sentences"] > 8  # all of test, not the dev cap eval_max_sentences (8)
     assert "tok:ja-mecab" in metrics["bleu_signature"] and "nc:6" in metrics["chrf_signature"]
-    assert (trained_run / "translations_test.tsv").read_text(encoding="utf-8").startswith("source\treference\t")
+    written = Path(metrics["translations_file"])
+    assert written.name == "test_translations_evaluate_best.tsv"
+    assert written.read_text(encoding="utf-8").startswith("source\treference\t")
+    assert (trained_run / "translations_test.tsv").read_bytes() == trainers  # the trainer's file is kept
 
 
 def test_bad_input_lines_keep_the_output_aligned_and_are_named(trained_run, capsys, caplog, monkeypatch):

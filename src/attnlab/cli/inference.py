@@ -106,8 +106,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Print the metrics and write them, with the checkpoint that scored them, to
-    ``RUN_DIR/<split>_metrics_evaluate_<checkpoint>[_beamK].json`` (plus plots / translations); the
-    trainer's own ``<split>_metrics.json`` is left as it is."""
+    ``RUN_DIR/<split>_metrics_evaluate_<checkpoint>[_beamK][...].json`` (plus plots, or the
+    translations in ``<split>_translations_evaluate_<checkpoint>[...].tsv``); the trainer's own
+    ``<split>_metrics.json`` and ``translations_<split>.tsv`` are left as they are."""
     loaded = load_run(args.run_dir, args.checkpoint, need_data=True)
     options = {}
     if args.beam > 1:
@@ -128,11 +129,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
             )
         data = dataclasses.replace(loaded.task.config.data, **repetition)  # checks the values
         loaded.task.config = dataclasses.replace(loaded.task.config, data=data)
+    name = evaluation_file_name(args.split, loaded.checkpoint.name, args.beam, repetition)
+    name = name.replace(".json", "_int8.json") if args.precision == "int8" else name
+    if loaded.config.task == "translation":
+        options["translations_name"] = name.replace("_metrics_", "_translations_").replace(".json", ".tsv")
     device = next(loaded.model.parameters()).device
     with torch.no_grad(), autocast_to(run_precision(args.precision, loaded.config, device), device):
         metrics = loaded.task.evaluate(loaded.model, args.split, output_dir=Path(args.run_dir), **options)
-    name = evaluation_file_name(args.split, loaded.checkpoint.name, args.beam, repetition)
-    out = Path(args.run_dir) / (name.replace(".json", "_int8.json") if args.precision == "int8" else name)
+    out = Path(args.run_dir) / name
     record = {"checkpoint": str(loaded.checkpoint), "split": args.split, **metrics}
     out.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"{args.split} ({loaded.checkpoint}): {format_metrics(metrics)}")

@@ -188,12 +188,18 @@ class TranslationTask:
         return (collate_translation([dataset[i] for i in indices]) for indices in sampler)
 
     def evaluate(
-        self, model: nn.Module, split: str, output_dir: Path | None = None, beam_size: int = 1, int8: bool = False
+        self,
+        model: nn.Module,
+        split: str,
+        output_dir: Path | None = None,
+        beam_size: int = 1,
+        int8: bool = False,
+        translations_name: str | None = None,
     ) -> dict[str, Any]:
         """Loss and perplexity (no smoothing) on a split; BLEU, chrF and exact match of greedy
-        (``beam_size`` 1) or beam-search translations, written to ``translations_<split>.tsv``
-        (``translations_<split>_beam<N>.tsv`` for beams). ``int8`` decodes with int8 products
-        (``Translator(int8=True)``); the loss stays fp32."""
+        (``beam_size`` 1) or beam-search translations, written to ``output_dir/translations_name``
+        (default ``translations_<split>.tsv``, ``translations_<split>_beam<N>.tsv`` for beams).
+        ``int8`` decodes with int8 products (``Translator(int8=True)``); the loss stays fp32."""
         dataset = self._dataset(split)
         total, tokens = 0.0, 0
         with torch.no_grad():
@@ -215,7 +221,7 @@ class TranslationTask:
             **translation_metrics(hypotheses, references, self.target_lang),
         }
         if output_dir is not None:
-            path = Path(output_dir) / f"translations_{split}{beam_suffix(beam_size)}.tsv"
+            path = Path(output_dir) / (translations_name or f"translations_{split}{beam_suffix(beam_size)}.tsv")
             rows = [f"{s}\t{r}\t{h}" for (s, r), h in zip(pairs, hypotheses)]
             path.write_text("source\treference\thypothesis\n" + "\n".join(rows) + "\n", encoding="utf-8")
             metrics["translations_file"] = str(path)
