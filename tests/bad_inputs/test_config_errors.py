@@ -102,6 +102,11 @@ CASES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
         ("data.corpus", "'fr'", "'de'", "must be 'en'"),
     ),
     "user-corpus-without-paths": (TRANSLATION, "data.corpus.name=user", ("data.corpus", "paths", "one TSV")),
+    "unknown-combined-source": (
+        TRANSLATION,
+        "data.corpus={name: libreoffice-combined, sources: [libreoffice-ui, wikipedia]}",
+        ("data.corpus.sources (['libreoffice-ui', 'wikipedia']): 'wikipedia' is not one of", "'debian-reference'"),
+    ),
     "misspelt-corpus-key": (TRANSLATION, "data.corpus.colour=1", ("unknown config key data.corpus.colour",)),
     "zero-max-length": (TRANSLATION, "data.max_length=0", ("data.max_length (0) must be >= 1",)),
     "final-split-val-in-translation": (

@@ -10,8 +10,9 @@ import yaml
 from attnlab.cli.main import main
 from attnlab.data import corpora
 from attnlab.data.combined import SourcePairs, combine_sources
-from attnlab.data.corpora import CorpusConfig, prepare_corpus, split_pairs
+from attnlab.data.corpora import CorpusConfig, _cache_key, _cache_path, prepare_corpus, split_pairs
 from attnlab.data.corpus_stats import corpus_statistics
+from attnlab.data.debian_reference import ReferencePairs
 from attnlab.data.libreoffice_help import pair_help_pages
 from attnlab.data.libreoffice_ui import UICatalogues
 from attnlab.data.text import normalize_whitespace
@@ -56,7 +57,30 @@ def fake_sources(many_help_pages: Path, monkeypatch: pytest.MonkeyPatch) -> list
     ui_pairs = _ui_pairs(split_pairs(help_pairs))
     monkeypatch.setattr(corpora, "build_libreoffice_help_pairs", lambda lang: list(help_pairs))
     monkeypatch.setattr(corpora, "build_libreoffice_ui_pairs", lambda lang: UICatalogues(ui_pairs, len(ui_pairs) + 7))
+    monkeypatch.setattr(corpora, "build_debian_reference_pairs", lambda lang: pytest.fail("not asked for"))
     return ui_pairs
+
+
+def _reference_pairs(help_splits: dict[str, list[tuple[str, str]]]) -> list[tuple[str, str]]:
+    """Reference paragraphs: new ones, one equal to a UI pair, ones sharing a side with held-out pairs."""
+    fresh = [(f"Run command {i} as root.", f"root でコマンド {i} を実行します。") for i in range(30)]
+    held_out = help_splits["dev"] + help_splits["test"]
+    overlapping = [(english, "参考書の訳です。") for english, _ in held_out[:5]]
+    overlapping += [(f"Reference text {i}.", japanese) for i, (_, japanese) in enumerate(held_out[5:10])]
+    return [*fresh, ("Button 3", "ボタン 3"), *overlapping]
+
+
+@pytest.fixture
+def fake_reference(many_help_pages: Path, fake_sources: list, monkeypatch: pytest.MonkeyPatch) -> list:
+    """A Debian Reference builder returning :func:`_reference_pairs`; returns those pairs."""
+    help_pairs = pair_help_pages(many_help_pages / "en-US", many_help_pages / "ja", "ja")
+    pairs = _reference_pairs(split_pairs(help_pairs))
+    reference = ReferencePairs(pairs, len(pairs) + 4, sections=3, misaligned=1)
+    monkeypatch.setattr(corpora, "build_debian_reference_pairs", lambda lang: reference)
+    return pairs
+
+
+BOTH = ("libreoffice-ui", "debian-reference")
 
 
 def test_combine_deduplicates_after_whitespace_normalisation_and_drops_held_out_sides() -> None:
@@ -124,6 +148,51 @@ def test_cli_prints_the_per_source_counts(
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["sources"] == prepare_corpus(CorpusConfig("libreoffice-combined")).sources
     assert set(printed["sources"]["libreoffice-ui"]) == {"entries", "filtered", "duplicates", "dropped", "kept"}
+
+
+def test_sources_default_to_the_ui_and_reject_unknown_repeated_or_misplaced_names() -> None:
+    assert CorpusConfig("libreoffice-combined").sources == ("libreoffice-ui",)
+    assert CorpusConfig("libreoffice-combined", sources=["debian-reference"]).sources == ("debian-reference",)
+    with pytest.raises(ValueError, match=r"'wikipedia' is not one of \['libreoffice-ui', 'debian-reference'\]"):
+        CorpusConfig("libreoffice-combined", sources=("libreoffice-ui", "wikipedia"))
+    with pytest.raises(ValueError, match="at most once"):
+        CorpusConfig("libreoffice-combined", sources=("debian-reference", "debian-reference"))
+    with pytest.raises(ValueError, match="at least one"):
+        CorpusConfig("libreoffice-combined", sources=())
+    with pytest.raises(ValueError, match="apply to corpus 'libreoffice-combined' only, not 'libreoffice-help'"):
+        CorpusConfig("libreoffice-help", sources=BOTH)
+
+
+def test_the_cache_key_changes_with_the_sources_but_not_for_the_default(cache_dir: Path) -> None:
+    default = CorpusConfig("libreoffice-combined")
+    assert "sources" not in _cache_key(default)  # corpora cached before sources existed stay valid
+    paths = {_cache_path(CorpusConfig("libreoffice-combined", sources=sources)) for sources in (BOTH, BOTH[::-1])}
+    assert len(paths | {_cache_path(default)}) == 3
+
+
+def test_the_reference_adds_training_pairs_only_and_no_held_out_text(
+    cache_dir: Path, fake_sources: list, fake_reference: list
+) -> None:
+    corpus = prepare_corpus(CorpusConfig("libreoffice-combined", sources=BOTH))
+    ui_only = prepare_corpus(CorpusConfig("libreoffice-combined"))
+    assert corpus.dev == ui_only.dev and corpus.test == ui_only.test
+    assert corpus.train[: len(ui_only.train)] == ui_only.train
+    reference = corpus.sources["debian-reference"]
+    assert reference == {"entries": 45, "filtered": 4, "duplicates": 1, "dropped": 10, "kept": 30}
+    assert corpus.train[len(ui_only.train) :] == fake_reference[:30]
+    held_out = corpus.dev + corpus.test
+    assert not {english for english, _ in corpus.train} & {english for english, _ in held_out}
+    assert not {japanese for _, japanese in corpus.train} & {japanese for _, japanese in held_out}
+    assert corpus.sources["libreoffice-help"]["kept"] + corpus.sources["libreoffice-ui"]["kept"] + 30 == len(corpus)
+
+
+def test_cli_sources_print_the_reference_counts(
+    cache_dir: Path, fake_sources: list, fake_reference: list, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["data", "prepare", "libreoffice-combined", "--sources", *BOTH]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert list(printed["sources"]) == ["libreoffice-help", *BOTH]
+    assert printed["sources"]["debian-reference"]["kept"] == 30
 
 
 @pytest.mark.slow

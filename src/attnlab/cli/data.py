@@ -20,6 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--target-lang", default="ja")
     prepare.add_argument("--size", type=int, default=20_000, help="generated: number of pairs")
     prepare.add_argument("--paths", nargs="+", default=(), help="user: one TSV, or source and target files")
+    prepare.add_argument(
+        "--sources", nargs="+", default=None, help="libreoffice-combined: sources added to the help pairs"
+    )
     prepare.set_defaults(func=run_prepare)
 
 
@@ -34,6 +37,8 @@ def run_prepare(args: argparse.Namespace) -> int:
 def _corpus_config(args: argparse.Namespace) -> CorpusConfig:
     """The corpus the options ask for; a bad value fails naming its option (``--size (0) must be >= 1``)."""
     options = {"source_lang": args.source_lang, "target_lang": args.target_lang, "size": args.size}
+    if args.sources is not None:
+        options["sources"] = tuple(args.sources)
     try:
         return CorpusConfig(name=args.name, paths=tuple(args.paths), **options)
     except ValueError as error:

@@ -1,8 +1,9 @@
 """One English-X corpus from several sources, de-duplicated, with the help corpus's dev/test kept as they are.
 
 The ``libreoffice-combined`` corpus joins the LibreOffice help pairs (:mod:`attnlab.data.libreoffice_help`)
-and the UI catalogue pairs (:mod:`attnlab.data.libreoffice_ui`). Its split keeps results comparable with
-``libreoffice-help``:
+and the sources its config names: the UI catalogue pairs (:mod:`attnlab.data.libreoffice_ui`, the default)
+and the Debian Reference paragraphs (:mod:`attnlab.data.debian_reference`). Its split keeps results
+comparable with ``libreoffice-help``:
 
 - the help pairs are split exactly as in ``libreoffice-help`` (same hash, seed and fractions), so the
   combined ``dev`` and ``test`` are the help corpus's ``dev`` and ``test``, pair for pair;

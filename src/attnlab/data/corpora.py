@@ -4,9 +4,10 @@ Four corpora, chosen by ``CorpusConfig.name``:
 
 - ``libreoffice-help``: English-Japanese (or English-LANG) paragraphs of the LibreOffice help,
   fetched from Debian (:mod:`attnlab.data.libreoffice_help`); ~18.6k unique pairs for ``ja``.
-- ``libreoffice-combined``: the help pairs plus the LibreOffice UI catalogue strings
-  (:mod:`attnlab.data.libreoffice_ui`), de-duplicated; dev and test are exactly those of
-  ``libreoffice-help`` and the UI strings only add training pairs (:mod:`attnlab.data.combined`).
+- ``libreoffice-combined``: the help pairs plus further sources, by default the LibreOffice UI
+  catalogue strings (:mod:`attnlab.data.libreoffice_ui`), optionally also the Debian Reference
+  paragraphs (:mod:`attnlab.data.debian_reference`), de-duplicated; dev and test are exactly those of
+  ``libreoffice-help`` and the other sources only add training pairs (:mod:`attnlab.data.combined`).
 - ``generated``: English dates and numbers and their ``lang`` rendering by babel and num2words
   (:mod:`attnlab.data.generated_pairs`); any size, instant.
 - ``user``: one TSV file or two line-aligned files (:mod:`attnlab.data.user_corpus`).
@@ -32,18 +33,31 @@ from typing import Any
 from attnlab.config import ConfigMixin
 from attnlab.data.cache import atomic_write_text, default_cache_dir
 from attnlab.data.combined import CombinedSplits, SourcePairs, combine_sources
+from attnlab.data.debian_reference import build_debian_reference_pairs
 from attnlab.data.generated_pairs import build_generated_pairs
 from attnlab.data.libreoffice_help import build_libreoffice_help_pairs
 from attnlab.data.libreoffice_ui import build_libreoffice_ui_pairs
 from attnlab.data.user_corpus import SkippedLine, UserCorpusError, read_user_pairs
 
-__all__ = ["CORPUS_NAMES", "SPLITS", "CorpusConfig", "ParallelCorpus", "assign_split", "prepare_corpus", "split_pairs"]
+__all__ = [
+    "COMBINED_SOURCES",
+    "CORPUS_NAMES",
+    "DEFAULT_COMBINED_SOURCES",
+    "SPLITS",
+    "CorpusConfig",
+    "ParallelCorpus",
+    "assign_split",
+    "prepare_corpus",
+    "split_pairs",
+]
 
 logger = logging.getLogger(__name__)
 
 Pair = tuple[str, str]
 SourceCounts = dict[str, dict[str, int]]
 CORPUS_NAMES = ("libreoffice-help", "libreoffice-combined", "generated", "user")
+COMBINED_SOURCES = ("libreoffice-ui", "debian-reference")
+DEFAULT_COMBINED_SOURCES = ("libreoffice-ui",)
 SPLITS = ("train", "dev", "test")
 _CACHE_FORMAT = 1  # bump when the prepared content of any corpus changes
 
@@ -65,6 +79,8 @@ class CorpusConfig(ConfigMixin):
         test_fraction: expected share of pairs in ``test``.
         use_cache: read and write the prepared corpus under ``cache_dir``.
         cache_dir: cache root; ``None`` means :func:`~attnlab.data.cache.default_cache_dir`.
+        sources: ``libreoffice-combined`` only: the sources added to the help pairs, in order of
+            precedence for de-duplication; names from :data:`COMBINED_SOURCES`.
     """
 
     name: str
@@ -77,11 +93,15 @@ class CorpusConfig(ConfigMixin):
     test_fraction: float = 0.05
     use_cache: bool = True
     cache_dir: str | None = None
+    sources: tuple[str, ...] = DEFAULT_COMBINED_SOURCES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "paths", tuple(str(path) for path in self.paths))
+        sources = (self.sources,) if isinstance(self.sources, str) else tuple(self.sources)
+        object.__setattr__(self, "sources", sources)
         if self.name not in CORPUS_NAMES:
             raise ValueError(f"corpus name {self.name!r} is not one of {list(CORPUS_NAMES)}")
+        self._check_sources()
         if not (self.dev_fraction >= 0 and self.test_fraction >= 0 and self.dev_fraction + self.test_fraction < 1):
             raise ValueError(
                 f"dev_fraction ({self.dev_fraction}) and test_fraction ({self.test_fraction}) must be >= 0 "
@@ -95,6 +115,21 @@ class CorpusConfig(ConfigMixin):
             raise ValueError(
                 f"corpus {self.name!r} pairs English with one language: source_lang ({self.source_lang!r}) "
                 f"or target_lang ({self.target_lang!r}) must be 'en'"
+            )
+
+    def _check_sources(self) -> None:
+        """``sources``: known names, none twice, at least one, and only for ``libreoffice-combined``."""
+        for source in self.sources:
+            if source not in COMBINED_SOURCES:
+                raise ValueError(f"sources ({list(self.sources)}): {source!r} is not one of {list(COMBINED_SOURCES)}")
+        if len(set(self.sources)) != len(self.sources) or not self.sources:
+            raise ValueError(
+                f"sources ({list(self.sources)}) must name each of {list(COMBINED_SOURCES)} at most once, "
+                "and at least one (corpus 'libreoffice-help' is the help alone)"
+            )
+        if self.name != "libreoffice-combined" and self.sources != DEFAULT_COMBINED_SOURCES:
+            raise ValueError(
+                f"sources ({list(self.sources)}) apply to corpus 'libreoffice-combined' only, not {self.name!r}"
             )
 
     @property
@@ -186,13 +221,22 @@ def _build_pairs(config: CorpusConfig) -> tuple[list[Pair], list[SkippedLine]]:
     return pairs, skipped
 
 
+def _read_source(name: str, lang: str) -> SourcePairs:
+    """The pairs of one of :data:`COMBINED_SOURCES`."""
+    if name == "libreoffice-ui":
+        ui = build_libreoffice_ui_pairs(lang)
+        return SourcePairs(name, ui.pairs, ui.entries)
+    reference = build_debian_reference_pairs(lang)
+    return SourcePairs(name, reference.pairs, reference.entries)
+
+
 def _build_combined(config: CorpusConfig) -> CombinedSplits:
-    """The help pairs split as in ``libreoffice-help``, the UI strings added to train."""
+    """The help pairs split as in ``libreoffice-help``, the other sources' pairs added to train."""
     help_splits = split_pairs(
         build_libreoffice_help_pairs(config.other_lang), config.seed, config.dev_fraction, config.test_fraction
     )
-    ui = build_libreoffice_ui_pairs(config.other_lang)
-    return combine_sources("libreoffice-help", help_splits, [SourcePairs("libreoffice-ui", ui.pairs, ui.entries)])
+    extra = [_read_source(name, config.other_lang) for name in config.sources]
+    return combine_sources("libreoffice-help", help_splits, extra)
 
 
 def _build_splits(config: CorpusConfig) -> tuple[dict[str, list[Pair]], list[SkippedLine], SourceCounts]:
@@ -227,6 +271,10 @@ def _cache_key(config: CorpusConfig) -> dict[str, Any]:
     }
     if config.name == "generated":
         key["size"] = config.size
+    # The default sources leave the key as it was before sources could be chosen, so corpora cached
+    # then (possibly on machines that cannot fetch packages again) stay valid.
+    if config.name == "libreoffice-combined" and config.sources != DEFAULT_COMBINED_SOURCES:
+        key["sources"] = list(config.sources)
     if config.name == "user":
         files = [Path(path).resolve() for path in config.paths]
         for path in files:
@@ -291,7 +339,8 @@ def prepare_corpus(config: CorpusConfig) -> ParallelCorpus:
 
     Raises:
         ValueError: a ``user`` corpus with misaligned files, or an unsupported ``generated`` lang.
-        FileNotFoundError: the UI package of ``libreoffice-combined`` holds no catalogue.
+        FileNotFoundError: the UI package of ``libreoffice-combined`` holds no catalogue, or the
+            Debian Reference package no page.
         UserCorpusError: a ``user`` corpus that is not UTF-8, is empty, or leaves no training pair.
         RuntimeError: the Debian packages could not be fetched.
     """
