@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-isa test-all lint bench install clean browser-deps readme-figures docs figures
+.PHONY: demo test test-isa test-all lint bench install clean system-deps readme-figures docs figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) system-deps
 
 # The main job on built-in data: a tour of the core on a real pretrained model in the terminal,
 # then `attnlab tour`: four small models trained on built-in data (each step printed as the
@@ -27,12 +27,17 @@ demo: $(STAMP)
 # The quick suite; the slowest tests are listed at the end (none unmarked should take 10 s).
 PYTEST_QUICK := -q -m "not slow" --durations=15
 
-test: $(STAMP) browser-deps
+test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_QUICK)
 
-# The viewer's browser test drives Debian's Chromium; as root, install it (and CJK fonts) when missing.
-browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; } || echo "make: chromium is not installed, so the browser test will skip (as root: apt-get install chromium fonts-noto-cjk)"
+# Debian packages, installed as root when missing: Chromium and CJK fonts (the viewer's browser test
+# drives Debian's Chromium) and jemalloc (`attnlab train` runs under it: flat memory on long runs).
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="chromium fonts-noto-cjk"; \
+	/sbin/ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so' || missing="$$missing libjemalloc2"; \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; } \
+	|| echo "make: not installed:$$missing (as root: apt-get install$$missing); the browser test skips without chromium"
 
 # The quick suite on the kernels of an older CPU, emulated here: PyTorch's AVX2 kernels and oneDNN
 # without AVX-512 or bf16 instructions (another level: make test-isa ATEN_ISA=default ONEDNN_ISA=SSE41).

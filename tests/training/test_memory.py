@@ -58,3 +58,64 @@ def test_the_trainer_fixes_the_threshold_only_when_asked(tmp_path, monkeypatch, 
     config = tiny_translation_config(tmp_path / "b", max_steps=1, malloc_mmap_threshold=131072)
     Trainer(RunConfig.from_dict(config)).setup()
     assert calls == [131072]
+
+
+# ----------------------------------------------------------------------------- the allocator
+
+
+def test_system_and_a_second_start_never_relaunch(monkeypatch):
+    monkeypatch.setattr(memory, "find_allocator", lambda name: "libjemalloc.so.2")
+    monkeypatch.setattr(memory, "loaded_allocator", lambda: None)
+    assert memory.relaunch_environment("system", {}) is None
+    assert memory.relaunch_environment("auto", {memory.RELAUNCHED: "1"}) is None
+    monkeypatch.setattr(memory, "loaded_allocator", lambda: "tcmalloc")
+    assert memory.relaunch_environment("jemalloc", {}) is None  # already under another allocator
+
+
+def test_auto_preloads_the_first_allocator_found_before_the_users_preload(monkeypatch):
+    found = {"jemalloc": None, "tcmalloc": "libtcmalloc_minimal.so.4"}
+    monkeypatch.setattr(memory, "find_allocator", found.get)
+    monkeypatch.setattr(memory, "loaded_allocator", lambda: None)
+    environment = memory.relaunch_environment("auto", {"LD_PRELOAD": "libmine.so", "HOME": "/h"})
+    assert environment == {"LD_PRELOAD": "libtcmalloc_minimal.so.4 libmine.so", "HOME": "/h", memory.RELAUNCHED: "1"}
+
+
+def test_a_missing_allocator_is_named_unless_auto(monkeypatch):
+    from attnlab.config import ConfigError
+
+    monkeypatch.setattr(memory, "find_allocator", lambda name: None)
+    monkeypatch.setattr(memory, "loaded_allocator", lambda: None)
+    assert memory.relaunch_environment("auto", {}) is None
+    with pytest.raises(ConfigError, match=r"training.allocator \('jemalloc'\).*apt install libjemalloc2"):
+        memory.relaunch_environment("jemalloc", {})
+
+
+def test_the_loaded_allocator_is_read_from_the_process_maps(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n")
+    assert memory.loaded_allocator(maps) == "jemalloc"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert memory.loaded_allocator(maps) is None
+    assert memory.loaded_allocator(tmp_path / "missing") is None
+
+
+def test_attnlab_train_starts_again_under_jemalloc_where_installed(tmp_path, tiny_translation_config):
+    # The console command (sys.argv, not main(argv)) relaunches itself; the start line names the malloc.
+    import os
+
+    import yaml
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_translation_config(tmp_path / "run", max_steps=2, final_split=None)))
+    environment = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", memory.RELAUNCHED)}
+    command = [sys.executable, "-m", "attnlab.cli.main", "train", str(config), "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = (
+        "jemalloc"
+        if memory.find_allocator("jemalloc")
+        else "tcmalloc"
+        if memory.find_allocator("tcmalloc")
+        else "system"
+    )
+    assert f"malloc {expected});" in done.stdout

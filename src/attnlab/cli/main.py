@@ -127,6 +127,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``attnlab`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = _parse(build_parser(), argv)
+    # The process's own command line, for a command that must start itself again (train's allocator);
+    # None when called with an argv, as tests and other Python code do.
+    args.process_argv = list(sys.argv[1:]) if argv is None else None
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="attnlab: %(levelname)s: %(message)s"
     )

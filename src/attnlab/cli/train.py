@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import time
 
 from tqdm import tqdm
 
 from attnlab.cli.format import format_metrics, format_per_class
 from attnlab.training import ProgressEvent, Trainer, load_config
+from attnlab.training.memory import relaunch_environment
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,6 +29,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
+
+
+def relaunch(allocator: str, argv: list[str]) -> None:
+    """Start this command again with ``training.allocator`` preloaded (see attnlab.training.memory);
+    returns only where no new start is needed."""
+    environment = relaunch_environment(allocator)
+    if environment is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "attnlab.cli.main", *argv], environment)
 
 
 class ProgressBar:
@@ -73,6 +86,8 @@ class ProgressBar:
 def run(args: argparse.Namespace) -> int:
     """Train; print the stop reason, the best validation metric and the final split's metrics."""
     config = load_config(args.config, args.overrides)
+    if getattr(args, "process_argv", None) is not None:
+        relaunch(config.training.allocator, args.process_argv)
     progress = ProgressBar(enabled=not args.no_progress)
     trainer = Trainer(config, progress=progress, fresh=args.fresh, debug=getattr(args, "debug", False))
     started = time.monotonic()

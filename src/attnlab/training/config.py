@@ -57,6 +57,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 SCHEDULES = ("noam", "cosine", "constant")
 OPTIMIZERS = ("adamw", "adam")
 CLOCKS = ("wall", "cpu")
+ALLOCATORS = ("auto", "jemalloc", "tcmalloc", "system")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +167,9 @@ class TrainingConfig:
         log_every: write training loss and throughput every N steps.
         precision: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the hardware has it).
         num_threads: ``torch.set_num_threads``; None leaves torch's default.
+        allocator: the malloc of ``attnlab train``: ``auto`` (jemalloc, else tcmalloc, where
+            installed: the command starts again with it preloaded; resident memory stays flat over
+            long runs), ``jemalloc``, ``tcmalloc`` (an error when missing) or ``system``.
         malloc_mmap_threshold: fix glibc's mmap threshold at this many bytes: every larger block
             gets its own mapping, returned when freed, so the heap cannot fragment and resident
             memory cannot creep, at the price of page faults for each large tensor (131072 is
@@ -201,6 +205,7 @@ class TrainingConfig:
     log_every: int = 10
     precision: str = "fp32"
     num_threads: int | None = None
+    allocator: str = "auto"
     malloc_mmap_threshold: int | None = None
     device: str = "auto"
     max_bad_batches: int = 20
@@ -214,6 +219,7 @@ class TrainingConfig:
             ("precision", PRECISIONS),
             ("device", ("auto", "cpu", "cuda")),
             ("clock", CLOCKS),
+            ("allocator", ALLOCATORS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {list(allowed)}")

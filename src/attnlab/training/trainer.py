@@ -42,7 +42,7 @@ from attnlab.training.config import RunConfig
 from attnlab.training.devices import autocast_to, cpu_has_bf16, resolve_device, resolve_precision, seed_everything
 from attnlab.training.errors import BadBatch, TrainingError, TrainingInterrupted, is_data_error
 from attnlab.training.interrupts import StopSignals
-from attnlab.training.memory import fix_mmap_threshold
+from attnlab.training.memory import fix_mmap_threshold, loaded_allocator
 from attnlab.training.metrics import scalar_metrics
 from attnlab.training.reporting import Reporter
 from attnlab.training.resume import (
@@ -217,9 +217,10 @@ class Trainer:
         how = f"resumed from {self.resumed_from} at step {self.state.step}" if self.resumed_from else "fresh start"
         dtype = "bf16 autocast" if self.autocast_dtype else "fp32"
         processes = f", {self.dist.world_size} processes" if self.dist is not None else ""
+        malloc = f", malloc {loaded_allocator() or 'system'}" if self.device.type == "cpu" else ""
         return (
             f"{self.config.task}: {self.config.model.type} with {params:,} parameters on {self.device} "
-            f"({dtype}, {torch.get_num_threads()} threads{processes}); {how}"
+            f"({dtype}, {torch.get_num_threads()} threads{processes}{malloc}); {how}"
         )
 
     # ----------------------------------------------------------------------------- train
