@@ -158,6 +158,8 @@ def test_evaluate_and_translate_take_the_repetition_options(trained_run, capsys)
 def test_a_bad_repetition_option_is_named(trained_run, capsys):
     assert main(["evaluate", str(trained_run), "--repetition-penalty", "0"]) == 2
     assert "--repetition-penalty (0.0) must be > 0" in capsys.readouterr().err
+    assert main(["evaluate", str(trained_run), "--beam", "2", "--length-penalty", "-1"]) == 2
+    assert "--length-penalty (-1.0) must be >= 0" in capsys.readouterr().err
 
 
 def test_translate_rejects_a_beam_below_one(trained_run, capsys):

@@ -20,7 +20,7 @@ from attnlab.viz.capture import CaptureSpec
 TEXTS = ["March 15, 2024", "forty-two", "May 1, 2020", "seven hundred and twelve"]
 
 
-def reference(translator: Translator, text: str, beam: int = 1):
+def reference(translator: Translator, text: str, beam: int = 1, alpha: float = 0.6):
     """One sentence searched on the model itself, unbatched: (translation, best tokens, source ids (1, S))."""
     data, tokenizer = translator.data, translator.tokenizer
     src = torch.tensor([tokenizer.source.encode([text])[0][: data.max_length]])  # (1, S)
@@ -30,7 +30,7 @@ def reference(translator: Translator, text: str, beam: int = 1):
     if beam == 1:
         tokens = greedy_search(model, src, **limits).tokens[0]
     else:
-        tokens = beam_search(model, src, beam_size=beam, **limits).tokens[0, 0]
+        tokens = beam_search(model, src, beam_size=beam, alpha=alpha, **limits).tokens[0, 0]
     tokens = tokens[tokens.ne(model.pad_id)]  # (T,)
     return tokenizer.target.decode([tokens.tolist()])[0], tokens, src
 
@@ -77,6 +77,26 @@ def test_a_sentence_translates_as_the_search_on_the_model_itself(translation_run
     for text in TEXTS:
         expected, _, _ = reference(translator, text, beam)
         assert translator.translate(text, beam=beam) == expected
+
+
+def test_the_length_penalty_reaches_beam_search(untrained, monkeypatch):
+    # alpha 0 ranks by log-probability, 3 strongly favours long hypotheses (GNMT, Wu et al., 2016).
+    for alpha in (0.0, 3.0):
+        assert untrained.translate(TEXTS[:2], beam=3, length_penalty=alpha) == [
+            reference(untrained, text, 3, alpha)[0] for text in TEXTS[:2]
+        ]
+    seen = []
+
+    def spy(*args, alpha, **kwargs):
+        seen.append(alpha)
+        return beam_search(*args, alpha=alpha, **kwargs)
+
+    monkeypatch.setattr("attnlab.inference.translator.beam_search", spy)
+    untrained.translate(TEXTS[:1], beam=3)
+    untrained.translate(TEXTS[:1], beam=3, length_penalty=1.5)
+    assert seen == [untrained.data.length_penalty, 1.5] == [0.6, 1.5]
+    with pytest.raises(ValueError, match=r"length_penalty \(-1\) must be >= 0"):
+        untrained.translate(TEXTS, beam=3, length_penalty=-1)
 
 
 def test_a_string_gives_one_result_and_a_list_one_per_line(translation_run):

@@ -91,6 +91,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             help="translation runs: discourage pieces a translation already holds, P > 1 (1: off; default: "
             "the run's data.repetition_penalty)",
         )
+        command.add_argument(
+            "--length-penalty",
+            type=float,
+            default=None,
+            metavar="A",
+            help="translation runs, beam search: alpha of the GNMT length penalty, higher favours longer "
+            "translations (0: rank by log-probability; default: the run's data.length_penalty)",
+        )
 
     for command in (evaluate, translate, classify):
         command.add_argument(
@@ -121,15 +129,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 f"--precision int8 applies to translation runs; {args.run_dir} is a {loaded.config.task} run"
             )
         options["int8"] = True
-    repetition = _repetition_options(args)
-    if repetition:
+    decoding = _decoding_options(args)
+    if decoding:
         if loaded.config.task != "translation":
             raise ConfigError(
-                f"repetition options apply to translation runs; {args.run_dir} is a {loaded.config.task} run"
+                "decoding options (--no-repeat-ngram-size, --repetition-penalty, --length-penalty) apply to "
+                f"translation runs; {args.run_dir} is a {loaded.config.task} run"
             )
-        data = dataclasses.replace(loaded.task.config.data, **repetition)  # checks the values
+        data = dataclasses.replace(loaded.task.config.data, **decoding)  # checks the values
         loaded.task.config = dataclasses.replace(loaded.task.config, data=data)
-    name = evaluation_file_name(args.split, loaded.checkpoint.name, args.beam, repetition)
+    name = evaluation_file_name(args.split, loaded.checkpoint.name, args.beam, decoding)
     name = name.replace(".json", "_int8.json") if args.precision == "int8" else name
     if loaded.config.task == "translation":
         options["translations_name"] = name.replace("_metrics_", "_translations_").replace(".json", ".tsv")
@@ -146,20 +155,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluation_file_name(split: str, checkpoint: str, beam: int, repetition: dict | None = None) -> str:
+def evaluation_file_name(split: str, checkpoint: str, beam: int, decoding: dict | None = None) -> str:
     """``test_metrics_evaluate_best_beam5.json``: the report of ``attnlab evaluate``, apart from the
-    trainer's (``..._no_repeat_ngram_size3.json`` with a repetition option given)."""
-    options = "".join(f"_{name}{value:g}" for name, value in sorted((repetition or {}).items()))
+    trainer's (``..._no_repeat_ngram_size3.json`` with a decoding option given)."""
+    options = "".join(f"_{name}{value:g}" for name, value in sorted((decoding or {}).items()))
     return f"{split}_metrics_evaluate_{checkpoint}{beam_suffix(beam)}{options}.json"
 
 
-def _repetition_options(args: argparse.Namespace) -> dict:
-    """The repetition options given on the command line, as data config keys."""
-    given = {"no_repeat_ngram_size": args.no_repeat_ngram_size, "repetition_penalty": args.repetition_penalty}
+def _decoding_options(args: argparse.Namespace) -> dict:
+    """The decoding options given on the command line (repetition, length penalty), as data config keys."""
+    given = {
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "repetition_penalty": args.repetition_penalty,
+        "length_penalty": args.length_penalty,
+    }
     if given["no_repeat_ngram_size"] is not None and given["no_repeat_ngram_size"] < 0:
         raise ConfigError(f"--no-repeat-ngram-size ({args.no_repeat_ngram_size}) must be >= 0 (0: off)")
     if given["repetition_penalty"] is not None and not given["repetition_penalty"] > 0:
         raise ConfigError(f"--repetition-penalty ({args.repetition_penalty}) must be > 0 (1: off)")
+    if given["length_penalty"] is not None and not given["length_penalty"] >= 0:
+        raise ConfigError(f"--length-penalty ({args.length_penalty}) must be >= 0 (0: rank by log-probability)")
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -167,7 +182,7 @@ def run_translate(args: argparse.Namespace) -> int:
     """One translation per input line, in order (with ``--show-attention``, each followed by its table)."""
     translator: Translator = load(args.run_dir, args.checkpoint, precision=args.precision, task="translation")
     texts = args.text if args.text else [line.rstrip("\n") for line in sys.stdin]
-    search = {"beam": args.beam, **_repetition_options(args)}
+    search = {"beam": args.beam, **_decoding_options(args)}
     if not args.show_attention:
         for line in translator.translate(texts, **search):
             print(line)

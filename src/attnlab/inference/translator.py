@@ -156,6 +156,7 @@ class Translator:
         batch_size: int = 64,
         no_repeat_ngram_size: int | None = None,
         repetition_penalty: float | None = None,
+        length_penalty: float | None = None,
     ) -> str | Translation | list[str] | list[Translation]:
         """Translate one sentence or a list, with greedy (``beam`` 1) or beam search.
 
@@ -173,6 +174,8 @@ class Translator:
                 None takes the data config's.
             repetition_penalty: above 1 discourages pieces a translation already holds (Keskar et
                 al., 2019); 1 is off; None takes the data config's.
+            length_penalty: beam search's alpha (GNMT length penalty; higher favours longer
+                translations); None takes the data config's.
 
         Returns:
             For a str, its translation; for a sequence, one translation per sentence in input
@@ -180,6 +183,9 @@ class Translator:
         """
         if beam < 1 or batch_size < 1:
             raise ValueError(f"beam ({beam}) and batch_size ({batch_size}) must be >= 1")
+        alpha = self.data.length_penalty if length_penalty is None else length_penalty
+        if not alpha >= 0:
+            raise ValueError(f"length_penalty ({length_penalty}) must be >= 0 (0: rank by log-probability)")
         spec = CaptureSpec.of(attention)
         if spec is not None:
             with capture(self.model, **vars(spec)):  # names a layer, head or kind that does not exist
@@ -193,7 +199,7 @@ class Translator:
             "repetition_penalty": self.data.repetition_penalty if repetition_penalty is None else repetition_penalty,
         }
         decoding_processors(**repetition)  # a size < 0 or a penalty <= 0 fails before any decoding
-        search = {"beam": beam, **repetition}
+        search = {"beam": beam, "alpha": alpha, **repetition}
         results = self._translate_all(sources, search, spec, batch_size)
         return results[0] if single else results
 
@@ -265,10 +271,11 @@ class Translator:
         return Translation(source, "", [], [], AttentionMaps())
 
     def _search(
-        self, decoder: IncrementalDecoder, src: Tensor, beam: int, **repetition: float
+        self, decoder: IncrementalDecoder, src: Tensor, beam: int, alpha: float, **repetition: float
     ) -> tuple[Tensor, Tensor]:
         """The best hypothesis per sentence of ``src (B, S)`` under the data's length limits, in valid
-        UTF-8, with the repetition options: ``(tokens (B, T), lengths (B,))``."""
+        UTF-8, with the repetition options (and length penalty ``alpha`` for beams):
+        ``(tokens (B, T), lengths (B,))``."""
         options = {
             "max_len_a": self.data.max_decode_len_a,
             "max_len_b": self.data.max_decode_len_b,
@@ -278,7 +285,7 @@ class Translator:
         if beam == 1:
             result = greedy_search(decoder, src, **options)
             return result.tokens, result.lengths
-        result = beam_search(decoder, src, beam_size=beam, **options)
+        result = beam_search(decoder, src, beam_size=beam, alpha=alpha, **options)
         return result.tokens[:, 0], result.lengths[:, 0]
 
     def _decoder(self) -> IncrementalDecoder:

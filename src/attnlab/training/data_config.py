@@ -85,6 +85,8 @@ class TextDataConfig:
             size within a translation; 0 is off.
         repetition_penalty: decoding discourages pieces a translation already holds (Keskar et
             al., 2019); 1 is off.
+        length_penalty: alpha of beam search's length penalty ((5 + |Y|) / 6)^alpha (Wu et al.,
+            2016); higher favours longer translations, 0 ranks by log-probability.
         dev_paths: a ``user`` corpus kept in split files, as JoeyNMT's ``train`` / ``dev`` /
             ``test``: the dev split's TSV file or source and target files. ``corpus.paths`` are
             then the train split, whole (its ``dev_fraction`` and ``test_fraction`` become 0).
@@ -101,6 +103,7 @@ class TextDataConfig:
     max_decode_len_b: float = 10.0
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
+    length_penalty: float = 0.6
     dev_paths: tuple[str, ...] = ()
     test_paths: tuple[str, ...] = ()
 
@@ -138,4 +141,5 @@ _TEXT_RANGES = {
     "max_decode_len_b": NON_NEGATIVE,
     "no_repeat_ngram_size": NON_NEGATIVE,
     "repetition_penalty": POSITIVE,
+    "length_penalty": NON_NEGATIVE,
 }
