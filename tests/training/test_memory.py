@@ -80,6 +80,14 @@ def test_auto_preloads_the_first_allocator_found_before_the_users_preload(monkey
     assert environment == {"LD_PRELOAD": "libtcmalloc_minimal.so.4 libmine.so", "HOME": "/h", memory.RELAUNCHED: "1"}
 
 
+def test_jemalloc_keeps_its_pages_unless_the_user_configured_it(monkeypatch):
+    monkeypatch.setattr(memory, "find_allocator", lambda name: "libjemalloc.so.2")
+    monkeypatch.setattr(memory, "loaded_allocator", lambda: None)
+    assert memory.relaunch_environment("auto", {})["MALLOC_CONF"] == memory.JEMALLOC_CONF
+    assert "dirty_decay_ms:-1" in memory.JEMALLOC_CONF  # no purge: no page faults to take them back
+    assert memory.relaunch_environment("jemalloc", {"MALLOC_CONF": "narenas:1"})["MALLOC_CONF"] == "narenas:1"
+
+
 def test_a_missing_allocator_is_named_unless_auto(monkeypatch):
     from attnlab.config import ConfigError
 
