@@ -8,7 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from attnlab.data.batching import TokenBudgetBatchSampler, TranslationDataset, collate_translation
+from attnlab.data.batching import (
+    TokenBudgetBatchSampler,
+    TranslationDataset,
+    TranslationExample,
+    collate_translation,
+)
 from attnlab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TranslationTokenizer
 
 
@@ -113,3 +118,51 @@ def test_from_pairs_uses_each_side_tokenizer(small_tokenizer: TranslationTokeniz
     batch = collate_translation([dataset[0], dataset[1]])
     assert small_tokenizer.target.decode(batch.tgt_out.tolist()) == ["三百十二", "表を挿入します。"]
     assert small_tokenizer.source.decode(batch.src.tolist()) == ["three hundred and twelve", "Insert a table."]
+
+
+# ----------------------------------------------------------------------------- pad_to_multiple
+
+
+def test_pad_to_multiple_rounds_both_sides_and_keeps_the_rows():
+    examples = [TranslationExample(0, [5, 6, 7], [8, 9]), TranslationExample(1, [5] * 9, [8])]
+    plain, padded = collate_translation(examples), collate_translation(examples, pad_to_multiple=8)
+    assert tuple(plain.src.shape) == (2, 9) and tuple(padded.src.shape) == (2, 16)
+    assert tuple(plain.tgt_in.shape) == (2, 3) and tuple(padded.tgt_in.shape) == (2, 8)
+    for name in ("src", "tgt_in", "tgt_out"):
+        small, big = getattr(plain, name), getattr(padded, name)
+        assert torch.equal(big[:, : small.shape[1]], small)
+        assert big[:, small.shape[1] :].eq(PAD_ID).all()
+    assert torch.equal(padded.tgt_lengths, plain.tgt_lengths)
+    with pytest.raises(ValueError, match=r"pad_to_multiple \(0\) must be >= 1"):
+        collate_translation(examples, pad_to_multiple=0)
+
+
+def test_padded_batches_keep_the_token_budget():
+    dataset = TranslationDataset([[4] * n for n in range(1, 60)], [[5] * (n % 17 + 1) for n in range(1, 60)], 64)
+    sampler = TokenBudgetBatchSampler(dataset.costs(pad_to_multiple=8), max_tokens=96, seed=0)
+    shapes = set()
+    for indices in sampler:
+        batch = collate_translation([dataset[i] for i in indices], pad_to_multiple=8)
+        assert batch.src.numel() <= 96 and batch.tgt_in.numel() <= 96
+        assert batch.src.shape[1] % 8 == 0 and batch.tgt_in.shape[1] % 8 == 0
+        shapes.add((tuple(batch.src.shape), tuple(batch.tgt_in.shape)))
+    unpadded = {
+        (tuple(b.src.shape), tuple(b.tgt_in.shape))
+        for b in (collate_translation([dataset[i] for i in indices]) for indices in sampler)
+    }
+    assert len(shapes) < len(unpadded)  # the point: fewer distinct shapes
+
+
+def test_padding_to_a_multiple_leaves_the_transformers_logits_unchanged():
+    from attnlab.models.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    config = TransformerConfig.from_preset("tiny", src_vocab_size=20, tgt_vocab_size=20)
+    model = Transformer(config).double().eval()
+    examples = [TranslationExample(0, [5, 6, 7, 8, 9], [10, 11, 12]), TranslationExample(1, [7, 8], [13])]
+    plain, padded = collate_translation(examples), collate_translation(examples, pad_to_multiple=8)
+    with torch.no_grad():
+        expected = model(plain.src, plain.tgt_in)  # (B, T, V)
+        got = model(padded.src, padded.tgt_in)[:, : plain.tgt_in.shape[1]]
+    real = plain.tgt_out.ne(PAD_ID)  # (B, T): the positions a loss reads
+    torch.testing.assert_close(got[real], expected[real], rtol=1e-12, atol=1e-12)

@@ -106,9 +106,10 @@ class TranslationDataset(Dataset[TranslationExample]):
     def __getitem__(self, position: int) -> TranslationExample:
         return self.examples[position]
 
-    def costs(self) -> list[int]:
-        """:attr:`TranslationExample.cost` of each example, for :class:`TokenBudgetBatchSampler`."""
-        return [example.cost for example in self.examples]
+    def costs(self, pad_to_multiple: int = 1) -> list[int]:
+        """:attr:`TranslationExample.cost` of each example, rounded up to a multiple of
+        ``pad_to_multiple`` as :func:`collate_translation` pads, for :class:`TokenBudgetBatchSampler`."""
+        return [padded_width(example.cost, pad_to_multiple) for example in self.examples]
 
 
 def _pack(order: np.ndarray, costs: np.ndarray, max_tokens: int) -> list[list[int]]:
@@ -215,21 +216,32 @@ class TranslationBatch:
         return int(self.tgt_lengths.sum())
 
 
-def _pad(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-    width = max((len(seq) for seq in sequences), default=0)
+def padded_width(length: int, multiple: int) -> int:
+    """``length`` rounded up to a multiple of ``multiple``."""
+    return -(-length // multiple) * multiple
+
+
+def _pad(sequences: Sequence[Sequence[int]], multiple: int = 1) -> torch.Tensor:
+    width = padded_width(max((len(seq) for seq in sequences), default=0), multiple)
     padded = torch.full((len(sequences), width), PAD_ID, dtype=torch.long)  # (B, width)
     for row, seq in enumerate(sequences):
         padded[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
     return padded
 
 
-def collate_translation(examples: Sequence[TranslationExample]) -> TranslationBatch:
-    """Pad a list of examples into a :class:`TranslationBatch` (teacher forcing: ``tgt_in`` is shifted right)."""
+def collate_translation(examples: Sequence[TranslationExample], pad_to_multiple: int = 1) -> TranslationBatch:
+    """Pad a list of examples into a :class:`TranslationBatch` (teacher forcing: ``tgt_in`` is shifted right).
+
+    ``pad_to_multiple`` rounds S and T up to its multiples: batches then come in a few shapes, whose
+    tensors the allocator can reuse step after step (and SIMD kernels like multiples of 8).
+    """
+    if pad_to_multiple < 1:
+        raise ValueError(f"pad_to_multiple ({pad_to_multiple}) must be >= 1")
     return TranslationBatch(
-        src=_pad([ex.src for ex in examples]),  # (B, S)
+        src=_pad([ex.src for ex in examples], pad_to_multiple),  # (B, S)
         src_lengths=torch.tensor([len(ex.src) for ex in examples], dtype=torch.long),
-        tgt_in=_pad([[BOS_ID, *ex.tgt] for ex in examples]),  # (B, T)
-        tgt_out=_pad([[*ex.tgt, EOS_ID] for ex in examples]),  # (B, T)
+        tgt_in=_pad([[BOS_ID, *ex.tgt] for ex in examples], pad_to_multiple),  # (B, T)
+        tgt_out=_pad([[*ex.tgt, EOS_ID] for ex in examples], pad_to_multiple),  # (B, T)
         tgt_lengths=torch.tensor([len(ex.tgt) + 1 for ex in examples], dtype=torch.long),
         indices=torch.tensor([ex.index for ex in examples], dtype=torch.long),
     )

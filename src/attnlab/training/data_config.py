@@ -77,6 +77,8 @@ class TextDataConfig:
         tokenizer: the SentencePiece model trained on the train split.
         max_length: pairs with more tokens on either side are dropped from training.
         max_tokens: token budget of a training batch (padded B * max(S, T)).
+        pad_to_multiple: training batches pad S and T up to a multiple of this: fewer distinct
+            tensor shapes, which the allocator reuses (1: pad to the longest sentence only).
         eval_max_tokens: token budget of an evaluation batch.
         eval_max_sentences: dev sentences decoded for BLEU at each evaluation (None: all).
         max_decode_len_a: greedy decoding stops after a * |x| + b tokens.
@@ -97,6 +99,7 @@ class TextDataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_length: int = 128
     max_tokens: int = 4096
+    pad_to_multiple: int = 1
     eval_max_tokens: int = 8192
     eval_max_sentences: int | None = 500
     max_decode_len_a: float = 1.5
@@ -142,4 +145,5 @@ _TEXT_RANGES = {
     "no_repeat_ngram_size": NON_NEGATIVE,
     "repetition_penalty": POSITIVE,
     "length_penalty": NON_NEGATIVE,
+    "pad_to_multiple": COUNT,
 }

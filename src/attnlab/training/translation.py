@@ -138,7 +138,8 @@ class TranslationTask:
     def _train_data(self) -> tuple[TranslationDataset, TokenBudgetBatchSampler]:
         if self._train is None:
             dataset = self._dataset("train")
-            sampler = TokenBudgetBatchSampler(dataset.costs(), self.config.data.max_tokens, seed=self.config.seed)
+            costs = dataset.costs(self.config.data.pad_to_multiple)
+            sampler = TokenBudgetBatchSampler(costs, self.config.data.max_tokens, seed=self.config.seed)
             self._train = (dataset, sampler)
         return self._train
 
@@ -149,7 +150,8 @@ class TranslationTask:
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[TranslationBatch]:
         dataset, sampler = self._train_data()
         sampler.set_epoch(epoch, skip_batches=start_batch)
-        return (collate_translation([dataset[i] for i in indices]) for indices in sampler)
+        multiple = self.config.data.pad_to_multiple
+        return (collate_translation([dataset[i] for i in indices], multiple) for indices in sampler)
 
     def batch_units(self, batch: TranslationBatch) -> int:
         return int(batch.src_lengths.sum()) + batch.num_target_tokens
