@@ -393,6 +393,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "translation.json")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device cuda, but this torch ({torch.__version__}) sees no CUDA device")
     if args.bf16 is None:
         args.bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else onednn.bf16_available()
     torch.set_num_threads(args.threads)
