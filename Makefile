@@ -31,11 +31,11 @@ test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_QUICK)
 
 # Debian packages, installed as root when missing: Chromium and CJK fonts (the viewer's browser test
-# drives Debian's Chromium) and jemalloc (`attnlab train` runs under it: flat memory on long runs).
+# drives Debian's Chromium) and tcmalloc (`attnlab train` runs under it: flat memory on long runs).
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="chromium fonts-noto-cjk"; \
-	/sbin/ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so' || missing="$$missing libjemalloc2"; \
+	/sbin/ldconfig -p 2>/dev/null | grep -q 'libtcmalloc_minimal\.so' || missing="$$missing libtcmalloc-minimal4"; \
 	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; } \
 	|| echo "make: not installed:$$missing (as root: apt-get install$$missing); the browser test skips without chromium"
 

@@ -3,6 +3,7 @@
     python -m benchmarks.rss_training run --minutes 30 --csv rss.csv \\
         configs/libreoffice_transformer.yaml output_dir=/tmp/rss --fresh
     python -m benchmarks.rss_training plot rss.csv --out docs/results/rss_libreoffice.png
+    python -m benchmarks.rss_training compare a.csv b.csv --label glibc --label jemalloc --out rss.png
 
 ``run`` starts ``attnlab train`` with the given arguments (``training.max_minutes`` set from
 ``--minutes``), reads ``VmRSS`` of the process from ``/proc`` every ``--every`` seconds (Linux),
@@ -93,6 +94,27 @@ def plot(path: Path, out: Path, warmup: float, window: float, title: str) -> Non
     )
 
 
+def compare(paths: list[Path], labels: list[str], out: Path, window: float, title: str) -> None:
+    """Several runs' rolling-median RSS on one plot (a run per allocator or setting)."""
+    fig = Figure(figsize=(7, 3.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for path, label in zip(paths, labels):
+        seconds, rss = read_csv(path)
+        trend = rolling_median(seconds, rss, window)
+        ax.plot([t / 60 for t in seconds], trend, lw=1.5, label=label)
+        late = [r for t, r in zip(seconds, trend) if t >= 600]  # after 10 minutes
+        spread = f", {min(late):.0f}-{max(late):.0f} MiB after 10 min" if late else ""
+        print(f"{label}: {trend[-1]:.0f} MiB at {seconds[-1] / 60:.1f} min{spread}")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel(f"RSS, median of the last {window:.0f} s (MiB)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    print(f"plot {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,8 +129,18 @@ def main() -> None:
     draw.add_argument("--warmup", type=float, default=300.0)
     draw.add_argument("--window", type=float, default=120.0)
     draw.add_argument("--title", default="attnlab train configs/libreoffice_transformer.yaml: RSS")
+    many = commands.add_parser("compare")
+    many.add_argument("csv", type=Path, nargs="+")
+    many.add_argument("--label", action="append", required=True, help="one per CSV, in order")
+    many.add_argument("--out", type=Path, default=Path("rss_compare.png"))
+    many.add_argument("--window", type=float, default=120.0)
+    many.add_argument("--title", default="attnlab train configs/libreoffice_transformer.yaml: RSS")
     args = parser.parse_args()
-    if args.command == "run":
+    if args.command == "compare":
+        if len(args.label) != len(args.csv):
+            parser.error(f"{len(args.csv)} CSV files but {len(args.label)} --label values: give one per file")
+        compare(args.csv, args.label, args.out, args.window, args.title)
+    elif args.command == "run":
         sample(args.train_args, args.minutes, args.every, args.csv)
     else:
         plot(args.csv, args.out, args.warmup, args.window, args.title)

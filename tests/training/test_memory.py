@@ -72,20 +72,12 @@ def test_system_and_a_second_start_never_relaunch(monkeypatch):
     assert memory.relaunch_environment("jemalloc", {}) is None  # already under another allocator
 
 
-def test_auto_preloads_the_first_allocator_found_before_the_users_preload(monkeypatch):
-    found = {"jemalloc": None, "tcmalloc": "libtcmalloc_minimal.so.4"}
+def test_auto_preloads_tcmalloc_before_the_users_preload(monkeypatch):
+    found = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
     monkeypatch.setattr(memory, "find_allocator", found.get)
     monkeypatch.setattr(memory, "loaded_allocator", lambda: None)
     environment = memory.relaunch_environment("auto", {"LD_PRELOAD": "libmine.so", "HOME": "/h"})
     assert environment == {"LD_PRELOAD": "libtcmalloc_minimal.so.4 libmine.so", "HOME": "/h", memory.RELAUNCHED: "1"}
-
-
-def test_jemalloc_keeps_its_pages_unless_the_user_configured_it(monkeypatch):
-    monkeypatch.setattr(memory, "find_allocator", lambda name: "libjemalloc.so.2")
-    monkeypatch.setattr(memory, "loaded_allocator", lambda: None)
-    assert memory.relaunch_environment("auto", {})["MALLOC_CONF"] == memory.JEMALLOC_CONF
-    assert "dirty_decay_ms:-1" in memory.JEMALLOC_CONF  # no purge: no page faults to take them back
-    assert memory.relaunch_environment("jemalloc", {"MALLOC_CONF": "narenas:1"})["MALLOC_CONF"] == "narenas:1"
 
 
 def test_a_missing_allocator_is_named_unless_auto(monkeypatch):
@@ -107,7 +99,7 @@ def test_the_loaded_allocator_is_read_from_the_process_maps(tmp_path):
     assert memory.loaded_allocator(tmp_path / "missing") is None
 
 
-def test_attnlab_train_starts_again_under_jemalloc_where_installed(tmp_path, tiny_translation_config):
+def test_attnlab_train_starts_again_under_tcmalloc_where_installed(tmp_path, tiny_translation_config):
     # The console command (sys.argv, not main(argv)) relaunches itself; the start line names the malloc.
     import os
 
@@ -119,11 +111,5 @@ def test_attnlab_train_starts_again_under_jemalloc_where_installed(tmp_path, tin
     command = [sys.executable, "-m", "attnlab.cli.main", "train", str(config), "--no-progress"]
     done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
     assert done.returncode == 0, done.stderr
-    expected = (
-        "jemalloc"
-        if memory.find_allocator("jemalloc")
-        else "tcmalloc"
-        if memory.find_allocator("tcmalloc")
-        else "system"
-    )
+    expected = "tcmalloc" if memory.find_allocator("tcmalloc") else "system"
     assert f"malloc {expected});" in done.stdout

@@ -167,9 +167,9 @@ class TrainingConfig:
         log_every: write training loss and throughput every N steps.
         precision: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the hardware has it).
         num_threads: ``torch.set_num_threads``; None leaves torch's default.
-        allocator: the malloc of ``attnlab train``: ``auto`` (jemalloc, else tcmalloc, where
-            installed: the command starts again with it preloaded; resident memory stays flat over
-            long runs), ``jemalloc``, ``tcmalloc`` (an error when missing) or ``system``.
+        allocator: the malloc of ``attnlab train``: ``auto`` (tcmalloc where installed: the
+            command starts again with it preloaded, and resident memory stays flat over long
+            runs), ``tcmalloc``, ``jemalloc`` (an error when missing) or ``system`` (glibc's).
         malloc_mmap_threshold: fix glibc's mmap threshold at this many bytes: every larger block
             gets its own mapping, returned when freed, so the heap cannot fragment and resident
             memory cannot creep, at the price of page faults for each large tensor (131072 is

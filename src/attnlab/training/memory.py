@@ -1,10 +1,13 @@
 """Keep a long CPU training run's resident memory flat.
 
-The allocator: jemalloc and tcmalloc return freed memory to the system on their own and do not
-fragment under tensors of many sizes, so ``attnlab train`` starts itself again with one of them in
-``LD_PRELOAD`` (``training.allocator``: ``auto`` takes the first found; the process must start with
-it, hence the new start) where the system has one (Debian: ``libjemalloc2``,
-``libtcmalloc-minimal4``). This is the allocator advice of PyTorch's CPU performance guide.
+The allocator: token-budget batches allocate and free tensors of many sizes, step after step, and
+an allocator that keeps what it frees without reusing it lets a long run's resident memory creep.
+tcmalloc (gperftools) held a LibreOffice run flat at its steady size with no loss of speed, so
+``attnlab train`` starts itself again with it in ``LD_PRELOAD`` where the system has it
+(``training.allocator: auto``; Debian ``libtcmalloc-minimal4``): an allocator must be there when
+the process starts, hence the new start. jemalloc is a choice too (flat, but with its default
+decay a third of the CPU time went to faulting purged pages back in), and ``system`` keeps
+glibc's. Measurements: docs/results/memory.md.
 
 glibc's malloc, where no other is at hand: batches of varying shape (token-budget batching)
 allocate and free tensors of many sizes. glibc raises its mmap threshold each time a large mmapped
@@ -61,13 +64,9 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
 
 # training.allocator's values: the libraries each name may load, in order of preference.
 ALLOCATORS: dict[str, tuple[str, ...]] = {"jemalloc": ("jemalloc",), "tcmalloc": ("tcmalloc_minimal", "tcmalloc")}
-AUTO_ORDER = ("jemalloc", "tcmalloc")
+AUTO_ORDER = ("tcmalloc",)  # what auto may take, in order
 RELAUNCHED = "ATTNLAB_ALLOCATOR_RELAUNCHED"  # set in the new process: never start a third time
 PACKAGES = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}
-# jemalloc's default returns pages unused for 10 s to the system, and a training step that needs them
-# again faults them back in: a third of the CPU went to the kernel. Kept dirty pages are reused by the
-# next batches instead (the settings of Intel's PyTorch launcher); a user's own MALLOC_CONF wins.
-JEMALLOC_CONF = "background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 
 def find_allocator(name: str) -> str | None:
@@ -84,13 +83,13 @@ def loaded_allocator(maps: Path = Path("/proc/self/maps")) -> str | None:
         text = maps.read_text()
     except OSError:
         return None
-    return next((name for name in AUTO_ORDER if f"lib{name}" in text), None)
+    return next((name for name in ALLOCATORS if f"lib{name}" in text), None)
 
 
 def relaunch_environment(choice: str, environ: Mapping[str, str] = os.environ) -> dict[str, str] | None:
     """The environment to start this command again with allocator ``choice`` preloaded, or None to go on.
 
-    ``auto`` takes jemalloc, else tcmalloc, else stays with the system's malloc; ``system`` never
+    ``auto`` takes tcmalloc, else stays with the system's malloc; ``system`` never
     restarts; a named allocator that is not installed is a :class:`ConfigError`. None too where the
     process already runs one of them or was already restarted once.
     """
@@ -102,14 +101,11 @@ def relaunch_environment(choice: str, environ: Mapping[str, str] = os.environ) -
     library = next((found for name in names if (found := find_allocator(name))), None)
     if library is None:
         if choice == "auto":
-            logger.info("no jemalloc or tcmalloc found: training with the system's malloc")
+            logger.info("no tcmalloc found: training with the system's malloc")
             return None
         raise ConfigError(
             f"training.allocator ({choice!r}): no {choice} library found; install it (Debian: apt install "
             f"{PACKAGES[choice]}) or use 'auto' or 'system'"
         )
     preload = " ".join(filter(None, [library, environ.get("LD_PRELOAD", "")]))
-    environment = {**environ, "LD_PRELOAD": preload, RELAUNCHED: "1"}
-    if "jemalloc" in library:
-        environment.setdefault("MALLOC_CONF", JEMALLOC_CONF)
-    return environment
+    return {**environ, "LD_PRELOAD": preload, RELAUNCHED: "1"}
