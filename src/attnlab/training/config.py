@@ -34,6 +34,7 @@ import yaml
 from attnlab.config import ConfigError, check_keys, coerce, load_yaml, load_yaml_mapping, read_dataclass, to_plain
 from attnlab.models.registry import MODEL_REGISTRY, MODEL_TYPES, ModelType
 from attnlab.training.data_config import ImageDataConfig, TextDataConfig
+from attnlab.training.memory import ALLOCATORS as PRELOADABLE
 from attnlab.training.ranges import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, check_ranges
 
 __all__ = [
@@ -57,7 +58,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 SCHEDULES = ("noam", "cosine", "constant")
 OPTIMIZERS = ("adamw", "adam")
 CLOCKS = ("wall", "cpu")
-ALLOCATORS = ("auto", "jemalloc", "tcmalloc", "system")
+ALLOCATORS = ("auto", *PRELOADABLE, "system")  # the libraries attnlab.training.memory can preload
 
 
 # ---------------------------------------------------------------------------------------------
