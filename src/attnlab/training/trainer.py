@@ -5,9 +5,10 @@ evaluation cadence, early stopping, budgets, checkpoints, exact resume, metrics)
 :class:`~attnlab.training.task.Task` owns data, model, loss and metrics.
 
 Its pieces: :mod:`~attnlab.training.step` (one optimiser step, data-parallel included),
-:mod:`~attnlab.training.resume` (exact resume), :mod:`~attnlab.training.devices` (device,
-precision, seeds), :mod:`~attnlab.training.errors` (which failures skip a batch, which stop),
-:mod:`~attnlab.training.state` and :mod:`~attnlab.training.reporting` (counters and records).
+:mod:`~attnlab.training.checkpointer` (saves, kept saves, their average), :mod:`~attnlab.training.resume`
+(exact resume), :mod:`~attnlab.training.devices` (device, precision, seeds),
+:mod:`~attnlab.training.errors` (which failures skip a batch, which stop), :mod:`~attnlab.training.state`
+and :mod:`~attnlab.training.reporting` (counters and records).
 
 Under ``torchrun`` the same loop runs data-parallel (:mod:`attnlab.training.distributed`): each
 process takes every N-th batch of the one batch order, gradients are averaged over the
@@ -37,7 +38,7 @@ from torch import nn
 
 from attnlab.training import checkpoints as ckpt
 from attnlab.training import distributed
-from attnlab.training.averaging import keep_step_save, save_average, step_saves
+from attnlab.training.checkpointer import Checkpointer
 from attnlab.training.config import RunConfig
 from attnlab.training.devices import autocast_to, cpu_has_bf16, resolve_device, resolve_precision, seed_everything
 from attnlab.training.errors import BadBatch, TrainingError, TrainingInterrupted, is_data_error
@@ -45,14 +46,7 @@ from attnlab.training.interrupts import StopSignals
 from attnlab.training.memory import fix_mmap_threshold, loaded_allocator
 from attnlab.training.metrics import scalar_metrics
 from attnlab.training.reporting import Reporter
-from attnlab.training.resume import (
-    check_resumable,
-    drop_metrics_after,
-    prepare_run_dir,
-    restore_training,
-    training_state,
-    write_run_config,
-)
+from attnlab.training.resume import check_resumable, prepare_run_dir, restore_training
 from attnlab.training.schedules import build_scheduler
 from attnlab.training.state import ProgressEvent, TrainerState, TrainResult, budget_reason, total_steps
 from attnlab.training.step import GradientStep, build_optimizer, step_batches
@@ -127,6 +121,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.gradient_step: GradientStep | None = None
+        self.checkpointer: Checkpointer | None = None
         # Set by train():
         self._session_start = 0.0
         self._elapsed_before = 0.0
@@ -164,11 +159,22 @@ class Trainer:
             d_model=t.schedule_d_model or self.task.model_width(),
             min_ratio=t.min_lr_ratio,
         )
+        self.checkpointer = Checkpointer(
+            self.run_dir,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.config_yaml,
+            self.task.write_extras,
+            t.keep_checkpoints,
+            self.report,
+        )
         if self.resumed_from is not None:
             self.state = restore_training(self.resumed_from, self.model, self.optimizer, self.scheduler)
             self.report.resume_window(self.state.loss_window)
         if self.is_main:
-            self._write_run_files()
+            resumed_step = self.state.step if self.resumed_from is not None else None
+            self.checkpointer.write_run_files(self.config.output_dir, resumed_step)
         self.gradient_step = GradientStep(
             self.task,
             self.model,
@@ -198,14 +204,6 @@ class Trainer:
         self.dist.barrier()
         self.resumed_from = ckpt.find_checkpoint(self.run_dir, "last")
         self.task.prepare(self.device, restore_from=self.resumed_from or self._shared_dir())
-
-    def _write_run_files(self) -> None:
-        """After the resume was checked: the resolved config, no records past the resumed step, no
-        leftovers of interrupted saves."""
-        write_run_config(self.run_dir, self.config_yaml, self.config.output_dir)
-        if self.resumed_from is not None:
-            drop_metrics_after(self.run_dir, self.state.step)
-        ckpt.remove_interrupted_saves(self.run_dir)
 
     def _shared_dir(self) -> Path:
         directory = self.run_dir / ".distributed"
@@ -356,24 +354,7 @@ class Trainer:
         """Write checkpoint ``name`` (``last`` or ``best``) atomically; a save of ``last`` is also
         kept as ``step_<step>`` when ``training.keep_checkpoints`` asks for it."""
         self.state.loss_window = self.report.pending_window()
-        path = self._save_to(ckpt.checkpoint_dir(self.run_dir, name))
-        keep = self.config.training.keep_checkpoints
-        if name == "last" and keep:
-            keep_step_save(self.run_dir, self._save_to, self.state.step, keep)
-        self.report.event("checkpoint", self.state, message=f"saved {path} at step {self.state.step}")
-        return path
-
-    def _save_to(self, directory: Path) -> Path:
-        state = training_state(self.optimizer, self.scheduler, self.state)
-        return ckpt.save_checkpoint(directory, self.model, self.config_yaml, state, self.task.write_extras)
-
-    def _average_last_saves(self) -> None:
-        """Average the last ``training.average_last`` kept saves into ``averaged`` and load it."""
-        paths = step_saves(self.run_dir)[-self.config.training.average_last :]
-        directory = ckpt.checkpoint_dir(self.run_dir, "averaged")
-        out = save_average(paths, self.model, directory, self.config_yaml, self.task.write_extras)
-        names = ", ".join(path.name for path in paths)
-        self.report.event("checkpoint", self.state, message=f"averaged {len(paths)} saves ({names}) into {out}")
+        return self.checkpointer.save(name, self.state)
 
     # ----------------------------------------------------------------------------- cleanup
     def cleanup(self) -> TrainResult:
@@ -386,15 +367,14 @@ class Trainer:
         if self.is_main:
             self.save("last")
         if averaged:
-            self._average_last_saves()
+            self.checkpointer.average_last(self.config.training.average_last, self.state)
         if self.dist is not None:
             self.dist.close()
             if self.is_main:
                 shutil.rmtree(self._shared_dir(), ignore_errors=True)
         if split:
-            best = None if averaged else ckpt.find_checkpoint(self.run_dir, "best")
-            if best is not None:
-                ckpt.load_weights(self.model, best)
+            if not averaged:
+                self.checkpointer.load_best()
             final = self.evaluate(split, output_dir=self.run_dir)
             self.report.metrics.log(split, self.state.step, scalar_metrics(final))
             (self.run_dir / f"{split}_metrics.json").write_text(json.dumps(final, indent=2, ensure_ascii=False))
