@@ -1,8 +1,9 @@
 """Seeing attention: capture, tables, rollout and plots of attention weights.
 
 ``viz.capture`` (``capture``, ``AttentionMaps``), ``viz.words``, ``viz.text`` (plain-text tables) and
-``viz.rollout`` need only torch and are re-exported here; ``viz.figures``, ``viz.page`` and
-``viz.fonts`` import matplotlib, so import them by name when drawing.
+``viz.rollout`` need only torch and are re-exported here; ``viz.figures`` (token figures, and the image
+figures of ``viz.image_figures`` re-exported), ``viz.page`` and ``viz.fonts`` import matplotlib, so
+import them by name when drawing.
 """
 
 from attnlab.viz.capture import CaptureSpec, capture
