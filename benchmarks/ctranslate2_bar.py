@@ -17,17 +17,20 @@ writes ``benchmarks/results/ctranslate2.json``.
 
     .venv/bin/python -m benchmarks.ctranslate2_bar [--quick]
 
-``measure(quick)`` returns the rows of the table (for ``attnlab bench``).
+``attnlab bench --only ct2`` runs the same searches as cases of the suite (``benchmarks.suite``),
+from the pieces here: ``setup``, ``translators``, ``searches`` and ``token_check``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
 import statistics
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +45,7 @@ from benchmarks.translation import EOS, PAD, marian, random_batch
 
 SPECIALS = {"<pad>": PAD, "<unk>": 1, "<s>": 2, "</s>": EOS}
 BATCH, SRC_LEN, NEW_TOKENS, THREADS = 8, 32, 64, 2
+PRECISIONS = {"float32": "fp32", "int8": "int8"}  # CT2's compute type: our name for it
 PEERS = ("ours fp32", "ours int8", "HF fp32", "CT2 fp32", "CT2 int8")
 # (name, ours, peer, target ratio): the issue's bars.
 TARGETS = (
@@ -108,7 +112,16 @@ def save_vocabulary(directory: Path, vocab_size: int) -> None:
         sentence_iterator=iter(lines), model_prefix=str(directory / "spm"), vocab_size=40, minloglevel=2
     )
     spm_file = str(directory / "spm.model")
-    MarianTokenizer(spm_file, spm_file, str(directory / "vocab.json")).save_pretrained(directory)
+    with _no_sacremoses_warning():
+        MarianTokenizer(spm_file, spm_file, str(directory / "vocab.json")).save_pretrained(directory)
+
+
+@contextlib.contextmanager
+def _no_sacremoses_warning():
+    """MarianTokenizer's "Recommended: pip install sacremoses", moot here: nothing is tokenised."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*sacremoses")
+        yield
 
 
 def convert(hf, directory: Path, quantization: str):
@@ -138,7 +151,8 @@ def convert(hf, directory: Path, quantization: str):
 
     hf.config.save_pretrained(directory)
     out = directory / quantization
-    InMemoryConverter(str(directory)).convert(str(out), quantization=quantization, force=True)
+    with _no_sacremoses_warning():  # the converter loads the tokenizer for its vocabulary
+        InMemoryConverter(str(directory)).convert(str(out), quantization=quantization, force=True)
     return out
 
 
@@ -154,14 +168,44 @@ def ct2_ids(results, k: int = 0) -> Tensor:
     return torch.tensor(ids)
 
 
+def translators(hf, directory: Path, compute_types: tuple[str, ...], threads: int) -> dict:
+    """CT2 ``Translator``s of ``hf`` (CPU), one per compute type (``"float32"``, ``"int8"``), named
+    ``CT2 fp32`` / ``CT2 int8``; converted in ``directory``, which may go once they are loaded."""
+    import ctranslate2
+
+    save_vocabulary(directory, hf.config.vocab_size)
+    return {
+        f"CT2 {PRECISIONS[kind]}": ctranslate2.Translator(
+            str(convert(hf, directory, kind)), device="cpu", compute_type=kind, intra_threads=threads
+        )
+        for kind in compute_types
+    }
+
+
 # --- the peers ---------------------------------------------------------------------------------
-def searches(model: Transformer, hf, ct2_models: dict, src: Tensor, beam: int) -> dict[str, Callable[[], Tensor]]:
-    """Each peer's search of ``src (B, S)``, returning ``(B, NEW_TOKENS)`` ids."""
-    engines = {"ours fp32": DecodingEngine(model), "ours int8": DecodingEngine(model, int8=True)}
+def setup(config: TransformerConfig, batch: int = BATCH, src_len: int = SRC_LEN) -> tuple[Transformer, object, Tensor]:
+    """The seeded model, its Marian copy and a source batch ``(batch, src_len)``."""
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    return model, marian_from(model), random_batch(batch, src_len, config.src_vocab_size, 3)
+
+
+def searches(
+    model: Transformer,
+    hf,
+    ct2_models: dict,
+    src: Tensor,
+    beam: int,
+    new_tokens: int = NEW_TOKENS,
+    precisions: tuple[str, ...] = ("fp32", "int8"),
+) -> dict[str, Callable[[], Tensor]]:
+    """Each peer's search of ``src (B, S)``, returning ``(B, new_tokens)`` ids: ours in
+    ``precisions``, HF fp32 and the translators of ``ct2_models``."""
+    engines = {f"ours {p}": DecodingEngine(model, int8=p == "int8") for p in precisions}
     tokens = ct2_source(src)
 
     def ours(engine: DecodingEngine) -> Callable[[], Tensor]:
-        options = {"max_len_a": 0.0, "max_len_b": NEW_TOKENS, "min_len": NEW_TOKENS}
+        options = {"max_len_a": 0.0, "max_len_b": new_tokens, "min_len": new_tokens}
         if beam == 1:
             return lambda: greedy_search(engine, src, **options).tokens
         return lambda: beam_search(engine, src, beam_size=beam, **options).tokens[:, 0]
@@ -171,8 +215,8 @@ def searches(model: Transformer, hf, ct2_models: dict, src: Tensor, beam: int) -
         out = hf.generate(
             input_ids=src,
             attention_mask=src.ne(PAD),
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
             num_beams=beam,
             do_sample=False,
             early_stopping=False,
@@ -181,7 +225,7 @@ def searches(model: Transformer, hf, ct2_models: dict, src: Tensor, beam: int) -
 
     def ct2(translator) -> Callable[[], Tensor]:
         # min = max decoding length: EOS is masked at every step, as min_len / min_new_tokens do.
-        options = {"beam_size": beam, "max_decoding_length": NEW_TOKENS, "min_decoding_length": NEW_TOKENS}
+        options = {"beam_size": beam, "max_decoding_length": new_tokens, "min_decoding_length": new_tokens}
         return lambda: ct2_ids(translator.translate_batch(tokens, max_batch_size=len(tokens), **options))
 
     peers = {name: ours(engine) for name, engine in engines.items()}
@@ -206,6 +250,24 @@ def agreement(peers: dict[str, Callable[[], Tensor]]) -> dict[str, dict]:
             "first_differing_step": int(steps[0]) if len(steps) else None,
         }
     return report
+
+
+def token_check(peers: dict[str, Callable[[], Tensor]], must_match: tuple[str, ...]) -> dict:
+    """``agreement`` of ``peers`` with HF fp32, and whether each of ``must_match`` gives its tokens exactly.
+
+    Returns:
+        ``reference`` ("HF fp32"), ``peers`` (each other peer's ``agreement``), ``must_match``,
+        ``mismatched`` (those of ``must_match`` with a differing token) and ``match`` (none).
+    """
+    report = agreement(peers)
+    mismatched = [name for name in must_match if report[name]["differing_tokens"]]
+    return {
+        "reference": "HF fp32",
+        "peers": {name: a for name, a in report.items() if name != "HF fp32"},
+        "must_match": list(must_match),
+        "mismatched": mismatched,
+        "match": not mismatched,
+    }
 
 
 def bench_case(peers: dict[str, Callable[[], Tensor]], beam: int, repeats: int) -> dict:
@@ -236,30 +298,17 @@ def measure(quick: bool = False, threads: int = THREADS, preset: str = "base") -
         One dict per search: ``case``, ``tokens_per_s`` per peer, ``ratios`` of the targets
         (``TARGETS``), ``agreement`` (differing tokens per peer against HF fp32), timing details.
     """
-    import ctranslate2
-
     torch.set_num_threads(threads)
     config = TransformerConfig.from_preset(preset, src_vocab_size=8000, tgt_vocab_size=8000, share_embeddings=True)
-    torch.manual_seed(0)
-    model = Transformer(config).eval()
-    hf = marian_from(model)
-    src = random_batch(BATCH, SRC_LEN, config.src_vocab_size, 3)
+    model, hf, src = setup(config)
     repeats = 3 if quick else 7
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        save_vocabulary(directory, config.tgt_vocab_size)
-        ct2_models = {
-            f"CT2 {name}": ctranslate2.Translator(
-                str(convert(hf, directory, name)), device="cpu", compute_type=name, intra_threads=threads
-            )
-            for name in ("float32", "int8")
-        }
-        ct2_models = {name.replace("float32", "fp32"): t for name, t in ct2_models.items()}
-        for beam in (1, 5):
-            peers = searches(model, hf, ct2_models, src, beam)
-            checked = agreement(peers)  # before timing: the peers must make the same translations
-            rows.append({**bench_case(peers, beam, repeats), "agreement": checked})
+        ct2_models = translators(hf, Path(tmp), tuple(PRECISIONS), threads)
+    for beam in (1, 5):
+        peers = searches(model, hf, ct2_models, src, beam)
+        checked = agreement(peers)  # before timing: the peers must make the same translations
+        rows.append({**bench_case(peers, beam, repeats), "agreement": checked})
     return rows
 
 

@@ -1,10 +1,11 @@
 """FLOPs of one call, counted by ``torch.utils.flop_counter.FlopCounterMode``, and MFU.
 
 PyTorch's counter knows the CUDA attention kernels but not the CPU ones: SDPA's CPU flash kernel,
-the fused ``nn.MultiheadAttention`` inference path and oneDNN's packed linear (attnlab's decoding
-engine) would count as zero, and a peer that takes another kernel would look like less work.
-``count_flops`` adds their formulas, the same ones PyTorch uses for the CUDA kernels: a matmul of
-(m, k) by (k, n) is 2 m k n FLOPs; attention is 4 B H L S d forward (QKᵀ and A V).
+the fused ``nn.MultiheadAttention`` inference path, oneDNN's packed linear and the dynamic int8
+linear (attnlab's decoding engine, fp32 and int8) would count as zero, and a peer that takes
+another kernel would look like less work. ``count_flops`` adds their formulas, the same ones
+PyTorch uses for the CUDA kernels: a matmul of (m, k) by (k, n) is 2 m k n FLOPs; attention is
+4 B H L S d forward (QKᵀ and A V).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _native_multi_head_attention(query, key, value, embed_dim, *args, out_shape=
 
 
 def _packed_linear(x, *args, out_shape=None, **kwargs) -> int:
-    """oneDNN's ``_linear_pointwise``: x (..., in) times a packed (out, in) weight."""
+    """oneDNN's ``_linear_pointwise`` or ``quantized.linear_dynamic``: x (..., in) times a packed
+    (out, in) weight (int8 multiply-adds count as FLOPs do)."""
     return 2 * math.prod(x) * out_shape[-1]
 
 
@@ -53,6 +55,8 @@ def _cpu_formulas() -> dict:
             formulas[getattr(aten, name)] = formula
     if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         formulas[torch.ops.mkldnn._linear_pointwise] = _packed_linear
+    if hasattr(torch.ops.quantized, "linear_dynamic"):
+        formulas[torch.ops.quantized.linear_dynamic] = _packed_linear
     return formulas
 
 

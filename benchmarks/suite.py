@@ -7,15 +7,23 @@ ours is faster) and each side's MFU: the FLOPs of one call (``benchmarks.flops.c
 over its median time, divided by the rate of a large matmul of the case's dtype measured in the
 same run. Rounds in which other processes took more than ``MAX_FOREIGN`` of the cores are dropped
 when at least two quiet rounds remain; the share they took is reported as the noise.
+
+The ``ct2-*`` cases put attnlab's decoding (fp32, and ``--precision int8``'s engine) beside
+CTranslate2 (``benchmarks.ctranslate2_bar``) on CPU; before timing, each case checks that ours
+and CT2 in fp32 make Hugging Face Marian's tokens, and reports the check in its row (``tokens``).
+CT2 runs in C++, out of the FLOP counter's sight: its FLOPs are ours (the same model making the
+same tokens). Cases whose package is missing are skipped (``runnable``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib.util
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +36,7 @@ from benchmarks.flops import count_flops, mfu
 from benchmarks.translation import synced
 
 MAX_FOREIGN = 0.25  # drop rounds in which other processes used more than this share of all cores
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
 
@@ -78,6 +87,8 @@ class Built:
 
     sides: dict[str, Callable[[], object]]
     work: int | None = None  # items (tokens, images) one call makes; None: report milliseconds
+    tokens: dict | None = None  # a token check made while building (``ctranslate2_bar.token_check``)
+    flops_of_ours: tuple[str, ...] = ()  # sides the FLOP counter cannot see, doing ours' work
 
 
 @dataclass(frozen=True)
@@ -87,9 +98,11 @@ class Case:
     name: str
     what: str
     unit: str  # "ms", "tok/s" or "img/s"
-    dtype: str  # "fp32" or "bf16"
+    dtype: str  # "fp32", "bf16" or "int8"
     quick: bool
     build: Callable[[torch.device], Built] = field(repr=False)
+    needs: str | None = None  # a package the case imports, beyond attnlab's
+    cpu_only: bool = False
 
 
 # --- the cases ------------------------------------------------------------------------------------
@@ -155,6 +168,29 @@ def _vit(sizes: Sizes, mode: str, bf16: bool) -> Callable[[torch.device], Built]
     return build
 
 
+def _ct2(sizes: Sizes, beam: int, precision: str) -> Callable[[torch.device], Built]:
+    from attnlab.models.transformer import TransformerConfig
+    from benchmarks import ctranslate2_bar as bar
+
+    def build(device: torch.device) -> Built:
+        config = TransformerConfig.from_preset(
+            sizes.preset, src_vocab_size=sizes.vocab, tgt_vocab_size=sizes.vocab, share_embeddings=True
+        )
+        model, hf, src = bar.setup(config, sizes.batch, sizes.src_len)
+        precisions = ("fp32",) if precision == "fp32" else ("fp32", precision)
+        kinds = tuple(kind for kind, name in bar.PRECISIONS.items() if name in precisions)
+        with tempfile.TemporaryDirectory() as tmp:  # the translators hold what they loaded
+            ct2 = bar.translators(hf, Path(tmp), kinds, torch.get_num_threads())
+        peers = bar.searches(model, hf, ct2, src, beam, sizes.new_tokens, precisions)
+        # fp32 must make HF's tokens (the conversion and our engine are right); int8 is reported.
+        tokens = bar.token_check(peers, must_match=("ours fp32", "CT2 fp32"))
+        ours, theirs = ("attnlab", "CTranslate2") if precision == "fp32" else ("attnlab int8", "CTranslate2 int8")
+        sides = {ours: peers[f"ours {precision}"], theirs: peers[f"CT2 {precision}"]}
+        return Built(sides, sizes.batch * sizes.new_tokens, tokens=tokens, flops_of_ours=(theirs,))
+
+    return build
+
+
 def timm_status() -> str:
     """ "used" when timm imports here, else why not (timm imports torchvision, which attnlab never installs)."""
     try:
@@ -199,6 +235,11 @@ def all_cases(sizes: Sizes, bf16: bool) -> list[Case]:
             Case(f"beam{sizes.beam}" + tag, f"{model}, {sizes.new_tokens} new tokens", "tok/s", dtype, True,
                  _translation(sizes, "beam", on)),
         ]  # fmt: skip
+    for search, beam in (("greedy", 1), (f"beam{sizes.beam}", sizes.beam)):
+        for precision in ("fp32", "int8"):
+            what = f"{model}, {sizes.new_tokens} new tokens, vs CTranslate2 {precision}"
+            cases.append(Case(f"ct2-{search}-{precision}", what, "tok/s", precision, False,
+                              _ct2(sizes, beam, precision), needs="ctranslate2", cpu_only=True))  # fmt: skip
     for dtype in ("fp32", "bf16") if bf16 else ("fp32",):
         tag, on = ("" if dtype == "fp32" else "-bf16"), dtype == "bf16"
         for mode, batch in (("train", sizes.vit_train_batch), ("infer", sizes.vit_infer_batch)):
@@ -227,6 +268,20 @@ def select(cases: list[Case], only: list[str] | None, quick: bool) -> list[Case]
     return [c for c in cases if c.name in chosen]
 
 
+def runnable(cases: list[Case], device: torch.device) -> tuple[list[Case], list[str]]:
+    """The cases that can run here, and one line per reason some cannot (a missing package, the device)."""
+    missing = {c.needs for c in cases if c.needs and importlib.util.find_spec(c.needs) is None}
+    off = [c for c in cases if c.needs in missing or (c.cpu_only and device.type != "cpu")]
+    lines = []
+    for package in sorted(missing):
+        names = [c.name for c in off if c.needs == package]
+        lines.append(f"{package} is not installed: {', '.join(names)} skipped (pip install {package})")
+    on_cpu = [c.name for c in off if c.needs not in missing]
+    if on_cpu:
+        lines.append(f"--device {device.type}: {', '.join(on_cpu)} run on CPU only, skipped")
+    return [c for c in cases if c not in off], lines
+
+
 # --- measuring ------------------------------------------------------------------------------------
 
 
@@ -252,6 +307,25 @@ def interleaved(sides: dict[str, Callable[[], object]], repeats: int, warmup: in
     }
 
 
+def peak_gflops(dtype: str, device: torch.device, n: int) -> float:
+    """The MFU denominator of a case's dtype (``"fp32"``, ``"bf16"`` or ``"int8"``)."""
+    if dtype == "int8":
+        return int8_gemm_gflops(n)
+    return gemm_gflops(DTYPES[dtype], device, n)
+
+
+@torch.no_grad()
+def int8_gemm_gflops(n: int) -> float:
+    """The rate (billion multiply-adds x 2 per second) of the int8 engine's dynamic linear on a
+    square matmul (CPU, best of 5): the int8 cases' MFU denominator."""
+    from attnlab.inference.quantized import QuantizedWeights
+
+    a, w = torch.randn(n, n), torch.randn(n, n)
+    weights = QuantizedWeights(rows=n)
+    weights.linear(a, w)  # quantises and packs ``w`` once
+    return 2 * n**3 / min(timed(lambda: weights.linear(a, w))[0] for _ in range(5)) / 1e9
+
+
 def gemm_gflops(dtype: torch.dtype, device: torch.device, n: int) -> float:
     """The rate of a large square matmul now (best of 5): MFU's denominator."""
     if device.type == "cpu":
@@ -267,6 +341,8 @@ def measure_case(case: Case, device: torch.device, repeats: int, peaks: dict[str
     built = case.build(device)
     sides = {name: synced(fn, device) for name, fn in built.sides.items()}
     flops = {name: count_flops(fn) for name, fn in sides.items()}
+    ours = next(iter(sides))
+    flops.update({name: flops[ours] for name in built.flops_of_ours})
     timing = interleaved(sides, repeats, warmup)
     result = {
         "case": case.name,
@@ -277,6 +353,8 @@ def measure_case(case: Case, device: torch.device, repeats: int, peaks: dict[str
         "noise": timing["noise"],
         "sides": {},
     }
+    if built.tokens is not None:
+        result["tokens"] = built.tokens
     for name in sides:
         times = timing["times"][name]
         median = statistics.median(times)
@@ -288,6 +366,7 @@ def measure_case(case: Case, device: torch.device, repeats: int, peaks: dict[str
             "gflops": flops[name] / median / 1e9,
             "mfu": mfu(flops[name], median, peaks[case.dtype]),
             "rate": built.work / median if built.work else None,
+            "flops_counted": name not in built.flops_of_ours,  # False: ours' count stands for it
         }
     ours, *peers = result["sides"]
     result["ours"] = ours
@@ -324,8 +403,19 @@ def machine(device: torch.device, threads: int) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "timm": timm_status(),
+        "ctranslate2": _version("ctranslate2"),
         "python": platform.python_version(),
     }
+
+
+def _version(package: str) -> str | None:
+    """The installed version of ``package``, None when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -348,16 +438,15 @@ def run_suite(
     """Measure the GEMM rates, then every case (``warmup`` untimed rounds after the counted first
     call); the whole report but the machine. ``report`` sees each row as it is done, with the
     report so far (MFU against the first GEMM measurement), which a long run can save as it goes."""
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     needed = sorted({c.dtype for c in cases} | {"fp32"})
     start = time.perf_counter()
-    before = {d: gemm_gflops(dtypes[d], device, gemm_n) for d in needed}
+    before = {d: peak_gflops(d, device, gemm_n) for d in needed}
     rows = []
     for case in cases:
         rows.append(measure_case(case, device, repeats, before, warmup))
         gemm = {"n": gemm_n, "peak": before, "start": before}
         report(rows[-1], {"partial": True, "gemm_gflops": gemm, "repeats": repeats, "cases": rows})
-    after = {d: gemm_gflops(dtypes[d], device, gemm_n) for d in needed}
+    after = {d: peak_gflops(d, device, gemm_n) for d in needed}
     # The peak is the faster of the two measurements: a busy moment slows a matmul, never speeds it up.
     peaks = {d: max(before[d], after[d]) for d in needed}
     for row in rows:

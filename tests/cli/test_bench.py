@@ -108,3 +108,70 @@ def test_tiny_run_prints_the_row_and_writes_the_machine(tmp_path: Path, capsys):
     ours = case["sides"]["attnlab"]
     assert 0 < ours["min_ms"] <= ours["median_ms"] and ours["flops_per_call"] > 0 and ours["mfu"] > 0
     assert 0 <= case["noise"]["foreign_share_median"] <= 1 and case["ratio"] == pytest.approx(ratio, abs=0.01)
+
+
+def test_int8_linear_of_the_decoding_engine_is_counted():
+    from attnlab.inference import quantized
+
+    if not quantized.available():
+        pytest.skip("this PyTorch build has no dynamic int8 linear")
+    x, w = torch.randn(3, 5, 16), torch.randn(24, 16)
+    weights = quantized.QuantizedWeights(rows=15)
+    with torch.no_grad():
+        assert count_flops(lambda: weights.linear(x, w, None)) == 2 * 15 * 16 * 24
+
+
+def test_ct2_cases_are_selected_by_prefix():
+    from benchmarks.suite import SIZES, all_cases, select
+
+    cases = all_cases(SIZES["tiny"], bf16=False)
+    names = [c.name for c in select(cases, ["ct2"], quick=False)]
+    assert names == ["ct2-greedy-fp32", "ct2-greedy-int8", "ct2-beam2-fp32", "ct2-beam2-int8"]
+    assert [c.name for c in select(cases, ["ct2-greedy"], quick=False)] == names[:2]
+    assert "ct2-greedy-fp32" not in [c.name for c in select(cases, ["greedy"], quick=False)]
+
+
+def test_ct2_case_checks_tokens_against_hf_then_times_both_sides():
+    pytest.importorskip("ctranslate2")
+    pytest.importorskip("sentencepiece")
+    from benchmarks.suite import SIZES, all_cases, measure_case, select
+
+    (case,) = select(all_cases(SIZES["tiny"], bf16=False), ["ct2-beam2-int8"], quick=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        row = measure_case(case, torch.device("cpu"), repeats=2, peaks={"int8": 10.0})
+    finally:
+        torch.set_num_threads(threads)
+    tokens = row["tokens"]
+    # Our engine and CT2, given the same weights, make HF Marian's translation token for token.
+    assert tokens["match"] and tokens["mismatched"] == [] and tokens["must_match"] == ["ours fp32", "CT2 fp32"]
+    assert tokens["peers"]["ours fp32"]["differing_tokens"] == tokens["peers"]["CT2 fp32"]["differing_tokens"] == 0
+    assert set(tokens["peers"]) == {"ours fp32", "ours int8", "CT2 fp32", "CT2 int8"}
+    assert list(row["sides"]) == ["attnlab int8", "CTranslate2 int8"] and row["ratio"] > 0
+    ours, ct2 = row["sides"]["attnlab int8"], row["sides"]["CTranslate2 int8"]
+    assert ours["rate"] > 0 and ours["flops_per_call"] > 0 and ours["flops_counted"]
+    assert ct2["flops_per_call"] == ours["flops_per_call"] and not ct2["flops_counted"]
+
+
+def test_token_mismatch_is_reported_not_ignored():
+    from benchmarks.ctranslate2_bar import token_check
+
+    from attnlab.cli.bench import token_line
+
+    same = torch.tensor([[4, 5, 6], [7, 8, 9]])
+    peers = {"HF fp32": lambda: same, "ours fp32": lambda: same, "CT2 fp32": lambda: same.flip(1)}
+    check = token_check(peers, must_match=("ours fp32", "CT2 fp32"))
+    assert not check["match"] and check["mismatched"] == ["CT2 fp32"]
+    assert check["peers"]["CT2 fp32"] == {"differing_tokens": 4, "differing_sentences": 2, "first_differing_step": 0}
+    assert token_line(check).startswith("TOKEN MISMATCH: CT2 fp32 differ")
+
+
+def test_a_missing_package_skips_its_cases_with_one_line():
+    from benchmarks.suite import SIZES, Case, all_cases, runnable
+
+    cases = all_cases(SIZES["tiny"], bf16=False)[:2]
+    absent = [Case(f"x-{i}", "", "ms", "fp32", False, lambda device: None, needs="no_such_package") for i in range(2)]
+    kept, lines = runnable(cases + absent, torch.device("cpu"))
+    assert kept == cases
+    assert lines == ["no_such_package is not installed: x-0, x-1 skipped (pip install no_such_package)"]

@@ -9,7 +9,8 @@ versions, GEMM rates, per-case min and median times, noise) goes to ``--out``
 from that report instead of running anything.
 
 The suite lives in the repository, not in the installed package: run the command from an attnlab
-checkout. ``--list`` prints the cases.
+checkout. ``--list`` prints the cases. Cases that cannot run here are skipped with one line
+per reason (the ``ct2-*`` cases, against CTranslate2, need the ``ctranslate2`` package and CPU).
 """
 
 from __future__ import annotations
@@ -86,21 +87,24 @@ def run(args: argparse.Namespace) -> int:
         for case in cases:
             print(f"{case.name:22} {case.dtype:5} {'quick' if case.quick else '':5} {case.what}")
         return 0
+    cases, skipped = suite.runnable(cases, device)
+    for line in skipped:
+        print(line)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = _run(suite, cases, sizes, device, args, out)
+    report = _run(suite, cases, sizes, device, args, out, skipped)
     print("\n".join(["", *table(report)]))
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
     return 0
 
 
-def _run(suite, cases: list, sizes, device, args: argparse.Namespace, out: Path) -> dict:
+def _run(suite, cases: list, sizes, device, args: argparse.Namespace, out: Path, skipped: list[str]) -> dict:
     machine = suite.machine(device, args.threads)
     if not machine["bf16"]:
         print("no bf16 instructions on this device: bf16 cases skipped (precision auto stays fp32)")
     repeats = args.repeats or (3 if args.quick else 7)
     print(f"{len(cases)} cases, {repeats} rounds each, {args.threads} threads on {machine['cpu_model']}", flush=True)
-    head = {"command": _command(args), "machine": machine, "sizes": args.sizes}
+    head = {"command": _command(args), "machine": machine, "sizes": args.sizes, "skipped": skipped}
 
     def progress(row: dict, partial: dict) -> None:  # print the row; keep what is done if the run stops
         _progress(row)
@@ -124,6 +128,20 @@ def _progress(row: dict) -> None:
         f"{row['case']:22} ours {ours['median_ms']:9.1f} ms, {row['peer']} {peer['median_ms']:9.1f} ms: "
         f"x{row['ratio']:.2f}",
         flush=True,
+    )
+    if "tokens" in row:
+        print("  " + token_line(row["tokens"]), flush=True)
+
+
+def token_line(check: dict) -> str:
+    """One line of a case's token check: which sides make the reference's tokens, which do not."""
+    differ = {name: a["differing_tokens"] for name, a in check["peers"].items()}
+    counts = ", ".join(f"{name} {n}" for name, n in differ.items())
+    if check["match"]:
+        return f"tokens differing from {check['reference']}: {counts} ({', '.join(check['must_match'])} must be 0: ok)"
+    return (
+        f"TOKEN MISMATCH: {', '.join(check['mismatched'])} differ from {check['reference']} "
+        f"(tokens differing: {counts}); this case's speeds compare different translations"
     )
 
 
