@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.functional.kernels import Thresholds, step_attention
+from attnlab.functional.kernels.thresholds import plain_step_fits, set_thresholds
 
 
 @pytest.mark.parametrize(
@@ -34,3 +35,33 @@ def test_step_attention_gives_zeros_where_no_key_is_allowed():
     out = step_attention(q, k, v, mask)
     assert torch.equal(out[0, 0, 1], torch.zeros(4))
     torch.testing.assert_close(out[0, 0, [0, 2]], F.scaled_dot_product_attention(q, k, v)[0, 0, [0, 2]])
+
+
+@pytest.mark.parametrize("queries", [1, 5])
+@pytest.mark.parametrize("keys", [11, Thresholds().cpu_step_plain_max_keys_bfloat16 + 1])
+@pytest.mark.parametrize("masked", [False, True])
+def test_bf16_step_attention_equals_sdpa_within_bf16_rounding(queries, keys, masked):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(3, 2, queries, 16, generator=g).bfloat16()
+    k, v = (torch.randn(3, 2, keys, 16, generator=g).bfloat16() for _ in range(2))
+    mask = torch.rand(3, 1, queries, keys, generator=g) > 0.3 if masked else None
+    if mask is not None:
+        mask[..., 0] = True
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
+    out = step_attention(q, k, v, mask)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_bf16_steps_take_the_plain_products_up_to_their_key_bound():
+    limit = Thresholds().cpu_step_plain_max_keys_bfloat16
+    one_query = torch.zeros(2, 2, 1, 8, dtype=torch.bfloat16)
+    assert plain_step_fits(one_query, torch.zeros(2, 2, limit, 8, dtype=torch.bfloat16))
+    assert not plain_step_fits(one_query, torch.zeros(2, 2, limit + 1, 8, dtype=torch.bfloat16))
+    assert not plain_step_fits(one_query.float(), torch.zeros(2, 2, 8, 8))  # fp32 starts at 2 queries
+    assert not plain_step_fits(one_query.expand(2, 2, 5, 8), torch.zeros(2, 2, 8, 8, dtype=torch.bfloat16))
+    previous = set_thresholds(Thresholds(cpu_step_plain_max_keys_bfloat16=0))
+    try:
+        assert not plain_step_fits(one_query, torch.zeros(2, 2, 8, 8, dtype=torch.bfloat16))
+    finally:
+        set_thresholds(previous)

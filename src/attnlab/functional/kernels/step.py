@@ -51,8 +51,9 @@ def step_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | Non
     """The attention of a decoding step's queries ``(B, H, Lq, d)`` against a cache ``(B, H, Lk, d)``.
 
     No dropout, no causal mask, no gradients. On CPU, the few fp32 queries that
-    ``Thresholds.cpu_step_plain_max_queries`` and ``cpu_step_plain_max_keys`` admit take the
-    plain products of ``step``; everything else takes ``F.scaled_dot_product_attention``.
+    ``Thresholds.cpu_step_plain_max_queries`` and ``cpu_step_plain_max_keys`` admit, and one bf16
+    query against up to ``cpu_step_plain_max_keys_bfloat16`` keys, take the plain products of ``step``;
+    everything else takes ``F.scaled_dot_product_attention``.
     ``mask`` as SDPA's: bool ``True`` = may attend, or a float bias; a query with no allowed key
     gets zeros.
 

@@ -44,6 +44,9 @@ class Thresholds:
         cpu_step_plain_max_queries: a decoding step takes the plain products of the step kernel
             for 2 to this many fp32 queries per (batch, head) on CPU (1: never)...
         cpu_step_plain_max_keys: ...against at most this many keys.
+        cpu_step_plain_max_keys_bfloat16: a bf16 decoding step of one query per (batch, head) on
+            CPU takes the plain products against at most this many keys (0: never); grouped beam
+            queries stay on SDPA, where the products gained nothing in a whole search.
         weights_chunk_elements: scores in one block of the blockwise kernel and of the weights
             computed beside SDPA (a memory bound, not a speed threshold).
     """
@@ -56,6 +59,7 @@ class Thresholds:
     cpu_contiguous_min_keys: int = 256
     cpu_step_plain_max_queries: int = 8
     cpu_step_plain_max_keys: int = 128
+    cpu_step_plain_max_keys_bfloat16: int = 1024
     weights_chunk_elements: int = 1 << 22
 
     def __post_init__(self) -> None:
@@ -138,11 +142,14 @@ def write_table(thresholds: Thresholds, path: Path | None = None, measured: dict
 
 def plain_step_fits(query: Tensor, key: Tensor) -> bool:
     """Whether a decoding step's queries ``(..., Lq, d)`` take the step kernel's plain products."""
-    if query.device.type != "cpu" or query.dtype != torch.float32 or query.shape[-2] < 2:
+    if query.device.type != "cpu" or query.dtype not in (torch.float32, torch.bfloat16):
         return False
     thresholds = current_thresholds()
+    if query.dtype == torch.bfloat16:
+        return query.shape[-2] == 1 and key.shape[-2] <= thresholds.cpu_step_plain_max_keys_bfloat16
     return (
-        query.shape[-2] <= thresholds.cpu_step_plain_max_queries and key.shape[-2] <= thresholds.cpu_step_plain_max_keys
+        2 <= query.shape[-2] <= thresholds.cpu_step_plain_max_queries
+        and key.shape[-2] <= thresholds.cpu_step_plain_max_keys
     )
 
 
