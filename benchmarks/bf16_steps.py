@@ -1,9 +1,10 @@
 """bf16 decoding steps on CPU: the step kernel's plain products against SDPA, in one process.
 
 Greedy and beam-5 search of a randomly initialised base Transformer under bf16 autocast (batch 8,
-source 32 tokens, 64 new tokens forced), rounds interleaved between the default thresholds (bf16
-steps take the plain products) and ``cpu_step_plain_max_keys_bfloat16=0`` (bf16 steps take SDPA),
-and the tokens of both compared.
+source 32 tokens, 64 new tokens forced), interleaved by ``benchmarks.common.interleave`` (a
+warm-up round, noisy rounds dropped) between the default thresholds (bf16 steps take the plain
+products) and ``cpu_step_plain_max_keys_bfloat16=0`` (bf16 steps take SDPA), and the tokens of
+both compared.
 
     python -m benchmarks.bf16_steps --threads 2
 """
@@ -11,8 +12,7 @@ and the tokens of both compared.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from collections.abc import Callable
 
 import torch
 
@@ -20,7 +20,7 @@ from attnlab.decoding import beam_search, greedy_search
 from attnlab.functional.kernels.thresholds import Thresholds, set_thresholds
 from attnlab.inference.engine import DecodingEngine
 from attnlab.models.transformer import Transformer, TransformerConfig
-from benchmarks.common import write_json
+from benchmarks.common import interleave, summary, write_json
 
 SIDES = {"plain products": Thresholds(), "SDPA": Thresholds(cpu_step_plain_max_keys_bfloat16=0)}
 
@@ -45,19 +45,21 @@ def main() -> None:
     src = torch.randint(4, 8000, (8, 32))
     rows = []
     for kind in ("greedy", "beam5"):
-        times, tokens = {name: [] for name in SIDES}, {}
-        for round_ in range(args.repeats + 1):  # round 0 warms up
-            for name, thresholds in SIDES.items():
+        tokens = {}
+
+        def side(name: str, thresholds: Thresholds, kind: str = kind, tokens: dict = tokens) -> Callable[[], None]:
+            def run() -> None:
                 set_thresholds(thresholds)
-                start = time.perf_counter()
                 tokens[name] = search(engine, src, kind)
-                if round_:
-                    times[name].append(time.perf_counter() - start)
+
+            return run
+
+        times, dropped = interleave({name: side(name, t) for name, t in SIDES.items()}, args.repeats)
         set_thresholds(None)
-        median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        median = {name: summary(t)["median_ms"] for name, t in times.items()}
         differing = int((tokens["plain products"] != tokens["SDPA"]).sum())
         row = {"search": kind, "median_ms": median, "sdpa_over_plain": median["SDPA"] / median["plain products"]}
-        row["tokens_differing"] = differing
+        row.update(tokens_differing=differing, dropped_noisy=dropped)
         rows.append(row)
         print(
             f"{kind:<7} plain products {median['plain products']:7.1f} ms  SDPA {median['SDPA']:7.1f} ms  "
