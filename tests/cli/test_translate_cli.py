@@ -155,6 +155,25 @@ def test_evaluate_and_translate_take_the_repetition_options(trained_run, capsys)
     assert capsys.readouterr().out.splitlines() == attnlab.load(trained_run).translate(sources, repetition_penalty=1.5)
 
 
+def test_evaluate_and_translate_take_the_n_best_choices(trained_run, capsys):
+    import attnlab
+
+    args = ["evaluate", str(trained_run), "--split", "test", "--beam", "3", "--avoid-repetitive", "--mbr"]
+    assert main(args) == 0
+    report = trained_run / "test_metrics_evaluate_best_beam3_avoid_repetitive1_mbr1.json"
+    assert json.loads(report.read_text(encoding="utf-8"))["beam_size"] == 3
+    translations = trained_run / "test_translations_evaluate_best_beam3_avoid_repetitive1_mbr1.tsv"
+    rows = translations.read_text(encoding="utf-8").splitlines()[1:]
+    sources = [row.split("\t")[0] for row in rows[:5]]
+    expected = attnlab.load(trained_run).translate(sources, beam=3, avoid_repetitive=True, mbr=True)
+    assert [row.split("\t")[2] for row in rows[:5]] == expected
+    capsys.readouterr()
+    assert (
+        main(["translate", str(trained_run), "--beam", "3", "--mbr", *[a for s in sources for a in ("--text", s)]]) == 0
+    )
+    assert capsys.readouterr().out.splitlines() == attnlab.load(trained_run).translate(sources, beam=3, mbr=True)
+
+
 def test_a_bad_repetition_option_is_named(trained_run, capsys):
     assert main(["evaluate", str(trained_run), "--repetition-penalty", "0"]) == 2
     assert "--repetition-penalty (0.0) must be > 0" in capsys.readouterr().err

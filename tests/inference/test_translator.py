@@ -3,18 +3,23 @@ greedy / beam search run on the model by hand."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
 import torch
+from sacrebleu.metrics import CHRF
 
 import attnlab
 from attnlab.cli.main import main
 from attnlab.data import BOS_ID, EOS_ID
 from attnlab.decoding import Utf8Constraint, beam_search, greedy_search
+from attnlab.decoding.constraints import decoding_processors
+from attnlab.decoding.nbest import select_hypothesis
 from attnlab.inference import Translation, Translator
 from attnlab.models.transformer import Transformer
 from attnlab.training import CheckpointError, ConfigError
+from attnlab.training.metrics import is_repetitive, word_tokenizer
 from attnlab.viz.capture import CaptureSpec
 
 TEXTS = ["March 15, 2024", "forty-two", "May 1, 2020", "seven hundred and twelve"]
@@ -97,6 +102,54 @@ def test_the_length_penalty_reaches_beam_search(untrained, monkeypatch):
     assert seen == [untrained.data.length_penalty, 1.5] == [0.6, 1.5]
     with pytest.raises(ValueError, match=r"length_penalty \(-1\) must be >= 0"):
         untrained.translate(TEXTS, beam=3, length_penalty=-1)
+
+
+def nbest(translator: Translator, text: str, beam: int) -> tuple[list[str], list[float]]:
+    """The beam's finished hypotheses of one sentence searched on the model itself: (texts, scores)."""
+    data, tokenizer = translator.data, translator.tokenizer
+    src = torch.tensor([tokenizer.source.encode([text])[0][: data.max_length]])  # (1, S)
+    result = beam_search(
+        translator.model.eval(),
+        src,
+        beam_size=beam,
+        alpha=data.length_penalty,
+        n_best=beam,
+        max_len_a=data.max_decode_len_a,
+        max_len_b=data.max_decode_len_b,
+        processors=decoding_processors(
+            [Utf8Constraint.from_tokenizer(tokenizer.target)],
+            no_repeat_ngram_size=data.no_repeat_ngram_size,
+            repetition_penalty=data.repetition_penalty,
+        ),
+    )
+    rows = [[t for t in row if t not in (translator.model.pad_id, EOS_ID)] for row in result.tokens[0].tolist()]
+    return tokenizer.target.decode(rows), result.scores[0].tolist()
+
+
+def test_the_n_best_choices_pick_what_select_hypothesis_picks(untrained, monkeypatch):
+    # No 3-gram repeated: the untrained model's n-best lists differ beyond their first pieces.
+    data = dataclasses.replace(untrained.data, no_repeat_ngram_size=3)
+    untrained = Translator(untrained.model, untrained.tokenizer, data)
+    words = word_tokenizer(data.corpus.target_lang)
+    chrf = CHRF()
+    lists = {text: nbest(untrained, text, beam=4) for text in TEXTS}
+    for text, (texts, scores) in lists.items():
+        assert untrained.translate(text, beam=4) == texts[0]
+        reject = lambda t: is_repetitive(words(t))
+        assert (
+            untrained.translate(text, beam=4, avoid_repetitive=True)
+            == texts[select_hypothesis(texts, scores, reject=reject)]
+        )
+        utility = lambda h, r: chrf.sentence_score(h, [r]).score
+        assert untrained.translate(text, beam=4, mbr=True) == texts[select_hypothesis(texts, scores, utility=utility)]
+    # A rule that rejects each sentence's best hypothesis moves every choice to the second best.
+    firsts = {texts[0].replace(" ", "") for texts, _ in lists.values()}
+    monkeypatch.setattr("attnlab.inference.translator.is_repetitive", lambda tokens: "".join(tokens) in firsts)
+    assert untrained.translate(TEXTS, beam=4, avoid_repetitive=True) == [lists[t][0][1] for t in TEXTS]
+    # The data config's keys are the defaults; greedy search has one hypothesis and ignores them.
+    configured = Translator(untrained.model, untrained.tokenizer, dataclasses.replace(data, avoid_repetitive=True))
+    assert configured.translate(TEXTS, beam=4) == [lists[t][0][1] for t in TEXTS]
+    assert configured.translate(TEXTS) == untrained.translate(TEXTS)
 
 
 def test_a_string_gives_one_result_and_a_list_one_per_line(translation_run):

@@ -99,6 +99,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             help="translation runs, beam search: alpha of the GNMT length penalty, higher favours longer "
             "translations (0: rank by log-probability; default: the run's data.length_penalty)",
         )
+        command.add_argument(
+            "--avoid-repetitive",
+            action="store_true",
+            default=None,
+            help="translation runs, beam search: return the best hypothesis that does not repeat a word 4 "
+            "times in a row or a 3-gram 3 times, when the n-best holds one (default: the run's "
+            "data.avoid_repetitive)",
+        )
+        command.add_argument(
+            "--mbr",
+            action="store_true",
+            default=None,
+            help="translation runs, beam search: return the minimum-Bayes-risk hypothesis of the n-best "
+            "(sentence chrF as the utility) instead of the best-scored one (default: the run's data.mbr)",
+        )
 
     for command in (evaluate, translate, classify):
         command.add_argument(
@@ -133,7 +148,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if decoding:
         if loaded.config.task != "translation":
             raise ConfigError(
-                "decoding options (--no-repeat-ngram-size, --repetition-penalty, --length-penalty) apply to "
+                "decoding options (--no-repeat-ngram-size, --repetition-penalty, --length-penalty, "
+                "--avoid-repetitive, --mbr) apply to "
                 f"translation runs; {args.run_dir} is a {loaded.config.task} run"
             )
         data = dataclasses.replace(loaded.task.config.data, **decoding)  # checks the values
@@ -163,11 +179,14 @@ def evaluation_file_name(split: str, checkpoint: str, beam: int, decoding: dict 
 
 
 def _decoding_options(args: argparse.Namespace) -> dict:
-    """The decoding options given on the command line (repetition, length penalty), as data config keys."""
+    """The decoding options given on the command line (repetition, length penalty, n-best choice), as
+    data config keys."""
     given = {
         "no_repeat_ngram_size": args.no_repeat_ngram_size,
         "repetition_penalty": args.repetition_penalty,
         "length_penalty": args.length_penalty,
+        "avoid_repetitive": args.avoid_repetitive,
+        "mbr": args.mbr,
     }
     if given["no_repeat_ngram_size"] is not None and given["no_repeat_ngram_size"] < 0:
         raise ConfigError(f"--no-repeat-ngram-size ({args.no_repeat_ngram_size}) must be >= 0 (0: off)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,9 +20,12 @@ from torch import Tensor, nn
 from attnlab.data import EOS_ID, PAD_ID, TranslationExample, TranslationTokenizer, collate_translation
 from attnlab.decoding import IncrementalDecoder, Utf8Constraint, beam_search, greedy_search
 from attnlab.decoding.constraints import decoding_processors
+from attnlab.decoding.nbest import select_hypothesis
+from attnlab.decoding.search import SearchResult
 from attnlab.inference.engine import DecodingEngine
 from attnlab.training.config import TextDataConfig
 from attnlab.training.devices import autocast_to
+from attnlab.training.metrics import is_repetitive, word_tokenizer
 from attnlab.viz.capture import CaptureSpec, capture
 from attnlab.viz.maps import AttentionMaps
 
@@ -97,6 +100,14 @@ def _warn_unfit_inputs(ids: Sequence[Sequence[int]], max_length: int) -> None:
         )
 
 
+def _sentence_chrf() -> Callable[[str, str], float]:
+    """``u(hypothesis, reference)``: sacrebleu's sentence chrF."""
+    from sacrebleu.metrics import CHRF
+
+    chrf = CHRF()
+    return lambda hypothesis, reference: chrf.sentence_score(hypothesis, [reference]).score
+
+
 class Translator:
     """Greedy or beam-search translation with a trained encoder-decoder.
 
@@ -157,6 +168,8 @@ class Translator:
         no_repeat_ngram_size: int | None = None,
         repetition_penalty: float | None = None,
         length_penalty: float | None = None,
+        avoid_repetitive: bool | None = None,
+        mbr: bool | None = None,
     ) -> str | Translation | list[str] | list[Translation]:
         """Translate one sentence or a list, with greedy (``beam`` 1) or beam search.
 
@@ -176,6 +189,12 @@ class Translator:
                 al., 2019); 1 is off; None takes the data config's.
             length_penalty: beam search's alpha (GNMT length penalty; higher favours longer
                 translations); None takes the data config's.
+            avoid_repetitive: beam search returns its best hypothesis that is not degenerate (a
+                word 4+ times in a row or a 3-gram 3+ times, in BLEU's tokens of the target
+                language) when its n-best holds one; None takes the data config's.
+            mbr: beam search returns the minimum-Bayes-risk hypothesis of its n-best (sentence
+                chrF as the utility; :func:`attnlab.decoding.nbest.select_hypothesis`); None
+                takes the data config's.
 
         Returns:
             For a str, its translation; for a sequence, one translation per sentence in input
@@ -199,7 +218,11 @@ class Translator:
             "repetition_penalty": self.data.repetition_penalty if repetition_penalty is None else repetition_penalty,
         }
         decoding_processors(**repetition)  # a size < 0 or a penalty <= 0 fails before any decoding
-        search = {"beam": beam, "alpha": alpha, **repetition}
+        select = {
+            "avoid_repetitive": self.data.avoid_repetitive if avoid_repetitive is None else avoid_repetitive,
+            "mbr": self.data.mbr if mbr is None else mbr,
+        }
+        search = {"beam": beam, "alpha": alpha, "repetition": repetition, "select": select}
         results = self._translate_all(sources, search, spec, batch_size)
         return results[0] if single else results
 
@@ -271,11 +294,11 @@ class Translator:
         return Translation(source, "", [], [], AttentionMaps())
 
     def _search(
-        self, decoder: IncrementalDecoder, src: Tensor, beam: int, alpha: float, **repetition: float
+        self, decoder: IncrementalDecoder, src: Tensor, beam: int, alpha: float, repetition: dict, select: dict
     ) -> tuple[Tensor, Tensor]:
-        """The best hypothesis per sentence of ``src (B, S)`` under the data's length limits, in valid
-        UTF-8, with the repetition options (and length penalty ``alpha`` for beams):
-        ``(tokens (B, T), lengths (B,))``."""
+        """The chosen hypothesis per sentence of ``src (B, S)`` under the data's length limits, in
+        valid UTF-8, with the ``repetition`` options, and for beams length penalty ``alpha`` and the
+        n-best choice ``select``: ``(tokens (B, T), lengths (B,))``."""
         options = {
             "max_len_a": self.data.max_decode_len_a,
             "max_len_b": self.data.max_decode_len_b,
@@ -285,8 +308,22 @@ class Translator:
         if beam == 1:
             result = greedy_search(decoder, src, **options)
             return result.tokens, result.lengths
-        result = beam_search(decoder, src, beam_size=beam, alpha=alpha, **options)
-        return result.tokens[:, 0], result.lengths[:, 0]
+        rerank = any(select.values())
+        result = beam_search(decoder, src, beam_size=beam, alpha=alpha, n_best=beam if rerank else 1, **options)
+        chosen = self._choose(result, **select) if rerank else torch.zeros_like(result.lengths[:, 0])  # (B,)
+        rows = torch.arange(len(chosen), device=chosen.device)
+        return result.tokens[rows, chosen], result.lengths[rows, chosen]
+
+    def _choose(self, result: SearchResult, avoid_repetitive: bool, mbr: bool) -> Tensor:
+        """Index ``(B,)`` into the n-best of ``result`` (:func:`select_hypothesis` per sentence)."""
+        words = word_tokenizer(self.data.corpus.target_lang)
+        reject = (lambda text: is_repetitive(words(text))) if avoid_repetitive else None
+        utility = _sentence_chrf() if mbr else None
+        chosen = []
+        for tokens, scores in zip(result.tokens.tolist(), result.scores.tolist()):
+            texts = self.tokenizer.target.decode([strip_special(row) for row in tokens])
+            chosen.append(select_hypothesis(texts, scores, reject=reject, utility=utility))
+        return torch.tensor(chosen, device=result.tokens.device)
 
     def _decoder(self) -> IncrementalDecoder:
         """What greedy and beam search decode with: the engine, or the model itself when not ``fast``."""

@@ -89,6 +89,12 @@ class TextDataConfig:
             al., 2019); 1 is off.
         length_penalty: alpha of beam search's length penalty ((5 + |Y|) / 6)^alpha (Wu et al.,
             2016); higher favours longer translations, 0 ranks by log-probability.
+        avoid_repetitive: beam search returns its best hypothesis that is not degenerate (a word
+            4+ times in a row or a 3-gram 3+ times, in the target language's BLEU tokens: the
+            repetition rate's rule), when its n-best holds one.
+        mbr: beam search returns the minimum-Bayes-risk hypothesis of its n-best (Kumar & Byrne,
+            2004; sentence chrF as the utility, the beam's scores as the evidence) instead of the
+            best-scored one.
         dev_paths: a ``user`` corpus kept in split files, as JoeyNMT's ``train`` / ``dev`` /
             ``test``: the dev split's TSV file or source and target files. ``corpus.paths`` are
             then the train split, whole (its ``dev_fraction`` and ``test_fraction`` become 0).
@@ -107,6 +113,8 @@ class TextDataConfig:
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     length_penalty: float = 0.6
+    avoid_repetitive: bool = False
+    mbr: bool = False
     dev_paths: tuple[str, ...] = ()
     test_paths: tuple[str, ...] = ()
 

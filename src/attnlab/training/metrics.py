@@ -30,6 +30,7 @@ __all__ = [
     "save_confusion_matrix_png",
     "scalar_metrics",
     "translation_metrics",
+    "word_tokenizer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,14 @@ def bleu_tokenizer_for(target_lang: str) -> str:
             return "char"
         return "ja-mecab"
     return _CJK_FALLBACK.get(target_lang, "13a")
+
+
+def word_tokenizer(target_lang: str) -> Callable[[str], list[str]]:
+    """text -> BLEU's tokens for ``target_lang`` (:func:`bleu_tokenizer_for`): MeCab words for Japanese."""
+    from sacrebleu.metrics import BLEU
+
+    tokenize = BLEU(tokenize=bleu_tokenizer_for(target_lang)).tokenizer
+    return lambda text: tokenize(text).split()
 
 
 def is_repetitive(tokens: Sequence[str], run: int = 4, ngram: int = 3, count: int = 3) -> bool:
