@@ -136,20 +136,31 @@ def test_the_n_best_choices_pick_what_select_hypothesis_picks(untrained, monkeyp
     for text, (texts, scores) in lists.items():
         assert untrained.translate(text, beam=4) == texts[0]
         reject = lambda t: is_repetitive(words(t))
-        assert (
-            untrained.translate(text, beam=4, avoid_repetitive=True)
-            == texts[select_hypothesis(texts, scores, reject=reject)]
-        )
+        choice = texts[select_hypothesis(texts, scores, reject=reject)]
+        assert not reject(choice)  # so no second search
+        assert untrained.translate(text, beam=4, avoid_repetitive=True) == choice
         utility = lambda h, r: chrf.sentence_score(h, [r]).score
         assert untrained.translate(text, beam=4, mbr=True) == texts[select_hypothesis(texts, scores, utility=utility)]
     # A rule that rejects each sentence's best hypothesis moves every choice to the second best.
     firsts = {texts[0].replace(" ", "") for texts, _ in lists.values()}
     monkeypatch.setattr("attnlab.inference.translator.is_repetitive", lambda tokens: "".join(tokens) in firsts)
     assert untrained.translate(TEXTS, beam=4, avoid_repetitive=True) == [lists[t][0][1] for t in TEXTS]
-    # The data config's keys are the defaults; greedy search has one hypothesis and ignores them.
+    # The data config's key is the default.
     configured = Translator(untrained.model, untrained.tokenizer, dataclasses.replace(data, avoid_repetitive=True))
     assert configured.translate(TEXTS, beam=4) == [lists[t][0][1] for t in TEXTS]
-    assert configured.translate(TEXTS) == untrained.translate(TEXTS)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_a_translation_still_degenerate_is_searched_again_without_repeated_2_grams(untrained, beam):
+    # With no n-gram rule, every hypothesis of the untrained model repeats one piece.
+    assert untrained.data.no_repeat_ngram_size == 0
+    words = word_tokenizer(untrained.data.corpus.target_lang)
+    loops = untrained.translate(TEXTS, beam=beam)
+    assert all(is_repetitive(words(text)) for text in loops)
+    again = untrained.translate(TEXTS, beam=beam, avoid_repetitive=True)
+    assert again == untrained.translate(TEXTS, beam=beam, no_repeat_ngram_size=2, avoid_repetitive=beam > 1)
+    assert again != loops
+    assert not any(is_repetitive(words(text)) for text in again)
 
 
 def test_a_string_gives_one_result_and_a_list_one_per_line(translation_run):

@@ -103,9 +103,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "--avoid-repetitive",
             action="store_true",
             default=None,
-            help="translation runs, beam search: return the best hypothesis that does not repeat a word 4 "
-            "times in a row or a 3-gram 3 times, when the n-best holds one (default: the run's "
-            "data.avoid_repetitive)",
+            help="translation runs: beam search returns the best hypothesis that does not repeat a word 4 "
+            "times in a row or a 3-gram 3 times, when the n-best holds one; a translation still repetitive "
+            "is searched again with no 2-gram repeated (default: the run's data.avoid_repetitive)",
         )
         command.add_argument(
             "--mbr",

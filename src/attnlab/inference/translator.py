@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.data import EOS_ID, PAD_ID, TranslationExample, TranslationTokenizer, collate_translation
@@ -108,6 +109,12 @@ def _sentence_chrf() -> Callable[[str, str], float]:
     return lambda hypothesis, reference: chrf.sentence_score(hypothesis, [reference]).score
 
 
+# A translation still degenerate after the n-best choice is searched again with no n-gram of this
+# size repeated (a stricter rule than any useful default; Whisper's decoder re-decodes a repetitive
+# output likewise, with its temperature fallback).
+FALLBACK_NGRAM = 2
+
+
 class Translator:
     """Greedy or beam-search translation with a trained encoder-decoder.
 
@@ -191,7 +198,8 @@ class Translator:
                 translations); None takes the data config's.
             avoid_repetitive: beam search returns its best hypothesis that is not degenerate (a
                 word 4+ times in a row or a 3-gram 3+ times, in BLEU's tokens of the target
-                language) when its n-best holds one; None takes the data config's.
+                language) when its n-best holds one, and a translation still degenerate (greedy
+                or beam) is searched again with no 2-gram repeated; None takes the data config's.
             mbr: beam search returns the minimum-Bayes-risk hypothesis of its n-best (sentence
                 chrF as the utility; :func:`attnlab.decoding.nbest.select_hypothesis`); None
                 takes the data config's.
@@ -298,7 +306,29 @@ class Translator:
     ) -> tuple[Tensor, Tensor]:
         """The chosen hypothesis per sentence of ``src (B, S)`` under the data's length limits, in
         valid UTF-8, with the ``repetition`` options, and for beams length penalty ``alpha`` and the
-        n-best choice ``select``: ``(tokens (B, T), lengths (B,))``."""
+        n-best choice ``select``: ``(tokens (B, T), lengths (B,))``. With ``avoid_repetitive``, a
+        sentence whose choice is still degenerate is searched again with no 2-gram repeated."""
+        tokens, lengths = self._search_once(decoder, src, beam, alpha, repetition, select)
+        size = repetition["no_repeat_ngram_size"]
+        if not select["avoid_repetitive"] or 0 < size <= FALLBACK_NGRAM:
+            return tokens, lengths
+        degenerate = self._degenerate()
+        texts = self.tokenizer.target.decode([strip_special(row) for row in tokens.tolist()])
+        rows = [b for b, text in enumerate(texts) if degenerate(text)]
+        if not rows:
+            return tokens, lengths
+        stricter = {**repetition, "no_repeat_ngram_size": FALLBACK_NGRAM}
+        again, again_lengths = self._search_once(decoder, src[rows], beam, alpha, stricter, select)
+        width = max(tokens.shape[1], again.shape[1])
+        tokens = F.pad(tokens, (0, width - tokens.shape[1]), value=self.model.pad_id)  # (B, T')
+        tokens[rows] = F.pad(again, (0, width - again.shape[1]), value=self.model.pad_id)
+        lengths[rows] = again_lengths
+        return tokens, lengths
+
+    def _search_once(
+        self, decoder: IncrementalDecoder, src: Tensor, beam: int, alpha: float, repetition: dict, select: dict
+    ) -> tuple[Tensor, Tensor]:
+        """One greedy or beam search of ``src (B, S)`` and the n-best choice: ``(tokens (B, T), lengths (B,))``."""
         options = {
             "max_len_a": self.data.max_decode_len_a,
             "max_len_b": self.data.max_decode_len_b,
@@ -316,14 +346,18 @@ class Translator:
 
     def _choose(self, result: SearchResult, avoid_repetitive: bool, mbr: bool) -> Tensor:
         """Index ``(B,)`` into the n-best of ``result`` (:func:`select_hypothesis` per sentence)."""
-        words = word_tokenizer(self.data.corpus.target_lang)
-        reject = (lambda text: is_repetitive(words(text))) if avoid_repetitive else None
+        reject = self._degenerate() if avoid_repetitive else None
         utility = _sentence_chrf() if mbr else None
         chosen = []
         for tokens, scores in zip(result.tokens.tolist(), result.scores.tolist()):
             texts = self.tokenizer.target.decode([strip_special(row) for row in tokens])
             chosen.append(select_hypothesis(texts, scores, reject=reject, utility=utility))
         return torch.tensor(chosen, device=result.tokens.device)
+
+    def _degenerate(self) -> Callable[[str], bool]:
+        """The repetition rate's rule on a translation, in BLEU's words of the target language."""
+        words = word_tokenizer(self.data.corpus.target_lang)
+        return lambda text: is_repetitive(words(text))
 
     def _decoder(self) -> IncrementalDecoder:
         """What greedy and beam search decode with: the engine, or the model itself when not ``fast``."""

@@ -91,7 +91,8 @@ class TextDataConfig:
             2016); higher favours longer translations, 0 ranks by log-probability.
         avoid_repetitive: beam search returns its best hypothesis that is not degenerate (a word
             4+ times in a row or a 3-gram 3+ times, in the target language's BLEU tokens: the
-            repetition rate's rule), when its n-best holds one.
+            repetition rate's rule), when its n-best holds one; a translation (greedy or beam)
+            still degenerate is searched again with no 2-gram of pieces repeated.
         mbr: beam search returns the minimum-Bayes-risk hypothesis of its n-best (Kumar & Byrne,
             2004; sentence chrF as the utility, the beam's scores as the evidence) instead of the
             best-scored one.
