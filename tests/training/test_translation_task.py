@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 import torch
 
 from attnlab.training import RunConfig, Trainer
@@ -136,3 +137,22 @@ def test_evaluation_after_training_steps_equals_a_fresh_evaluation(tmp_path, tin
     assert after != before  # the steps changed the translations: the comparison below can fail
     assert after == fresh
     assert metrics == fresh_metrics
+
+
+def test_a_model_config_that_cannot_be_built_fails_before_the_corpus_is_read(
+    tmp_path, tiny_translation_config, monkeypatch
+):
+    from attnlab.training import ConfigError
+    from attnlab.training.data_config import TextDataConfig
+
+    read = []
+    monkeypatch.setattr(TextDataConfig, "prepare_corpus", lambda self: read.append(self))
+    values = tiny_translation_config(tmp_path, max_steps=1)
+    values["model"]["num_heads"] = 5  # d_model 32
+    with pytest.raises(ConfigError, match=r"model\.d_model \(32\) must be divisible by num_heads \(5\)"):
+        TranslationTask(RunConfig.from_dict(values)).prepare(torch.device("cpu"))
+    assert read == []
+    values["model"]["num_heads"] = 2  # a model that builds: the corpus is read
+    with pytest.raises(ValueError, match="prepare needs data"):  # the stub read no corpus
+        TranslationTask(RunConfig.from_dict(values)).prepare(torch.device("cpu"))
+    assert len(read) == 1

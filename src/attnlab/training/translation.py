@@ -86,6 +86,7 @@ class TranslationTask:
         """Prepare the corpus; load the tokenizer from ``restore_from`` or train it on the train split."""
         self.device = device
         if need_data:
+            self._check_model_config()  # before the corpus, which can take minutes to read
             self.corpus = self.config.data.prepare_corpus()
         saved = Path(restore_from) / TOKENIZER_DIR if restore_from is not None else None
         if saved is not None:
@@ -103,6 +104,21 @@ class TranslationTask:
         else:
             raise ValueError("prepare needs data or a checkpoint to read the tokenizer from")
         self._train = None
+
+    def _check_model_config(self) -> None:
+        """Raise the error ``build_model`` would raise for the model config, with the configured
+        vocabulary size standing in for the tokenizer's."""
+        size = self.config.data.tokenizer.vocab_size
+        stand_in = {
+            "src_vocab_size": size,
+            "tgt_vocab_size": size,
+            "pad_id": PAD_ID,
+            "bos_id": BOS_ID,
+            "eos_id": EOS_ID,
+        }
+        self.config.model.resolve(
+            **{key: value for key, value in stand_in.items() if key not in self.config.model.params}
+        )
 
     @property
     def target_lang(self) -> str:
