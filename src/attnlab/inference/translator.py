@@ -10,6 +10,7 @@ Shapes: B sentences, S source pieces, T target pieces (EOS included).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,14 +100,6 @@ def _warn_unfit_inputs(ids: Sequence[Sequence[int]], max_length: int) -> None:
             longest,
             max_length,
         )
-
-
-def _sentence_chrf() -> Callable[[str, str], float]:
-    """``u(hypothesis, reference)``: sacrebleu's sentence chrF."""
-    from sacrebleu.metrics import CHRF
-
-    chrf = CHRF()
-    return lambda hypothesis, reference: chrf.sentence_score(hypothesis, [reference]).score
 
 
 # A translation still degenerate after the n-best choice is searched again with no n-gram of this
@@ -312,9 +305,8 @@ class Translator:
         size = repetition["no_repeat_ngram_size"]
         if not select["avoid_repetitive"] or 0 < size <= FALLBACK_NGRAM:
             return tokens, lengths
-        degenerate = self._degenerate()
         texts = self.tokenizer.target.decode([strip_special(row) for row in tokens.tolist()])
-        rows = [b for b, text in enumerate(texts) if degenerate(text)]
+        rows = [b for b, text in enumerate(texts) if self._degenerate(text)]
         if not rows:
             return tokens, lengths
         stricter = {**repetition, "no_repeat_ngram_size": FALLBACK_NGRAM}
@@ -338,26 +330,38 @@ class Translator:
         if beam == 1:
             result = greedy_search(decoder, src, **options)
             return result.tokens, result.lengths
-        rerank = any(select.values())
-        result = beam_search(decoder, src, beam_size=beam, alpha=alpha, n_best=beam if rerank else 1, **options)
-        chosen = self._choose(result, **select) if rerank else torch.zeros_like(result.lengths[:, 0])  # (B,)
+        if not any(select.values()):
+            result = beam_search(decoder, src, beam_size=beam, alpha=alpha, **options)
+            return result.tokens[:, 0], result.lengths[:, 0]
+        result = beam_search(decoder, src, beam_size=beam, alpha=alpha, n_best=beam, **options)
+        chosen = self._choose(result, **select)  # (B,)
         rows = torch.arange(len(chosen), device=chosen.device)
         return result.tokens[rows, chosen], result.lengths[rows, chosen]
 
     def _choose(self, result: SearchResult, avoid_repetitive: bool, mbr: bool) -> Tensor:
         """Index ``(B,)`` into the n-best of ``result`` (:func:`select_hypothesis` per sentence)."""
-        reject = self._degenerate() if avoid_repetitive else None
-        utility = _sentence_chrf() if mbr else None
+        reject = self._degenerate if avoid_repetitive else None
+        utility = self._chrf if mbr else None
         chosen = []
         for tokens, scores in zip(result.tokens.tolist(), result.scores.tolist()):
             texts = self.tokenizer.target.decode([strip_special(row) for row in tokens])
             chosen.append(select_hypothesis(texts, scores, reject=reject, utility=utility))
         return torch.tensor(chosen, device=result.tokens.device)
 
+    @functools.cached_property
     def _degenerate(self) -> Callable[[str], bool]:
-        """The repetition rate's rule on a translation, in BLEU's words of the target language."""
+        """The repetition rate's rule on a translation, in BLEU's words of the target language
+        (the word tokenizer, MeCab for Japanese, is made once per translator)."""
         words = word_tokenizer(self.data.corpus.target_lang)
         return lambda text: is_repetitive(words(text))
+
+    @functools.cached_property
+    def _chrf(self) -> Callable[[str, str], float]:
+        """MBR's utility ``u(hypothesis, reference)``: sacrebleu's sentence chrF."""
+        from sacrebleu.metrics import CHRF
+
+        chrf = CHRF()
+        return lambda hypothesis, reference: chrf.sentence_score(hypothesis, [reference]).score
 
     def _decoder(self) -> IncrementalDecoder:
         """What greedy and beam search decode with: the engine, or the model itself when not ``fast``."""

@@ -109,16 +109,21 @@ class TranslationTask:
         """Raise the error ``build_model`` would raise for the model config, with the configured
         vocabulary size standing in for the tokenizer's."""
         size = self.config.data.tokenizer.vocab_size
-        stand_in = {
-            "src_vocab_size": size,
-            "tgt_vocab_size": size,
+        stand_in = self._derived_model_fields(size, size)
+        self.config.model.resolve(
+            **{key: value for key, value in stand_in.items() if key not in self.config.model.params}
+        )
+
+    @staticmethod
+    def _derived_model_fields(src_vocab_size: int, tgt_vocab_size: int) -> dict[str, int]:
+        """The model fields the data decides: vocabulary sizes and special ids."""
+        return {
+            "src_vocab_size": src_vocab_size,
+            "tgt_vocab_size": tgt_vocab_size,
             "pad_id": PAD_ID,
             "bos_id": BOS_ID,
             "eos_id": EOS_ID,
         }
-        self.config.model.resolve(
-            **{key: value for key, value in stand_in.items() if key not in self.config.model.params}
-        )
 
     @property
     def target_lang(self) -> str:
@@ -127,13 +132,7 @@ class TranslationTask:
 
     def build_model(self) -> nn.Module:
         """A Transformer or RNN seq2seq sized to the tokenizer's vocabularies, on the task's device."""
-        derived = {
-            "src_vocab_size": self.tokenizer.source.vocab_size,
-            "tgt_vocab_size": self.tokenizer.target.vocab_size,
-            "pad_id": PAD_ID,
-            "bos_id": BOS_ID,
-            "eos_id": EOS_ID,
-        }
+        derived = self._derived_model_fields(self.tokenizer.source.vocab_size, self.tokenizer.target.vocab_size)
         self.model_config = self.config.model.resolve(**derived)
         return self.config.model.build(self.model_config).to(self.device)
 
