@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnlab.decoding import greedy_search
-from attnlab.inference import onednn
+from attnlab.functional.kernels import onednn
 from attnlab.inference.engine import DecodingEngine
 from attnlab.models.transformer import Transformer, TransformerConfig
 from attnlab.models.vit import ViT, vit_config

@@ -1,7 +1,7 @@
 """FLOPs of one call, counted by ``torch.utils.flop_counter.FlopCounterMode``, and MFU.
 
 PyTorch's counter knows the CUDA attention kernels but not the CPU ones: SDPA's CPU flash kernel,
-the fused ``nn.MultiheadAttention`` inference path, oneDNN's packed linear and the dynamic int8
+the fused ``nn.MultiheadAttention`` inference path, oneDNN's linear (packed or plain) and the dynamic int8
 linear (attnlab's decoding engine, fp32 and int8) would count as zero, and a peer that takes
 another kernel would look like less work. ``count_flops`` adds their formulas, the same ones
 PyTorch uses for the CUDA kernels: a matmul of (m, k) by (k, n) is 2 m k n FLOPs; attention is

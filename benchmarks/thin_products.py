@@ -5,7 +5,7 @@ base-size decoder. Each kernel runs over enough copies of the weight (about 100 
 stream from memory, as the decoder's weights do in a real step, instead of sitting in cache:
 
 - ``F.linear``: what PyTorch calls for ``nn.Linear`` (the BLAS repacks the weight every call);
-- ``oneDNN packed``: the decoding engine's copy (``attnlab.inference.onednn``), packed once;
+- ``oneDNN packed``: the decoding engine's copy (``attnlab.functional.kernels.onednn``), packed once;
 - ``MKL packed``: MKL's ``cblas_sgemm_pack`` copy, where this build has it.
 
 Microseconds per product (median of interleaved rounds) and the ratio F.linear / oneDNN packed.
@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from attnlab.inference import onednn
+from attnlab.functional.kernels import onednn
 from benchmarks.common import RESULTS, interleave
 
 SHAPES = [(512, 1536), (512, 512), (512, 2048), (2048, 512), (512, 8000)]  # (in, out) of a base decoder

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.decoding import beam_search, greedy_search
-from attnlab.inference import onednn
+from attnlab.functional.kernels import onednn
 from attnlab.inference.engine import DecodingEngine
 from attnlab.layers import SinusoidalPositionalEncoding
 from attnlab.models.rnn_seq2seq import ATTENTION_VARIANTS, RNNSeq2Seq, Seq2SeqConfig

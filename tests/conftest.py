@@ -14,8 +14,8 @@ from hypothesis import settings
 # (a missing table gives the defaults; subprocesses such as torchrun workers inherit this).
 os.environ["ATTNLAB_KERNEL_TABLE"] = str(Path(__file__).parent / "no-kernel-table.json")
 
-from attnlab.functional.kernels import Thresholds, set_thresholds
-from attnlab.inference import onednn
+from attnlab.functional.kernels import Thresholds, onednn, set_thresholds
+from attnlab.functional.kernels.linear import uses_onednn
 from attnlab.training import RunConfig, Trainer
 from attnlab.training.checkpoints import checkpoint_dir, load_trainer_state
 
@@ -50,7 +50,10 @@ def pytest_terminal_summary(terminalreporter) -> None:
     """Name the CPU kernels the suite ran on: rounding and bf16 support differ between them
     (``make test-isa`` emulates an older CPU's)."""
     bf16 = onednn.bf16_available()
-    terminalreporter.write_line(f"CPU kernels: {torch.backends.cpu.get_cpu_capability()}; oneDNN bf16: {bf16}")
+    linear = "oneDNN" if uses_onednn("cpu") else "BLAS"
+    terminalreporter.write_line(
+        f"CPU kernels: {torch.backends.cpu.get_cpu_capability()}; oneDNN bf16: {bf16}; fp32 linear: {linear}"
+    )
 
 
 class Stop(Exception):

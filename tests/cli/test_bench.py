@@ -26,7 +26,7 @@ def test_attention_flops_are_the_paper_formula(peer):
 
 
 def test_packed_linear_of_the_decoding_engine_is_counted():
-    from attnlab.inference import onednn
+    from attnlab.functional.kernels import onednn
 
     if not onednn.available():
         pytest.skip("this PyTorch build has no oneDNN packed linear")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.decoding import beam_search, greedy_search
-from attnlab.inference import onednn
+from attnlab.functional.kernels import onednn
 from attnlab.inference.engine import DecodingEngine
 from attnlab.inference.packed import MIN_PACKED_ELEMENTS, PackedWeights
 from attnlab.layers import MultiHeadAttention

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.inference import onednn
+from attnlab.functional.kernels import onednn
 from attnlab.inference.beam_cache import BeamDecoderCache
 from attnlab.inference.packed import PackedWeights
 from attnlab.inference.quantized import QuantizedWeights, check_available
@@ -50,7 +50,7 @@ class DecodingEngine:
             attention layer is plain (``MultiHeadAttention.is_plain``) and the model is in
             evaluation mode.
         pack_weights: on CPU, multiply plain steps by packed copies of the weights; None packs
-            where this PyTorch build can (``attnlab.inference.onednn``).
+            where this PyTorch build can (``attnlab.functional.kernels.onednn``).
         beam_pools: keep beam hypotheses' keys in per-sentence pools.
         int8: multiply plain steps by int8 copies of the weights (CPU, a ``Transformer`` in
             evaluation mode; implies ``plain_steps``).

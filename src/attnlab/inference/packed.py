@@ -3,7 +3,7 @@
 A decoding step multiplies a few rows (the batch, times the beam) by every weight matrix of the
 decoder, so a step costs about one read of the decoder's weights, and ``F.linear`` repacks each
 weight inside the BLAS on every call. ``PackedWeights.linear`` multiplies by a copy packed once
-into oneDNN's layout (``attnlab.inference.onednn``):
+into oneDNN's layout (``attnlab.functional.kernels.onednn``):
 
 - **fp32**: the same fp32 arithmetic in another summation order;
 - **bf16**: under ``torch.autocast("cpu", dtype=torch.bfloat16)`` ``F.linear`` casts every fp32
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.inference import onednn
+from attnlab.functional.kernels import onednn
 
 # Below this many weight elements (128 x 128) packing gains too little to pay for its memory.
 MIN_PACKED_ELEMENTS = 128 * 128

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.functional.attention import attention
+from attnlab.functional.kernels.linear import linear
 from attnlab.functional.masks import torch_masks_to_allowed
 from attnlab.functional.normalize import NormalizeFn
 from attnlab.functional.scores import ScoreFn
-from attnlab.layers.feedforward import LinearFn
+from attnlab.layers.feedforward import Linear, LinearFn
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.positional import RotaryEmbedding
 from attnlab.layers.scores import build_score_and_normalizer
@@ -82,7 +82,7 @@ class MultiHeadAttention(nn.Module):
             self.k_proj_weight = nn.Parameter(torch.empty(e, self.kdim))
             self.v_proj_weight = nn.Parameter(torch.empty(e, self.vdim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * e)) if bias else None
-        self.out_proj = nn.Linear(e, e, bias=bias)  # W^O
+        self.out_proj = Linear(e, e, bias=bias)  # W^O
 
     def _reset_parameters(self) -> None:
         """The initialisation of ``torch.nn.MultiheadAttention``."""
@@ -185,7 +185,7 @@ class MultiHeadAttention(nn.Module):
         memory: Tensor | None = None,
         mask: Tensor | None = None,
         *,
-        linear: LinearFn = F.linear,
+        linear: LinearFn = linear,
     ) -> Tensor:
         """``forward``'s output for the queries of one decoding step (evaluation: no dropout, no
         weights), without its checks and options, for scaled-dot softmax attention only.
@@ -263,12 +263,13 @@ class MultiHeadAttention(nn.Module):
         value: Tensor,
         *,
         cache: KVCache | None = None,
-        linear: LinearFn = F.linear,
+        linear: LinearFn = linear,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Q W^Q, K W^K, V W^V split into heads: ``(B, H, L, hd)`` each, from batch-first inputs.
 
         Keys and values are None when a filled static ``cache`` already holds them; ``linear``
-        does the products (``F.linear`` unless the decoding engine passes its own).
+        does the products (``attnlab.functional.kernels.linear.linear`` unless the decoding engine
+        passes its own).
         """
         skip_kv = cache is not None and cache.is_filled
         if query is key and key is value and not skip_kv and self._qkv_same_embed_dim:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.functional.kernels.linear import linear
 from attnlab.layers.dropout import Dropout
 from attnlab.layers.feedforward import FeedForward, LinearFn
 from attnlab.layers.kv_cache import KVCache
@@ -171,7 +171,7 @@ class DecoderLayer(_ResidualBlock):
         cross_cache: KVCache,
         memory_mask: Tensor | None = None,
         *,
-        linear: LinearFn = F.linear,
+        linear: LinearFn = linear,
     ) -> Tensor:
         """``forward``'s output for one decoding step (evaluation: no dropout, no weights),
         without its checks and options, for scaled-dot softmax attention (``MultiHeadAttention.step``).

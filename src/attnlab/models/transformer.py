@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.layers.dropout import Dropout
+from attnlab.layers.feedforward import Linear
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from attnlab.layers.transformer_blocks import DecoderLayer, EncoderLayer
@@ -114,7 +115,7 @@ class Transformer(nn.Module):
         )
         self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
-        self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self.output = Linear(c.d_model, c.tgt_vocab_size, bias=False)
         self._reset_parameters()
         if c.tie_output:
             self.output.weight = self.tgt_embed.weight

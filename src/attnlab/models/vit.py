@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from attnlab.config import ConfigMixin
 from attnlab.layers.dropout import Dropout
+from attnlab.layers.feedforward import Linear
 from attnlab.layers.patch_embed import PatchEmbed, resample_position_embeddings
 from attnlab.layers.transformer_blocks import EncoderLayer
 
@@ -151,7 +152,7 @@ class ViT(nn.Module):
         self.norm = nn.Identity() if mean_pool else nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps)
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps) if mean_pool else nn.Identity()
         self.head_drop = Dropout(c.dropout)
-        self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.head = Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self._init_weights()
 
     @staticmethod

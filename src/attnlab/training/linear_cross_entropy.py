@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnlab.functional.kernels.linear import matmul_t
+
 __all__ = ["linear_cross_entropy"]
 
 _CHUNK_BYTES = 16 * 2**20  # fp32 logits of one chunk: small enough for malloc to reuse
@@ -51,13 +53,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             for start in range(0, hidden.shape[0], rows):
                 h = hidden[start : start + rows].to(dtype)  # (n, d)
                 y = targets[start : start + rows]  # (n,)
-                logits = (h @ w.T).to(exact)  # (n, V)
+                logits = matmul_t(h, w).to(exact)  # (n, V)
                 loss, grad = _chunk(logits, y, ignore_index, smoothing, want_grad)
                 total += loss
                 if grad is not None:
                     grad = grad.to(dtype)
-                    grad_hidden[start : start + rows] = grad @ w
-                    grad_weight += (grad.T @ h).to(exact)
+                    grad_hidden[start : start + rows] = matmul_t(grad, w.T)  # grad w
+                    grad_weight += matmul_t(grad.T, h.T).to(exact)  # grad^T h
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_grad else None)
         return total
 

@@ -10,6 +10,7 @@ What the defaults rest on is in docs/results/attention_kernels.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -47,6 +48,9 @@ class Thresholds:
         cpu_step_plain_max_keys_bfloat16: a bf16 decoding step of one query per (batch, head) on
             CPU takes the plain products against at most this many keys (0: never); grouped beam
             queries stay on SDPA, where the products gained nothing in a whole search.
+        cpu_linear_onednn_min_rows: fp32 CPU linear products of at least this many rows run on
+            oneDNN in ``attnlab.functional.kernels.linear.linear`` (0: never, the BLAS);
+            the default is ``default_linear_onednn_min_rows()``.
         weights_chunk_elements: scores in one block of the blockwise kernel and of the weights
             computed beside SDPA (a memory bound, not a speed threshold).
     """
@@ -60,6 +64,7 @@ class Thresholds:
     cpu_step_plain_max_queries: int = 8
     cpu_step_plain_max_keys: int = 128
     cpu_step_plain_max_keys_bfloat16: int = 1024
+    cpu_linear_onednn_min_rows: int = dataclasses.field(default_factory=lambda: default_linear_onednn_min_rows())
     weights_chunk_elements: int = 1 << 22
 
     def __post_init__(self) -> None:
@@ -138,6 +143,30 @@ def write_table(thresholds: Thresholds, path: Path | None = None, measured: dict
     }
     path.write_text(json.dumps(table, indent=2) + "\n")
     return path
+
+
+@functools.cache
+def default_linear_onednn_min_rows() -> int:
+    """The default of ``Thresholds.cpu_linear_onednn_min_rows`` here: ``linear_onednn_rule`` on
+    ``/proc/cpuinfo`` and oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 0
+    return linear_onednn_rule(cpuinfo, os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")))
+
+
+def linear_onednn_rule(cpuinfo: str, isa_cap: str = "") -> int:
+    """1 (every fp32 linear product on oneDNN) for an x86 CPU with AVX-512 that is not Intel's,
+    where MKL runs its AVX2 code and oneDNN its AVX-512 code, unless ``isa_cap`` holds oneDNN
+    below AVX-512; else 0 (the BLAS, which runs the CPU's widest code itself)."""
+    cap = isa_cap.strip().upper()
+    if cap not in ("", "ALL", "DEFAULT") and not cap.startswith(("AVX512", "AVX10")):
+        return 0
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {name.strip(): value.strip() for name, value in fields.items()}
+    vendor, flags = fields.get("vendor_id", ""), fields.get("flags", "").split()
+    return int(vendor not in ("", "GenuineIntel") and "avx512f" in flags)
 
 
 def plain_step_fits(query: Tensor, key: Tensor) -> bool:

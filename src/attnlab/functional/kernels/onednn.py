@@ -1,10 +1,16 @@
-"""oneDNN's packed linear: the only place attnlab calls private ``torch.ops``.
+"""oneDNN's linear: the only place attnlab calls private ``torch.ops``.
 
-A weight reordered once into oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``)
-is multiplied by ``torch.ops.mkldnn._linear_pointwise`` as it lies, where ``F.linear`` repacks
-the weight inside the BLAS on every call (Inductor's CPU freezing uses the same pair). These ops
-are private and may be missing from a build or renamed in a release: every function here says
-whether it can serve, and callers fall back to ``F.linear`` when it cannot.
+``torch.ops.mkldnn._linear_pointwise`` computes ``x W^T + b`` with oneDNN's kernels, which are
+compiled at run time for the CPU's widest vector instructions. Two uses:
+
+- a weight reordered once into oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``)
+  and multiplied as it lies, where ``F.linear`` repacks the weight inside the BLAS on every call
+  (Inductor's CPU freezing uses the same pair): the decoding engine's packed weights;
+- a plain weight, multiplied as it is (``matmul_t``): ``attnlab.functional.kernels.linear``'s
+  products on CPUs where oneDNN outruns the BLAS.
+
+These ops are private and may be missing from a build or renamed in a release: every function
+here says whether it can serve, and callers fall back to ``F.linear`` when it cannot.
 """
 
 from __future__ import annotations
@@ -47,3 +53,8 @@ def pack(weight: Tensor, rows: int) -> Tensor:
 def linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
     """``x W^T + b`` from a copy made by ``pack`` (``x`` in the copy's dtype)."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def matmul_t(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a (M, K) @ b (N, K)^T + bias``, 2-D operands of any strides, no autograd."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")

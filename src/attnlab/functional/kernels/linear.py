@@ -1,0 +1,104 @@
+"""Linear layers' products on oneDNN where it outruns the BLAS (fp32, CPU, forward and backward).
+
+PyTorch multiplies ``F.linear`` on CPU through its BLAS (MKL in the x86 wheels), and MKL takes
+its AVX2 code on CPUs that are not Intel's, AVX-512 ones included; oneDNN compiles its kernels
+at run time for the vector width the CPU has. Where that pays (``Thresholds.cpu_linear_onednn_min_rows``,
+see ``thresholds.default_linear_onednn_min_rows``), ``linear`` computes
+
+    y = x W^T + b,   dx = dy W,   dW = dy^T x,   db = sum over rows of dy
+
+with oneDNN (``OneDNNLinear``) for fp32 CPU tensors with autocast off; every other call is
+``F.linear``. The layers' products (``attnlab.layers.Linear``, the attention projections) call it.
+
+Shapes: ``x (..., in)``, ``weight (out, in)``, ``bias (out,)``, ``y (..., out)``; M rows of ``x``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from attnlab.functional.kernels import onednn
+from attnlab.functional.kernels.thresholds import current_thresholds
+
+__all__ = ["OneDNNLinear", "linear", "matmul_t", "uses_onednn"]
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` with each of its three products computed by oneDNN."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        rows = x.reshape(-1, x.shape[-1])  # (M, in)
+        return onednn.matmul_t(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad_rows = grad.reshape(-1, grad.shape[-1])  # (M, out)
+        rows = x.reshape(-1, x.shape[-1])  # (M, in)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = onednn.matmul_t(grad_rows, weight.t()).view(x.shape)  # dy W
+        if ctx.needs_input_grad[1]:
+            # dy^T x; oneDNN ran it faster with the longer of (out, in) as the product's rows.
+            if weight.shape[0] >= weight.shape[1]:
+                grad_weight = onednn.matmul_t(rows.t(), grad_rows.t()).t()  # (x^T dy)^T
+            else:
+                grad_weight = onednn.matmul_t(grad_rows.t(), rows.t())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_rows.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``: x W^T + b, ``x (..., in)``, ``weight (out, in)`` -> ``(..., out)``.
+
+    fp32 CPU calls with autocast off and at least ``Thresholds.cpu_linear_onednn_min_rows`` rows
+    run as ``OneDNNLinear`` where ``uses_onednn``; the others are ``F.linear``.
+    """
+    if _onednn_fits(x, weight, bias):
+        return OneDNNLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def matmul_t(a: Tensor, b: Tensor) -> Tensor:
+    """``a (M, K) @ b (N, K)^T`` for code that does its own autograd: on oneDNN where ``linear``
+    would be, else ``a @ b.T``."""
+    if _onednn_fits(a, b, None) and a.ndim == 2:
+        return onednn.matmul_t(a, b)
+    return a @ b.T
+
+
+def _onednn_fits(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    min_rows = current_thresholds().cpu_linear_onednn_min_rows
+    return (
+        min_rows > 0
+        and x.dtype == weight.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
+        and x.is_cpu
+        and weight.is_cpu
+        and weight.ndim == 2
+        and x.ndim >= 1
+        and x.shape[-1] == weight.shape[1]
+        and x.numel() >= min_rows * x.shape[-1] > 0
+        and not torch.is_autocast_enabled("cpu")
+        and onednn.available()
+    )
+
+
+def uses_onednn(device: torch.device | str) -> bool:
+    """Whether fp32 linear products on ``device`` go to oneDNN (CPU, a build that has it, and
+    ``Thresholds.cpu_linear_onednn_min_rows`` > 0)."""
+    return (
+        torch.device(device).type == "cpu"
+        and current_thresholds().cpu_linear_onednn_min_rows > 0
+        and onednn.available()
+    )
