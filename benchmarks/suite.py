@@ -9,8 +9,9 @@ same run. Rounds in which other processes took more than ``MAX_FOREIGN`` of the 
 when at least two quiet rounds remain; the share they took is reported as the noise.
 
 The ``ct2-*`` cases put attnlab's decoding (fp32, and ``--precision int8``'s engine) beside
-CTranslate2 (``benchmarks.ctranslate2_bar``) on CPU; before timing, each case checks that ours
-and CT2 in fp32 make Hugging Face Marian's tokens, and reports the check in its row (``tokens``).
+CTranslate2 (``benchmarks.ctranslate2_bar``) on CPU, each in a fresh interpreter that imports
+ctranslate2 first (``measure_in_own_process``); before timing, each case checks that ours (and CT2,
+in the fp32 cases) make Hugging Face Marian's tokens, and reports the check in its row (``tokens``).
 CT2 runs in C++, out of the FLOP counter's sight: its FLOPs are ours (the same model making the
 same tokens). Cases whose package is missing are skipped (``runnable``).
 """
@@ -20,9 +21,12 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib.util
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -105,6 +109,7 @@ class Case:
     build: Callable[[torch.device], Built] = field(repr=False)
     needs: str | None = None  # a package the case imports, beyond attnlab's
     cpu_only: bool = False
+    own_process: bool = False  # measured in a fresh interpreter (``measure_in_own_process``)
 
 
 # --- the cases ------------------------------------------------------------------------------------
@@ -180,12 +185,14 @@ def _ct2(sizes: Sizes, beam: int, precision: str) -> Callable[[torch.device], Bu
         )
         model, hf, src = bar.setup(config, sizes.batch, sizes.src_len)
         precisions = ("fp32",) if precision == "fp32" else ("fp32", precision)
-        kinds = tuple(kind for kind, name in bar.PRECISIONS.items() if name in precisions)
-        with tempfile.TemporaryDirectory() as tmp:  # the translators hold what they loaded
-            ct2 = bar.translators(hf, Path(tmp), kinds, torch.get_num_threads())
+        kind = next(kind for kind, name in bar.PRECISIONS.items() if name == precision)
+        # One CTranslate2 translator per process: a second one's thread team slows the first even
+        # once it is deleted (docs/results/ctranslate2.md), so CT2 fp32's tokens are checked in the fp32 cases.
+        with tempfile.TemporaryDirectory() as tmp:  # the translator holds what it loaded
+            ct2 = bar.translators(hf, Path(tmp), (kind,), torch.get_num_threads())
         peers = bar.searches(model, hf, ct2, src, beam, sizes.new_tokens, precisions)
         # fp32 must make HF's tokens (the conversion and our engine are right); int8 is reported.
-        tokens = bar.token_check(peers, must_match=("ours fp32", "CT2 fp32"))
+        tokens = bar.token_check(peers, must_match=("ours fp32", "CT2 fp32") if precision == "fp32" else ("ours fp32",))
         ours, theirs = ("attnlab", "CTranslate2") if precision == "fp32" else ("attnlab int8", "CTranslate2 int8")
         sides = {ours: peers[f"ours {precision}"], theirs: peers[f"CT2 {precision}"]}
         return Built(sides, sizes.batch * sizes.new_tokens, tokens=tokens, flops_of_ours=(theirs,))
@@ -241,7 +248,8 @@ def all_cases(sizes: Sizes, bf16: bool) -> list[Case]:
         for precision in ("fp32", "int8"):
             what = f"{model}, {sizes.new_tokens} new tokens, vs CTranslate2 {precision}"
             cases.append(Case(f"ct2-{search}-{precision}", what, "tok/s", precision, False,
-                              _ct2(sizes, beam, precision), needs="ctranslate2", cpu_only=True))  # fmt: skip
+                              _ct2(sizes, beam, precision), needs="ctranslate2", cpu_only=True,
+                              own_process=True))  # fmt: skip
     for dtype in ("fp32", "bf16") if bf16 else ("fp32",):
         tag, on = ("" if dtype == "fp32" else "-bf16"), dtype == "bf16"
         for mode, batch in (("train", sizes.vit_train_batch), ("infer", sizes.vit_infer_batch)):
@@ -389,6 +397,40 @@ def measure_case(case: Case, device: torch.device, repeats: int, peaks: dict[str
     return result
 
 
+# ctranslate2 first: torch puts its OpenMP runtime in the process's global symbol scope, and a
+# ctranslate2 loaded after it would bind its OpenMP calls to torch's runtime instead of its own.
+_CHILD = "import sys, ctranslate2; from benchmarks.suite import child; child(sys.argv[1])"
+
+
+def measure_in_own_process(
+    case: Case, sizes: Sizes, device: torch.device, repeats: int, peaks: dict[str, float], warmup: int = 0
+) -> dict:
+    """``measure_case`` in a fresh interpreter that imports ctranslate2 before torch: each engine
+    with its own OpenMP runtime, and no thread teams left by other cases."""
+    spec = {"case": case.name, "sizes": dataclasses.asdict(sizes), "device": str(device), "repeats": repeats,
+            "peaks": peaks, "warmup": warmup, "threads": torch.get_num_threads()}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(spec)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"case {case.name} failed in its own process:\n{done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child(spec_json: str) -> None:
+    """The fresh interpreter's side of ``measure_in_own_process``: measure one case, print its row."""
+    spec = json.loads(spec_json)
+    torch.set_num_threads(spec["threads"])
+    fields = {**spec["sizes"], "attn_lengths": tuple(spec["sizes"]["attn_lengths"])}
+    device = torch.device(spec["device"])
+    (case,) = [c for c in all_cases(Sizes(**fields), bf16_supported(device)) if c.name == spec["case"]]
+    row = measure_case(case, device, spec["repeats"], spec["peaks"], spec["warmup"])
+    modules = list(sys.modules)
+    row["ctranslate2_before_torch"] = modules.index("ctranslate2") < modules.index("torch")
+    print(json.dumps(row))
+
+
 # --- the machine and the report -------------------------------------------------------------------
 
 
@@ -442,16 +484,21 @@ def run_suite(
     gemm_n: int,
     warmup: int = 0,
     report: Callable[[dict, dict], None] = lambda row, partial: None,
+    sizes: Sizes | None = None,
 ) -> dict:
     """Measure the GEMM rates, then every case (``warmup`` untimed rounds after the counted first
     call); the whole report but the machine. ``report`` sees each row as it is done, with the
-    report so far (MFU against the first GEMM measurement), which a long run can save as it goes."""
+    report so far (MFU against the first GEMM measurement), which a long run can save as it goes.
+    Cases marked ``own_process`` run in a fresh interpreter when ``sizes`` (theirs) is given."""
     needed = sorted({c.dtype for c in cases} | {"fp32"})
     start = time.perf_counter()
     before = {d: peak_gflops(d, device, gemm_n) for d in needed}
     rows = []
     for case in cases:
-        rows.append(measure_case(case, device, repeats, before, warmup))
+        if case.own_process and sizes is not None:
+            rows.append(measure_in_own_process(case, sizes, device, repeats, before, warmup))
+        else:
+            rows.append(measure_case(case, device, repeats, before, warmup))
         gemm = {"n": gemm_n, "peak": before, "start": before}
         report(rows[-1], {"partial": True, "gemm_gflops": gemm, "repeats": repeats, "cases": rows})
     after = {d: peak_gflops(d, device, gemm_n) for d in needed}

@@ -110,7 +110,8 @@ def _run(suite, cases: list, sizes, device, args: argparse.Namespace, out: Path,
         _progress(row)
         out.write_text(json.dumps({**head, **partial}, indent=2))
 
-    report = suite.run_suite(cases, device, repeats, sizes.gemm_n, warmup=0 if args.quick else 1, report=progress)
+    warmup = 0 if args.quick else 1
+    report = suite.run_suite(cases, device, repeats, sizes.gemm_n, warmup=warmup, report=progress, sizes=sizes)
     return {**head, **report}
 
 
