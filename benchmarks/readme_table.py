@@ -30,9 +30,11 @@ def machine_line(report: dict) -> str:
     flags = ", ".join(flag for flag, present in m["cpu_flags"].items() if present) or "none of avx2/avx512/amx"
     peaks = ", ".join(f"{dtype} {rate:,.0f} GFLOP/s" for dtype, rate in gemm.items())
     threads = f"{m['threads']} thread" + ("s" if m["threads"] > 1 else "")
+    linear = "fp32_linear" in m  # reports before the oneDNN linear path lack it
     return (
         f"`{report['command']}` on {m['cpu_model']} ({m['cores']} cores; {flags}), {threads}, "
-        f"torch {m['torch']}, transformers {m['transformers']}; large-matmul peak {peaks}."
+        f"torch {m['torch']}, transformers {m['transformers']}; large-matmul peak {peaks}"
+        + (f" (fp32: the faster of the BLAS and oneDNN; attnlab's linears use {m['fp32_linear']})." if linear else ".")
         + ("" if m["bf16"] else " No bf16 instructions here: bf16 cases skipped, `precision: auto` stays fp32.")
         + (" A partial run: the cases it finished." if report.get("partial") else "")
     )

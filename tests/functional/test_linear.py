@@ -136,3 +136,14 @@ def test_linear_cross_entropy_on_oneDNN_matches_float64(onednn_products):
 def test_linear_onednn_rule(vendor, flags, cap, expected):
     cpuinfo = f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n"
     assert linear_onednn_rule(cpuinfo, cap) == expected
+
+
+def test_onednn_gets_row_or_column_major_operands():
+    """Other layouts (an expanded gradient from ``out.sum().backward()``) take oneDNN's slow reference kernel."""
+    from attnlab.functional.kernels.onednn import _dense
+
+    a = torch.randn(6, 4)
+    assert _dense(a) is a and _dense(a.t()) is not None and _dense(a.t()).data_ptr() == a.data_ptr()
+    expanded = torch.ones(()).expand(6, 4)
+    assert _dense(expanded).is_contiguous() and _dense(a[:, ::2]).is_contiguous()
+    assert _dense(expanded).stride() == (4, 1)

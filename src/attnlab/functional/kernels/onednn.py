@@ -57,4 +57,11 @@ def linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
 
 def matmul_t(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     """``a (M, K) @ b (N, K)^T + bias``, 2-D operands of any strides, no autograd."""
-    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(_dense(a), _dense(b), bias, "none", [], "")
+
+
+def _dense(x: Tensor) -> Tensor:
+    """``x (M, K)`` row- or column-major as it is, else a contiguous copy: oneDNN's fast kernels
+    take those two layouts, and other strides (an expanded gradient's zeros, say) fall to its
+    reference kernel, some 40 times slower."""
+    return x if x.is_contiguous() or x.t().is_contiguous() else x.contiguous()
