@@ -9,12 +9,15 @@ when a sentence's beam hypotheses ask together, against the keys cached so far; 
 gradients; masked (as beam lines are) from 2 queries on. It prints plain products / SDPA, both
 through ``step_attention`` (< 1: the plain products of the step kernel are faster).
 
+``--linear`` times fp32 linear products with their backward, the BLAS against oneDNN
+(``attnlab.functional.kernels.linear``).
+
 ``--write`` measures what the thresholds rest on (training cells with gradients in fp32, bf16 and
-float64, and decoding cells), derives them and writes the table the dispatcher reads
+float64, decoding cells and linear products), derives them and writes the table the dispatcher reads
 (``$ATTNLAB_KERNEL_TABLE``, else ``$XDG_CACHE_HOME/attnlab/attention_kernels.json``; ``--table``
 overrides). Thresholds it does not measure keep their defaults.
 
-    python -m benchmarks.attention_kernels [--decoding | --write [--table PATH]]
+    python -m benchmarks.attention_kernels [--decoding | --linear | --write [--table PATH]]
 """
 
 from __future__ import annotations
@@ -28,11 +31,16 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.functional.kernels import Thresholds, set_thresholds, step_attention, table_path, write_table
+from attnlab.functional.kernels.linear import linear
 from benchmarks.common import interleave, summary, write_json
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 PLAIN_ALWAYS = Thresholds(cpu_step_plain_max_queries=1 << 30, cpu_step_plain_max_keys=1 << 30)
 PLAIN_NEVER = Thresholds(cpu_step_plain_max_queries=1)
+# The linear product kernel's two paths, and the shapes it is timed on: (rows, in, out) of a base
+# Transformer's feed-forward and a ViT-S/16 projection, forward and backward.
+LINEAR_PATHS = {"blas": Thresholds(cpu_linear_onednn_min_rows=0), "onednn": Thresholds(cpu_linear_onednn_min_rows=1)}
+LINEAR_SHAPES = ((1024, 512, 2048), (1024, 2048, 512), (1576, 384, 1152))
 
 
 def kernels(q, k, v, causal: bool):
@@ -98,6 +106,44 @@ def decoding_cell(batch: int, queries: int, keys: int, repeats: int, calls: int 
     times, dropped = interleave({"sdpa": repeat(PLAIN_NEVER), "plain": repeat(PLAIN_ALWAYS)}, repeats)
     stats = {name: summary(t) for name, t in times.items()}
     return stats, stats["plain"]["median_ms"] / stats["sdpa"]["median_ms"], dropped
+
+
+def linear_cell(rows: int, features_in: int, features_out: int, repeats: int):
+    """BLAS / oneDNN median time of one fp32 linear product with its backward (> 1: oneDNN faster)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, features_in, generator=g, requires_grad=True)
+    w = torch.randn(features_out, features_in, generator=g, requires_grad=True)
+    b = torch.randn(features_out, generator=g, requires_grad=True)
+
+    def path(thresholds: Thresholds):
+        def run():
+            previous = set_thresholds(thresholds)
+            try:
+                torch.autograd.grad(linear(x, w, b).sum(), (x, w, b))
+            finally:
+                set_thresholds(previous)
+
+        return run
+
+    times, dropped = interleave({name: path(t) for name, t in LINEAR_PATHS.items()}, repeats)
+    stats = {name: summary(t) for name, t in times.items()}
+    return stats, stats["blas"]["median_ms"] / stats["onednn"]["median_ms"], dropped
+
+
+def linear_products(repeats: int, threads: int) -> list[dict]:
+    """The BLAS / oneDNN table of fp32 linear products (forward and backward): a line per shape."""
+    rows = []
+    print(f"fp32 linear, BLAS / oneDNN median time (> 1: oneDNN faster); {threads} threads")
+    for shape in LINEAR_SHAPES:
+        stats, ratio, dropped = linear_cell(*shape, repeats)
+        rows.append({"rows,in,out": shape, "ratio": ratio, "dropped_noisy": dropped, "peers": stats})
+        print(f"rows,in,out={shape} {ratio:5.2f}{'~' if dropped else ''}", flush=True)
+    return rows
+
+
+def linear_onednn_min_rows(rows: list[dict]) -> int:
+    """1 (oneDNN) when it was at least 10% faster on every measured shape, else 0 (the BLAS)."""
+    return int(all(r["ratio"] >= 1.1 for r in rows))
 
 
 def training(sizes, shapes, dtypes, modes, repeats: int, threads: int) -> list[dict]:
@@ -170,6 +216,7 @@ def write(args) -> None:
     """Measure, derive the thresholds, write the table and print it."""
     train_rows = training(args.sizes, [(8, 8, 64)], list(DTYPES), [True], args.repeats, args.threads)
     step_rows = decoding([8, 32], [2, 4, 8, 16], [32, 64, 128, 256, 512], args.repeats, args.threads)
+    linear_rows = linear_products(args.repeats, args.threads)
     max_queries, max_keys = plain_step_limits(step_rows)
     thresholds = dataclasses.replace(
         Thresholds(),
@@ -178,12 +225,14 @@ def write(args) -> None:
         cpu_backward_sdpa_min_keys_float64=sdpa_min_keys(train_rows, "fp64"),
         cpu_step_plain_max_queries=max_queries,
         cpu_step_plain_max_keys=max_keys,
+        cpu_linear_onednn_min_rows=linear_onednn_min_rows(linear_rows),
     )
     summaries = {
         "threads": args.threads,
         "repeats": args.repeats,
         "training": [{k: r[k] for k in ("dtype", "N", "ratio")} for r in train_rows],
         "decoding": [{k: r[k] for k in ("B", "queries", "keys", "ratio")} for r in step_rows],
+        "linear": [{k: r[k] for k in ("rows,in,out", "ratio")} for r in linear_rows],
     }
     path = write_table(thresholds, args.table, measured=summaries)
     print(f"wrote {path}:")
@@ -197,13 +246,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decoding", action="store_true", help="a decoding step's few queries instead")
+    parser.add_argument("--linear", action="store_true", help="fp32 linear products, BLAS against oneDNN")
     parser.add_argument("--write", action="store_true", help="derive the thresholds and write the dispatcher's table")
     parser.add_argument("--table", type=Path, default=None, help=f"where --write writes (default {table_path()})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.write:
         return write(args)
-    if args.decoding:
+    if args.linear:
+        rows = linear_products(args.repeats, args.threads)
+        path = write_json("linear_products", {"threads": args.threads, "rows": rows})
+    elif args.decoding:
         rows = decoding([8, 32], [1, 2, 5, 10, 16, 32], [32, 64, 128, 256, 320, 1024], args.repeats, args.threads)
         path = write_json("attention_kernels_decoding", {"threads": args.threads, "rows": rows})
     else:

@@ -147,3 +147,10 @@ def test_onednn_gets_row_or_column_major_operands():
     expanded = torch.ones(()).expand(6, 4)
     assert _dense(expanded).is_contiguous() and _dense(a[:, ::2]).is_contiguous()
     assert _dense(expanded).stride() == (4, 1)
+
+
+def test_a_measured_table_takes_onednn_only_where_it_won_every_shape():
+    from benchmarks.attention_kernels import linear_onednn_min_rows
+
+    assert linear_onednn_min_rows([{"ratio": 1.93}, {"ratio": 1.66}]) == 1
+    assert linear_onednn_min_rows([{"ratio": 1.93}, {"ratio": 1.04}]) == 0  # as with oneDNN held to AVX2
