@@ -1,6 +1,6 @@
 """Thin modules over ``attnlab.functional``: attention layers, scores with weights, positions, FFN."""
 
-from attnlab.layers.feedforward import FeedForward
+from attnlab.layers.feedforward import FeedForward, Linear
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.multihead import MultiHeadAttention
 from attnlab.layers.positional import (
@@ -17,6 +17,7 @@ __all__ = [
     "GeneralScore",
     "KVCache",
     "LearnedPositionalEmbedding",
+    "Linear",
     "MultiHeadAttention",
     "RotaryEmbedding",
     "SinusoidalPositionalEncoding",
