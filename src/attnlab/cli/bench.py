@@ -10,7 +10,9 @@ from that report instead of running anything.
 
 The suite lives in the repository, not in the installed package: run the command from an attnlab
 checkout. ``--list`` prints the cases. Cases that cannot run here are skipped with one line
-per reason (the ``ct2-*`` cases, against CTranslate2, need the ``ctranslate2`` package and CPU).
+per reason (the ``ct2-*`` cases, against CTranslate2, need the ``ctranslate2`` package and CPU;
+each runs in a fresh interpreter that loads ctranslate2 before torch, see
+``benchmarks.ctranslate2_bar``).
 """
 
 from __future__ import annotations
