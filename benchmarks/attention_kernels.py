@@ -13,7 +13,7 @@ through ``step_attention`` (< 1: the plain products of the step kernel are faste
 (``attnlab.functional.kernels.linear``).
 
 ``--write`` measures what the thresholds rest on (training cells with gradients in fp32, bf16 and
-float64, decoding cells and linear products), derives them and writes the table the dispatcher reads
+float64, bf16 cells without, decoding cells and linear products), derives them and writes the table the dispatcher reads
 (``$ATTNLAB_KERNEL_TABLE``, else ``$XDG_CACHE_HOME/attnlab/attention_kernels.json``; ``--table``
 overrides). Thresholds it does not measure keep their defaults.
 
@@ -188,9 +188,10 @@ def decoding(batches, queries_list, keys_list, repeats: int, threads: int) -> li
     return rows
 
 
-def sdpa_min_keys(rows: list[dict], dtype: str) -> int:
-    """The fewest keys from which SDPA won every measured backward cell of ``dtype`` at that length and above."""
-    cells = [r for r in rows if r["dtype"] == dtype and r["backward"]]
+def sdpa_min_keys(rows: list[dict], dtype: str, backward: bool = True) -> int:
+    """The fewest keys from which SDPA won every measured cell of ``dtype`` (backward, or forward
+    only) at that length and above."""
+    cells = [r for r in rows if r["dtype"] == dtype and r["backward"] == backward]
     sizes = sorted({r["N"] for r in cells})
     losing = [r["N"] for r in cells if r["ratio"] < 1.0]
     if not losing:
@@ -215,6 +216,7 @@ def plain_step_limits(rows: list[dict]) -> tuple[int, int]:
 def write(args) -> None:
     """Measure, derive the thresholds, write the table and print it."""
     train_rows = training(args.sizes, [(8, 8, 64)], list(DTYPES), [True], args.repeats, args.threads)
+    forward_rows = training(args.sizes, [(8, 8, 64)], ["bf16"], [False], args.repeats, args.threads)
     step_rows = decoding([8, 32], [2, 4, 8, 16], [32, 64, 128, 256, 512], args.repeats, args.threads)
     linear_rows = linear_products(args.repeats, args.threads)
     max_queries, max_keys = plain_step_limits(step_rows)
@@ -223,6 +225,7 @@ def write(args) -> None:
         cpu_backward_sdpa_min_keys_float32=sdpa_min_keys(train_rows, "fp32"),
         cpu_backward_sdpa_min_keys_bfloat16=sdpa_min_keys(train_rows, "bf16"),
         cpu_backward_sdpa_min_keys_float64=sdpa_min_keys(train_rows, "fp64"),
+        cpu_forward_sdpa_min_keys_bfloat16=sdpa_min_keys(forward_rows, "bf16", backward=False),
         cpu_step_plain_max_queries=max_queries,
         cpu_step_plain_max_keys=max_keys,
         cpu_linear_onednn_min_rows=linear_onednn_min_rows(linear_rows),
@@ -231,6 +234,7 @@ def write(args) -> None:
         "threads": args.threads,
         "repeats": args.repeats,
         "training": [{k: r[k] for k in ("dtype", "N", "ratio")} for r in train_rows],
+        "forward_bf16": [{k: r[k] for k in ("N", "ratio")} for r in forward_rows],
         "decoding": [{k: r[k] for k in ("B", "queries", "keys", "ratio")} for r in step_rows],
         "linear": [{k: r[k] for k in ("rows,in,out", "ratio")} for r in linear_rows],
     }

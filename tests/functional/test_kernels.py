@@ -205,6 +205,15 @@ def test_per_head_weights_take_the_explicit_kernel_and_other_devices_sdpa():
     assert choose_kernel(q, k, v, need_weights=True, weights_average_dim=1) is sdpa
 
 
+def test_bf16_calls_without_gradients_take_explicit_below_the_threshold():
+    thresholds = Thresholds(cpu_forward_sdpa_min_keys_bfloat16=600)
+    for keys, expected in ((LK, explicit), (600, sdpa)):
+        q, k, v = (torch.randn(B, H, n, D, dtype=torch.bfloat16) for n in (LQ, keys, keys))
+        assert choose_kernel(q, k, v, thresholds=thresholds) is expected
+    q, k, v = (torch.randn(B, H, n, D) for n in (LQ, LK, LK))
+    assert choose_kernel(q, k, v, thresholds=thresholds) is sdpa  # fp32: SDPA at any length
+
+
 def test_a_table_is_read_once_and_decides(tmp_path, monkeypatch):
     path = tmp_path / "kernels.json"
     monkeypatch.setenv("ATTNLAB_KERNEL_TABLE", str(path))

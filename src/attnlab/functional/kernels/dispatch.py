@@ -29,8 +29,9 @@ def choose_kernel(
     Per-head weights take ``explicit`` (it makes the map once; SDPA would need a second pass);
     otherwise CUDA takes ``sdpa``. On CPU, head-averaged weights take ``blockwise``; causal calls
     with no mask or a key-padding mask take ``causal`` from ``thresholds.cpu_causal_min_queries``
-    queries on (0: never); other calls that need no gradients take ``sdpa``, and training calls ``sdpa`` from
-    ``thresholds.backward_sdpa_min_keys(dtype)`` keys on, ``explicit`` below.
+    queries on (0: never); other calls that need no gradients take ``sdpa`` from
+    ``thresholds.forward_sdpa_min_keys(dtype)`` keys on (bf16 and fp16: ``explicit`` below), and
+    training calls ``sdpa`` from ``thresholds.backward_sdpa_min_keys(dtype)`` keys on, ``explicit`` below.
 
     Args:
         query, key, value, mask: the call's inputs, as ``Kernel`` takes them.
@@ -50,5 +51,5 @@ def choose_kernel(
     ):
         return causal
     if not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)):
-        return sdpa
+        return sdpa if key.shape[-2] >= thresholds.forward_sdpa_min_keys(query.dtype) else explicit
     return sdpa if key.shape[-2] >= thresholds.backward_sdpa_min_keys(query.dtype) else explicit

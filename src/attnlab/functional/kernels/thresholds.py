@@ -36,6 +36,9 @@ class Thresholds:
         cpu_backward_sdpa_min_keys_bfloat16: likewise for bf16 and fp16 (SDPA's low-precision
             CPU backward is slow for short sequences).
         cpu_backward_sdpa_min_keys_float64: likewise for float64.
+        cpu_forward_sdpa_min_keys_bfloat16: bf16 and fp16 CPU calls that need no gradients take
+            SDPA from this many keys on, the explicit kernel below (SDPA's low-precision CPU
+            forward lost to matmul-softmax-matmul on short sequences where measured).
         cpu_causal_min_queries: causal CPU self-attention with no mask or a key-padding mask and
             no weights takes the causal kernel from this many queries on (0: never; its pieces
             of PyTorch's CPU flash kernel have not beaten SDPA's own causal mode where measured).
@@ -58,6 +61,7 @@ class Thresholds:
     cpu_backward_sdpa_min_keys_float32: int = 0
     cpu_backward_sdpa_min_keys_bfloat16: int = 512
     cpu_backward_sdpa_min_keys_float64: int = 0
+    cpu_forward_sdpa_min_keys_bfloat16: int = 768
     cpu_causal_min_queries: int = 0
     cpu_causal_block_queries: int = 256
     cpu_contiguous_min_keys: int = 256
@@ -83,6 +87,10 @@ class Thresholds:
         if dtype == torch.float64:
             return self.cpu_backward_sdpa_min_keys_float64
         return self.cpu_backward_sdpa_min_keys_bfloat16
+
+    def forward_sdpa_min_keys(self, dtype: torch.dtype) -> int:
+        """The fewest keys from which a CPU call in ``dtype`` that needs no gradients takes SDPA."""
+        return self.cpu_forward_sdpa_min_keys_bfloat16 if dtype in (torch.bfloat16, torch.float16) else 0
 
 
 _current: Thresholds | None = None
