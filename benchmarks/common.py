@@ -49,11 +49,18 @@ def summary(samples: list[float]) -> dict[str, float]:
     return {"median_ms": 1e3 * statistics.median(samples), "min_ms": 1e3 * min(samples), "n": len(samples)}
 
 
-def matmul_gflops(n: int = 2048, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
-    """The rate of one large square matmul on this machine, now: the denominator of MFU."""
+def matmul_gflops(
+    n: int = 2048,
+    dtype: torch.dtype = torch.float32,
+    repeats: int = 5,
+    product: Callable[[torch.Tensor, torch.Tensor], object] = torch.matmul,
+) -> float:
+    """The rate of one large square matmul on this machine, now (best of ``repeats``, after one
+    untimed call): the denominator of MFU. ``product(a, b)`` of two (n, n) matrices is any
+    n x n x n product (``a @ b`` by default, or ``a @ b^T`` through another library)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(timed(lambda: a @ b)[0] for _ in range(repeats))
+    product(a, b)
+    best = min(timed(lambda: product(a, b))[0] for _ in range(repeats))
     return 2 * n**3 / best / 1e9
 
 

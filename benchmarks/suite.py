@@ -330,10 +330,8 @@ def int8_gemm_gflops(n: int) -> float:
     square matmul (CPU, best of 5): the int8 cases' MFU denominator."""
     from attnlab.inference.quantized import QuantizedWeights
 
-    a, w = torch.randn(n, n), torch.randn(n, n)
-    weights = QuantizedWeights(rows=n)
-    weights.linear(a, w)  # quantises and packs ``w`` once
-    return 2 * n**3 / min(timed(lambda: weights.linear(a, w))[0] for _ in range(5)) / 1e9
+    weights = QuantizedWeights(rows=n)  # its first, untimed call quantises and packs the weight once
+    return matmul_gflops(n, product=weights.linear)
 
 
 def gemm_gflops(dtype: torch.dtype, device: torch.device, n: int) -> float:
@@ -343,9 +341,7 @@ def gemm_gflops(dtype: torch.dtype, device: torch.device, n: int) -> float:
     if device.type == "cpu":
         rates = [matmul_gflops(n, dtype)]
         if dtype == torch.float32 and onednn.available():
-            a, b = torch.randn(n, n), torch.randn(n, n)
-            onednn.matmul_t(a, b)
-            rates.append(2 * n**3 / min(timed(lambda: onednn.matmul_t(a, b))[0] for _ in range(5)) / 1e9)
+            rates.append(matmul_gflops(n, dtype, product=onednn.matmul_t))
         return max(rates)
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     run = synced(lambda: a @ b, device)
