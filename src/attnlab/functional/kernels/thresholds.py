@@ -157,11 +157,8 @@ def write_table(thresholds: Thresholds, path: Path | None = None, measured: dict
 def default_linear_onednn_min_rows() -> int:
     """The default of ``Thresholds.cpu_linear_onednn_min_rows`` here: ``linear_onednn_rule`` on
     ``/proc/cpuinfo`` and oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``)."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return 0
-    return linear_onednn_rule(cpuinfo, os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")))
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))
+    return linear_onednn_rule(_cpuinfo(), cap)
 
 
 def linear_onednn_rule(cpuinfo: str, isa_cap: str = "") -> int:
@@ -207,10 +204,15 @@ def _thresholds_of(table: Any) -> Thresholds:
 
 def _cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor()
+
+
+def _cpuinfo() -> str:
+    """``/proc/cpuinfo``'s text; empty where there is none."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
