@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.ao.quantization import MinMaxObserver
 
 from attnlab.decoding import greedy_search
 from attnlab.inference import load
@@ -30,6 +31,15 @@ def product_error_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     )
 
 
+def fake_quantized(x: torch.Tensor) -> torch.Tensor:
+    """``x`` quantised per tensor to uint8 (0..127 under ``reduce_range``) and back, by PyTorch's observer."""
+    observer = MinMaxObserver(dtype=torch.quint8, quant_min=0, quant_max=127 if reduce_range() else 255)
+    observer(x)
+    scale, zero_point = observer.calculate_qparams()
+    low, high = observer.quant_min, observer.quant_max
+    return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), low, high)
+
+
 @pytest.mark.parametrize("rows", [1, 8, 40])
 def test_int8_product_is_within_the_quantisation_bound(rows: int) -> None:
     torch.manual_seed(0)
@@ -39,9 +49,10 @@ def test_int8_product_is_within_the_quantisation_bound(rows: int) -> None:
     exact = F.linear(x.double(), weight.double(), bias.double())
     error = (ours.double() - exact).abs()
     assert (error <= product_error_bound(x.double(), weight.double()) * 1.01 + 1e-5).all()
-    # and it is an int8 product: nearer the dequantised weight's product than the bound alone says
+    # and it is the int8 product: the fp32 product of the dequantised weight and the activations
+    # quantised as PyTorch's MinMaxObserver does (uint8, 7 bits under reduce_range)
     assert error.max() > 1e-4
-    assert (ours - F.linear(x, dequantized(weight), bias)).abs().max() < error.max() + 1e-6
+    torch.testing.assert_close(ours, F.linear(fake_quantized(x), dequantized(weight), bias), rtol=1e-5, atol=1e-5)
 
 
 def test_products_that_do_not_qualify_stay_exact() -> None:
