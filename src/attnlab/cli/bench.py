@@ -6,7 +6,8 @@ with the ratio (peer time / ours: > 1, attnlab is faster) and each side's MFU (F
 over its time, over a large matmul's rate measured in the same run). The JSON report (machine,
 versions, GEMM rates, per-case min and median times, noise) goes to ``--out``
 (``benchmarks/results/bench.json``). ``attnlab bench --readme`` rewrites README.md's speed table
-from that report instead of running anything.
+from that report instead of running anything; ``--readme A.json B.json`` writes one table per
+report (runs on different machines).
 
 The suite lives in the repository, not in the installed package: run the command from an attnlab
 checkout. ``--list`` prints the cases. Cases that cannot run here are skipped with one line
@@ -38,7 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--repeats", type=positive_int, default=None, help="timed rounds (default: 3 quick, 7 full)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default benchmarks/results/bench.json)")
     parser.add_argument("--list", action="store_true", help="print the cases and exit")
-    parser.add_argument("--readme", action="store_true", help="rewrite README.md's speed table from --out; no run")
+    parser.add_argument(
+        "--readme", nargs="*", type=Path, default=None, metavar="JSON",
+        help="rewrite README.md's speed table from these reports (one table each; none: --out); no run",
+    )  # fmt: skip
     parser.add_argument("--sizes", default="full", help=argparse.SUPPRESS)  # "tiny": tests only
     parser.set_defaults(func=run)
     return parser
@@ -71,8 +75,12 @@ def run(args: argparse.Namespace) -> int:
             )
         return _fail(f"the suite needs {error.name or error}, which is missing: pip install 'attnlab[hf]'")
     out = args.out or readme_table.ROOT / "benchmarks" / "results" / "bench.json"
-    if args.readme:
-        print(f"rewrote the bench block of {readme_table.update_readme(out, readme_table.ROOT / 'README.md')}")
+    if args.readme is not None:
+        try:
+            readme = readme_table.update_readme(args.readme or [out], readme_table.ROOT / "README.md")
+        except FileNotFoundError as error:
+            return _fail(str(error))
+        print(f"rewrote the bench block of {readme}")
         return 0
     import torch
 
