@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.ao.quantization import MinMaxObserver
 
 from attnlab.decoding import greedy_search
-from attnlab.inference import load
+from attnlab.inference import load, quantized
 from attnlab.inference.engine import DecodingEngine
 from attnlab.inference.loading import run_precision
 from attnlab.inference.quantized import QuantizedWeights, dequantized, reduce_range
@@ -21,19 +21,20 @@ from attnlab.inference.quantized import QuantizedWeights, dequantized, reduce_ra
 torch.set_num_threads(1)
 
 
-def product_error_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``(rows, out)``: the worst-case error of the int8 product of ``x (rows, in)`` and ``weight``."""
+def product_error_bound(x: torch.Tensor, weight: torch.Tensor, seven_bits: bool | None = None) -> torch.Tensor:
+    """``(rows, out)``: the worst-case error of the int8 product of ``x (rows, in)`` and ``weight``
+    (activations on 7 bits where ``seven_bits``, by default where this CPU's ``reduce_range`` says)."""
     s_w = weight.abs().amax(dim=1) / 127  # (out,)
-    levels = 127 if reduce_range() else 255
+    levels = 127 if (reduce_range() if seven_bits is None else seven_bits) else 255
     s_x = (x.max().clamp_min(0) - x.min().clamp_max(0)) / levels
     return x.abs() @ (s_w[:, None] / 2).expand_as(weight).T + (
         weight.abs().sum(1) * s_x / 2 + x.shape[1] * s_w * s_x / 4
     )
 
 
-def fake_quantized(x: torch.Tensor) -> torch.Tensor:
-    """``x`` quantised per tensor to uint8 (0..127 under ``reduce_range``) and back, by PyTorch's observer."""
-    observer = MinMaxObserver(dtype=torch.quint8, quant_min=0, quant_max=127 if reduce_range() else 255)
+def fake_quantized(x: torch.Tensor, seven_bits: bool) -> torch.Tensor:
+    """``x`` quantised per tensor to uint8 (0..127 if ``seven_bits``) and back, by PyTorch's observer."""
+    observer = MinMaxObserver(dtype=torch.quint8, quant_min=0, quant_max=127 if seven_bits else 255)
     observer(x)
     scale, zero_point = observer.calculate_qparams()
     low, high = observer.quant_min, observer.quant_max
@@ -41,18 +42,26 @@ def fake_quantized(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("rows", [1, 8, 40])
-def test_int8_product_is_within_the_quantisation_bound(rows: int) -> None:
+@pytest.mark.parametrize("force_seven_bits", [False, True], ids=["this-cpu", "7-bit"])
+def test_int8_product_is_within_the_quantisation_bound(rows: int, force_seven_bits: bool, monkeypatch) -> None:
+    # 7-bit activations (reduce_range) are what CPUs without AVX-512 VNNI take; forcing them
+    # tests that path on every CPU (fbgemm's 7-bit products are exact on any ISA)
+    if force_seven_bits:
+        monkeypatch.setattr(quantized, "reduce_range", lambda: True)
+    seven_bits = quantized.reduce_range()
     torch.manual_seed(0)
     weight, bias, x = torch.randn(256, 128) * 0.05, torch.randn(256), torch.randn(rows, 128)
     with torch.no_grad():
         ours = QuantizedWeights(rows=rows).linear(x, weight, bias)
     exact = F.linear(x.double(), weight.double(), bias.double())
     error = (ours.double() - exact).abs()
-    assert (error <= product_error_bound(x.double(), weight.double()) * 1.01 + 1e-5).all()
+    assert (error <= product_error_bound(x.double(), weight.double(), seven_bits) * 1.01 + 1e-5).all()
     # and it is the int8 product: the fp32 product of the dequantised weight and the activations
     # quantised as PyTorch's MinMaxObserver does (uint8, 7 bits under reduce_range)
     assert error.max() > 1e-4
-    torch.testing.assert_close(ours, F.linear(fake_quantized(x), dequantized(weight), bias), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        ours, F.linear(fake_quantized(x, seven_bits), dequantized(weight), bias), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_products_that_do_not_qualify_stay_exact() -> None:
