@@ -22,6 +22,7 @@ from attnlab.functional.kernels import (
     table_path,
     write_table,
 )
+from attnlab.functional.kernels import thresholds as thresholds_module
 
 B, H, LQ, LK, D, DV = 2, 3, 5, 7, 8, 9
 DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
@@ -212,6 +213,42 @@ def test_bf16_calls_without_gradients_take_explicit_below_the_threshold():
         assert choose_kernel(q, k, v, thresholds=thresholds) is expected
     q, k, v = (torch.randn(B, H, n, D) for n in (LQ, LK, LK))
     assert choose_kernel(q, k, v, thresholds=thresholds) is sdpa  # fp32: SDPA at any length
+
+
+@pytest.mark.parametrize(
+    "flags, cap, expected",
+    [
+        ("fpu avx2 avx512f avx512_bf16", "", True),
+        ("fpu avx2 avx512f amx_bf16 amx_tile", "", True),
+        ("fpu avx2 avx512f avx512_vnni", "", False),  # AVX-512 without its bf16 instructions
+        ("fpu avx2", "", False),
+        ("fpu avx2 avx512f avx512_bf16", "AVX2", False),  # oneDNN held below bf16 (make test-isa)
+        ("fpu avx2 avx512f avx512_bf16", "avx512_core", False),
+        ("fpu avx2 avx512f avx512_bf16", "AVX512_CORE_BF16", True),
+        ("", "", False),
+    ],
+)
+def test_native_bf16_rule(flags, cap, expected):
+    assert thresholds_module.native_bf16_rule(f"processor\t: 0\nflags\t\t: {flags}\n", cap) is expected
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_calls_take_sdpa_on_cpus_without_native_bf16(native, monkeypatch):
+    """Without bf16 instructions the explicit kernel's bf16 products ran 3-30x slower than SDPA."""
+    monkeypatch.setattr(thresholds_module, "default_native_bf16", lambda: native)
+    defaults = Thresholds()
+    bf16_thresholds = (
+        defaults.cpu_backward_sdpa_min_keys_bfloat16,
+        defaults.cpu_forward_sdpa_min_keys_bfloat16,
+        defaults.cpu_step_plain_max_keys_bfloat16,
+    )
+    assert bf16_thresholds == ((512, 768, 1024) if native else (0, 0, 0))
+    short = explicit if native else sdpa
+    q, k, v = (torch.randn(B, H, n, D, dtype=torch.bfloat16) for n in (LQ, LK, LK))
+    assert choose_kernel(q, k, v, thresholds=defaults) is short
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    assert choose_kernel(q, k, v, thresholds=defaults) is short
+    assert defaults.cpu_backward_sdpa_min_keys_float32 == Thresholds().cpu_backward_sdpa_min_keys_float32  # fp32 alike
 
 
 def test_a_table_is_read_once_and_decides(tmp_path, monkeypatch):

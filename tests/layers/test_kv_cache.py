@@ -37,10 +37,21 @@ def test_step_attention_gives_zeros_where_no_key_is_allowed():
     torch.testing.assert_close(out[0, 0, [0, 2]], F.scaled_dot_product_attention(q, k, v)[0, 0, [0, 2]])
 
 
+BF16_STEP_LIMIT = 64  # set here: the default is 0 on CPUs without native bf16
+
+
+@pytest.fixture
+def bf16_step_limit():
+    """The bf16 step kernel's key bound set to ``BF16_STEP_LIMIT`` for one test."""
+    previous = set_thresholds(Thresholds(cpu_step_plain_max_keys_bfloat16=BF16_STEP_LIMIT))
+    yield BF16_STEP_LIMIT
+    set_thresholds(previous)
+
+
 @pytest.mark.parametrize("queries", [1, 5])
-@pytest.mark.parametrize("keys", [11, Thresholds().cpu_step_plain_max_keys_bfloat16 + 1])
+@pytest.mark.parametrize("keys", [11, BF16_STEP_LIMIT + 1])  # either side of the bound
 @pytest.mark.parametrize("masked", [False, True])
-def test_bf16_step_attention_equals_sdpa_within_bf16_rounding(queries, keys, masked):
+def test_bf16_step_attention_equals_sdpa_within_bf16_rounding(queries, keys, masked, bf16_step_limit):
     g = torch.Generator().manual_seed(3)
     q = torch.randn(3, 2, queries, 16, generator=g).bfloat16()
     k, v = (torch.randn(3, 2, keys, 16, generator=g).bfloat16() for _ in range(2))
@@ -53,8 +64,8 @@ def test_bf16_step_attention_equals_sdpa_within_bf16_rounding(queries, keys, mas
     torch.testing.assert_close(out.double(), expected, atol=2e-2, rtol=2e-2)
 
 
-def test_bf16_steps_take_the_plain_products_up_to_their_key_bound():
-    limit = Thresholds().cpu_step_plain_max_keys_bfloat16
+def test_bf16_steps_take_the_plain_products_up_to_their_key_bound(bf16_step_limit):
+    limit = bf16_step_limit
     one_query = torch.zeros(2, 2, 1, 8, dtype=torch.bfloat16)
     assert plain_step_fits(one_query, torch.zeros(2, 2, limit, 8, dtype=torch.bfloat16))
     assert not plain_step_fits(one_query, torch.zeros(2, 2, limit + 1, 8, dtype=torch.bfloat16))

@@ -34,7 +34,10 @@ class Thresholds:
         cpu_backward_sdpa_min_keys_float32: fp32 CPU calls that need gradients take SDPA from
             this many keys on, the explicit kernel below.
         cpu_backward_sdpa_min_keys_bfloat16: likewise for bf16 and fp16 (SDPA's low-precision
-            CPU backward is slow for short sequences).
+            CPU backward is slow for short sequences). This and the other two ``_bfloat16``
+            thresholds default to 0 (always SDPA) on CPUs without native bf16 arithmetic
+            (``default_native_bf16()``), where the explicit kernel's bf16 products have no fast
+            kernel and ran 1.2 to 31 times slower than SDPA where measured.
         cpu_backward_sdpa_min_keys_float64: likewise for float64.
         cpu_forward_sdpa_min_keys_bfloat16: bf16 and fp16 CPU calls that need no gradients take
             SDPA from this many keys on, the explicit kernel below (SDPA's low-precision CPU
@@ -59,15 +62,15 @@ class Thresholds:
     """
 
     cpu_backward_sdpa_min_keys_float32: int = 0
-    cpu_backward_sdpa_min_keys_bfloat16: int = 512
+    cpu_backward_sdpa_min_keys_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(512))
     cpu_backward_sdpa_min_keys_float64: int = 0
-    cpu_forward_sdpa_min_keys_bfloat16: int = 768
+    cpu_forward_sdpa_min_keys_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(768))
     cpu_causal_min_queries: int = 0
     cpu_causal_block_queries: int = 256
     cpu_contiguous_min_keys: int = 256
     cpu_step_plain_max_queries: int = 8
     cpu_step_plain_max_keys: int = 128
-    cpu_step_plain_max_keys_bfloat16: int = 1024
+    cpu_step_plain_max_keys_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(1024))
     cpu_linear_onednn_min_rows: int = dataclasses.field(default_factory=lambda: default_linear_onednn_min_rows())
     weights_chunk_elements: int = 1 << 22
 
@@ -157,8 +160,7 @@ def write_table(thresholds: Thresholds, path: Path | None = None, measured: dict
 def default_linear_onednn_min_rows() -> int:
     """The default of ``Thresholds.cpu_linear_onednn_min_rows`` here: ``linear_onednn_rule`` on
     ``/proc/cpuinfo`` and oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``)."""
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))
-    return linear_onednn_rule(_cpuinfo(), cap)
+    return linear_onednn_rule(_cpuinfo(), _onednn_isa_cap())
 
 
 def linear_onednn_rule(cpuinfo: str, isa_cap: str = "") -> int:
@@ -168,10 +170,33 @@ def linear_onednn_rule(cpuinfo: str, isa_cap: str = "") -> int:
     cap = isa_cap.strip().upper()
     if cap not in ("", "ALL", "DEFAULT") and not cap.startswith(("AVX512", "AVX10")):
         return 0
-    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
-    fields = {name.strip(): value.strip() for name, value in fields.items()}
-    vendor, flags = fields.get("vendor_id", ""), fields.get("flags", "").split()
-    return int(vendor not in ("", "GenuineIntel") and "avx512f" in flags)
+    vendor = _fields(cpuinfo).get("vendor_id", "")
+    return int(vendor not in ("", "GenuineIntel") and "avx512f" in _flags(cpuinfo))
+
+
+@functools.cache
+def default_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively: ``native_bf16_rule`` on ``/proc/cpuinfo`` and
+    oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``)."""
+    return native_bf16_rule(_cpuinfo(), _onednn_isa_cap())
+
+
+def native_bf16_rule(cpuinfo: str, isa_cap: str = "") -> bool:
+    """True for an x86 CPU with AVX-512 BF16 or AMX BF16 instructions, unless ``isa_cap`` holds
+    oneDNN below them; False elsewhere, other architectures included (their bf16 kernels were
+    not measured here: PyTorch's SDPA is the default there)."""
+    cap = isa_cap.strip().upper()
+    if cap not in ("", "ALL", "DEFAULT") and not cap.startswith(
+        ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10")
+    ):
+        return False
+    flags = _flags(cpuinfo)
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _bf16_default(native: int) -> int:
+    """A ``_bfloat16`` threshold's default: ``native`` where the CPU has native bf16, else 0 (SDPA)."""
+    return native if default_native_bf16() else 0
 
 
 def plain_step_fits(query: Tensor, key: Tensor) -> bool:
@@ -208,6 +233,22 @@ def _cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor()
+
+
+def _fields(cpuinfo: str) -> dict[str, str]:
+    """``/proc/cpuinfo``'s ``name: value`` lines (the last CPU's where they repeat)."""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    return {name.strip(): value.strip() for name, value in fields.items()}
+
+
+def _flags(cpuinfo: str) -> list[str]:
+    """The CPU's feature flags in ``/proc/cpuinfo``'s text."""
+    return _fields(cpuinfo).get("flags", "").split()
+
+
+def _onednn_isa_cap() -> str:
+    """oneDNN's ISA cap from the environment (``ONEDNN_MAX_CPU_ISA``, formerly ``DNNL_MAX_CPU_ISA``)."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))
 
 
 def _cpuinfo() -> str:
