@@ -35,9 +35,9 @@ class Thresholds:
             this many keys on, the explicit kernel below.
         cpu_backward_sdpa_min_keys_bfloat16: likewise for bf16 and fp16 (SDPA's low-precision
             CPU backward is slow for short sequences). This and the other two ``_bfloat16``
-            thresholds default to 0 (always SDPA) on CPUs without native bf16 arithmetic
-            (``default_native_bf16()``), where the explicit kernel's bf16 products have no fast
-            kernel and ran 1.2 to 31 times slower than SDPA where measured.
+            thresholds rest on CPUs with native bf16 arithmetic; elsewhere
+            (``default_native_bf16()`` False) they default to 0, always SDPA: on an AVX2 CPU the
+            explicit kernel's bf16 products ran 1.2 to 31 times slower than SDPA.
         cpu_backward_sdpa_min_keys_float64: likewise for float64.
         cpu_forward_sdpa_min_keys_bfloat16: bf16 and fp16 CPU calls that need no gradients take
             SDPA from this many keys on, the explicit kernel below (SDPA's low-precision CPU
