@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from attnlab.functional.kernels import thresholds
 from attnlab.training.errors import TrainingError
 
 __all__ = ["autocast_to", "cpu_has_bf16", "resolve_device", "resolve_precision", "seed_everything"]
@@ -18,12 +18,9 @@ logger = logging.getLogger(__name__)
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), read from /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX, not held below them by
+    ``ONEDNN_MAX_CPU_ISA``): the attention dispatcher's notion, ``thresholds.default_native_bf16``."""
+    return thresholds.default_native_bf16()
 
 
 def resolve_device(name: str) -> torch.device:
