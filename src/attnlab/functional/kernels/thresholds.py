@@ -167,8 +167,7 @@ def linear_onednn_rule(cpuinfo: str, isa_cap: str = "") -> int:
     """1 (every fp32 linear product on oneDNN) for an x86 CPU with AVX-512 that is not Intel's,
     where MKL runs its AVX2 code and oneDNN its AVX-512 code, unless ``isa_cap`` holds oneDNN
     below AVX-512; else 0 (the BLAS, which runs the CPU's widest code itself)."""
-    cap = isa_cap.strip().upper()
-    if cap not in ("", "ALL", "DEFAULT") and not cap.startswith(("AVX512", "AVX10")):
+    if not _cap_allows(isa_cap, ("AVX512", "AVX10")):
         return 0
     vendor = _fields(cpuinfo).get("vendor_id", "")
     return int(vendor not in ("", "GenuineIntel") and "avx512f" in _flags(cpuinfo))
@@ -185,10 +184,7 @@ def native_bf16_rule(cpuinfo: str, isa_cap: str = "") -> bool:
     """True for an x86 CPU with AVX-512 BF16 or AMX BF16 instructions, unless ``isa_cap`` holds
     oneDNN below them; False elsewhere, other architectures included (their bf16 kernels were
     not measured here: PyTorch's SDPA is the default there)."""
-    cap = isa_cap.strip().upper()
-    if cap not in ("", "ALL", "DEFAULT") and not cap.startswith(
-        ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10")
-    ):
+    if not _cap_allows(isa_cap, ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10")):
         return False
     flags = _flags(cpuinfo)
     return "avx512_bf16" in flags or "amx_bf16" in flags
@@ -244,6 +240,13 @@ def _fields(cpuinfo: str) -> dict[str, str]:
 def _flags(cpuinfo: str) -> list[str]:
     """The CPU's feature flags in ``/proc/cpuinfo``'s text."""
     return _fields(cpuinfo).get("flags", "").split()
+
+
+def _cap_allows(isa_cap: str, levels: tuple[str, ...]) -> bool:
+    """Whether oneDNN's ISA cap (an ``ONEDNN_MAX_CPU_ISA`` value, any case) leaves it the ISA
+    levels named by these prefixes: no cap, ``ALL``/``DEFAULT``, or one of them."""
+    cap = isa_cap.strip().upper()
+    return cap in ("", "ALL", "DEFAULT") or cap.startswith(levels)
 
 
 def _onednn_isa_cap() -> str:
