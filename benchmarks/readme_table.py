@@ -91,14 +91,13 @@ def rewrite(text: str, body: str) -> str:
     return f"{head}{START}\n{body.strip()}\n{END}{tail}"
 
 
-def update_readme(json_paths: Path | list[Path], readme: Path) -> Path:
+def update_readme(json_paths: list[Path], readme: Path) -> Path:
     """Rewrite ``readme``'s bench block from the reports at ``json_paths`` (one table each);
     returns ``readme``."""
-    paths = [json_paths] if isinstance(json_paths, Path) else list(json_paths)
-    for path in paths:
+    for path in json_paths:
         if not path.exists():
             raise FileNotFoundError(f"no bench report at {path}: run `attnlab bench` first")
-    reports = [json.loads(path.read_text()) for path in paths]
+    reports = [json.loads(path.read_text()) for path in json_paths]
     readme.write_text(rewrite(readme.read_text(), block(*reports)))
     return readme
 
