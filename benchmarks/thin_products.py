@@ -6,9 +6,11 @@ stream from memory, as the decoder's weights do in a real step, instead of sitti
 
 - ``F.linear``: what PyTorch calls for ``nn.Linear`` (the BLAS repacks the weight every call);
 - ``oneDNN packed``: the decoding engine's copy (``attnlab.functional.kernels.onednn``), packed once;
-- ``MKL packed``: MKL's ``cblas_sgemm_pack`` copy, where this build has it.
+- ``MKL packed``: MKL's ``cblas_sgemm_pack`` copy, where this build has it;
+- ``thin``: attnlab's thin-product kernel (``attnlab.functional.kernels.thin``), where it runs.
 
-Microseconds per product (median of interleaved rounds) and the ratio F.linear / oneDNN packed.
+Microseconds per product (median of interleaved rounds) and the ratios F.linear / oneDNN packed
+and oneDNN packed / thin.
 
     .venv/bin/python -m benchmarks.thin_products [--threads N]
 """
@@ -24,7 +26,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from attnlab.functional.kernels import onednn
+from attnlab.functional.kernels import onednn, thin
 from benchmarks.common import RESULTS, interleave
 
 SHAPES = [(512, 1536), (512, 512), (512, 2048), (2048, 512), (512, 8000)]  # (in, out) of a base decoder
@@ -42,6 +44,9 @@ def kernels(x: torch.Tensor, weights: list[torch.Tensor], bias: torch.Tensor) ->
     if torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"):
         mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in weights]
         peers["MKL packed"] = lambda: [torch.ops.mkl._mkl_linear(x, p, w, bias, rows) for p, w in zip(mkl, weights)]
+    if thin.available():
+        panels = [thin.pack(w) for w in weights]
+        peers["thin"] = lambda: [thin.linear(x, p, w.shape[0], bias) for p, w in zip(panels, weights)]
     return peers
 
 
@@ -49,12 +54,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 16, 40], help="rows per product")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = []
     print(f"{args.threads} threads; microseconds per product, weights streamed from memory")
     with torch.inference_mode():
-        for rows in (8, 40):
+        for rows in args.rows:
             for n_in, n_out in SHAPES:
                 copies = max(2, round(STREAMED_BYTES / (4 * n_in * n_out)))
                 weights = [torch.randn(n_out, n_in) for _ in range(copies)]
@@ -62,11 +68,22 @@ def main() -> None:
                 samples, _ = interleave(kernels(x, weights, bias), args.repeats)
                 us = {name: 1e6 * statistics.median(t) / copies for name, t in samples.items()}
                 ratio = us["F.linear"] / us["oneDNN packed"]
-                results.append({"rows": rows, "in": n_in, "out": n_out, "us": us, "f_linear_over_onednn": ratio})
+                thin_ratio = us["oneDNN packed"] / us["thin"] if "thin" in us else None
+                results.append(
+                    {
+                        "rows": rows,
+                        "in": n_in,
+                        "out": n_out,
+                        "us": us,
+                        "f_linear_over_onednn": ratio,
+                        "onednn_over_thin": thin_ratio,
+                    }
+                )
                 print(
                     f"rows {rows:2} {n_in:4}x{n_out:<4} "
                     + "  ".join(f"{k} {v:7.0f}" for k, v in us.items())
                     + f"   F.linear / oneDNN packed {ratio:.2f}x"
+                    + ("" if thin_ratio is None else f"   oneDNN packed / thin {thin_ratio:.2f}x")
                 )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "thin_products.json"

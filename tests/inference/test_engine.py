@@ -1,5 +1,5 @@
 """The decoding engine against the model's own decoding path, and its parts: packed products
-against F.linear (and their fallback where oneDNN's packed linear is missing), the plain step's
+against F.linear on either kernel (and their fallback where neither runs), the plain step's
 refusals, and fresh weights after training steps."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.decoding import beam_search, greedy_search
-from attnlab.functional.kernels import onednn
+from attnlab.functional.kernels import Thresholds, onednn, set_thresholds, thin
 from attnlab.inference.engine import DecodingEngine
 from attnlab.inference.packed import MIN_PACKED_ELEMENTS, PackedWeights
 from attnlab.layers import MultiHeadAttention
@@ -18,6 +18,8 @@ from attnlab.layers.kv_cache import KVCache
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this PyTorch build has no oneDNN packed linear")
 needs_bf16 = pytest.mark.skipif(not onednn.bf16_available(), reason="this CPU has no bf16 instructions")
 ALL_OFF = dict(plain_steps=False, pack_weights=False, beam_pools=False)
+# fp32 products by packed weights: the thin kernel for every row count, or oneDNN's for every one.
+THIN, ONEDNN = Thresholds(cpu_thin_max_rows=1 << 20), Thresholds(cpu_thin_max_rows=0)
 
 
 def _fp32_product_tolerance(inner: int) -> dict[str, float]:
@@ -28,8 +30,10 @@ def _fp32_product_tolerance(inner: int) -> dict[str, float]:
 
 # --- packed products ------------------------------------------------------------------------
 @needs_onednn
+@pytest.mark.parametrize("thresholds", [THIN, ONEDNN], ids=["thin", "oneDNN"])
 @pytest.mark.parametrize(("rows", "shape"), [(8, (512, 256)), (40, (1024, 256)), (3, (300, 130))])
-def test_packed_product_matches_f_linear_for_any_row_count(rows: int, shape: tuple[int, int]) -> None:
+def test_packed_product_matches_f_linear_for_any_row_count(rows, shape, thresholds) -> None:
+    set_thresholds(thresholds)
     g = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(shape, generator=g), torch.randn(shape[0], generator=g)
     packed = PackedWeights(rows)
@@ -70,8 +74,9 @@ def test_products_that_do_not_qualify_are_f_linears() -> None:
         PackedWeights(0)
 
 
-def test_without_onednn_packed_products_fall_back_to_f_linear(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Private ops missing from a build (or renamed in a release) leave F.linear, bit for bit."""
+def test_without_either_kernel_packed_products_fall_back_to_f_linear(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Private ops missing from a build (or renamed in a release), and no thin kernel: F.linear, bit for bit."""
+    monkeypatch.setattr(thin, "available", lambda: False)
     monkeypatch.setattr(onednn, "available", lambda: False)
     monkeypatch.setattr(onednn, "bf16_available", lambda: False)
     g = torch.Generator().manual_seed(0)
@@ -123,6 +128,19 @@ def test_engine_paths_give_the_models_translations(model, src, beam, paths) -> N
     with torch.no_grad():
         reference = search(model, src, beam)
         ours = search(DecodingEngine(model, **options), src, beam)
+    assert torch.equal(ours.tokens, reference.tokens)
+    torch.testing.assert_close(ours.scores, reference.scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+@pytest.mark.parametrize("thresholds", [THIN, ONEDNN], ids=["thin", "oneDNN"])
+def test_packed_products_on_either_kernel_give_the_models_translations(model, src, beam, thresholds) -> None:
+    if thresholds is THIN and not thin.available():
+        pytest.skip("the thin kernel needs AVX2 and FMA")
+    set_thresholds(thresholds)
+    with torch.no_grad():
+        reference = search(model, src, beam)
+        ours = search(DecodingEngine(model), src, beam)
     assert torch.equal(ours.tokens, reference.tokens)
     torch.testing.assert_close(ours.scores, reference.scores, rtol=1e-4, atol=1e-4)
 

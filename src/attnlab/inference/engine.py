@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.functional.kernels import onednn
+from attnlab.functional.kernels import onednn, thin
 from attnlab.inference.beam_cache import BeamDecoderCache
 from attnlab.inference.packed import PackedWeights
 from attnlab.inference.quantized import QuantizedWeights, check_available
@@ -50,7 +50,7 @@ class DecodingEngine:
             attention layer is plain (``MultiHeadAttention.is_plain``) and the model is in
             evaluation mode.
         pack_weights: on CPU, multiply plain steps by packed copies of the weights; None packs
-            where this PyTorch build can (``attnlab.functional.kernels.onednn``).
+            where it can (the thin kernel or oneDNN, ``attnlab.inference.packed``).
         beam_pools: keep beam hypotheses' keys in per-sentence pools.
         int8: multiply plain steps by int8 copies of the weights (CPU, a ``Transformer`` in
             evaluation mode; implies ``plain_steps``).
@@ -80,7 +80,9 @@ class DecodingEngine:
             _check_int8(model, plain_steps)
         self.int8 = int8
         self.plain_steps = plain_steps and is_transformer
-        self.pack_weights = self.plain_steps and (onednn.available() if pack_weights is None else pack_weights)
+        self.pack_weights = self.plain_steps and (
+            onednn.available() or thin.available() if pack_weights is None else pack_weights
+        )
         self.beam_pools = beam_pools and is_transformer
         self._packed: PackedWeights | None = None
 

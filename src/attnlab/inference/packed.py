@@ -2,10 +2,11 @@
 
 A decoding step multiplies a few rows (the batch, times the beam) by every weight matrix of the
 decoder, so a step costs about one read of the decoder's weights, and ``F.linear`` repacks each
-weight inside the BLAS on every call. ``PackedWeights.linear`` multiplies by a copy packed once
-into oneDNN's layout (``attnlab.functional.kernels.onednn``):
+weight inside the BLAS on every call. ``PackedWeights.linear`` multiplies by a copy packed once:
 
-- **fp32**: the same fp32 arithmetic in another summation order;
+- **fp32**: the same fp32 arithmetic in another summation order, on the thin-product kernel
+  (``attnlab.functional.kernels.thin``) for at most ``Thresholds.cpu_thin_max_rows`` rows where
+  it runs, else on oneDNN's (``attnlab.functional.kernels.onednn``);
 - **bf16**: under ``torch.autocast("cpu", dtype=torch.bfloat16)`` ``F.linear`` casts every fp32
   weight to bf16 on every call; a bf16 copy made once gives autocast's result (the same bf16
   operands, fp32 accumulation) from half the bytes. Only where the CPU has bf16 instructions.
@@ -25,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.functional.kernels import onednn
+from attnlab.functional.kernels import onednn, thin
+from attnlab.functional.kernels.thresholds import current_thresholds
 
 # Below this many weight elements (128 x 128) packing gains too little to pay for its memory.
 MIN_PACKED_ELEMENTS = 128 * 128
@@ -60,7 +62,7 @@ class PackedWeights:
           or a bf16 ``x`` and weight with autocast off.
 
         Never when autograd would need the product, for weights below ``MIN_PACKED_ELEMENTS``,
-        or where this PyTorch build lacks oneDNN's packed linear: those take ``F.linear``.
+        or where neither the thin kernel nor oneDNN's packed linear serves: those take ``F.linear``.
         """
         out = self._packed_linear(x, weight, bias)
         return F.linear(x, weight, bias) if out is None else out
@@ -71,10 +73,14 @@ class PackedWeights:
             or weight.numel() < MIN_PACKED_ELEMENTS
             or not (x.is_cpu and weight.is_cpu)
             or ((x.requires_grad or weight.requires_grad) and torch.is_grad_enabled())
-            or not onednn.available()
         ):
             return None
-        if torch.is_autocast_enabled("cpu"):
+        autocast = torch.is_autocast_enabled("cpu")
+        if not autocast and x.dtype == weight.dtype == torch.float32 and self._thin_fits(x):
+            return thin.linear(x, self._copy(weight, "thin", thin.pack), weight.shape[0], bias)
+        if not onednn.available():
+            return None
+        if autocast:
             if (
                 torch.get_autocast_dtype("cpu") != torch.bfloat16
                 or weight.dtype != torch.float32
@@ -88,6 +94,11 @@ class PackedWeights:
         if x.dtype != torch.float32 or weight.dtype != torch.float32:
             return None
         return onednn.linear(x, self._copy(weight, "fp32", lambda w: onednn.pack(w, self.rows)), bias)
+
+    @staticmethod
+    def _thin_fits(x: Tensor) -> bool:
+        """Whether ``x``'s rows are few enough for the thin kernel, and it runs here."""
+        return x.numel() <= current_thresholds().cpu_thin_max_rows * x.shape[-1] and thin.available()
 
     def _linear_bf16(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         copy = self._copy(weight, "bf16", lambda w: onednn.pack(w.to(torch.bfloat16), self.rows))

@@ -57,6 +57,10 @@ class Thresholds:
         cpu_linear_onednn_min_rows: fp32 CPU linear products of at least this many rows run on
             oneDNN in ``attnlab.functional.kernels.linear.linear`` (0: never, the BLAS);
             the default is ``default_linear_onednn_min_rows()``.
+        cpu_thin_max_rows: fp32 products of at most this many rows, by weights the decoding
+            engine packs, take the thin-product kernel (``attnlab.functional.kernels.thin``)
+            where it is available (0: never, oneDNN's packed products); the default is
+            ``default_thin_max_rows()``.
         weights_chunk_elements: scores in one block of the blockwise kernel and of the weights
             computed beside SDPA (a memory bound, not a speed threshold).
     """
@@ -72,6 +76,7 @@ class Thresholds:
     cpu_step_plain_max_keys: int = 128
     cpu_step_plain_max_keys_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(1024))
     cpu_linear_onednn_min_rows: int = dataclasses.field(default_factory=lambda: default_linear_onednn_min_rows())
+    cpu_thin_max_rows: int = dataclasses.field(default_factory=lambda: default_thin_max_rows())
     weights_chunk_elements: int = 1 << 22
 
     def __post_init__(self) -> None:
@@ -171,6 +176,20 @@ def linear_onednn_rule(cpuinfo: str, isa_cap: str = "") -> int:
         return 0
     vendor = _fields(cpuinfo).get("vendor_id", "")
     return int(vendor not in ("", "GenuineIntel") and "avx512f" in _flags(cpuinfo))
+
+
+@functools.cache
+def default_thin_max_rows() -> int:
+    """The default of ``Thresholds.cpu_thin_max_rows`` here: ``thin_rule`` on ``/proc/cpuinfo``."""
+    return thin_rule(_cpuinfo())
+
+
+def thin_rule(cpuinfo: str) -> int:
+    """16 for an x86 CPU with AVX2 and FMA but no AVX-512, where the thin kernel's products of up to
+    16 rows outran oneDNN's packed ones; else 0 (with AVX-512, oneDNN's full-width kernels are
+    the bar and the AVX2 kernel was not measured against them)."""
+    flags = _flags(cpuinfo)
+    return 16 if "avx2" in flags and "fma" in flags and "avx512f" not in flags else 0
 
 
 @functools.cache

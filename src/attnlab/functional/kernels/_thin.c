@@ -1,0 +1,143 @@
+/* Thin fp32 products y = x W^T + b for the few rows of a decoding step (AVX2 + FMA).
+ *
+ * A decoding step multiplies a handful of rows by every weight of the decoder, so its products
+ * are bound by reading the weights from memory. The weight is packed once, by
+ * attnlab.functional.kernels.thin.pack, into panels of 8 output columns, each panel's K rows of
+ * 8 floats contiguous: P[n / 8][k][n % 8] = W[n][k] (zero columns past N). One pass over a
+ * panel keeps 8 rows' accumulators in registers, so the weight is read once, in order, for up
+ * to 8 rows, and again from cache for each further block of 8.
+ *
+ * The module exposes two functions; attnlab.functional.kernels.thin checks shapes and dtypes
+ * before it calls them:
+ *   supported() -> bool: whether this CPU has AVX2 and FMA;
+ *   linear(x, p, b, y, rows, k, n, threads): addresses of x (rows, k), p, b (n, or 0 for none)
+ *       and y (rows, n), all fp32 and contiguous.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define THIN_X86 1
+#endif
+
+#ifdef THIN_X86
+#define PANEL 8
+#define PREFETCH_FLOATS 1024 /* 4 KB ahead of the panel row being read */
+
+/* acc[r] = sum_k x[r][k] * panel[k][0..7] for R rows, then y = acc + bias. The accumulators
+ * are indexed by constants only (every loop over r unrolled), so they stay in registers. */
+#define PANEL_ROWS(R)                                                                            \
+    __attribute__((target("avx2,fma"))) static void panel_rows_##R(                              \
+        const float *x, long k_dim, const float *panel, const float *bias8, float *y, long ldy, \
+        int cols) {                                                                              \
+        __m256 acc[R];                                                                           \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();       \
+        for (long k = 0; k < k_dim; ++k) {                                                       \
+            __m256 w = _mm256_loadu_ps(panel + k * PANEL);                                       \
+            if ((k & 1) == 0) _mm_prefetch((const char *)(panel + k * PANEL + PREFETCH_FLOATS),  \
+                                           _MM_HINT_T0);                                         \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] =                        \
+                _mm256_fmadd_ps(_mm256_broadcast_ss(x + r * k_dim + k), w, acc[r]);             \
+        }                                                                                        \
+        float out[R][PANEL];                                                                     \
+        __m256 b = bias8 ? _mm256_loadu_ps(bias8) : _mm256_setzero_ps();                         \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                     \
+            _mm256_storeu_ps(out[r], _mm256_add_ps(acc[r], b));                                  \
+        for (int r = 0; r < R; ++r) memcpy(y + r * ldy, out[r], sizeof(float) * cols);          \
+    }
+
+PANEL_ROWS(1)
+PANEL_ROWS(2)
+PANEL_ROWS(3)
+PANEL_ROWS(4)
+PANEL_ROWS(5)
+PANEL_ROWS(6)
+PANEL_ROWS(7)
+PANEL_ROWS(8)
+
+typedef void (*panel_fn)(const float *, long, const float *, const float *, float *, long, int);
+static const panel_fn PANEL_FNS[PANEL + 1] = {NULL,           panel_rows_1, panel_rows_2,
+                                              panel_rows_3,   panel_rows_4, panel_rows_5,
+                                              panel_rows_6,   panel_rows_7, panel_rows_8};
+
+static void thin_linear(const float *x, const float *p, const float *b, float *y, long rows,
+                        long k_dim, long n, int threads) {
+    long panels = (n + PANEL - 1) / PANEL;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long j = 0; j < panels; ++j) {
+        const float *panel = p + j * k_dim * PANEL;
+        const float *bias8 = NULL;
+        float bias_tail[PANEL] = {0};
+        int cols = (int)(n - j * PANEL < PANEL ? n - j * PANEL : PANEL);
+        if (b) {
+            if (cols == PANEL) {
+                bias8 = b + j * PANEL;
+            } else {
+                memcpy(bias_tail, b + j * PANEL, sizeof(float) * cols);
+                bias8 = bias_tail;
+            }
+        }
+        for (long r0 = 0; r0 < rows; r0 += PANEL) {
+            long r = rows - r0 < PANEL ? rows - r0 : PANEL;
+            PANEL_FNS[r](x + r0 * k_dim, k_dim, panel, bias8, y + r0 * n + j * PANEL, n, cols);
+        }
+    }
+}
+#endif /* THIN_X86 */
+
+static int cpu_supported(void) {
+#ifdef THIN_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+static PyObject *supported(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyBool_FromLong(cpu_supported());
+}
+
+static PyObject *linear(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long x, p, b, y;
+    long long rows, k_dim, n;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKKLLLi", &x, &p, &b, &y, &rows, &k_dim, &n, &threads))
+        return NULL;
+    if (!cpu_supported()) {
+        PyErr_SetString(PyExc_RuntimeError, "the thin-product kernel needs a CPU with AVX2 and FMA");
+        return NULL;
+    }
+    if (rows < 0 || k_dim <= 0 || n <= 0 || threads <= 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "expected rows >= 0 and positive k, n and threads, got rows=%lld k=%lld n=%lld "
+                     "threads=%d",
+                     rows, k_dim, n, threads);
+        return NULL;
+    }
+#ifdef THIN_X86
+    Py_BEGIN_ALLOW_THREADS
+    thin_linear((const float *)(uintptr_t)x, (const float *)(uintptr_t)p,
+                (const float *)(uintptr_t)b, (float *)(uintptr_t)y, (long)rows, (long)k_dim,
+                (long)n, threads);
+    Py_END_ALLOW_THREADS
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef METHODS[] = {
+    {"supported", supported, METH_NOARGS, "Whether this CPU has AVX2 and FMA."},
+    {"linear", linear, METH_VARARGS, "y = x W^T + b from a packed weight (addresses, fp32)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {
+    PyModuleDef_HEAD_INIT, .m_name = "_thin", .m_size = -1, .m_methods = METHODS};
+
+PyMODINIT_FUNC PyInit__thin(void) { return PyModule_Create(&MODULE); }

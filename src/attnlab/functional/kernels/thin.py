@@ -1,0 +1,84 @@
+"""Thin fp32 products for decoding steps: ``x W^T + b`` for a few rows, from a weight packed once.
+
+A greedy step multiplies one row per sentence by every weight of the decoder, so its products
+are bound by reading the weights from memory, and the general GEMM kernels (the BLAS's,
+oneDNN's) spend that read poorly at 1 to 16 rows. The kernel here (``_thin.c``, AVX2 and FMA,
+built by ``pip install``) packs the weight into panels of 8 output columns and keeps up to 8
+rows' sums in registers, so each panel is read once, in order, per 8 rows.
+``python -m benchmarks.thin_products`` times it beside oneDNN's packed products and ``F.linear``.
+
+The extension is optional: ``available()`` is False where it was not built (no C compiler at
+install time) or the CPU lacks AVX2 and FMA, and callers multiply another way.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:
+    from attnlab.functional.kernels import _thin
+except ImportError:  # built without a C compiler
+    _thin = None
+
+PANEL = 8  # output columns per panel: one AVX2 register of fp32
+
+
+def built() -> bool:
+    """Whether the extension was compiled at install time."""
+    return _thin is not None
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the kernel can run here: built, and the CPU has AVX2 and FMA."""
+    return _thin is not None and bool(_thin.supported())
+
+
+def pack(weight: Tensor) -> Tensor:
+    """``weight (out, in)``, fp32, as panels ``(ceil(out / 8), in, 8)``: ``P[j, k, c] = W[8 j + c, k]``,
+    zero columns past ``out``."""
+    if weight.ndim != 2 or weight.dtype != torch.float32 or not weight.is_cpu:
+        raise ValueError(f"expected a 2-D fp32 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}")
+    out_features, in_features = weight.shape
+    padded = -(-out_features // PANEL) * PANEL
+    weight = F.pad(weight.detach(), (0, 0, 0, padded - out_features))
+    return weight.view(padded // PANEL, PANEL, in_features).transpose(1, 2).contiguous()
+
+
+def linear(x: Tensor, packed: Tensor, out_features: int, bias: Tensor | None = None) -> Tensor:
+    """``x W^T + b`` for ``x (..., in)`` from ``packed = pack(W)``, fp32 on CPU, no autograd."""
+    panels, in_features, width = packed.shape
+    if not available():
+        raise RuntimeError("the thin-product kernel is not available here (not built, or no AVX2 and FMA)")
+    if x.dtype != torch.float32 or not x.is_cpu or x.shape[-1] != in_features:
+        raise ValueError(
+            f"expected fp32 CPU input of {in_features} features, got {tuple(x.shape)} {x.dtype} on {x.device}"
+        )
+    if (
+        width != PANEL
+        or panels != -(-out_features // PANEL)
+        or packed.dtype != torch.float32
+        or not packed.is_contiguous()
+    ):
+        raise ValueError(f"packed weight {tuple(packed.shape)} {packed.dtype} is not pack() of {out_features} outputs")
+    if bias is not None and (bias.shape != (out_features,) or bias.dtype != torch.float32):
+        raise ValueError(f"expected an fp32 bias of shape ({out_features},), got {tuple(bias.shape)} {bias.dtype}")
+    rows = x.reshape(-1, in_features).contiguous()
+    bias = None if bias is None else bias.contiguous()
+    out = torch.empty(rows.shape[0], out_features)
+    if rows.shape[0]:
+        _thin.linear(
+            rows.data_ptr(),
+            packed.data_ptr(),
+            0 if bias is None else bias.data_ptr(),
+            out.data_ptr(),
+            rows.shape[0],
+            in_features,
+            out_features,
+            torch.get_num_threads(),
+        )
+    return out.view(*x.shape[:-1], out_features)

@@ -1,0 +1,134 @@
+"""The thin-product kernel (``attnlab.functional.kernels.thin``): its products against F.linear in
+float64 for every row-block shape and a partial last panel, its packing, its refusals, and the
+rule that turns it on."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlab.functional.kernels import Thresholds, set_thresholds, thin
+from attnlab.functional.kernels.thresholds import thin_rule
+from attnlab.inference.packed import PackedWeights
+
+
+def _cpu_has_avx2_fma() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx2" in flags and "fma" in flags
+
+
+X86_LINUX = sys.platform == "linux" and platform.machine() == "x86_64"
+
+
+def _tolerance(inner: int) -> dict[str, float]:
+    """fp32 sums of ``inner`` unit-scale products against float64: errors grow as sqrt(inner) eps."""
+    eps = torch.finfo(torch.float32).eps
+    return dict(rtol=8 * eps * inner**0.5, atol=8 * eps * inner**0.5)
+
+
+@pytest.mark.skipif(not X86_LINUX, reason="the extension is built and tested on x86-64 Linux")
+def test_the_extension_is_built_and_runs_here():
+    """A silent build failure at install time would leave decoding on oneDNN: make it loud here."""
+    assert thin.built(), "attnlab.functional.kernels._thin was not compiled by pip install (no C compiler?)"
+    assert thin.available() == _cpu_has_avx2_fma()
+
+
+needs_thin = pytest.mark.skipif(not thin.available(), reason="the thin kernel needs AVX2 and FMA")
+
+
+@needs_thin
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 21, 40])
+@pytest.mark.parametrize(("in_features", "out_features"), [(64, 96), (37, 13), (200, 8)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_products_match_f_linear_in_float64(rows, in_features, out_features, with_bias):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, in_features, generator=g)
+    weight = torch.randn(out_features, in_features, generator=g)
+    bias = torch.randn(out_features, generator=g) if with_bias else None
+    got = thin.linear(x, thin.pack(weight), out_features, bias)
+    expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    assert got.shape == (rows, out_features) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, **_tolerance(in_features))
+
+
+@needs_thin
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_any_thread_count_and_leading_dimensions_give_the_same_product(threads):
+    g = torch.Generator().manual_seed(0)
+    x, weight, bias = torch.randn(2, 3, 256, generator=g), torch.randn(300, 256, generator=g), torch.randn(300)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = thin.linear(x, thin.pack(weight), 300, bias)
+    finally:
+        torch.set_num_threads(previous)
+    assert got.shape == (2, 3, 300)
+    torch.testing.assert_close(got, F.linear(x, weight, bias), **_tolerance(256))
+    # a strided input is read through a contiguous copy: the same product
+    strided = torch.randn(256, 6, generator=g).t().view(2, 3, 256)
+    torch.testing.assert_close(
+        thin.linear(strided, thin.pack(weight), 300, bias), F.linear(strided, weight, bias), **_tolerance(256)
+    )
+
+
+def test_packing_lays_out_panels_of_eight_output_columns():
+    weight = torch.arange(13 * 5, dtype=torch.float32).view(13, 5)
+    packed = thin.pack(weight)
+    assert packed.shape == (2, 5, 8) and packed.is_contiguous()
+    for j in range(2):
+        for c in range(8):
+            n = 8 * j + c
+            expected = weight[n] if n < 13 else torch.zeros(5)
+            assert torch.equal(packed[j, :, c], expected), (j, c)
+
+
+@needs_thin
+def test_bad_operands_are_refused_with_what_was_expected():
+    weight = torch.randn(16, 8)
+    packed = thin.pack(weight)
+    with pytest.raises(ValueError, match=r"fp32 CPU input of 8 features, got \(2, 7\)"):
+        thin.linear(torch.randn(2, 7), packed, 16)
+    with pytest.raises(ValueError, match=r"fp32 CPU input of 8 features, got \(2, 8\) torch.float64"):
+        thin.linear(torch.randn(2, 8, dtype=torch.float64), packed, 16)
+    with pytest.raises(ValueError, match=r"is not pack\(\) of 24 outputs"):
+        thin.linear(torch.randn(2, 8), packed, 24)
+    with pytest.raises(ValueError, match=r"fp32 bias of shape \(16,\), got \(15,\)"):
+        thin.linear(torch.randn(2, 8), packed, 16, torch.randn(15))
+    with pytest.raises(ValueError, match=r"2-D fp32 CPU weight, got \(16,\)"):
+        thin.pack(torch.randn(16))
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu sse2 avx avx2 fma", 16),  # AVX2 without AVX-512: measured ahead of oneDNN
+        ("fpu sse2 avx avx2 fma avx512f avx512bw", 0),  # oneDNN's AVX-512 kernels are the bar
+        ("fpu sse2 avx avx2", 0),  # no FMA
+        ("fp asimd", 0),  # not x86
+        ("", 0),
+    ],
+)
+def test_rule_turns_the_kernel_on_only_where_it_was_measured_ahead(flags, expected):
+    assert thin_rule(f"vendor_id\t: AuthenticAMD\nflags\t\t: {flags}\n") == expected
+
+
+@needs_thin
+@pytest.mark.parametrize(("max_rows", "rows", "kernel"), [(16, 8, "thin"), (16, 17, "oneDNN"), (0, 1, "oneDNN")])
+def test_packed_weights_take_the_thin_kernel_up_to_the_threshold(monkeypatch, max_rows, rows, kernel):
+    calls = []
+    original = thin.linear
+    monkeypatch.setattr(thin, "linear", lambda *args: calls.append(args) or original(*args))
+    set_thresholds(Thresholds(cpu_thin_max_rows=max_rows))
+    g = torch.Generator().manual_seed(0)
+    x, weight, bias = torch.randn(rows, 256, generator=g), torch.randn(512, 256, generator=g), torch.randn(512)
+    got = PackedWeights(rows).linear(x, weight, bias)
+    assert ("thin" if calls else "oneDNN") == kernel
+    torch.testing.assert_close(got, F.linear(x, weight, bias), **_tolerance(256))
