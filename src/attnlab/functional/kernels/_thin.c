@@ -3,9 +3,10 @@
  * A decoding step multiplies a handful of rows by every weight of the decoder, so its products
  * are bound by reading the weights from memory. The weight is packed once, by
  * attnlab.functional.kernels.thin.pack, into panels of 8 output columns, each panel's K rows of
- * 8 floats contiguous: P[n / 8][k][n % 8] = W[n][k] (zero columns past N). One pass over a
- * panel keeps 8 rows' accumulators in registers, so the weight is read once, in order, for up
- * to 8 rows, and again from cache for each further block of 8.
+ * 8 floats contiguous: P[n / 8][k][n % 8] = W[n][k] (zero columns past N). Up to 8 rows, one
+ * pass over a panel keeps all rows' accumulators in registers, so the weight is read once, in
+ * order; more rows take two panels at a time in blocks of 6 rows, the panels read from memory
+ * once and from cache for each further block.
  *
  * The module exposes two functions; attnlab.functional.kernels.thin checks shapes and dtypes
  * before it calls them:
@@ -58,33 +59,113 @@ PANEL_ROWS(6)
 PANEL_ROWS(7)
 PANEL_ROWS(8)
 
+/* The same for two adjacent panels (16 columns) at once: 2 weight loads and R broadcasts feed
+ * 2 R multiply-adds, where one panel takes R + 1 loads for R. From 9 rows on the products are
+ * bound by arithmetic, not memory, and blocks of 6 rows (12 accumulators) keep the load ports
+ * from being the limit. The first panel is always whole; the second has cols_b columns. */
+#define PAIR_ROWS(R)                                                                             \
+    __attribute__((target("avx2,fma"))) static void pair_rows_##R(                               \
+        const float *x, long k_dim, const float *pa, const float *pb, const float *bias16,      \
+        float *y, long ldy, int cols_b) {                                                        \
+        __m256 acc_a[R], acc_b[R];                                                               \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {                                   \
+            acc_a[r] = _mm256_setzero_ps();                                                      \
+            acc_b[r] = _mm256_setzero_ps();                                                      \
+        }                                                                                        \
+        for (long k = 0; k < k_dim; ++k) {                                                       \
+            __m256 wa = _mm256_loadu_ps(pa + k * PANEL), wb = _mm256_loadu_ps(pb + k * PANEL);   \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {                               \
+                __m256 xr = _mm256_broadcast_ss(x + r * k_dim + k);                              \
+                acc_a[r] = _mm256_fmadd_ps(xr, wa, acc_a[r]);                                    \
+                acc_b[r] = _mm256_fmadd_ps(xr, wb, acc_b[r]);                                    \
+            }                                                                                    \
+        }                                                                                        \
+        float out[R][2 * PANEL];                                                                 \
+        __m256 ba = bias16 ? _mm256_loadu_ps(bias16) : _mm256_setzero_ps();                      \
+        __m256 bb = bias16 ? _mm256_loadu_ps(bias16 + PANEL) : _mm256_setzero_ps();              \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {                                   \
+            _mm256_storeu_ps(out[r], _mm256_add_ps(acc_a[r], ba));                               \
+            _mm256_storeu_ps(out[r] + PANEL, _mm256_add_ps(acc_b[r], bb));                       \
+        }                                                                                        \
+        for (int r = 0; r < R; ++r) memcpy(y + r * ldy, out[r], sizeof(float) * (PANEL + cols_b)); \
+    }
+
+PAIR_ROWS(1)
+PAIR_ROWS(2)
+PAIR_ROWS(3)
+PAIR_ROWS(4)
+PAIR_ROWS(5)
+PAIR_ROWS(6)
+
+#define PAIR_BLOCK 6
+
 typedef void (*panel_fn)(const float *, long, const float *, const float *, float *, long, int);
 static const panel_fn PANEL_FNS[PANEL + 1] = {NULL,           panel_rows_1, panel_rows_2,
                                               panel_rows_3,   panel_rows_4, panel_rows_5,
                                               panel_rows_6,   panel_rows_7, panel_rows_8};
+typedef void (*pair_fn)(const float *, long, const float *, const float *, const float *, float *,
+                        long, int);
+static const pair_fn PAIR_FNS[PAIR_BLOCK + 1] = {NULL,        pair_rows_1, pair_rows_2, pair_rows_3,
+                                                 pair_rows_4, pair_rows_5, pair_rows_6};
 
-static void thin_linear(const float *x, const float *p, const float *b, float *y, long rows,
-                        long k_dim, long n, int threads) {
+/* Columns [8 j, 8 j + 8) of the bias, zero-padded past n, into buf; NULL without a bias. */
+static const float *bias_of(const float *b, long n, long j, int width, float *buf) {
+    if (!b) return NULL;
+    long start = j * PANEL, cols = n - start < width ? n - start : width;
+    if (cols == width) return b + start;
+    memset(buf, 0, sizeof(float) * width);
+    memcpy(buf, b + start, sizeof(float) * cols);
+    return buf;
+}
+
+/* Up to 8 rows: one pass over each panel. */
+static void thin_few(const float *x, const float *p, const float *b, float *y, long rows,
+                     long k_dim, long n, int threads) {
     long panels = (n + PANEL - 1) / PANEL;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long j = 0; j < panels; ++j) {
-        const float *panel = p + j * k_dim * PANEL;
-        const float *bias8 = NULL;
-        float bias_tail[PANEL] = {0};
+        float buf[PANEL];
         int cols = (int)(n - j * PANEL < PANEL ? n - j * PANEL : PANEL);
-        if (b) {
-            if (cols == PANEL) {
-                bias8 = b + j * PANEL;
-            } else {
-                memcpy(bias_tail, b + j * PANEL, sizeof(float) * cols);
-                bias8 = bias_tail;
+        PANEL_FNS[rows](x, k_dim, p + j * k_dim * PANEL, bias_of(b, n, j, PANEL, buf),
+                        y + j * PANEL, n, cols);
+    }
+}
+
+/* More rows: pairs of panels, each read once from memory and again from cache per block of 6. */
+static void thin_many(const float *x, const float *p, const float *b, float *y, long rows,
+                      long k_dim, long n, int threads) {
+    long panels = (n + PANEL - 1) / PANEL, pairs = (panels + 1) / 2;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long i = 0; i < pairs; ++i) {
+        long j = 2 * i;
+        float buf[2 * PANEL];
+        if (j + 1 < panels) {
+            int cols_b = (int)(n - (j + 1) * PANEL < PANEL ? n - (j + 1) * PANEL : PANEL);
+            const float *bias16 = bias_of(b, n, j, 2 * PANEL, buf);
+            for (long r0 = 0; r0 < rows; r0 += PAIR_BLOCK) {
+                long r = rows - r0 < PAIR_BLOCK ? rows - r0 : PAIR_BLOCK;
+                PAIR_FNS[r](x + r0 * k_dim, k_dim, p + j * k_dim * PANEL, p + (j + 1) * k_dim * PANEL,
+                            bias16, y + r0 * n + j * PANEL, n, cols_b);
+            }
+        } else {  /* an odd last panel */
+            int cols = (int)(n - j * PANEL);
+            const float *bias8 = bias_of(b, n, j, PANEL, buf);
+            for (long r0 = 0; r0 < rows; r0 += PANEL) {
+                long r = rows - r0 < PANEL ? rows - r0 : PANEL;
+                PANEL_FNS[r](x + r0 * k_dim, k_dim, p + j * k_dim * PANEL, bias8,
+                             y + r0 * n + j * PANEL, n, cols);
             }
         }
-        for (long r0 = 0; r0 < rows; r0 += PANEL) {
-            long r = rows - r0 < PANEL ? rows - r0 : PANEL;
-            PANEL_FNS[r](x + r0 * k_dim, k_dim, panel, bias8, y + r0 * n + j * PANEL, n, cols);
-        }
     }
+}
+
+static void thin_linear(const float *x, const float *p, const float *b, float *y, long rows,
+                        long k_dim, long n, int threads) {
+    if (rows == 0) return;
+    if (rows <= PANEL)
+        thin_few(x, p, b, y, rows, k_dim, n, threads);
+    else
+        thin_many(x, p, b, y, rows, k_dim, n, threads);
 }
 #endif /* THIN_X86 */
 

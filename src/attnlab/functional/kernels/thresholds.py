@@ -185,11 +185,11 @@ def default_thin_max_rows() -> int:
 
 
 def thin_rule(cpuinfo: str) -> int:
-    """16 for an x86 CPU with AVX2 and FMA but no AVX-512, where the thin kernel's products of up to
-    16 rows outran oneDNN's packed ones; else 0 (with AVX-512, oneDNN's full-width kernels are
-    the bar and the AVX2 kernel was not measured against them)."""
+    """128 for an x86 CPU with AVX2 and FMA but no AVX-512, where the thin kernel's products of up
+    to 128 rows outran oneDNN's packed ones (at 256 they were even); else 0 (with AVX-512,
+    oneDNN's full-width kernels are the bar and the AVX2 kernel was not measured against them)."""
     flags = _flags(cpuinfo)
-    return 16 if "avx2" in flags and "fma" in flags and "avx512f" not in flags else 0
+    return 128 if "avx2" in flags and "fma" in flags and "avx512f" not in flags else 0
 
 
 @functools.cache
