@@ -5,17 +5,22 @@ the fused ``nn.MultiheadAttention`` inference path, oneDNN's linear (packed or p
 linear (attnlab's decoding engine, fp32 and int8) would count as zero, and a peer that takes
 another kernel would look like less work. ``count_flops`` adds their formulas, the same ones
 PyTorch uses for the CUDA kernels: a matmul of (m, k) by (k, n) is 2 m k n FLOPs; attention is
-4 B H L S d forward (QKᵀ and A V).
+4 B H L S d forward (QKᵀ and A V). attnlab's thin-product kernel is a C call that no torch mode
+sees: while counting, the decoding engine's products take oneDNN's packed kernel instead (the
+same products, so the same FLOPs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
 import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
+
+from attnlab.functional.kernels import current_thresholds, set_thresholds
 
 __all__ = ["count_flops", "mfu"]
 
@@ -67,8 +72,12 @@ def count_flops(fn: Callable[[], object]) -> int:
         fn: a closure; it runs once, for real, under the counter.
     """
     counter = FlopCounterMode(display=False, custom_mapping=_cpu_formulas())
-    with counter:
-        fn()
+    previous = set_thresholds(dataclasses.replace(current_thresholds(), cpu_thin_max_rows=0))  # counted products
+    try:
+        with counter:
+            fn()
+    finally:
+        set_thresholds(previous)
     return int(counter.get_total_flops())
 
 

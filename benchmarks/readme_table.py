@@ -35,7 +35,9 @@ def machine_line(report: dict) -> str:
     return (
         f"`{report['command']}` on {m['cpu_model']} ({m['cores']} cores; {flags}), {threads}, "
         f"torch {m['torch']}, transformers {m['transformers']}; large-matmul peak {peaks}"
-        + (f" (fp32: the faster of the BLAS and oneDNN; attnlab's linears use {m['fp32_linear']})." if linear else ".")
+        + (f" (fp32: the faster of the BLAS and oneDNN; attnlab's linears use {m['fp32_linear']}" if linear else "")
+        + (f"; its decoding products {m['decoding_products']}" if "decoding_products" in m else "")
+        + (")." if linear else ".")
         + ("" if m["bf16"] else " No bf16 instructions here: bf16 cases skipped, `precision: auto` stays fp32.")
         + (" A partial run: the cases it finished." if report.get("partial") else "")
     )

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.functional.kernels import onednn
+from attnlab.functional.kernels import current_thresholds, onednn, thin
 from attnlab.functional.kernels.linear import uses_onednn
 from benchmarks.common import matmul_gflops, timed
 from benchmarks.flops import count_flops, mfu
@@ -446,6 +446,7 @@ def machine(device: torch.device, threads: int) -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16": bf16_supported(device),
         "fp32_linear": "oneDNN" if uses_onednn(device) else "BLAS",  # attnlab's linear layers
+        "decoding_products": decoding_products(device),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,
@@ -454,6 +455,16 @@ def machine(device: torch.device, threads: int) -> dict:
         "ctranslate2": _version("ctranslate2"),
         "python": platform.python_version(),
     }
+
+
+def decoding_products(device: torch.device) -> str:
+    """The kernel of the decoding engine's fp32 products by packed weights (``inference.packed``)."""
+    if device.type != "cpu":
+        return "F.linear"
+    rows = current_thresholds().cpu_thin_max_rows if thin.available() else 0
+    if rows:
+        return f"the thin kernel up to {rows} rows"
+    return "oneDNN packed" if onednn.available() else "F.linear"
 
 
 def _version(package: str) -> str | None:

@@ -35,6 +35,19 @@ def test_packed_linear_of_the_decoding_engine_is_counted():
     assert count_flops(lambda: onednn.linear(x, packed, None)) == 2 * 15 * 16 * 24
 
 
+def test_thin_products_of_the_decoding_engine_are_counted():
+    """The thin kernel is a C call no torch mode sees: counting takes a kernel the counter does see."""
+    from attnlab.functional.kernels import Thresholds, current_thresholds, set_thresholds
+    from attnlab.inference.packed import PackedWeights
+
+    set_thresholds(Thresholds(cpu_thin_max_rows=64))
+    x, w = torch.randn(3, 5, 128), torch.randn(192, 128)
+    weights = PackedWeights(rows=15)
+    with torch.no_grad():
+        assert count_flops(lambda: weights.linear(x, w, None)) == 2 * 15 * 128 * 192
+    assert current_thresholds().cpu_thin_max_rows == 64  # restored after counting
+
+
 def test_mfu_is_rate_over_peak():
     assert mfu(flops=6e9, seconds=0.5, peak_gflops=24.0) == pytest.approx(0.5)
     with pytest.raises(ValueError, match=r"seconds \(0"):
