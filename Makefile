@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-isa test-all lint bench install clean system-deps readme-figures docs figures
 
-$(STAMP): pyproject.toml setup.py src/attnlab/functional/kernels/_thin.c
+$(STAMP): pyproject.toml setup.py $(wildcard src/attnlab/functional/kernels/*.[ch])
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel of torch lies on disk here; asking for it by version keeps pip off the multi-GB CUDA build.

@@ -1,8 +1,8 @@
-"""The one compiled piece of attnlab: the thin-product kernel of decoding steps.
+"""The compiled pieces of attnlab: the decoding step's thin products and fused attention.
 
-Everything else is declared in pyproject.toml. The extension is optional: where no C compiler
-(or no OpenMP) is found, the install goes on without it and decoding multiplies through
-oneDNN instead (``attnlab.functional.kernels.thin.available()`` says which).
+Everything else is declared in pyproject.toml. The extensions are optional: where no C compiler
+(or no OpenMP) is found, the install goes on without them and decoding takes PyTorch's kernels
+(``attnlab.functional.kernels.thin.available()`` and ``fused_step.available()`` say which).
 """
 
 from setuptools import Extension, setup
@@ -10,11 +10,13 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "attnlab.functional.kernels._thin",
-            ["src/attnlab/functional/kernels/_thin.c"],
+            f"attnlab.functional.kernels.{name}",
+            [f"src/attnlab/functional/kernels/{name}.c"],
+            depends=["src/attnlab/functional/kernels/_avx2.h"],
             extra_compile_args=["-O3", "-fopenmp"],
             extra_link_args=["-fopenmp"],
             optional=True,
         )
+        for name in ("_thin", "_step")
     ]
 )

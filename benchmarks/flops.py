@@ -5,9 +5,9 @@ the fused ``nn.MultiheadAttention`` inference path, oneDNN's linear (packed or p
 linear (attnlab's decoding engine, fp32 and int8) would count as zero, and a peer that takes
 another kernel would look like less work. ``count_flops`` adds their formulas, the same ones
 PyTorch uses for the CUDA kernels: a matmul of (m, k) by (k, n) is 2 m k n FLOPs; attention is
-4 B H L S d forward (QKᵀ and A V). attnlab's thin-product kernel is a C call that no torch mode
-sees: while counting, the decoding engine's products take oneDNN's packed kernel instead (the
-same products, so the same FLOPs).
+4 B H L S d forward (QKᵀ and A V). attnlab's compiled decoding kernels (thin products, fused
+step attention) are C calls that no torch mode sees: while counting, the decoding engine takes
+PyTorch's kernels instead (the same products, so the same FLOPs).
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def count_flops(fn: Callable[[], object]) -> int:
         fn: a closure; it runs once, for real, under the counter.
     """
     counter = FlopCounterMode(display=False, custom_mapping=_cpu_formulas())
-    previous = set_thresholds(dataclasses.replace(current_thresholds(), cpu_thin_max_rows=0))  # counted products
+    counted = dataclasses.replace(current_thresholds(), cpu_thin_max_rows=0, cpu_step_fused_max_keys=0)
+    previous = set_thresholds(counted)
     try:
         with counter:
             fn()

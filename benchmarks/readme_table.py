@@ -37,6 +37,7 @@ def machine_line(report: dict) -> str:
         f"torch {m['torch']}, transformers {m['transformers']}; large-matmul peak {peaks}"
         + (f" (fp32: the faster of the BLAS and oneDNN; attnlab's linears use {m['fp32_linear']}" if linear else "")
         + (f"; its decoding products {m['decoding_products']}" if "decoding_products" in m else "")
+        + (f", step attention {m['step_attention']}" if "step_attention" in m else "")
         + (")." if linear else ".")
         + ("" if m["bf16"] else " No bf16 instructions here: bf16 cases skipped, `precision: auto` stays fp32.")
         + (" A partial run: the cases it finished." if report.get("partial") else "")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.functional.kernels import current_thresholds, onednn, thin
+from attnlab.functional.kernels import current_thresholds, fused_step, onednn, thin
 from attnlab.functional.kernels.linear import uses_onednn
 from benchmarks.common import matmul_gflops, timed
 from benchmarks.flops import count_flops, mfu
@@ -447,6 +447,7 @@ def machine(device: torch.device, threads: int) -> dict:
         "bf16": bf16_supported(device),
         "fp32_linear": "oneDNN" if uses_onednn(device) else "BLAS",  # attnlab's linear layers
         "decoding_products": decoding_products(device),
+        "step_attention": step_attention_kernel(device),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,
@@ -465,6 +466,14 @@ def decoding_products(device: torch.device) -> str:
     if rows:
         return f"the thin kernel up to {rows} rows"
     return "oneDNN packed" if onednn.available() else "F.linear"
+
+
+def step_attention_kernel(device: torch.device) -> str:
+    """The kernel of the decoding engine's fp32 step attention (``kernels.step.step_attention``)."""
+    keys = current_thresholds().cpu_step_fused_max_keys if fused_step.available() else 0
+    if device.type == "cpu" and keys:
+        return f"the fused kernel up to {keys} keys"
+    return "PyTorch's"
 
 
 def _version(package: str) -> str | None:

@@ -14,7 +14,7 @@ from hypothesis import settings
 # (a missing table gives the defaults; subprocesses such as torchrun workers inherit this).
 os.environ["ATTNLAB_KERNEL_TABLE"] = str(Path(__file__).parent / "no-kernel-table.json")
 
-from attnlab.functional.kernels import Thresholds, onednn, set_thresholds, thin
+from attnlab.functional.kernels import Thresholds, fused_step, onednn, set_thresholds, thin
 from attnlab.functional.kernels.linear import uses_onednn
 from attnlab.training import RunConfig, Trainer
 from attnlab.training.checkpoints import checkpoint_dir, load_trainer_state
@@ -52,10 +52,12 @@ def pytest_terminal_summary(terminalreporter) -> None:
     bf16 = onednn.bf16_available()
     linear = "oneDNN" if uses_onednn("cpu") else "BLAS"
     rows = Thresholds().cpu_thin_max_rows if thin.available() else 0
-    decoding = f"thin kernel up to {rows} rows" if rows else "oneDNN packed"
+    keys = Thresholds().cpu_step_fused_max_keys if fused_step.available() else 0
+    products = f"thin kernel up to {rows} rows" if rows else "oneDNN packed"
+    attention = f"fused kernel up to {keys} keys" if keys else "PyTorch's"
     terminalreporter.write_line(
         f"CPU kernels: {torch.backends.cpu.get_cpu_capability()}; oneDNN bf16: {bf16}; fp32 linear: {linear}; "
-        f"decoding products: {decoding}"
+        f"decoding products: {products}; step attention: {attention}"
     )
 
 

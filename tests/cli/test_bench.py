@@ -48,6 +48,15 @@ def test_thin_products_of_the_decoding_engine_are_counted():
     assert current_thresholds().cpu_thin_max_rows == 64  # restored after counting
 
 
+def test_fused_step_attention_of_the_decoding_engine_is_counted():
+    from attnlab.functional.kernels import Thresholds, set_thresholds
+    from attnlab.functional.kernels.step import step_attention
+
+    set_thresholds(Thresholds(cpu_step_fused_max_keys=1024))
+    q, k = torch.randn(2, 4, 3, 16), torch.randn(2, 4, 40, 16)
+    assert count_flops(lambda: step_attention(q, k, k)) == 4 * 2 * 4 * 3 * 40 * 16  # QKᵀ and A V
+
+
 def test_mfu_is_rate_over_peak():
     assert mfu(flops=6e9, seconds=0.5, peak_gflops=24.0) == pytest.approx(0.5)
     with pytest.raises(ValueError, match=r"seconds \(0"):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.decoding import beam_search, greedy_search
-from attnlab.functional.kernels import Thresholds, onednn, set_thresholds, thin
+from attnlab.functional.kernels import Thresholds, fused_step, onednn, set_thresholds, thin
 from attnlab.inference.engine import DecodingEngine
 from attnlab.inference.packed import MIN_PACKED_ELEMENTS, PackedWeights
 from attnlab.layers import MultiHeadAttention
@@ -18,8 +18,9 @@ from attnlab.layers.kv_cache import KVCache
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this PyTorch build has no oneDNN packed linear")
 needs_bf16 = pytest.mark.skipif(not onednn.bf16_available(), reason="this CPU has no bf16 instructions")
 ALL_OFF = dict(plain_steps=False, pack_weights=False, beam_pools=False)
-# fp32 products by packed weights: the thin kernel for every row count, or oneDNN's for every one.
-THIN, ONEDNN = Thresholds(cpu_thin_max_rows=1 << 20), Thresholds(cpu_thin_max_rows=0)
+# The compiled kernels (thin products, fused step attention) for every shape, or PyTorch's for every one.
+COMPILED = Thresholds(cpu_thin_max_rows=1 << 20, cpu_step_fused_max_keys=1 << 20)
+TORCH = Thresholds(cpu_thin_max_rows=0, cpu_step_fused_max_keys=0)
 
 
 def _fp32_product_tolerance(inner: int) -> dict[str, float]:
@@ -30,7 +31,7 @@ def _fp32_product_tolerance(inner: int) -> dict[str, float]:
 
 # --- packed products ------------------------------------------------------------------------
 @needs_onednn
-@pytest.mark.parametrize("thresholds", [THIN, ONEDNN], ids=["thin", "oneDNN"])
+@pytest.mark.parametrize("thresholds", [COMPILED, TORCH], ids=["thin", "oneDNN"])
 @pytest.mark.parametrize(("rows", "shape"), [(8, (512, 256)), (40, (1024, 256)), (3, (300, 130))])
 def test_packed_product_matches_f_linear_for_any_row_count(rows, shape, thresholds) -> None:
     set_thresholds(thresholds)
@@ -133,10 +134,10 @@ def test_engine_paths_give_the_models_translations(model, src, beam, paths) -> N
 
 
 @pytest.mark.parametrize("beam", [1, 4])
-@pytest.mark.parametrize("thresholds", [THIN, ONEDNN], ids=["thin", "oneDNN"])
-def test_packed_products_on_either_kernel_give_the_models_translations(model, src, beam, thresholds) -> None:
-    if thresholds is THIN and not thin.available():
-        pytest.skip("the thin kernel needs AVX2 and FMA")
+@pytest.mark.parametrize("thresholds", [COMPILED, TORCH], ids=["compiled", "torch"])
+def test_compiled_or_torch_kernels_give_the_models_translations(model, src, beam, thresholds) -> None:
+    if thresholds is COMPILED and not (thin.available() and fused_step.available()):
+        pytest.skip("the compiled kernels need AVX2 and FMA")
     set_thresholds(thresholds)
     with torch.no_grad():
         reference = search(model, src, beam)

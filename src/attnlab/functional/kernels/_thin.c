@@ -19,12 +19,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define THIN_X86 1
-#endif
+#include "_avx2.h"
 
-#ifdef THIN_X86
+
+#ifdef ATTNLAB_X86
 #define PANEL 8
 #define PREFETCH_FLOATS 1024 /* 4 KB ahead of the panel row being read */
 
@@ -167,22 +165,7 @@ static void thin_linear(const float *x, const float *p, const float *b, float *y
     else
         thin_many(x, p, b, y, rows, k_dim, n, threads);
 }
-#endif /* THIN_X86 */
-
-static int cpu_supported(void) {
-#ifdef THIN_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
-
-static PyObject *supported(PyObject *self, PyObject *args) {
-    (void)self;
-    (void)args;
-    return PyBool_FromLong(cpu_supported());
-}
+#endif /* ATTNLAB_X86 */
 
 static PyObject *linear(PyObject *self, PyObject *args) {
     (void)self;
@@ -202,7 +185,7 @@ static PyObject *linear(PyObject *self, PyObject *args) {
                      rows, k_dim, n, threads);
         return NULL;
     }
-#ifdef THIN_X86
+#ifdef ATTNLAB_X86
     Py_BEGIN_ALLOW_THREADS
     thin_linear((const float *)(uintptr_t)x, (const float *)(uintptr_t)p,
                 (const float *)(uintptr_t)b, (float *)(uintptr_t)y, (long)rows, (long)k_dim,

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.functional.kernels import fused_step
 from attnlab.functional.kernels._common import batch_shape, mask_in, returned_weights
-from attnlab.functional.kernels.thresholds import plain_step_fits
+from attnlab.functional.kernels.thresholds import fused_step_fits, plain_step_fits
 from attnlab.functional.masks import causal_mask, merge_masks
 
 
@@ -50,9 +51,11 @@ def step(
 def step_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
     """The attention of a decoding step's queries ``(B, H, Lq, d)`` against a cache ``(B, H, Lk, d)``.
 
-    No dropout, no causal mask, no gradients. On CPU, the few fp32 queries that
-    ``Thresholds.cpu_step_plain_max_queries`` and ``cpu_step_plain_max_keys`` admit, and one bf16
-    query against up to ``cpu_step_plain_max_keys_bfloat16`` keys, take the plain products of ``step``;
+    No dropout, no causal mask, no gradients. On CPU, fp32 queries against at most
+    ``Thresholds.cpu_step_fused_max_keys`` keys take the fused step kernel
+    (``attnlab.functional.kernels.fused_step``) where it runs; else the few fp32 queries that
+    ``cpu_step_plain_max_queries`` and ``cpu_step_plain_max_keys`` admit, and one bf16 query
+    against up to ``cpu_step_plain_max_keys_bfloat16`` keys, take the plain products of ``step``;
     everything else takes ``F.scaled_dot_product_attention``.
     ``mask`` as SDPA's: bool ``True`` = may attend, or a float bias; a query with no allowed key
     gets zeros.
@@ -60,6 +63,8 @@ def step_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | Non
     Returns:
         The context ``(B, H, Lq, d_v)``.
     """
+    if fused_step_fits(query, key) and fused_step.available() and fused_step.fits(query, key, value, mask):
+        return fused_step.attention(query, key, value, mask)
     if plain_step_fits(query, key):
         return _plain_products(query, key, value, mask, None)[0]
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)  # caches hold contiguous heads

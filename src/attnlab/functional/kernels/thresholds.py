@@ -61,6 +61,10 @@ class Thresholds:
             engine packs, take the thin-product kernel (``attnlab.functional.kernels.thin``)
             where it is available (0: never, oneDNN's packed products); the default is
             ``default_thin_max_rows()``.
+        cpu_step_fused_max_keys: a decoding step's fp32 attention against at most this many keys
+            takes the fused step kernel (``attnlab.functional.kernels.fused_step``) where it is
+            available, any number of queries up to ``cpu_step_plain_max_queries`` (0: never);
+            the default is ``default_step_fused_max_keys()``.
         weights_chunk_elements: scores in one block of the blockwise kernel and of the weights
             computed beside SDPA (a memory bound, not a speed threshold).
     """
@@ -77,6 +81,7 @@ class Thresholds:
     cpu_step_plain_max_keys_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(1024))
     cpu_linear_onednn_min_rows: int = dataclasses.field(default_factory=lambda: default_linear_onednn_min_rows())
     cpu_thin_max_rows: int = dataclasses.field(default_factory=lambda: default_thin_max_rows())
+    cpu_step_fused_max_keys: int = dataclasses.field(default_factory=lambda: default_step_fused_max_keys())
     weights_chunk_elements: int = 1 << 22
 
     def __post_init__(self) -> None:
@@ -185,11 +190,30 @@ def default_thin_max_rows() -> int:
 
 
 def thin_rule(cpuinfo: str) -> int:
-    """128 for an x86 CPU with AVX2 and FMA but no AVX-512, where the thin kernel's products of up
+    """128 on an x86 CPU with AVX2 and FMA but no AVX-512, where the thin kernel's products of up
     to 128 rows outran oneDNN's packed ones (at 256 they were even); else 0 (with AVX-512,
     oneDNN's full-width kernels are the bar and the AVX2 kernel was not measured against them)."""
+    return 128 if _avx2_without_avx512(cpuinfo) else 0
+
+
+@functools.cache
+def default_step_fused_max_keys() -> int:
+    """The default of ``Thresholds.cpu_step_fused_max_keys`` here: ``step_fused_rule`` on ``/proc/cpuinfo``."""
+    return step_fused_rule(_cpuinfo())
+
+
+def step_fused_rule(cpuinfo: str) -> int:
+    """1024 on an x86 CPU with AVX2 and FMA but no AVX-512, where the fused step kernel outran
+    both SDPA and the plain products for 1 to 5 queries up to 1000 keys; else 0 (not measured
+    against PyTorch's AVX-512 kernels)."""
+    return 1024 if _avx2_without_avx512(cpuinfo) else 0
+
+
+def _avx2_without_avx512(cpuinfo: str) -> bool:
+    """Whether ``/proc/cpuinfo``'s flags name AVX2 and FMA but not AVX-512 (the CPUs attnlab's
+    compiled AVX2 kernels were measured on)."""
     flags = _flags(cpuinfo)
-    return 128 if "avx2" in flags and "fma" in flags and "avx512f" not in flags else 0
+    return "avx2" in flags and "fma" in flags and "avx512f" not in flags
 
 
 @functools.cache
@@ -212,6 +236,17 @@ def native_bf16_rule(cpuinfo: str, isa_cap: str = "") -> bool:
 def _bf16_default(native: int) -> int:
     """A ``_bfloat16`` threshold's default: ``native`` where the CPU has native bf16, else 0 (SDPA)."""
     return native if default_native_bf16() else 0
+
+
+def fused_step_fits(query: Tensor, key: Tensor) -> bool:
+    """Whether a decoding step's fp32 queries ``(..., Lq, d)`` take the fused step kernel by the
+    thresholds (the kernel's own operand checks come after)."""
+    if query.device.type != "cpu" or query.dtype != torch.float32:
+        return False
+    thresholds = current_thresholds()
+    return (
+        query.shape[-2] <= thresholds.cpu_step_plain_max_queries and key.shape[-2] <= thresholds.cpu_step_fused_max_keys
+    )
 
 
 def plain_step_fits(query: Tensor, key: Tensor) -> bool:

@@ -1,0 +1,240 @@
+/* One decoding step's attention in one pass (fp32, AVX2 + FMA):
+ *
+ *     out[b, h, i] = softmax_j(scale * q[b, h, i] . k[b, h, j] + bias[b, h, i, j]) v[b, h, j]
+ *
+ * for a few queries i < n against j < P cached keys. PyTorch computes this as six operators
+ * (two batched products, a scale, a mask, a softmax, a clean-up of empty rows), each a pass over
+ * the scores with its own fixed cost; here each (b, h) is one loop: 8 keys' dot products at a
+ * time (their sums transposed into one register), the softmax with a vector exp, and the
+ * weighted sum of the values. A query whose keys are all masked gets zeros, as in attnlab's
+ * kernels.
+ *
+ * attnlab.functional.kernels.fused_step checks shapes, dtypes and strides before calling:
+ *   supported() -> bool: whether this CPU has AVX2 and FMA;
+ *   attention(q, k, v, mask, mask_kind, out, B, H, n, P, d, k strides (b, h, j), v strides
+ *             (b, h, j), mask strides (b, h, i), scale, threads): addresses of q and out
+ *             (B, H, n, d) contiguous; k and v with unit stride along d; mask_kind 0 (none),
+ *             1 (fp32 additive bias) or 2 (bool, nonzero = may attend) with unit stride along j.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "_avx2.h"
+
+
+#ifdef ATTNLAB_X86
+#define AVX2 __attribute__((target("avx2,fma")))
+
+/* e^x for a vector: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial (relative
+ * error about 2e-7 over the range), 2^n built in the exponent bits. Inputs below -87.3 give 0,
+ * -inf included; above 88.7, +inf. */
+AVX2 static inline __m256 exp_ps(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(88.7228f), lo = _mm256_set1_ps(-87.3365f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    /* r = x - n ln2, ln2 split in two for precision */
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
+}
+
+AVX2 static inline float hsum_ps(__m256 x) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2 static inline float hmax_ps(__m256 x) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* The sums of a[0..7] (each a vector of partial sums) as one vector, in key order. */
+AVX2 static inline __m256 transpose_sum(const __m256 a[8]) {
+    __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+typedef struct {
+    const float *q, *k, *v;
+    const char *mask;
+    int mask_kind;
+    float *out;
+    long batch, heads, n, keys, dim;
+    long ksb, ksh, ksj, vsb, vsh, vsj, msb, msh, msi; /* in elements */
+    float scale;
+} step_args;
+
+/* Scores of query row q against every key into s (padded to a multiple of 8 with -inf). */
+AVX2 static void scores(const step_args *a, const float *q, const float *k, const char *mask_row,
+                        float *s) {
+    long keys = a->keys, dim = a->dim, j = 0;
+    __m256 scale = _mm256_set1_ps(a->scale);
+    for (; j + 8 <= keys; j += 8) {
+        __m256 acc[8];
+        _Pragma("GCC unroll 8") for (int t = 0; t < 8; ++t) acc[t] = _mm256_setzero_ps();
+        for (long c = 0; c < dim; c += 8) {
+            __m256 qc = _mm256_loadu_ps(q + c);
+            _Pragma("GCC unroll 8") for (int t = 0; t < 8; ++t) acc[t] =
+                _mm256_fmadd_ps(qc, _mm256_loadu_ps(k + (j + t) * a->ksj + c), acc[t]);
+        }
+        _mm256_storeu_ps(s + j, _mm256_mul_ps(transpose_sum(acc), scale));
+    }
+    for (; j < keys; ++j) {
+        __m256 acc = _mm256_setzero_ps();
+        for (long c = 0; c < dim; c += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(k + j * a->ksj + c), acc);
+        s[j] = hsum_ps(acc) * a->scale;
+    }
+    for (; j % 8; ++j) s[j] = -INFINITY;
+    if (a->mask_kind == 1) {
+        const float *bias = (const float *)mask_row;
+        for (j = 0; j < keys; ++j) s[j] += bias[j];
+    } else if (a->mask_kind == 2) {
+        for (j = 0; j < keys; ++j)
+            if (!mask_row[j]) s[j] = -INFINITY;
+    }
+}
+
+/* out = softmax(s) v for one query row, s overwritten by the weights; zeros when every score
+ * is -inf. */
+AVX2 static void weighted_values(const step_args *a, const float *v, float *s, float *out) {
+    long padded = (a->keys + 7) / 8 * 8, dim = a->dim;
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
+    for (long j = 0; j < padded; j += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + j));
+    float m = hmax_ps(m8);
+    if (m == -INFINITY) {
+        memset(out, 0, sizeof(float) * dim);
+        return;
+    }
+    __m256 sum8 = _mm256_setzero_ps(), mv = _mm256_set1_ps(m);
+    for (long j = 0; j < padded; j += 8) {
+        __m256 p = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+        _mm256_storeu_ps(s + j, p);
+        sum8 = _mm256_add_ps(sum8, p);
+    }
+    __m256 inv = _mm256_set1_ps(1.0f / hsum_ps(sum8));
+    for (long c0 = 0; c0 < dim; c0 += 64) { /* up to 8 registers of the output at a time */
+        long width = dim - c0 < 64 ? (dim - c0) / 8 : 8;
+        __m256 acc[8];
+        _Pragma("GCC unroll 8") for (int t = 0; t < 8; ++t) acc[t] = _mm256_setzero_ps();
+        if (width == 8) {
+            for (long j = 0; j < a->keys; ++j) {
+                __m256 p = _mm256_broadcast_ss(s + j);
+                const float *row = v + j * a->vsj + c0;
+                _Pragma("GCC unroll 8") for (int t = 0; t < 8; ++t) acc[t] =
+                    _mm256_fmadd_ps(p, _mm256_loadu_ps(row + 8 * t), acc[t]);
+            }
+            _Pragma("GCC unroll 8") for (int t = 0; t < 8; ++t)
+                _mm256_storeu_ps(out + c0 + 8 * t, _mm256_mul_ps(acc[t], inv));
+        } else {
+            float part[64];
+            for (long j = 0; j < a->keys; ++j) {
+                __m256 p = _mm256_broadcast_ss(s + j);
+                const float *row = v + j * a->vsj + c0;
+                _Pragma("GCC unroll 8") for (int t = 0; t < 8; ++t) if (t < width) acc[t] =
+                    _mm256_fmadd_ps(p, _mm256_loadu_ps(row + 8 * t), acc[t]);
+            }
+            _Pragma("GCC unroll 8") for (int t = 0; t < 8; ++t)
+                _mm256_storeu_ps(part + 8 * t, _mm256_mul_ps(acc[t], inv));
+            memcpy(out + c0, part, sizeof(float) * 8 * width);
+        }
+    }
+}
+
+/* Every (b, h) in parallel; 0, or -1 where a thread could not allocate its scores. */
+static int step_attention(const step_args *a, int threads) {
+    long items = a->batch * a->heads, padded = (a->keys + 7) / 8 * 8;
+    size_t mask_item = a->mask_kind == 1 ? sizeof(float) : 1;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *s = malloc(sizeof(float) * (size_t)padded);
+        failed |= s == NULL;
+#pragma omp for schedule(static)
+        for (long item = 0; item < items; ++item) {
+            long b = item / a->heads, h = item % a->heads;
+            const float *k = a->k + b * a->ksb + h * a->ksh, *v = a->v + b * a->vsb + h * a->vsh;
+            for (long i = 0; i < a->n; ++i) {
+                long row = item * a->n + i;
+                const char *mask_row =
+                    a->mask ? a->mask + (b * a->msb + h * a->msh + i * a->msi) * mask_item : NULL;
+                if (!s) continue;
+                scores(a, a->q + row * a->dim, k, mask_row, s);
+                weighted_values(a, v, s, a->out + row * a->dim);
+            }
+        }
+        free(s);
+    }
+    return failed ? -1 : 0;
+}
+#endif /* ATTNLAB_X86 */
+
+static PyObject *attention(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long q, k, v, mask, out;
+    int mask_kind, threads;
+    long long batch, heads, n, keys, dim, ksb, ksh, ksj, vsb, vsh, vsj, msb, msh, msi;
+    float scale;
+    if (!PyArg_ParseTuple(args, "KKKKiKLLLLLLLLLLLLLLfi", &q, &k, &v, &mask, &mask_kind, &out, &batch,
+                          &heads, &n, &keys, &dim, &ksb, &ksh, &ksj, &vsb, &vsh, &vsj, &msb, &msh, &msi,
+                          &scale, &threads))
+        return NULL;
+    if (!cpu_supported()) {
+        PyErr_SetString(PyExc_RuntimeError, "the fused step kernel needs a CPU with AVX2 and FMA");
+        return NULL;
+    }
+    if (batch < 0 || heads < 0 || n < 0 || keys <= 0 || dim <= 0 || dim % 8 || threads <= 0 ||
+        mask_kind < 0 || mask_kind > 2) {
+        PyErr_Format(PyExc_ValueError,
+                     "expected keys > 0, dim a positive multiple of 8, threads > 0 and mask_kind 0-2, "
+                     "got keys=%lld dim=%lld threads=%d mask_kind=%d",
+                     keys, dim, threads, mask_kind);
+        return NULL;
+    }
+#ifdef ATTNLAB_X86
+    step_args a = {
+        .q = (const float *)(uintptr_t)q, .k = (const float *)(uintptr_t)k,
+        .v = (const float *)(uintptr_t)v, .mask = mask_kind ? (const char *)(uintptr_t)mask : NULL,
+        .mask_kind = mask_kind, .out = (float *)(uintptr_t)out, .batch = batch, .heads = heads,
+        .n = n, .keys = keys, .dim = dim, .ksb = ksb, .ksh = ksh, .ksj = ksj, .vsb = vsb,
+        .vsh = vsh, .vsj = vsj, .msb = msb, .msh = msh, .msi = msi, .scale = scale,
+    };
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = step_attention(&a, threads);
+    Py_END_ALLOW_THREADS
+    if (status) return PyErr_NoMemory();
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef METHODS[] = {
+    {"supported", supported, METH_NOARGS, "Whether this CPU has AVX2 and FMA."},
+    {"attention", attention, METH_VARARGS, "One decoding step's attention (addresses, fp32)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {
+    PyModuleDef_HEAD_INIT, .m_name = "_step", .m_size = -1, .m_methods = METHODS};
+
+PyMODINIT_FUNC PyInit__step(void) { return PyModule_Create(&MODULE); }

@@ -1,0 +1,101 @@
+"""A decoding step's attention in one compiled pass: softmax(Q K^T * scale + M) V for a few queries.
+
+A step's queries (one per row in greedy search, a sentence's k hypotheses in beam search) meet a
+cache of tens to hundreds of keys. PyTorch computes that as six operators, each with a fixed cost
+larger than its arithmetic at these sizes; the kernel here (``_step.c``, AVX2 and FMA, built by
+``pip install``) computes each (batch, head) in one loop: the scores 8 keys at a time, the softmax
+with a vector exp, and the weighted sum of the values. fp32 only; no autograd.
+
+The extension is optional: ``available()`` is False where it was not built or the CPU lacks AVX2
+and FMA, and ``attnlab.functional.kernels.step.step_attention`` takes its other kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+try:
+    from attnlab.functional.kernels import _step
+except ImportError:  # built without a C compiler
+    _step = None
+
+
+def built() -> bool:
+    """Whether the extension was compiled at install time."""
+    return _step is not None
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the kernel can run here: built, and the CPU has AVX2 and FMA."""
+    return _step is not None and bool(_step.supported())
+
+
+def fits(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> bool:
+    """Whether ``attention`` takes these operands: 4-D fp32 CPU tensors, one head size for
+    queries, keys and values, a multiple of 8, with unit stride; a 4-D mask of fp32 or bool."""
+    return (
+        query.dtype == key.dtype == value.dtype == torch.float32
+        and query.device.type == "cpu"
+        and query.ndim == key.ndim == value.ndim == 4
+        and query.shape[-1] == key.shape[-1]
+        and query.shape[-1] % 8 == 0
+        and value.shape[-1] == query.shape[-1]
+        and key.shape[-2] == value.shape[-2] > 0
+        and key.stride(-1) == 1
+        and value.stride(-1) == 1
+        and (mask is None or (mask.dtype in (torch.float32, torch.bool) and mask.ndim == 4))
+    )
+
+
+def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``softmax(Q K^T / sqrt(d) + M) V`` for ``query (B, H, n, d)`` against ``key (B, H, P, d)``
+    and ``value (B, H, P, d)``; ``mask`` broadcast to ``(B, H, n, P)``: bool ``True`` = may
+    attend, or an fp32 bias. A query with no allowed key gets zeros. Batch and head dimensions
+    of ``key``, ``value`` and ``mask`` may be strided views (a cache's first ``P`` positions)."""
+    if not available():
+        raise RuntimeError("the fused step kernel is not available here (not built, or no AVX2 and FMA)")
+    if not fits(query, key, value, mask):
+        raise ValueError(
+            "expected fp32 CPU operands (B, H, n, d), (B, H, P, d), (B, H, P, d) with d a multiple of 8 "
+            "and unit strides along it, and a 4-D fp32 or bool mask; got "
+            f"{_described(query)}, {_described(key)}, {_described(value)}, {_described(mask)}"
+        )
+    batch, heads, n, dim = query.shape
+    keys = key.shape[-2]
+    key, value = key.expand(batch, heads, keys, dim), value.expand(batch, heads, keys, dim)
+    query = query.contiguous()
+    out = torch.empty_like(query)
+    kind, strides, address = 0, (0, 0, 0), 0
+    if mask is not None:
+        mask = mask.expand(batch, heads, n, keys)
+        if mask.stride(-1) != 1:
+            mask = mask.contiguous()
+        kind, strides, address = (2 if mask.dtype == torch.bool else 1), mask.stride()[:3], mask.data_ptr()
+    _step.attention(
+        query.data_ptr(),
+        key.data_ptr(),
+        value.data_ptr(),
+        address,
+        kind,
+        out.data_ptr(),
+        batch,
+        heads,
+        n,
+        keys,
+        dim,
+        *key.stride()[:3],
+        *value.stride()[:3],
+        *strides,
+        1.0 / math.sqrt(dim),
+        torch.get_num_threads(),
+    )
+    return out
+
+
+def _described(x: Tensor | None) -> str:
+    return "None" if x is None else f"{tuple(x.shape)} {x.dtype} strides {x.stride()}"

@@ -1,0 +1,144 @@
+"""The fused step kernel (``attnlab.functional.kernels.fused_step``): a decoding step's attention
+against SDPA in float64 for every mask kind, ragged key counts, strided caches and empty rows; its
+refusals; the rule that turns it on; and ``step_attention``'s choice of it."""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlab.functional.kernels import Thresholds, fused_step, set_thresholds
+from attnlab.functional.kernels.step import step_attention
+from attnlab.functional.kernels.thresholds import step_fused_rule
+
+needs_fused = pytest.mark.skipif(not fused_step.available(), reason="the fused step kernel needs AVX2 and FMA")
+TOLERANCE = dict(rtol=2e-6, atol=2e-6)  # fp32 sums of unit-scale terms, and the vector exp (~2e-7)
+
+
+def _reference(q, k, v, mask):
+    """SDPA in float64 (a bool mask as it is, a bias in float64)."""
+    mask = None if mask is None else (mask if mask.dtype == torch.bool else mask.double())
+    return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
+
+
+def _cache(batch, heads, keys, dim, spare, g):
+    """Keys and values as the first ``keys`` positions of a cache with ``spare`` more: strided views."""
+    k = torch.randn(batch, heads, keys + spare, dim, generator=g)
+    v = torch.randn(batch, heads, keys + spare, dim, generator=g)
+    return k[:, :, :keys], v[:, :, :keys]
+
+
+@needs_fused
+@pytest.mark.parametrize(
+    ("batch", "heads", "n", "keys", "dim"),
+    [(8, 8, 5, 128, 64), (2, 3, 1, 7, 16), (3, 2, 4, 37, 72), (1, 1, 2, 1, 8), (2, 4, 8, 300, 128), (4, 2, 3, 64, 136)],
+)
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "bias", "bool per head"])
+def test_attention_matches_sdpa_in_float64(batch, heads, n, keys, dim, mask_kind):
+    g = torch.Generator().manual_seed(keys + n)
+    q = torch.randn(batch, heads, n, dim, generator=g)
+    k, v = _cache(batch, heads, keys, dim, spare=5, g=g)
+    allowed = torch.rand(batch, 1 if mask_kind != "bool per head" else heads, n, keys, generator=g) > 0.3
+    allowed[..., 0] = True
+    mask = {
+        "none": None,
+        "bool": allowed,
+        "bool per head": allowed,
+        "bias": torch.zeros(allowed.shape).masked_fill(~allowed, -math.inf),
+    }[mask_kind]
+    got = fused_step.attention(q, k, v, mask)
+    assert got.shape == q.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), _reference(q, k, v, mask), **TOLERANCE)
+
+
+@needs_fused
+def test_a_query_with_no_allowed_key_gets_zeros_as_in_sdpa():
+    g = torch.Generator().manual_seed(0)
+    q, (k, v) = torch.randn(2, 2, 3, 16, generator=g), _cache(2, 2, 20, 16, spare=0, g=g)
+    allowed = torch.ones(2, 1, 3, 20, dtype=torch.bool)
+    allowed[1, 0, 2] = False
+    got = fused_step.attention(q, k, v, allowed)
+    assert torch.equal(got[1, :, 2], torch.zeros(2, 16))
+    torch.testing.assert_close(got.double(), _reference(q, k, v, allowed), **TOLERANCE)
+
+
+@needs_fused
+def test_large_and_small_scores_keep_the_softmax_exact():
+    """Scores far apart (the vector exp over its whole range, underflow to zero) and a float bias
+    with finite large negatives."""
+    g = torch.Generator().manual_seed(1)
+    q, (k, v) = 12 * torch.randn(2, 2, 4, 32, generator=g), _cache(2, 2, 50, 32, spare=3, g=g)
+    bias = torch.where(torch.rand(2, 1, 4, 50, generator=g) > 0.5, 0.0, -1e4)
+    for mask in (None, bias):
+        torch.testing.assert_close(fused_step.attention(q, k, v, mask).double(), _reference(q, k, v, mask), **TOLERANCE)
+
+
+@needs_fused
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_any_thread_count_gives_the_same_result(threads):
+    g = torch.Generator().manual_seed(2)
+    q, (k, v) = torch.randn(3, 5, 2, 64, generator=g), _cache(3, 5, 90, 64, spare=7, g=g)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = fused_step.attention(q, k, v)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(got.double(), _reference(q, k, v, None), **TOLERANCE)
+
+
+@needs_fused
+def test_operands_it_cannot_take_are_refused_with_what_was_expected():
+    q, k = torch.randn(1, 2, 1, 12), torch.randn(1, 2, 5, 12)
+    assert not fused_step.fits(q, k, k, None)  # head size not a multiple of 8
+    with pytest.raises(ValueError, match=r"d a multiple of 8 .* got \(1, 2, 1, 12\) torch.float32"):
+        fused_step.attention(q, k, k)
+    q, k = torch.randn(1, 2, 1, 16, dtype=torch.float64), torch.randn(1, 2, 5, 16, dtype=torch.float64)
+    assert not fused_step.fits(q, k, k, None)
+    q, k = torch.randn(1, 2, 1, 16), torch.randn(1, 2, 5, 16)
+    assert not fused_step.fits(q, k, torch.randn(1, 2, 5, 8), None)  # d_v != d
+    assert not fused_step.fits(q, k, k, torch.zeros(1, 1, 1, 5, dtype=torch.float16))
+    assert not fused_step.fits(q, k.transpose(-1, -2).contiguous().transpose(-1, -2), k, None)  # strided d
+    assert fused_step.fits(q, k, k, torch.ones(1, 1, 1, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu sse2 avx avx2 fma", 1024),
+        ("fpu sse2 avx avx2 fma avx512f", 0),
+        ("fpu sse2 avx", 0),
+        ("fp asimd", 0),
+    ],
+)
+def test_rule_turns_the_kernel_on_only_where_it_was_measured_ahead(flags, expected):
+    assert step_fused_rule(f"vendor_id\t: AuthenticAMD\nflags\t\t: {flags}\n") == expected
+
+
+@needs_fused
+@pytest.mark.parametrize(
+    ("max_keys", "queries", "keys", "fused"),
+    [(64, 1, 64, True), (64, 5, 65, False), (0, 1, 8, False), (1024, 9, 8, False)],
+)
+def test_step_attention_takes_the_kernel_within_the_thresholds(monkeypatch, max_keys, queries, keys, fused):
+    calls = []
+    original = fused_step.attention
+    monkeypatch.setattr(fused_step, "attention", lambda *args: calls.append(args) or original(*args))
+    set_thresholds(Thresholds(cpu_step_fused_max_keys=max_keys, cpu_step_plain_max_queries=8))
+    g = torch.Generator().manual_seed(3)
+    q, (k, v) = torch.randn(2, 4, queries, 32, generator=g), _cache(2, 4, keys, 32, spare=2, g=g)
+    mask = torch.rand(2, 1, queries, keys, generator=g) > 0.2
+    mask[..., 0] = True
+    got = step_attention(q, k, v, mask)
+    assert bool(calls) == fused
+    torch.testing.assert_close(got.double(), _reference(q, k, v, mask), **TOLERANCE)
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64", reason="built on x86-64 Linux")
+def test_the_extension_is_built_here():
+    assert fused_step.built(), "attnlab.functional.kernels._step was not compiled by pip install (no C compiler?)"
