@@ -7,13 +7,15 @@ measures where they lie on this machine. Each cell runs both kernels interleaved
 ``--decoding`` times the attention of a decoding step instead: a few queries per (batch, head), as
 when a sentence's beam hypotheses ask together, against the keys cached so far; fp32, no
 gradients; masked (as beam lines are) from 2 queries on. It prints plain products / SDPA, both
-through ``step_attention`` (< 1: the plain products of the step kernel are faster).
+through ``step_attention`` (< 1: the plain products of the step kernel are faster), and where the
+fused step kernel runs, its time over the faster of the two (``f`` column, < 1: fused faster).
 
 ``--linear`` times fp32 linear products with their backward, the BLAS against oneDNN
 (``attnlab.functional.kernels.linear``).
 
 ``--write`` measures what the thresholds rest on (training cells with gradients in fp32, bf16 and
-float64, bf16 cells without, decoding cells and linear products), derives them and writes the table the dispatcher reads
+float64, bf16 cells without, decoding cells, linear products and, where the thin kernel runs,
+thin products against oneDNN's packed ones), derives them and writes the table the dispatcher reads
 (``$ATTNLAB_KERNEL_TABLE``, else ``$XDG_CACHE_HOME/attnlab/attention_kernels.json``; ``--table``
 overrides). Thresholds it does not measure keep their defaults.
 
@@ -30,13 +32,27 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from attnlab.functional.kernels import Thresholds, set_thresholds, step_attention, table_path, write_table
+from attnlab.functional.kernels import (
+    Thresholds,
+    fused_step,
+    set_thresholds,
+    step_attention,
+    table_path,
+    thin,
+    write_table,
+)
 from attnlab.functional.kernels.linear import linear
 from benchmarks.common import interleave, summary, write_json
+from benchmarks.thin_products import kernels as product_kernels
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
-PLAIN_ALWAYS = Thresholds(cpu_step_plain_max_queries=1 << 30, cpu_step_plain_max_keys=1 << 30)
-PLAIN_NEVER = Thresholds(cpu_step_plain_max_queries=1)
+PLAIN_ALWAYS = Thresholds(
+    cpu_step_plain_max_queries=1 << 30, cpu_step_plain_max_keys=1 << 30, cpu_step_fused_max_keys=0
+)
+PLAIN_NEVER = Thresholds(cpu_step_plain_max_queries=1, cpu_step_fused_max_keys=0)
+FUSED_ALWAYS = Thresholds(cpu_step_plain_max_queries=1 << 30, cpu_step_fused_max_keys=1 << 30)
+# The thin kernel against oneDNN's packed products: rows of a decoding step, (in, out) of a base decoder.
+THIN_ROWS, THIN_SHAPES = (1, 8, 16, 40, 64, 128, 256), ((512, 2048), (2048, 512))
 # The linear product kernel's two paths, and the shapes it is timed on: (rows, in, out) of a base
 # Transformer's feed-forward and a ViT-S/16 projection, forward and backward.
 LINEAR_PATHS = {"blas": Thresholds(cpu_linear_onednn_min_rows=0), "onednn": Thresholds(cpu_linear_onednn_min_rows=1)}
@@ -103,9 +119,19 @@ def decoding_cell(batch: int, queries: int, keys: int, repeats: int, calls: int 
 
         return run
 
-    times, dropped = interleave({"sdpa": repeat(PLAIN_NEVER), "plain": repeat(PLAIN_ALWAYS)}, repeats)
+    sides = {"sdpa": repeat(PLAIN_NEVER), "plain": repeat(PLAIN_ALWAYS)}
+    if fused_step.available():
+        sides["fused"] = repeat(FUSED_ALWAYS)
+    times, dropped = interleave(sides, repeats)
     stats = {name: summary(t) for name, t in times.items()}
     return stats, stats["plain"]["median_ms"] / stats["sdpa"]["median_ms"], dropped
+
+
+def fused_ratio(stats: dict) -> float | None:
+    """The fused kernel's time over the faster of SDPA and the plain products (< 1: fused faster)."""
+    if "fused" not in stats:
+        return None
+    return stats["fused"]["median_ms"] / min(stats["sdpa"]["median_ms"], stats["plain"]["median_ms"])
 
 
 def linear_cell(rows: int, features_in: int, features_out: int, repeats: int):
@@ -167,23 +193,28 @@ def training(sizes, shapes, dtypes, modes, repeats: int, threads: int) -> list[d
 def decoding(batches, queries_list, keys_list, repeats: int, threads: int) -> list[dict]:
     """The plain / SDPA table of decoding steps: a printed line per (batch, queries), a row per cell."""
     rows = []
-    print(f"plain products / SDPA median time (< 1: plain faster); (B, 8 heads, queries, 64); {threads} threads")
+    print(
+        "plain products / SDPA median time (< 1: plain faster), f: fused / the faster of them; "
+        f"(B, 8 heads, queries, 64); {threads} threads"
+    )
     for batch in batches:
         for queries in queries_list:
             line = []
             for keys in keys_list:
                 stats, ratio, dropped = decoding_cell(batch, queries, keys, repeats)
+                fused = fused_ratio(stats)
                 rows.append(
                     {
                         "B": batch,
                         "queries": queries,
                         "keys": keys,
                         "ratio": ratio,
+                        "fused_ratio": fused,
                         "dropped_noisy": dropped,
                         "peers": stats,
                     }
                 )
-                line.append(f"{keys}:{ratio:5.2f}{'~' if dropped else ' '}")
+                line.append(f"{keys}:{ratio:5.2f}{'' if fused is None else f' f{fused:4.2f}'}{'~' if dropped else ' '}")
             print(f"B={batch:<3} queries={queries:<3} " + " ".join(line), flush=True)
     return rows
 
@@ -213,12 +244,54 @@ def plain_step_limits(rows: list[dict]) -> tuple[int, int]:
     return best
 
 
+def step_fused_max_keys(rows: list[dict], max_queries: int) -> int:
+    """The most keys up to which the fused kernel won every decoding cell of at most
+    ``max_queries`` queries (0: it lost at the fewest keys, or does not run here)."""
+    cells = [r for r in rows if r["queries"] <= max_queries and r.get("fused_ratio") is not None]
+    if not cells:
+        return 0
+    losing = [r["keys"] for r in cells if r["fused_ratio"] >= 1.0]
+    winning = [r["keys"] for r in cells if not losing or r["keys"] < min(losing)]
+    return max(winning, default=0)
+
+
+def thin_products(repeats: int, threads: int) -> list[dict]:
+    """oneDNN packed / thin median time of a decoding step's products (> 1: thin faster), weights
+    streamed from memory; nothing where the thin kernel does not run."""
+    if not thin.available():
+        return []
+    rows = []
+    print(f"oneDNN packed / thin median time (> 1: thin faster); {threads} threads")
+    with torch.inference_mode():
+        for n_in, n_out in THIN_SHAPES:
+            copies = max(2, round(50e6 / (4 * n_in * n_out)))
+            weights = [torch.randn(n_out, n_in) for _ in range(copies)]
+            bias, line = torch.randn(n_out), []
+            for count in THIN_ROWS:
+                peers = product_kernels(torch.randn(count, n_in), weights, bias)
+                times, dropped = interleave({name: peers[name] for name in ("oneDNN packed", "thin")}, repeats)
+                stats = {name: summary(t) for name, t in times.items()}
+                ratio = stats["oneDNN packed"]["median_ms"] / stats["thin"]["median_ms"]
+                rows.append({"rows": count, "in,out": (n_in, n_out), "ratio": ratio, "dropped_noisy": dropped})
+                line.append(f"{count}:{ratio:5.2f}{'~' if dropped else ' '}")
+            print(f"in,out={(n_in, n_out)} " + " ".join(line), flush=True)
+    return rows
+
+
+def thin_max_rows(rows: list[dict]) -> int:
+    """The most rows up to which the thin kernel won every measured shape (0: none, or no kernel)."""
+    counts = sorted({r["rows"] for r in rows})
+    losing = [r["rows"] for r in rows if r["ratio"] < 1.0]
+    return max((c for c in counts if not losing or c < min(losing)), default=0)
+
+
 def write(args) -> None:
     """Measure, derive the thresholds, write the table and print it."""
     train_rows = training(args.sizes, [(8, 8, 64)], list(DTYPES), [True], args.repeats, args.threads)
     forward_rows = training(args.sizes, [(8, 8, 64)], ["bf16"], [False], args.repeats, args.threads)
-    step_rows = decoding([8, 32], [2, 4, 8, 16], [32, 64, 128, 256, 512], args.repeats, args.threads)
+    step_rows = decoding([8, 32], [1, 2, 4, 8, 16], [32, 64, 128, 256, 512, 1024], args.repeats, args.threads)
     linear_rows = linear_products(args.repeats, args.threads)
+    thin_rows = thin_products(args.repeats, args.threads)
     max_queries, max_keys = plain_step_limits(step_rows)
     thresholds = dataclasses.replace(
         Thresholds(),
@@ -229,14 +302,17 @@ def write(args) -> None:
         cpu_step_plain_max_queries=max_queries,
         cpu_step_plain_max_keys=max_keys,
         cpu_linear_onednn_min_rows=linear_onednn_min_rows(linear_rows),
+        cpu_thin_max_rows=thin_max_rows(thin_rows),
+        cpu_step_fused_max_keys=step_fused_max_keys(step_rows, max_queries),
     )
     summaries = {
         "threads": args.threads,
         "repeats": args.repeats,
         "training": [{k: r[k] for k in ("dtype", "N", "ratio")} for r in train_rows],
         "forward_bf16": [{k: r[k] for k in ("N", "ratio")} for r in forward_rows],
-        "decoding": [{k: r[k] for k in ("B", "queries", "keys", "ratio")} for r in step_rows],
+        "decoding": [{k: r[k] for k in ("B", "queries", "keys", "ratio", "fused_ratio")} for r in step_rows],
         "linear": [{k: r[k] for k in ("rows,in,out", "ratio")} for r in linear_rows],
+        "thin": [{k: r[k] for k in ("rows", "in,out", "ratio")} for r in thin_rows],
     }
     path = write_table(thresholds, args.table, measured=summaries)
     print(f"wrote {path}:")

@@ -139,6 +139,30 @@ def test_step_attention_takes_the_kernel_within_the_thresholds(monkeypatch, max_
     torch.testing.assert_close(got.double(), _reference(q, k, v, mask), **TOLERANCE)
 
 
+def test_without_the_kernel_step_attention_takes_pytorchs(monkeypatch):
+    """Not built (no compiler at install time) or no AVX2: the plain products or SDPA, same result."""
+    monkeypatch.setattr(fused_step, "available", lambda: False)
+    monkeypatch.setattr(fused_step, "attention", lambda *args: pytest.fail("the fused kernel was called"))
+    set_thresholds(Thresholds(cpu_step_fused_max_keys=1024))
+    g = torch.Generator().manual_seed(4)
+    q, (k, v) = torch.randn(2, 4, 3, 32, generator=g), _cache(2, 4, 50, 32, spare=2, g=g)
+    torch.testing.assert_close(step_attention(q, k, v).double(), _reference(q, k, v, None), **TOLERANCE)
+
+
 @pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64", reason="built on x86-64 Linux")
 def test_the_extension_is_built_here():
     assert fused_step.built(), "attnlab.functional.kernels._step was not compiled by pip install (no C compiler?)"
+
+
+def test_a_measured_table_takes_the_fused_kernel_up_to_where_it_stopped_winning():
+    from benchmarks.attention_kernels import step_fused_max_keys
+
+    def cells(ratios):
+        return [{"queries": q, "keys": k, "fused_ratio": r} for q, k, r in ratios]
+
+    won = cells([(1, 32, 0.6), (1, 1024, 0.8), (5, 32, 0.5), (5, 1024, 0.9)])
+    assert step_fused_max_keys(won, max_queries=8) == 1024
+    lost_late = won + cells([(5, 512, 1.1)])
+    assert step_fused_max_keys(lost_late, max_queries=8) == 32  # the rectangle below the first loss
+    assert step_fused_max_keys(lost_late, max_queries=4) == 1024  # that loss had more queries
+    assert step_fused_max_keys(cells([(1, 32, None)]), max_queries=8) == 0  # the kernel does not run here

@@ -132,3 +132,15 @@ def test_packed_weights_take_the_thin_kernel_up_to_the_threshold(monkeypatch, ma
     got = PackedWeights(rows).linear(x, weight, bias)
     assert ("thin" if calls else "oneDNN") == kernel
     torch.testing.assert_close(got, F.linear(x, weight, bias), **_tolerance(256))
+
+
+def test_a_measured_table_takes_the_thin_kernel_up_to_where_it_stopped_winning():
+    from benchmarks.attention_kernels import thin_max_rows
+
+    def cells(ratios):
+        return [{"rows": r, "ratio": q} for r, q in ratios]
+
+    assert thin_max_rows(cells([(1, 1.5), (8, 1.6), (40, 1.2), (128, 1.1), (256, 0.97)])) == 128
+    assert thin_max_rows(cells([(1, 1.5), (8, 0.9), (40, 1.2)])) == 1  # a loss at 8 rows stops it there
+    assert thin_max_rows(cells([(1, 0.8), (8, 1.2)])) == 0
+    assert thin_max_rows([]) == 0  # the kernel does not run here

@@ -76,7 +76,7 @@ class PackedWeights:
         ):
             return None
         autocast = torch.is_autocast_enabled("cpu")
-        if not autocast and x.dtype == weight.dtype == torch.float32 and self._thin_fits(x):
+        if not autocast and self._thin_fits(x, weight, bias):
             return thin.linear(x, self._copy(weight, "thin", thin.pack), weight.shape[0], bias)
         if not onednn.available():
             return None
@@ -96,9 +96,14 @@ class PackedWeights:
         return onednn.linear(x, self._copy(weight, "fp32", lambda w: onednn.pack(w, self.rows)), bias)
 
     @staticmethod
-    def _thin_fits(x: Tensor) -> bool:
-        """Whether ``x``'s rows are few enough for the thin kernel, and it runs here."""
-        return x.numel() <= current_thresholds().cpu_thin_max_rows * x.shape[-1] and thin.available()
+    def _thin_fits(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+        """Whether the product is fp32 with few enough rows for the thin kernel, and it runs here."""
+        return (
+            x.dtype == weight.dtype == torch.float32
+            and (bias is None or bias.dtype == torch.float32)
+            and x.numel() <= current_thresholds().cpu_thin_max_rows * x.shape[-1]
+            and thin.available()
+        )
 
     def _linear_bf16(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         copy = self._copy(weight, "bf16", lambda w: onednn.pack(w.to(torch.bfloat16), self.rows))
