@@ -79,6 +79,23 @@ def test_large_and_small_scores_keep_the_softmax_exact():
 
 
 @needs_fused
+def test_a_nan_reaches_exactly_the_queries_that_may_attend_to_it():
+    """As in the explicit kernel (masked scores are replaced, not added to): SDPA adds its mask,
+    so there a NaN key also reaches the queries masked off it."""
+    g = torch.Generator().manual_seed(5)
+    q, (k, v) = torch.randn(1, 2, 2, 16, generator=g), _cache(1, 2, 12, 16, spare=0, g=g)
+    k = k.clone()
+    k[0, 1, 3, 0] = math.nan  # head 1, key 3
+    allowed = torch.ones(1, 1, 2, 12, dtype=torch.bool)
+    allowed[0, 0, 1, 3] = False  # query 1 does not see key 3
+    got = fused_step.attention(q, k, v, allowed)
+    assert got[0, 1, 0].isnan().all()
+    assert not got[0, 1, 1].isnan().any() and not got[0, 0].isnan().any()
+    scores = (q @ k.transpose(-1, -2) / 4).masked_fill(~allowed, -math.inf)
+    torch.testing.assert_close(got, scores.softmax(-1) @ v, equal_nan=True, **TOLERANCE)
+
+
+@needs_fused
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_any_thread_count_gives_the_same_result(threads):
     g = torch.Generator().manual_seed(2)

@@ -31,11 +31,11 @@
 
 /* e^x for a vector: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial (relative
  * error about 2e-7 over the range), 2^n built in the exponent bits. Inputs below -87.3 give 0,
- * -inf included; above 88.7, +inf. */
+ * -inf included; above 88.7, +inf; NaN stays NaN. */
 AVX2 static inline __m256 exp_ps(__m256 x) {
     const __m256 hi = _mm256_set1_ps(88.7228f), lo = _mm256_set1_ps(-87.3365f);
     __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    x = _mm256_min_ps(hi, _mm256_max_ps(lo, x)); /* x last: a NaN passes through both */
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     /* r = x - n ln2, ln2 split in two for precision */

@@ -21,7 +21,6 @@
 
 #include "_avx2.h"
 
-
 #ifdef ATTNLAB_X86
 #define PANEL 8
 #define PREFETCH_FLOATS 1024 /* 4 KB ahead of the panel row being read */
