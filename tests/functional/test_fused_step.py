@@ -122,6 +122,16 @@ def test_operands_it_cannot_take_are_refused_with_what_was_expected():
     assert not fused_step.fits(q, k, k, torch.zeros(1, 1, 1, 5, dtype=torch.float16))
     assert not fused_step.fits(q, k.transpose(-1, -2).contiguous().transpose(-1, -2), k, None)  # strided d
     assert fused_step.fits(q, k, k, torch.ones(1, 1, 1, 5, dtype=torch.bool))
+    assert not fused_step.fits(q, k, k, torch.ones(1, 1, 1, 6, dtype=torch.bool))  # 6 keys in the mask, 5 cached
+    assert not fused_step.fits(q, torch.randn(3, 2, 5, 16), torch.randn(3, 2, 5, 16), None)  # batch 3 vs 1
+    with pytest.raises(ValueError, match=r"broadcasting to \(B, H, n, P\); got \(1, 2, 1, 16\)"):
+        fused_step.attention(q, k, k, torch.ones(1, 1, 2, 5, dtype=torch.bool))
+    broadcast_keys = torch.randn(1, 1, 5, 16)  # one head of keys for every head
+    torch.testing.assert_close(
+        fused_step.attention(q, broadcast_keys, broadcast_keys).double(),
+        _reference(q, broadcast_keys.expand(1, 2, 5, 16), broadcast_keys.expand(1, 2, 5, 16), None),
+        **TOLERANCE,
+    )
 
 
 @pytest.mark.parametrize(

@@ -37,18 +37,25 @@ def available() -> bool:
 
 def fits(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> bool:
     """Whether ``attention`` takes these operands: 4-D fp32 CPU tensors, one head size for
-    queries, keys and values, a multiple of 8, with unit stride; a 4-D mask of fp32 or bool."""
-    return (
+    queries, keys and values, a multiple of 8, with unit stride; keys and values whose batch and
+    head dimensions broadcast to the queries'; a 4-D mask of fp32 or bool that broadcasts to
+    ``(B, H, n, P)``."""
+    if not (
         query.dtype == key.dtype == value.dtype == torch.float32
         and query.device.type == "cpu"
         and query.ndim == key.ndim == value.ndim == 4
-        and query.shape[-1] == key.shape[-1]
+        and query.shape[-1] == key.shape[-1] == value.shape[-1]
         and query.shape[-1] % 8 == 0
-        and value.shape[-1] == query.shape[-1]
         and key.shape[-2] == value.shape[-2] > 0
         and key.stride(-1) == 1
         and value.stride(-1) == 1
-        and (mask is None or (mask.dtype in (torch.float32, torch.bool) and mask.ndim == 4))
+        and _broadcasts(key.shape[:2], query.shape[:2])
+        and _broadcasts(value.shape[:2], query.shape[:2])
+    ):
+        return False
+    target = (*query.shape[:3], key.shape[-2])
+    return mask is None or (
+        mask.dtype in (torch.float32, torch.bool) and mask.ndim == 4 and _broadcasts(mask.shape, target)
     )
 
 
@@ -62,7 +69,7 @@ def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = N
     if not fits(query, key, value, mask):
         raise ValueError(
             "expected fp32 CPU operands (B, H, n, d), (B, H, P, d), (B, H, P, d) with d a multiple of 8 "
-            "and unit strides along it, and a 4-D fp32 or bool mask; got "
+            "and unit strides along it, and a 4-D fp32 or bool mask broadcasting to (B, H, n, P); got "
             f"{_described(query)}, {_described(key)}, {_described(value)}, {_described(mask)}"
         )
     batch, heads, n, dim = query.shape
@@ -95,6 +102,11 @@ def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = N
         torch.get_num_threads(),
     )
     return out
+
+
+def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether ``shape`` expands to ``target`` (each size equal, or 1)."""
+    return all(size in (goal, 1) for size, goal in zip(shape, target, strict=True))
 
 
 def _described(x: Tensor | None) -> str:
