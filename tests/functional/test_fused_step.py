@@ -154,8 +154,8 @@ def test_rule_turns_the_kernel_on_only_where_it_was_measured_ahead(flags, expect
 )
 def test_step_attention_takes_the_kernel_within_the_thresholds(monkeypatch, max_keys, queries, keys, fused):
     calls = []
-    original = fused_step.attention
-    monkeypatch.setattr(fused_step, "attention", lambda *args: calls.append(args) or original(*args))
+    original = fused_step.try_attention
+    monkeypatch.setattr(fused_step, "try_attention", lambda *args: calls.append(args) or original(*args))
     set_thresholds(Thresholds(cpu_step_fused_max_keys=max_keys, cpu_step_plain_max_queries=8))
     g = torch.Generator().manual_seed(3)
     q, (k, v) = torch.randn(2, 4, queries, 32, generator=g), _cache(2, 4, keys, 32, spare=2, g=g)
@@ -169,7 +169,7 @@ def test_step_attention_takes_the_kernel_within_the_thresholds(monkeypatch, max_
 def test_without_the_kernel_step_attention_takes_pytorchs(monkeypatch):
     """Not built (no compiler at install time) or no AVX2: the plain products or SDPA, same result."""
     monkeypatch.setattr(fused_step, "available", lambda: False)
-    monkeypatch.setattr(fused_step, "attention", lambda *args: pytest.fail("the fused kernel was called"))
+    monkeypatch.setattr(fused_step, "_step", None)  # as if not built: any call into it would fail
     set_thresholds(Thresholds(cpu_step_fused_max_keys=1024))
     g = torch.Generator().manual_seed(4)
     q, (k, v) = torch.randn(2, 4, 3, 32, generator=g), _cache(2, 4, 50, 32, spare=2, g=g)

@@ -63,15 +63,29 @@ def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = N
     """``softmax(Q K^T / sqrt(d) + M) V`` for ``query (B, H, n, d)`` against ``key (B, H, P, d)``
     and ``value (B, H, P, d)``; ``mask`` broadcast to ``(B, H, n, P)``: bool ``True`` = may
     attend, or an fp32 bias. A query with no allowed key gets zeros. Batch and head dimensions
-    of ``key``, ``value`` and ``mask`` may be strided views (a cache's first ``P`` positions)."""
+    of ``key``, ``value`` and ``mask`` may be strided views (a cache's first ``P`` positions).
+
+    Raises:
+        RuntimeError: the kernel is not available here.
+        ValueError: operands it cannot take (``fits``), named with their shapes and strides.
+    """
     if not available():
         raise RuntimeError("the fused step kernel is not available here (not built, or no AVX2 and FMA)")
-    if not fits(query, key, value, mask):
+    out = try_attention(query, key, value, mask)
+    if out is None:
         raise ValueError(
             "expected fp32 CPU operands (B, H, n, d), (B, H, P, d), (B, H, P, d) with d a multiple of 8 "
             "and unit strides along it, and a 4-D fp32 or bool mask broadcasting to (B, H, n, P); got "
             f"{_described(query)}, {_described(key)}, {_described(value)}, {_described(mask)}"
         )
+    return out
+
+
+def try_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor | None:
+    """``attention``'s result, or None where the kernel is not available or cannot take these
+    operands (one check, for callers that have another kernel to fall back to)."""
+    if not (available() and fits(query, key, value, mask)):
+        return None
     batch, heads, n, dim = query.shape
     keys = key.shape[-2]
     key, value = key.expand(batch, heads, keys, dim), value.expand(batch, heads, keys, dim)

@@ -63,8 +63,8 @@ def step_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | Non
     Returns:
         The context ``(B, H, Lq, d_v)``.
     """
-    if fused_step_fits(query, key) and fused_step.available() and fused_step.fits(query, key, value, mask):
-        return fused_step.attention(query, key, value, mask)
+    if fused_step_fits(query, key) and (out := fused_step.try_attention(query, key, value, mask)) is not None:
+        return out
     if plain_step_fits(query, key):
         return _plain_products(query, key, value, mask, None)[0]
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)  # caches hold contiguous heads
