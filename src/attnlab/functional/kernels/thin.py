@@ -67,18 +67,19 @@ def linear(x: Tensor, packed: Tensor, out_features: int, bias: Tensor | None = N
         raise ValueError(f"packed weight {tuple(packed.shape)} {packed.dtype} is not pack() of {out_features} outputs")
     if bias is not None and (bias.shape != (out_features,) or bias.dtype != torch.float32):
         raise ValueError(f"expected an fp32 bias of shape ({out_features},), got {tuple(bias.shape)} {bias.dtype}")
-    rows = x.reshape(-1, in_features).contiguous()
-    bias = None if bias is None else bias.contiguous()
-    out = torch.empty(rows.shape[0], out_features)
-    if rows.shape[0]:
+    x = x if x.is_contiguous() else x.contiguous()  # rows of in_features, one after another
+    bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
+    out = x.new_empty((*x.shape[:-1], out_features))
+    rows = x.numel() // in_features
+    if rows:
         _thin.linear(
-            rows.data_ptr(),
+            x.data_ptr(),
             packed.data_ptr(),
             0 if bias is None else bias.data_ptr(),
             out.data_ptr(),
-            rows.shape[0],
+            rows,
             in_features,
             out_features,
             torch.get_num_threads(),
         )
-    return out.view(*x.shape[:-1], out_features)
+    return out
