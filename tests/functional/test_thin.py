@@ -79,8 +79,11 @@ def test_any_thread_count_and_leading_dimensions_give_the_same_product(threads):
     )
 
 
-def test_packing_lays_out_panels_of_eight_output_columns():
+@pytest.mark.parametrize("transposed", [False, True])
+def test_packing_lays_out_panels_of_eight_output_columns(transposed):
     weight = torch.arange(13 * 5, dtype=torch.float32).view(13, 5)
+    if transposed:  # the same values from a strided view
+        weight = weight.t().contiguous().t()
     packed = thin.pack(weight)
     assert packed.shape == (2, 5, 8) and packed.is_contiguous()
     for j in range(2):
@@ -88,6 +91,8 @@ def test_packing_lays_out_panels_of_eight_output_columns():
             n = 8 * j + c
             expected = weight[n] if n < 13 else torch.zeros(5)
             assert torch.equal(packed[j, :, c], expected), (j, c)
+    square = torch.randn(16, 8).t()  # 8 outputs: no padding, still strided
+    assert torch.equal(thin.pack(square)[0].t(), square)
 
 
 @needs_thin

@@ -46,7 +46,7 @@ def pack(weight: Tensor) -> Tensor:
     out_features, in_features = weight.shape
     padded = -(-out_features // PANEL) * PANEL
     weight = F.pad(weight.detach(), (0, 0, 0, padded - out_features))
-    return weight.view(padded // PANEL, PANEL, in_features).transpose(1, 2).contiguous()
+    return weight.reshape(padded // PANEL, PANEL, in_features).transpose(1, 2).contiguous()
 
 
 def linear(x: Tensor, packed: Tensor, out_features: int, bias: Tensor | None = None) -> Tensor:
