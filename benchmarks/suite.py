@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.functional.kernels import current_thresholds, fused_step, onednn, thin
+from attnlab.functional.kernels import fused_step, onednn, thin
 from attnlab.functional.kernels.linear import uses_onednn
 from benchmarks.common import matmul_gflops, timed
 from benchmarks.flops import count_flops, mfu
@@ -462,15 +462,14 @@ def decoding_products(device: torch.device) -> str:
     """The kernel of the decoding engine's fp32 products by packed weights (``inference.packed``)."""
     if device.type != "cpu":
         return "F.linear"
-    rows = current_thresholds().cpu_thin_max_rows if thin.available() else 0
-    if rows:
+    if rows := thin.max_rows():
         return f"the thin kernel up to {rows} rows"
     return "oneDNN packed" if onednn.available() else "F.linear"
 
 
 def step_attention_kernel(device: torch.device) -> str:
     """The kernel of the decoding engine's fp32 step attention (``kernels.step.step_attention``)."""
-    keys = current_thresholds().cpu_step_fused_max_keys if fused_step.available() else 0
+    keys = fused_step.max_keys()
     if device.type == "cpu" and keys:
         return f"the fused kernel up to {keys} keys"
     return "PyTorch's"

@@ -51,8 +51,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
     (``make test-isa`` emulates an older CPU's)."""
     bf16 = onednn.bf16_available()
     linear = "oneDNN" if uses_onednn("cpu") else "BLAS"
-    rows = Thresholds().cpu_thin_max_rows if thin.available() else 0
-    keys = Thresholds().cpu_step_fused_max_keys if fused_step.available() else 0
+    rows, keys = thin.max_rows(), fused_step.max_keys()
     products = f"thin kernel up to {rows} rows" if rows else "oneDNN packed"
     attention = f"fused kernel up to {keys} keys" if keys else "PyTorch's"
     terminalreporter.write_line(

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnlab.functional.kernels import onednn, thin
-from attnlab.functional.kernels.thresholds import current_thresholds
 
 # Below this many weight elements (128 x 128) packing gains too little to pay for its memory.
 MIN_PACKED_ELEMENTS = 128 * 128
@@ -101,8 +100,7 @@ class PackedWeights:
         return (
             x.dtype == weight.dtype == torch.float32
             and (bias is None or bias.dtype == torch.float32)
-            and x.numel() <= current_thresholds().cpu_thin_max_rows * x.shape[-1]
-            and thin.available()
+            and x.numel() <= thin.max_rows() * x.shape[-1]
         )
 
     def _linear_bf16(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

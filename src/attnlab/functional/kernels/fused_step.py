@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from attnlab.functional.kernels.thresholds import current_thresholds
+
 try:
     from attnlab.functional.kernels import _step
 except ImportError:  # built without a C compiler
@@ -33,6 +35,12 @@ def built() -> bool:
 def available() -> bool:
     """Whether the kernel can run here: built, and the CPU has AVX2 and FMA."""
     return _step is not None and bool(_step.supported())
+
+
+def max_keys() -> int:
+    """The most keys a step's attention takes this kernel for here: ``Thresholds.cpu_step_fused_max_keys``
+    where the kernel runs, else 0."""
+    return current_thresholds().cpu_step_fused_max_keys if available() else 0
 
 
 def fits(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> bool:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.functional.kernels.thresholds import current_thresholds
+
 try:
     from attnlab.functional.kernels import _thin
 except ImportError:  # built without a C compiler
@@ -36,6 +38,12 @@ def built() -> bool:
 def available() -> bool:
     """Whether the kernel can run here: built, and the CPU has AVX2 and FMA."""
     return _thin is not None and bool(_thin.supported())
+
+
+def max_rows() -> int:
+    """The most rows a product takes this kernel for here: ``Thresholds.cpu_thin_max_rows`` where
+    the kernel runs, else 0."""
+    return current_thresholds().cpu_thin_max_rows if available() else 0
 
 
 def pack(weight: Tensor) -> Tensor:

@@ -308,8 +308,9 @@ def _onednn_isa_cap() -> str:
     return os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))
 
 
+@functools.cache
 def _cpuinfo() -> str:
-    """``/proc/cpuinfo``'s text; empty where there is none."""
+    """``/proc/cpuinfo``'s text, read once; empty where there is none."""
     try:
         return Path("/proc/cpuinfo").read_text()
     except OSError:
