@@ -244,15 +244,17 @@ def plain_step_limits(rows: list[dict]) -> tuple[int, int]:
     return best
 
 
+def won_up_to(cells: list[tuple[int, bool]]) -> int:
+    """The largest size below every losing cell's, from (size, won) cells (0: none won first)."""
+    losing = [size for size, won in cells if not won]
+    return max((size for size, _ in cells if not losing or size < min(losing)), default=0)
+
+
 def step_fused_max_keys(rows: list[dict], max_queries: int) -> int:
     """The most keys up to which the fused kernel won every decoding cell of at most
     ``max_queries`` queries (0: it lost at the fewest keys, or does not run here)."""
     cells = [r for r in rows if r["queries"] <= max_queries and r.get("fused_ratio") is not None]
-    if not cells:
-        return 0
-    losing = [r["keys"] for r in cells if r["fused_ratio"] >= 1.0]
-    winning = [r["keys"] for r in cells if not losing or r["keys"] < min(losing)]
-    return max(winning, default=0)
+    return won_up_to([(r["keys"], r["fused_ratio"] < 1.0) for r in cells])
 
 
 def thin_products(repeats: int, threads: int) -> list[dict]:
@@ -280,9 +282,7 @@ def thin_products(repeats: int, threads: int) -> list[dict]:
 
 def thin_max_rows(rows: list[dict]) -> int:
     """The most rows up to which the thin kernel won every measured shape (0: none, or no kernel)."""
-    counts = sorted({r["rows"] for r in rows})
-    losing = [r["rows"] for r in rows if r["ratio"] < 1.0]
-    return max((c for c in counts if not losing or c < min(losing)), default=0)
+    return won_up_to([(r["rows"], r["ratio"] >= 1.0) for r in rows])
 
 
 def write(args) -> None:

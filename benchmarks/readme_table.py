@@ -31,14 +31,16 @@ def machine_line(report: dict) -> str:
     flags = ", ".join(flag for flag, present in m["cpu_flags"].items() if present) or "none of avx2/avx512/amx"
     peaks = ", ".join(f"{dtype} {rate:,.0f} GFLOP/s" for dtype, rate in gemm.items())
     threads = f"{m['threads']} thread" + ("s" if m["threads"] > 1 else "")
-    linear = "fp32_linear" in m  # reports before the oneDNN linear path lack it
+    kernels = []  # older reports lack these keys
+    if "fp32_linear" in m:
+        kernels.append(f"fp32: the faster of the BLAS and oneDNN; attnlab's linears use {m['fp32_linear']}")
+    if "decoding_products" in m:
+        attention = f", step attention {m['step_attention']}" if "step_attention" in m else ""
+        kernels.append(f"its decoding products {m['decoding_products']}{attention}")
     return (
         f"`{report['command']}` on {m['cpu_model']} ({m['cores']} cores; {flags}), {threads}, "
         f"torch {m['torch']}, transformers {m['transformers']}; large-matmul peak {peaks}"
-        + (f" (fp32: the faster of the BLAS and oneDNN; attnlab's linears use {m['fp32_linear']}" if linear else "")
-        + (f"; its decoding products {m['decoding_products']}" if "decoding_products" in m else "")
-        + (f", step attention {m['step_attention']}" if "step_attention" in m else "")
-        + (")." if linear else ".")
+        + (f" ({'; '.join(kernels)})." if kernels else ".")
         + ("" if m["bf16"] else " No bf16 instructions here: bf16 cases skipped, `precision: auto` stays fp32.")
         + (" A partial run: the cases it finished." if report.get("partial") else "")
     )
