@@ -57,6 +57,30 @@ def test_attention_matches_sdpa_in_float64(batch, heads, n, keys, dim, mask_kind
 
 
 @needs_fused
+@pytest.mark.parametrize("mask_kind", ["none", "bool"])
+def test_strided_queries_and_outputs_are_read_and_written_where_they_lie(mask_kind):
+    """Queries as one head-sized slice of fused projection rows, the context written into the rows'
+    own layout (B, k, H, d), keys and values interleaved in one buffer: as the fused decoder calls it."""
+    g = torch.Generator().manual_seed(0)
+    batch, k, heads, dim, keys = 3, 4, 2, 16, 23
+    rows = torch.randn(batch * k, 3 * heads * dim, generator=g)  # a qkv product's output
+    q = rows[:, : heads * dim].view(batch, k, heads, dim).transpose(1, 2)  # (B, H, k, d), strided
+    kv = torch.randn(batch, keys, 2, heads, dim, generator=g)
+    key, value = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # (B, H, P, d), strided
+    mask = None if mask_kind == "none" else torch.rand(batch, 1, 1, keys, generator=g) > 0.3
+    context = torch.full((batch * k, heads * dim), math.nan)
+    out = context.view(batch, k, heads, dim).transpose(1, 2)
+    assert fused_step.attention(q, key, value, mask, out=out) is out
+    torch.testing.assert_close(out.double(), _reference(q, key, value, mask), **TOLERANCE)
+    assert not context.isnan().any()  # every element written
+    full_mask = None if mask is None else mask.expand(batch, heads, k, keys)
+    again = fused_step.unsafe_attention(q, key, value, full_mask, torch.empty(batch, heads, k, dim))
+    assert torch.equal(again, out)
+    with pytest.raises(ValueError, match=r"out of shape \(3, 2, 4, 16\) with unit stride along d, got \(3, 2, 4, 8\)"):
+        fused_step.attention(q, key, value, mask, out=torch.empty(batch, heads, k, 8))
+
+
+@needs_fused
 def test_a_query_with_no_allowed_key_gets_zeros_as_in_sdpa():
     g = torch.Generator().manual_seed(0)
     q, (k, v) = torch.randn(2, 2, 3, 16, generator=g), _cache(2, 2, 20, 16, spare=0, g=g)

@@ -4,6 +4,7 @@ rule that turns it on."""
 
 from __future__ import annotations
 
+import math
 import platform
 import sys
 
@@ -57,6 +58,48 @@ def test_products_match_f_linear_in_float64(rows, in_features, out_features, wit
     expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
     assert got.shape == (rows, out_features) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, **_tolerance(in_features))
+
+
+@needs_thin
+@pytest.mark.parametrize("rows", [1, 5, 8, 9, 20])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_residual_and_relu_epilogues_match_their_definition_in_float64(rows, relu, in_place):
+    """relu(x W^T + b + r) with a partial last panel, written over ``r`` or into a new tensor."""
+    g = torch.Generator().manual_seed(rows)
+    x, weight, bias = torch.randn(rows, 48, generator=g), torch.randn(21, 48, generator=g), torch.randn(21, generator=g)
+    residual = torch.randn(rows, 21, generator=g)
+    product = F.linear(x.double(), weight.double(), bias.double())
+    expected = product + residual.double()
+    expected = expected.clamp_min(0) if relu else expected
+    out = residual if in_place else None
+    got = thin.linear(x, thin.pack(weight), 21, bias, residual=residual, relu=relu, out=out)
+    assert (got.data_ptr() == residual.data_ptr()) == in_place
+    torch.testing.assert_close(got.double(), expected, **_tolerance(48))
+    assert (got.min() >= 0) == relu  # a random sum of 21 columns has negatives unless ReLU'd
+    got_unsafe = thin.unsafe_linear(x, thin.pack(weight), 21, bias, torch.empty(rows, 21), None, relu)
+    torch.testing.assert_close(got_unsafe.double(), product.clamp_min(0) if relu else product, **_tolerance(48))
+
+
+@needs_thin
+def test_relu_keeps_a_nan_as_torch_relu_does():
+    x, weight = torch.ones(1, 8), torch.full((8, 8), -1.0)
+    x[0, 3] = math.nan
+    got = thin.linear(x, thin.pack(weight), 8, relu=True)
+    assert torch.isnan(got).all() and torch.isnan(torch.relu(F.linear(x, weight))).all()
+    assert torch.equal(thin.linear(torch.ones(1, 8), thin.pack(weight), 8, relu=True), torch.zeros(1, 8))
+
+
+@needs_thin
+def test_bad_epilogue_operands_are_refused_with_what_was_expected():
+    x, packed = torch.randn(3, 16), thin.pack(torch.randn(8, 16))
+    with pytest.raises(ValueError, match=r"contiguous fp32 CPU residual of shape \(3, 8\), got \(3, 9\)"):
+        thin.linear(x, packed, 8, residual=torch.randn(3, 9))
+    with pytest.raises(ValueError, match=r"out of shape \(3, 8\), got \(3, 8\) torch.float32 on cpu, strided"):
+        thin.linear(x, packed, 8, out=torch.randn(3, 8).t().contiguous().t())
+    square = torch.randn(3, 8)
+    with pytest.raises(ValueError, match="out may not be the input x"):
+        thin.linear(square, thin.pack(torch.randn(8, 8)), 8, out=square)
 
 
 @needs_thin

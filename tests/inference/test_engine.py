@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from attnlab.decoding import beam_search, greedy_search
 from attnlab.functional.kernels import Thresholds, fused_step, onednn, set_thresholds, thin
+from attnlab.inference import fused_decoder
 from attnlab.inference.engine import DecodingEngine
 from attnlab.inference.packed import MIN_PACKED_ELEMENTS, PackedWeights
 from attnlab.layers import MultiHeadAttention
@@ -17,7 +18,7 @@ from attnlab.layers.kv_cache import KVCache
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this PyTorch build has no oneDNN packed linear")
 needs_bf16 = pytest.mark.skipif(not onednn.bf16_available(), reason="this CPU has no bf16 instructions")
-ALL_OFF = dict(plain_steps=False, pack_weights=False, beam_pools=False)
+ALL_OFF = dict(plain_steps=False, pack_weights=False, beam_pools=False, fused_steps=False)
 # The compiled kernels (thin products, fused step attention) for every shape, or PyTorch's for every one.
 COMPILED = Thresholds(cpu_thin_max_rows=1 << 20, cpu_step_fused_max_keys=1 << 20)
 TORCH = Thresholds(cpu_thin_max_rows=0, cpu_step_fused_max_keys=0)
@@ -119,13 +120,16 @@ def test_engine_with_every_path_off_decodes_as_the_model_bit_for_bit(model, src,
 
 
 @pytest.mark.parametrize("beam", [1, 4])
-@pytest.mark.parametrize("paths", ["plain_steps", "pack_weights", "beam_pools", "all"])
+@pytest.mark.parametrize("paths", ["plain_steps", "pack_weights", "beam_pools", "fused_steps", "all"])
 def test_engine_paths_give_the_models_translations(model, src, beam, paths) -> None:
     """Each speed path alone and all together: the same tokens, scores within fp32 reordering."""
+    if paths == "fused_steps" and fused_decoder.obstacles(model):
+        pytest.skip("the fused steps need the compiled kernels (AVX2 and FMA)")
     options = dict(ALL_OFF) if paths != "all" else {}
     if paths != "all":
         options[paths] = True
-        options["plain_steps"] = options["plain_steps"] or paths == "pack_weights"  # packing serves plain steps
+        # packing and fused steps serve plain steps
+        options["plain_steps"] = options["plain_steps"] or paths in ("pack_weights", "fused_steps")
     with torch.no_grad():
         reference = search(model, src, beam)
         ours = search(DecodingEngine(model, **options), src, beam)
@@ -151,7 +155,7 @@ def test_engine_steps_equal_the_models_logits_step_by_step(model, src) -> None:
     pools of 3 rows per sentence, source padding) against the model's general cached path."""
     k, steps = 3, 6
     tokens = torch.randint(4, 1000, (src.shape[0] * k, steps), generator=torch.Generator().manual_seed(2))
-    engine = DecodingEngine(model)
+    engine = DecodingEngine(model, fused_steps=False)
     with torch.inference_mode():
         ours, theirs = engine.start_state(src, repeat=k), model.start_state(src, repeat=k)
         for t in range(steps):

@@ -2,7 +2,7 @@
 
 ``greedy_search`` and ``beam_search`` (``attnlab.decoding``) drive any model that speaks their
 small protocol (``start_state`` / ``step`` / ``reorder_state``). A ``DecodingEngine`` wraps such a
-model and speaks the same protocol; for a ``Transformer`` it adds three speed paths, each on by
+model and speaks the same protocol; for a ``Transformer`` it adds four speed paths, each on by
 default where it pays and off with one argument:
 
 - **plain steps**: a decoding step of one token per row, in evaluation mode and without attention
@@ -11,7 +11,11 @@ default where it pays and off with one argument:
 - **packed weights**: on CPU those steps multiply by copies of the decoder's weights packed once
   for thin products (``attnlab.inference.packed``), fp32 or bf16 under autocast;
 - **beam pools**: beam hypotheses keep their keys where they were written
-  (``attnlab.inference.beam_cache``) instead of copying them to their children every step.
+  (``attnlab.inference.beam_cache``) instead of copying them to their children every step;
+- **fused steps**: on CPU, fp32 searches of at most ``Thresholds.cpu_thin_max_rows`` rows run
+  whole decoder steps as a few compiled-kernel calls per layer (``attnlab.inference.fused_decoder``),
+  where the thin-product and fused step attention kernels both run; they take the place of the
+  three paths above.
 
 With ``int8=True`` the plain steps multiply by int8 copies of the weights instead
 (``attnlab.inference.quantized``: PyTorch's dynamic quantisation), a faster decoding whose
@@ -32,7 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.functional.kernels import onednn, thin
+from attnlab.inference import fused_decoder
 from attnlab.inference.beam_cache import BeamDecoderCache
+from attnlab.inference.fused_decoder import FusedDecoder, FusedState
 from attnlab.inference.packed import PackedWeights
 from attnlab.inference.quantized import QuantizedWeights, check_available
 from attnlab.layers.feedforward import LinearFn
@@ -54,10 +60,14 @@ class DecodingEngine:
         beam_pools: keep beam hypotheses' keys in per-sentence pools.
         int8: multiply plain steps by int8 copies of the weights (CPU, a ``Transformer`` in
             evaluation mode; implies ``plain_steps``).
+        fused_steps: run fp32 CPU searches of at most ``Thresholds.cpu_thin_max_rows`` rows on
+            ``FusedDecoder``; None where it can (``fused_decoder.obstacles`` finds nothing, and
+            neither ``int8`` nor ``plain_steps=False``); True to insist, for any row count.
 
     Raises:
         ValueError: ``int8`` for a model that is not a ``Transformer``, not on CPU, or with
-            ``plain_steps`` off (the message names which).
+            ``plain_steps`` off (the message names which); ``fused_steps=True`` with ``int8``, or
+            for a model ``FusedDecoder`` cannot run (the message lists why).
         RuntimeError: ``int8`` where this PyTorch build lacks a CPU quantisation engine.
 
     Example:
@@ -73,6 +83,7 @@ class DecodingEngine:
         pack_weights: bool | None = None,
         beam_pools: bool = True,
         int8: bool = False,
+        fused_steps: bool | None = None,
     ) -> None:
         self.model = model
         is_transformer = isinstance(model, Transformer)
@@ -85,6 +96,9 @@ class DecodingEngine:
         )
         self.beam_pools = beam_pools and is_transformer
         self._packed: PackedWeights | None = None
+        self.fused_steps = self._resolve_fused(fused_steps, plain_steps)
+        self._any_rows = fused_steps is True  # insisting: past the thin kernel's row threshold too
+        self._fused: FusedDecoder | None = None
 
     # --- the protocol of attnlab.decoding.search, delegated where the engine adds nothing ----
     @property
@@ -105,7 +119,15 @@ class DecodingEngine:
     def start_state(
         self, src: Tensor, src_key_padding_mask: Tensor | None = None, *, repeat: int = 1, use_cache: bool = True
     ) -> Any:
-        """The model's start state; a beam search (``repeat`` k > 1) gets beam pools."""
+        """The model's start state; a fused search gets a ``FusedState``, a beam search (``repeat``
+        k > 1) beam pools."""
+        if use_cache and self._fuses(src, repeat):
+            if src_key_padding_mask is None:
+                src_key_padding_mask = self.model.padding_mask(src)
+            memory = self.model.encode(src, src_key_padding_mask)  # (B, S, D)
+            if self._fused is None:
+                self._fused = FusedDecoder(self.model)
+            return self._fused.start(memory, src_key_padding_mask, repeat=repeat)
         if not (self.beam_pools and use_cache and repeat > 1):
             return self.model.start_state(src, src_key_padding_mask, repeat=repeat, use_cache=use_cache)
         if src_key_padding_mask is None:
@@ -115,7 +137,9 @@ class DecodingEngine:
         return SearchState(memory, src_key_padding_mask, cache)
 
     def step(self, state: Any, tokens: Tensor) -> tuple[Tensor, Any]:
-        """Feed ``tokens (B,)``: a plain step where it applies, else the model's own ``step``."""
+        """Feed ``tokens (B,)``: a fused or plain step where it applies, else the model's own ``step``."""
+        if isinstance(state, FusedState):
+            return self._fused.step(state, tokens), state
         if not self._steps_plainly(state):
             if self.int8:
                 raise RuntimeError(
@@ -128,9 +152,35 @@ class DecodingEngine:
         return self._plain_step(state, tokens), state
 
     def reorder_state(self, state: Any, index: Tensor) -> Any:
+        if isinstance(state, FusedState):
+            self._fused.reorder(state, index)
+            return state
         return self.model.reorder_state(state, index)
 
     # --- the speed paths --------------------------------------------------------------------
+    def _resolve_fused(self, fused_steps: bool | None, plain_steps: bool) -> bool:
+        if fused_steps is False:
+            return False
+        found = fused_decoder.obstacles(self.model)
+        if self.int8:
+            found.append("int8 products are not the fused steps' (fp32)")
+        if not plain_steps:
+            found.append("plain_steps=False")
+        if fused_steps and found:
+            raise ValueError("fused_steps=True, but: " + "; ".join(found))
+        return not found
+
+    def _fuses(self, src: Tensor, repeat: int) -> bool:
+        """Whether a search of ``src (B, S)`` with ``repeat`` rows per sentence runs on the fused decoder."""
+        return (
+            self.fused_steps
+            and not self.model.training
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and src.device.type == "cpu"
+            and (self._any_rows or src.shape[0] * repeat <= thin.max_rows())
+        )
+
     def _steps_plainly(self, state: Any) -> bool:
         model = self.model
         return (

@@ -11,9 +11,10 @@
  *
  * attnlab.functional.kernels.fused_step checks shapes, dtypes and strides before calling:
  *   supported() -> bool: whether this CPU has AVX2 and FMA;
- *   attention(q, k, v, mask, mask_kind, out, B, H, n, P, d, k strides (b, h, j), v strides
- *             (b, h, j), mask strides (b, h, i), scale, threads): addresses of q and out
- *             (B, H, n, d) contiguous; k and v with unit stride along d; mask_kind 0 (none),
+ *   attention(q, k, v, mask, mask_kind, out, B, H, n, P, d, q strides (b, h, i), out strides
+ *             (b, h, i), k strides (b, h, j), v strides (b, h, j), mask strides (b, h, i),
+ *             scale, threads): addresses of q and out (B, H, n, d), k and v (B, H, P, d), all
+ *             with unit stride along d, and out overlapping none of them; mask_kind 0 (none),
  *             1 (fp32 additive bias) or 2 (bool, nonzero = may attend) with unit stride along j.
  */
 #define PY_SSIZE_T_CLEAN
@@ -80,7 +81,8 @@ typedef struct {
     int mask_kind;
     float *out;
     long batch, heads, n, keys, dim;
-    long ksb, ksh, ksj, vsb, vsh, vsj, msb, msh, msi; /* in elements */
+    long qsb, qsh, qsi, osb, osh, osi; /* in elements, unit stride along dim */
+    long ksb, ksh, ksj, vsb, vsh, vsj, msb, msh, msi;
     float scale;
 } step_args;
 
@@ -175,12 +177,11 @@ static int step_attention(const step_args *a, int threads) {
             long b = item / a->heads, h = item % a->heads;
             const float *k = a->k + b * a->ksb + h * a->ksh, *v = a->v + b * a->vsb + h * a->vsh;
             for (long i = 0; i < a->n; ++i) {
-                long row = item * a->n + i;
                 const char *mask_row =
                     a->mask ? a->mask + (b * a->msb + h * a->msh + i * a->msi) * mask_item : NULL;
                 if (!s) continue;
-                scores(a, a->q + row * a->dim, k, mask_row, s);
-                weighted_values(a, v, s, a->out + row * a->dim);
+                scores(a, a->q + b * a->qsb + h * a->qsh + i * a->qsi, k, mask_row, s);
+                weighted_values(a, v, s, a->out + b * a->osb + h * a->osh + i * a->osi);
             }
         }
         free(s);
@@ -193,11 +194,12 @@ static PyObject *attention(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long q, k, v, mask, out;
     int mask_kind, threads;
-    long long batch, heads, n, keys, dim, ksb, ksh, ksj, vsb, vsh, vsj, msb, msh, msi;
+    long long batch, heads, n, keys, dim, qsb, qsh, qsi, osb, osh, osi, ksb, ksh, ksj, vsb, vsh, vsj,
+        msb, msh, msi;
     float scale;
-    if (!PyArg_ParseTuple(args, "KKKKiKLLLLLLLLLLLLLLfi", &q, &k, &v, &mask, &mask_kind, &out, &batch,
-                          &heads, &n, &keys, &dim, &ksb, &ksh, &ksj, &vsb, &vsh, &vsj, &msb, &msh, &msi,
-                          &scale, &threads))
+    if (!PyArg_ParseTuple(args, "KKKKiKLLLLLLLLLLLLLLLLLLLLfi", &q, &k, &v, &mask, &mask_kind, &out,
+                          &batch, &heads, &n, &keys, &dim, &qsb, &qsh, &qsi, &osb, &osh, &osi, &ksb,
+                          &ksh, &ksj, &vsb, &vsh, &vsj, &msb, &msh, &msi, &scale, &threads))
         return NULL;
     if (!cpu_supported()) {
         PyErr_SetString(PyExc_RuntimeError, "the fused step kernel needs a CPU with AVX2 and FMA");
@@ -216,7 +218,8 @@ static PyObject *attention(PyObject *self, PyObject *args) {
         .q = (const float *)(uintptr_t)q, .k = (const float *)(uintptr_t)k,
         .v = (const float *)(uintptr_t)v, .mask = mask_kind ? (const char *)(uintptr_t)mask : NULL,
         .mask_kind = mask_kind, .out = (float *)(uintptr_t)out, .batch = batch, .heads = heads,
-        .n = n, .keys = keys, .dim = dim, .ksb = ksb, .ksh = ksh, .ksj = ksj, .vsb = vsb,
+        .n = n, .keys = keys, .dim = dim, .qsb = qsb, .qsh = qsh, .qsi = qsi, .osb = osb,
+        .osh = osh, .osi = osi, .ksb = ksb, .ksh = ksh, .ksj = ksj, .vsb = vsb,
         .vsh = vsh, .vsj = vsj, .msb = msb, .msh = msh, .msi = msi, .scale = scale,
     };
     int status;

@@ -11,8 +11,10 @@
  * The module exposes two functions; attnlab.functional.kernels.thin checks shapes and dtypes
  * before it calls them:
  *   supported() -> bool: whether this CPU has AVX2 and FMA;
- *   linear(x, p, b, y, rows, k, n, threads): addresses of x (rows, k), p, b (n, or 0 for none)
- *       and y (rows, n), all fp32 and contiguous.
+ *   linear(x, p, b, y, rows, k, n, res, relu, threads): addresses of x (rows, k), p, b (n, or 0
+ *       for none), y (rows, n) and res (rows, n, or 0 for none), all fp32 and contiguous;
+ *       y = relu(x W^T + b + res) with relu true, else without the max. res may be y itself
+ *       (each element is read just before it is written); x may not overlap y.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -25,12 +27,28 @@
 #define PANEL 8
 #define PREFETCH_FLOATS 1024 /* 4 KB ahead of the panel row being read */
 
+/* y[r][c] = out[r][c] (+ res[r][c], which has y's row stride) (then max(., 0) with relu; a NaN
+ * stays NaN, as in torch.relu) for R rows of cols columns. */
+static inline void store_rows(const float *out, int ldo, int rows, int cols, float *y, long ldy,
+                              const float *res, int relu) {
+    if (!res && !relu) {
+        for (int r = 0; r < rows; ++r) memcpy(y + r * ldy, out + r * ldo, sizeof(float) * cols);
+        return;
+    }
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c) {
+            float v = out[r * ldo + c];
+            if (res) v += res[r * ldy + c];
+            y[r * ldy + c] = relu && v < 0.0f ? 0.0f : v;
+        }
+}
+
 /* acc[r] = sum_k x[r][k] * panel[k][0..7] for R rows, then y = acc + bias. The accumulators
  * are indexed by constants only (every loop over r unrolled), so they stay in registers. */
 #define PANEL_ROWS(R)                                                                            \
     __attribute__((target("avx2,fma"))) static void panel_rows_##R(                              \
         const float *x, long k_dim, const float *panel, const float *bias8, float *y, long ldy, \
-        int cols) {                                                                              \
+        int cols, const float *res, int relu) {                                                  \
         __m256 acc[R];                                                                           \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();       \
         for (long k = 0; k < k_dim; ++k) {                                                       \
@@ -44,7 +62,7 @@
         __m256 b = bias8 ? _mm256_loadu_ps(bias8) : _mm256_setzero_ps();                         \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                     \
             _mm256_storeu_ps(out[r], _mm256_add_ps(acc[r], b));                                  \
-        for (int r = 0; r < R; ++r) memcpy(y + r * ldy, out[r], sizeof(float) * cols);          \
+        store_rows(&out[0][0], PANEL, R, cols, y, ldy, res, relu);                               \
     }
 
 PANEL_ROWS(1)
@@ -63,7 +81,7 @@ PANEL_ROWS(8)
 #define PAIR_ROWS(R)                                                                             \
     __attribute__((target("avx2,fma"))) static void pair_rows_##R(                               \
         const float *x, long k_dim, const float *pa, const float *pb, const float *bias16,      \
-        float *y, long ldy, int cols_b) {                                                        \
+        float *y, long ldy, int cols_b, const float *res, int relu) {                            \
         __m256 acc_a[R], acc_b[R];                                                               \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {                                   \
             acc_a[r] = _mm256_setzero_ps();                                                      \
@@ -84,7 +102,7 @@ PANEL_ROWS(8)
             _mm256_storeu_ps(out[r], _mm256_add_ps(acc_a[r], ba));                               \
             _mm256_storeu_ps(out[r] + PANEL, _mm256_add_ps(acc_b[r], bb));                       \
         }                                                                                        \
-        for (int r = 0; r < R; ++r) memcpy(y + r * ldy, out[r], sizeof(float) * (PANEL + cols_b)); \
+        store_rows(&out[0][0], 2 * PANEL, R, PANEL + cols_b, y, ldy, res, relu);                \
     }
 
 PAIR_ROWS(1)
@@ -96,12 +114,13 @@ PAIR_ROWS(6)
 
 #define PAIR_BLOCK 6
 
-typedef void (*panel_fn)(const float *, long, const float *, const float *, float *, long, int);
+typedef void (*panel_fn)(const float *, long, const float *, const float *, float *, long, int,
+                         const float *, int);
 static const panel_fn PANEL_FNS[PANEL + 1] = {NULL,           panel_rows_1, panel_rows_2,
                                               panel_rows_3,   panel_rows_4, panel_rows_5,
                                               panel_rows_6,   panel_rows_7, panel_rows_8};
 typedef void (*pair_fn)(const float *, long, const float *, const float *, const float *, float *,
-                        long, int);
+                        long, int, const float *, int);
 static const pair_fn PAIR_FNS[PAIR_BLOCK + 1] = {NULL,        pair_rows_1, pair_rows_2, pair_rows_3,
                                                  pair_rows_4, pair_rows_5, pair_rows_6};
 
@@ -117,20 +136,20 @@ static const float *bias_of(const float *b, long n, long j, int width, float *bu
 
 /* Up to 8 rows: one pass over each panel. */
 static void thin_few(const float *x, const float *p, const float *b, float *y, long rows,
-                     long k_dim, long n, int threads) {
+                     long k_dim, long n, const float *res, int relu, int threads) {
     long panels = (n + PANEL - 1) / PANEL;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long j = 0; j < panels; ++j) {
         float buf[PANEL];
         int cols = (int)(n - j * PANEL < PANEL ? n - j * PANEL : PANEL);
         PANEL_FNS[rows](x, k_dim, p + j * k_dim * PANEL, bias_of(b, n, j, PANEL, buf),
-                        y + j * PANEL, n, cols);
+                        y + j * PANEL, n, cols, res ? res + j * PANEL : NULL, relu);
     }
 }
 
 /* More rows: pairs of panels, each read once from memory and again from cache per block of 6. */
 static void thin_many(const float *x, const float *p, const float *b, float *y, long rows,
-                      long k_dim, long n, int threads) {
+                      long k_dim, long n, const float *res, int relu, int threads) {
     long panels = (n + PANEL - 1) / PANEL, pairs = (panels + 1) / 2;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long i = 0; i < pairs; ++i) {
@@ -141,37 +160,40 @@ static void thin_many(const float *x, const float *p, const float *b, float *y, 
             const float *bias16 = bias_of(b, n, j, 2 * PANEL, buf);
             for (long r0 = 0; r0 < rows; r0 += PAIR_BLOCK) {
                 long r = rows - r0 < PAIR_BLOCK ? rows - r0 : PAIR_BLOCK;
+                long at = r0 * n + j * PANEL;
                 PAIR_FNS[r](x + r0 * k_dim, k_dim, p + j * k_dim * PANEL, p + (j + 1) * k_dim * PANEL,
-                            bias16, y + r0 * n + j * PANEL, n, cols_b);
+                            bias16, y + at, n, cols_b, res ? res + at : NULL, relu);
             }
         } else {  /* an odd last panel */
             int cols = (int)(n - j * PANEL);
             const float *bias8 = bias_of(b, n, j, PANEL, buf);
             for (long r0 = 0; r0 < rows; r0 += PANEL) {
                 long r = rows - r0 < PANEL ? rows - r0 : PANEL;
-                PANEL_FNS[r](x + r0 * k_dim, k_dim, p + j * k_dim * PANEL, bias8,
-                             y + r0 * n + j * PANEL, n, cols);
+                long at = r0 * n + j * PANEL;
+                PANEL_FNS[r](x + r0 * k_dim, k_dim, p + j * k_dim * PANEL, bias8, y + at, n, cols,
+                             res ? res + at : NULL, relu);
             }
         }
     }
 }
 
 static void thin_linear(const float *x, const float *p, const float *b, float *y, long rows,
-                        long k_dim, long n, int threads) {
+                        long k_dim, long n, const float *res, int relu, int threads) {
     if (rows == 0) return;
     if (rows <= PANEL)
-        thin_few(x, p, b, y, rows, k_dim, n, threads);
+        thin_few(x, p, b, y, rows, k_dim, n, res, relu, threads);
     else
-        thin_many(x, p, b, y, rows, k_dim, n, threads);
+        thin_many(x, p, b, y, rows, k_dim, n, res, relu, threads);
 }
 #endif /* ATTNLAB_X86 */
 
 static PyObject *linear(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long x, p, b, y;
+    unsigned long long x, p, b, y, res;
     long long rows, k_dim, n;
-    int threads;
-    if (!PyArg_ParseTuple(args, "KKKKLLLi", &x, &p, &b, &y, &rows, &k_dim, &n, &threads))
+    int relu, threads;
+    if (!PyArg_ParseTuple(args, "KKKKLLLKpi", &x, &p, &b, &y, &rows, &k_dim, &n, &res, &relu,
+                          &threads))
         return NULL;
     if (!cpu_supported()) {
         PyErr_SetString(PyExc_RuntimeError, "the thin-product kernel needs a CPU with AVX2 and FMA");
@@ -188,7 +210,7 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     thin_linear((const float *)(uintptr_t)x, (const float *)(uintptr_t)p,
                 (const float *)(uintptr_t)b, (float *)(uintptr_t)y, (long)rows, (long)k_dim,
-                (long)n, threads);
+                (long)n, (const float *)(uintptr_t)res, relu, threads);
     Py_END_ALLOW_THREADS
 #endif
     Py_RETURN_NONE;

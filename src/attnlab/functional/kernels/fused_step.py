@@ -67,19 +67,24 @@ def fits(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> bool
     )
 
 
-def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
+def attention(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, *, out: Tensor | None = None
+) -> Tensor:
     """``softmax(Q K^T / sqrt(d) + M) V`` for ``query (B, H, n, d)`` against ``key (B, H, P, d)``
     and ``value (B, H, P, d)``; ``mask`` broadcast to ``(B, H, n, P)``: bool ``True`` = may
-    attend, or an fp32 bias. A query with no allowed key gets zeros. Batch and head dimensions
-    of ``key``, ``value`` and ``mask`` may be strided views (a cache's first ``P`` positions).
+    attend, or an fp32 bias. A query with no allowed key gets zeros. Every operand may be a
+    strided view with unit stride along ``d`` (a cache's first ``P`` positions, one head of a
+    fused projection's output); ``out``, of the query's shape and fp32 with unit stride along
+    ``d``, receives the result and may overlap no operand.
 
     Raises:
         RuntimeError: the kernel is not available here.
-        ValueError: operands it cannot take (``fits``), named with their shapes and strides.
+        ValueError: operands it cannot take (``fits``), named with their shapes and strides, or
+            an ``out`` of another shape or dtype.
     """
     if not available():
         raise RuntimeError("the fused step kernel is not available here (not built, or no AVX2 and FMA)")
-    out = try_attention(query, key, value, mask)
+    out = try_attention(query, key, value, mask, out=out)
     if out is None:
         raise ValueError(
             "expected fp32 CPU operands (B, H, n, d), (B, H, P, d), (B, H, P, d) with d a multiple of 8 "
@@ -89,7 +94,9 @@ def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = N
     return out
 
 
-def try_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor | None:
+def try_attention(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, *, out: Tensor | None = None
+) -> Tensor | None:
     """``attention``'s result, or None where the kernel is not available or cannot take these
     operands (one check, for callers that have another kernel to fall back to)."""
     if not (available() and fits(query, key, value, mask)):
@@ -97,8 +104,14 @@ def try_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None
     batch, heads, n, dim = query.shape
     keys = key.shape[-2]
     key, value = key.expand(batch, heads, keys, dim), value.expand(batch, heads, keys, dim)
-    query = query.contiguous()
-    out = torch.empty_like(query)
+    if query.stride(-1) != 1:
+        query = query.contiguous()
+    if out is None:
+        out = torch.empty_like(query, memory_format=torch.contiguous_format)
+    elif out.shape != query.shape or out.dtype != torch.float32 or not out.is_cpu or out.stride(-1) != 1:
+        raise ValueError(
+            f"expected an fp32 CPU out of shape {tuple(query.shape)} with unit stride along d, got {_described(out)}"
+        )
     kind, strides, address = 0, (0, 0, 0), 0
     if mask is not None:
         mask = mask.expand(batch, heads, n, keys)
@@ -117,9 +130,40 @@ def try_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None
         n,
         keys,
         dim,
+        *query.stride()[:3],
+        *out.stride()[:3],
         *key.stride()[:3],
         *value.stride()[:3],
         *strides,
+        1.0 / math.sqrt(dim),
+        torch.get_num_threads(),
+    )
+    return out
+
+
+def unsafe_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, out: Tensor) -> Tensor:
+    """``attention(query, key, value, mask, out=out)`` without its checks or broadcasting, for an
+    engine that made every operand itself: fp32 CPU views of the full ``(B, H, n, d)``,
+    ``(B, H, P, d)`` and ``(B, H, n, P)`` shapes (a bool mask) with unit stride along the last
+    dimension, ``d`` a multiple of 8, the kernel ``available()``. A wrong operand corrupts memory."""
+    batch, heads, n, dim = query.shape
+    _step.attention(
+        query.data_ptr(),
+        key.data_ptr(),
+        value.data_ptr(),
+        0 if mask is None else mask.data_ptr(),
+        0 if mask is None else 2,
+        out.data_ptr(),
+        batch,
+        heads,
+        n,
+        key.shape[-2],
+        dim,
+        *query.stride()[:3],
+        *out.stride()[:3],
+        *key.stride()[:3],
+        *value.stride()[:3],
+        *((0, 0, 0) if mask is None else mask.stride()[:3]),
         1.0 / math.sqrt(dim),
         torch.get_num_threads(),
     )

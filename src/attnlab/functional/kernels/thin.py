@@ -57,8 +57,23 @@ def pack(weight: Tensor) -> Tensor:
     return weight.reshape(padded // PANEL, PANEL, in_features).transpose(1, 2).contiguous()
 
 
-def linear(x: Tensor, packed: Tensor, out_features: int, bias: Tensor | None = None) -> Tensor:
-    """``x W^T + b`` for ``x (..., in)`` from ``packed = pack(W)``, fp32 on CPU, no autograd."""
+def linear(
+    x: Tensor,
+    packed: Tensor,
+    out_features: int,
+    bias: Tensor | None = None,
+    *,
+    residual: Tensor | None = None,
+    relu: bool = False,
+    out: Tensor | None = None,
+) -> Tensor:
+    """``x W^T + b`` for ``x (..., in)`` from ``packed = pack(W)``, fp32 on CPU, no autograd.
+
+    With ``residual`` (the result's shape) the result is ``x W^T + b + residual``, with ``relu``
+    ``max(., 0)`` of it: the epilogues of a Transformer block's products, done as each output
+    is stored. ``out`` (contiguous, the result's shape) receives the result; it may be
+    ``residual`` itself, never ``x``.
+    """
     panels, in_features, width = packed.shape
     if not available():
         raise RuntimeError("the thin-product kernel is not available here (not built, or no AVX2 and FMA)")
@@ -75,9 +90,18 @@ def linear(x: Tensor, packed: Tensor, out_features: int, bias: Tensor | None = N
         raise ValueError(f"packed weight {tuple(packed.shape)} {packed.dtype} is not pack() of {out_features} outputs")
     if bias is not None and (bias.shape != (out_features,) or bias.dtype != torch.float32):
         raise ValueError(f"expected an fp32 bias of shape ({out_features},), got {tuple(bias.shape)} {bias.dtype}")
+    shape = (*x.shape[:-1], out_features)
+    for name, t in (("residual", residual), ("out", out)):
+        if t is not None and (t.shape != shape or t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous()):
+            raise ValueError(
+                f"expected a contiguous fp32 CPU {name} of shape {shape}, got {tuple(t.shape)} {t.dtype} "
+                f"on {t.device}{'' if t.is_contiguous() else ', strided'}"
+            )
     x = x if x.is_contiguous() else x.contiguous()  # rows of in_features, one after another
+    if out is not None and out.numel() and out.data_ptr() == x.data_ptr():
+        raise ValueError("out may not be the input x: the kernel reads x while it writes out")
     bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
-    out = x.new_empty((*x.shape[:-1], out_features))
+    out = x.new_empty(shape) if out is None else out
     rows = x.numel() // in_features
     if rows:
         _thin.linear(
@@ -88,6 +112,35 @@ def linear(x: Tensor, packed: Tensor, out_features: int, bias: Tensor | None = N
             rows,
             in_features,
             out_features,
+            0 if residual is None else residual.data_ptr(),
+            relu,
             torch.get_num_threads(),
         )
+    return out
+
+
+def unsafe_linear(
+    x: Tensor,
+    packed: Tensor,
+    out_features: int,
+    bias: Tensor | None,
+    out: Tensor,
+    residual: Tensor | None = None,
+    relu: bool = False,
+) -> Tensor:
+    """``linear(x, packed, out_features, bias, residual=residual, relu=relu, out=out)`` without
+    its checks, for an engine that made every operand itself: contiguous fp32 CPU tensors of
+    the right shapes, the kernel ``available()``. A wrong operand corrupts memory."""
+    _thin.linear(
+        x.data_ptr(),
+        packed.data_ptr(),
+        0 if bias is None else bias.data_ptr(),
+        out.data_ptr(),
+        x.shape[0],
+        x.shape[1],
+        out_features,
+        0 if residual is None else residual.data_ptr(),
+        relu,
+        torch.get_num_threads(),
+    )
     return out

@@ -1,0 +1,269 @@
+"""A Transformer decoder's steps as a few compiled-kernel calls per layer (CPU, fp32).
+
+A decoding step of a few rows costs about one read of the decoder's weights, and the thin
+products (``attnlab.functional.kernels.thin``) read them near the memory's rate. What is left is
+the glue: ``DecoderLayer.step`` spends some 150 PyTorch operators a layer (views of the heads, a
+cache append, adds, norms), each with a fixed cost larger than its arithmetic at these sizes.
+``FusedDecoder`` runs the same maths with the glue folded into the kernels:
+
+- the residual add and the ReLU happen as the products store their outputs (the thin kernel's
+  epilogue);
+- the step attention kernel (``attnlab.functional.kernels.fused_step``) reads the queries and
+  the caches where they lie (heads are strides, never copies) and writes the context in the
+  rows' own layout;
+- the self-attention cache is one buffer per layer, ``(capacity, rows, 2 D)``: a step appends
+  its keys and values with one copy, and beam search's reordering is one ``index_select``.
+
+It computes what ``DecoderLayer.step`` computes, in fp32, with the products summed in another
+order (the thin kernel's); ``DecodingEngine`` uses it where both kernels run, for at most
+``Thresholds.cpu_thin_max_rows`` rows, and ``tests/inference/test_fused_decoder.py`` checks
+it against the model's own steps. Weights are packed when the ``FusedDecoder`` is made: after
+the model's weights change, make a new one (the engine makes it with itself).
+
+Shapes: B sentences, k rows per sentence (beam hypotheses; 1 in greedy search), R = B k rows,
+S source positions, t target positions so far, D model size, H heads of d = D / H.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.functional.kernels import fused_step, thin
+
+# Target positions a fresh self-attention cache holds before it doubles.
+INITIAL_CAPACITY = 64
+
+
+@dataclass
+class _Product:
+    """``x W^T + b`` on the thin kernel: the packed weight, its outputs and its bias."""
+
+    packed: Tensor
+    out_features: int
+    bias: Tensor | None
+
+    @classmethod
+    def of(cls, weight: Tensor, bias: Tensor | None) -> _Product:
+        return cls(thin.pack(weight), weight.shape[0], None if bias is None else bias.detach().contiguous())
+
+    def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
+        """The product of contiguous rows ``x (R, in)`` (plus ``residual``, then ReLU'd with
+        ``relu``); a sum is written over ``residual``."""
+        out = x.new_empty(x.shape[0], self.out_features) if residual is None else residual
+        return thin.unsafe_linear(x, self.packed, self.out_features, self.bias, out, residual, relu)
+
+
+@dataclass
+class _Layer:
+    """One decoder layer's weights, packed, and how it is wired."""
+
+    qkv: _Product
+    self_out: _Product
+    cross_q: _Product
+    cross_kv: tuple[Tensor, Tensor | None]  # applied once to the memory, by F.linear
+    cross_out: _Product
+    fc1: _Product
+    fc2: _Product
+    norms: tuple[nn.LayerNorm, nn.LayerNorm, nn.LayerNorm]
+    activation: nn.Module | None  # None: ReLU, done in fc1's epilogue
+
+
+@dataclass
+class FusedState:
+    """What a ``FusedDecoder`` carries between steps.
+
+    Attributes:
+        cross: per layer, the memory's keys and values ``(B, H, S, d)``, views of one ``(B, S, 2 D)``.
+        allowed: ``(B, H, k, S)`` (a broadcast view), ``True`` where a source position may be
+            attended, or None.
+        caches: per layer, the self-attention keys and values ``(capacity, R, 2 D)``; the first
+            ``length`` positions are written.
+        spares: per layer, a buffer of the cache's shape that reordering writes into.
+        length: t, target positions fed so far.
+        repeat: k, rows per source sentence.
+    """
+
+    cross: list[tuple[Tensor, Tensor]]
+    allowed: Tensor | None
+    caches: list[Tensor]
+    spares: list[Tensor]
+    length: int
+    repeat: int
+
+
+def obstacles(model: nn.Module) -> list[str]:
+    """Why ``FusedDecoder`` cannot run ``model`` here (empty when it can): it needs both compiled
+    kernels, an fp32 ``Transformer`` on CPU with plain attention layers and head sizes that are
+    multiples of 8."""
+    from attnlab.models.transformer import Transformer  # the models import the inference-free core only
+
+    found = []
+    if not (thin.available() and fused_step.available()):
+        found.append("the compiled kernels are not available here (not built, or no AVX2 and FMA)")
+    if not isinstance(model, Transformer):
+        return [*found, f"a {type(model).__name__} is not a Transformer"]
+    weight = model.output.weight
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        found.append(f"weights are {weight.dtype} on {weight.device}, not fp32 on CPU")
+    for i, layer in enumerate(model.decoder_layers):
+        for name in ("self_attn", "cross_attn"):
+            attn = getattr(layer, name)
+            if not attn.is_plain:
+                found.append(f"decoder layer {i} {name} is not plain ({', '.join(attn._step_obstacles())})")
+            elif attn.head_dim % 8:
+                found.append(f"decoder layer {i} {name} has head size {attn.head_dim}, not a multiple of 8")
+    return found
+
+
+class FusedDecoder:
+    """The plain decoding steps of a ``Transformer``, each layer a few compiled-kernel calls.
+
+    Args:
+        model: a ``Transformer`` in evaluation mode that ``obstacles`` finds nothing against.
+
+    Raises:
+        ValueError: ``model`` cannot run here; the message lists ``obstacles(model)``.
+
+    Example:
+        >>> fused = FusedDecoder(model.eval())
+        >>> state = fused.start(memory, src_key_padding_mask)
+        >>> logits = fused.step(state, torch.full((B,), model.bos_id))  # (B, V)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if found := obstacles(model):
+            raise ValueError("FusedDecoder cannot run this model here: " + "; ".join(found))
+        self.model = model
+        dim = model.config.d_model
+        self.dim, self.heads = dim, model.decoder_layers[0].self_attn.num_heads
+        self.layers = [self._layer(layer, dim) for layer in model.decoder_layers]
+        self.output = _Product.of(model.output.weight, model.output.bias)
+
+    @staticmethod
+    def _layer(layer: nn.Module, dim: int) -> _Layer:
+        self_attn, cross_attn, ffn = layer.self_attn, layer.cross_attn, layer.ffn
+        cross_bias = cross_attn.in_proj_bias
+        relu = type(ffn.act) is nn.ReLU
+        return _Layer(
+            qkv=_Product.of(self_attn.in_proj_weight, self_attn.in_proj_bias),
+            self_out=_Product.of(self_attn.out_proj.weight, self_attn.out_proj.bias),
+            cross_q=_Product.of(cross_attn.in_proj_weight[:dim], None if cross_bias is None else cross_bias[:dim]),
+            cross_kv=(cross_attn.in_proj_weight[dim:], None if cross_bias is None else cross_bias[dim:]),
+            cross_out=_Product.of(cross_attn.out_proj.weight, cross_attn.out_proj.bias),
+            fc1=_Product.of(ffn.fc1.weight, ffn.fc1.bias),
+            fc2=_Product.of(ffn.fc2.weight, ffn.fc2.bias),
+            norms=(layer.norm1, layer.norm2, layer.norm3),
+            activation=None if relu else ffn.act,
+        )
+
+    def start(self, memory: Tensor, memory_key_padding_mask: Tensor | None = None, *, repeat: int = 1) -> FusedState:
+        """The state of a search over ``memory (B, S, D)`` (the encoder's output) with ``repeat``
+        rows per sentence (rows b k + j); ``memory_key_padding_mask (B, S)`` is ``True`` at padding."""
+        batch, source, _ = memory.shape
+        with torch.no_grad():
+            cross = [_memory(F.linear(memory, *layer.cross_kv).contiguous(), self.heads) for layer in self.layers]
+        allowed = None
+        if memory_key_padding_mask is not None and bool(memory_key_padding_mask.any()):
+            allowed = (~memory_key_padding_mask)[:, None, None, :].expand(batch, self.heads, repeat, source)
+        caches = [memory.new_empty(INITIAL_CAPACITY, batch * repeat, 2 * self.dim) for _ in self.layers]
+        return FusedState(cross, allowed, caches, [], 0, repeat)
+
+    @torch.no_grad()
+    def step(self, state: FusedState, tokens: Tensor) -> Tensor:
+        """Feed the newest token of every row, ``tokens (R,)``: the logits ``(R, V)``."""
+        t, model = state.length, self.model
+        if t == state.caches[0].shape[0]:
+            state.caches, state.spares = [_grown(cache, t) for cache in state.caches], []
+        x = model.embed_target(tokens[:, None], t)[:, 0].contiguous()  # (R, D)
+        for layer, cross, cache in zip(self.layers, state.cross, state.caches):
+            x = self._layer_step(layer, x, cache, t, cross, state.allowed, state.repeat)
+        state.length = t + 1
+        return self.output(model.decoder_norm(x))  # (R, V)
+
+    def reorder(self, state: FusedState, index: Tensor) -> None:
+        """Keep rows ``index (R,)``, each taken from a row of the same source sentence (beam search)."""
+        t = state.length
+        if not state.spares:
+            state.spares = [torch.empty_like(cache) for cache in state.caches]
+        for cache, spare in zip(state.caches, state.spares):
+            torch.index_select(cache[:t], 1, index, out=spare[:t])
+        state.caches, state.spares = state.spares, state.caches
+
+    def _layer_step(
+        self,
+        layer: _Layer,
+        x: Tensor,
+        cache: Tensor,
+        t: int,
+        cross: tuple[Tensor, Tensor],
+        allowed: Tensor | None,
+        k: int,
+    ) -> Tensor:
+        """``DecoderLayer.step`` for one position of each row ``x (R, D)``. Each product has read
+        ``x`` before the residual sum is written over it."""
+        rows, dim = x.shape
+        heads, batch = self.heads, rows // k
+        heads_of = functools.partial(_heads, heads=heads, size=dim // heads)
+        pre = self.model.config.norm_first
+        norm1, norm2, norm3 = (functools.partial(_layer_norm, norm) for norm in layer.norms)
+        context = torch.empty_like(x)
+
+        # self-attention: this step's keys and values join the cache, the queries read it
+        qkv = layer.qkv(norm1(x) if pre else x)  # (R, 3D)
+        cache[t].copy_(qkv[:, dim:])
+        keys, values = _cached(cache, t + 1, heads)
+        fused_step.unsafe_attention(heads_of(qkv, rows, 1), keys, values, None, heads_of(context, rows, 1))
+        x = layer.self_out(context, residual=x)
+        x = x if pre else norm1(x)
+
+        # source-target attention: a sentence's k rows ask together
+        q = layer.cross_q(norm2(x) if pre else x)
+        fused_step.unsafe_attention(heads_of(q, batch, k), *cross, allowed, heads_of(context, batch, k))
+        x = layer.cross_out(context, residual=x)
+        x = x if pre else norm2(x)
+
+        # feed-forward
+        h = layer.fc1(norm3(x) if pre else x, relu=layer.activation is None)
+        if layer.activation is not None:
+            h = layer.activation(h)
+        x = layer.fc2(h, residual=x)
+        return x if pre else norm3(x)
+
+
+def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _heads(x: Tensor, batch: int, k: int, heads: int, size: int) -> Tensor:
+    """The first ``H d`` features of contiguous rows ``x (B k, >= H d)``, a view ``(B, H, k, d)``."""
+    features = x.shape[1]
+    return x.as_strided((batch, heads, k, size), (k * features, size, features, 1))
+
+
+def _cached(cache: Tensor, length: int, heads: int) -> tuple[Tensor, Tensor]:
+    """Keys and values ``(R, H, length, d)``: views of the first ``length`` positions of a
+    self-attention cache ``(capacity, R, 2 D)``."""
+    _, rows, features = cache.shape
+    size = features // 2 // heads
+    shape, strides = (rows, heads, length, size), (features, size, rows * features, 1)
+    return cache.as_strided(shape, strides), cache.as_strided(shape, strides, cache.storage_offset() + features // 2)
+
+
+def _memory(cross: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    """Keys and values ``(B, H, S, d)``: views of the memory's ``(B, S, 2 D)``."""
+    batch, source, features = cross.shape
+    size = features // 2 // heads
+    shape, strides = (batch, heads, source, size), (source * features, size, features, 1)
+    return cross.as_strided(shape, strides), cross.as_strided(shape, strides, cross.storage_offset() + features // 2)
+
+
+def _grown(cache: Tensor, length: int) -> Tensor:
+    """``cache``'s first ``length`` positions in a buffer of twice the capacity."""
+    bigger = cache.new_empty(2 * cache.shape[0], *cache.shape[1:])
+    bigger[:length] = cache[:length]
+    return bigger

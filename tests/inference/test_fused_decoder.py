@@ -1,0 +1,136 @@
+"""``FusedDecoder`` (a decoder step as a few compiled-kernel calls per layer) against the model's
+own cached steps, and the engine's choice of it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from attnlab.decoding import beam_search, greedy_search
+from attnlab.functional.kernels import Thresholds, set_thresholds
+from attnlab.inference import fused_decoder
+from attnlab.inference.engine import DecodingEngine
+from attnlab.inference.fused_decoder import INITIAL_CAPACITY, FusedDecoder, FusedState
+from attnlab.layers import MultiHeadAttention
+from attnlab.models.transformer import Transformer, TransformerConfig
+
+pytestmark = pytest.mark.skipif(
+    not (fused_decoder.thin.available() and fused_decoder.fused_step.available()),
+    reason="the fused decoder runs on the compiled kernels (x86-64 with AVX2 and FMA)",
+)
+
+
+def make_model(**options) -> Transformer:
+    config = dict(src_vocab_size=300, tgt_vocab_size=300, share_embeddings=True) | options
+    torch.manual_seed(0)
+    return Transformer(TransformerConfig.from_preset("small", **config)).eval()
+
+
+def sources(batch: int = 3, length: int = 11) -> torch.Tensor:
+    """Sources with padding on every row but the first (one row padded at all but one token)."""
+    src = torch.randint(4, 300, (batch, length), generator=torch.Generator().manual_seed(1))
+    for b in range(1, batch):
+        src[b, max(1, length - 3 * b) :] = 0
+    return src
+
+
+def logits_side_by_side(model: Transformer, src: torch.Tensor, k: int, steps: int, reorder: bool):
+    """Yield the model's and the fused decoder's logits for ``steps`` random tokens, rows
+    reordered within each sentence after every step when ``reorder``."""
+    g = torch.Generator().manual_seed(2)
+    rows = src.shape[0] * k
+    fused = FusedDecoder(model)
+    with torch.inference_mode():
+        theirs = model.start_state(src, repeat=k)
+        ours = fused.start(theirs.memory, theirs.memory_key_padding_mask, repeat=k)
+        for _ in range(steps):
+            tokens = torch.randint(4, 300, (rows,), generator=g)
+            expected, theirs = model.step(theirs, tokens)
+            yield fused.step(ours, tokens), expected
+            if reorder:  # each row continues a random row of its own sentence
+                index = torch.randint(0, k, (rows,), generator=g) + torch.arange(rows) // k * k
+                model.reorder_state(theirs, index)
+                fused.reorder(ours, index)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, dict(norm_first=True), dict(activation="gelu"), dict(tie_output=False)],
+    ids=["post-norm", "pre-norm", "gelu", "untied-output"],
+)
+@pytest.mark.parametrize("k", [1, 3])
+def test_fused_steps_equal_the_models_logits(options, k) -> None:
+    """Past the first capacity (the cache grows), with source padding, rows reordered as beam
+    search does: every step's logits within fp32 reordering of the model's."""
+    model = make_model(**options)
+    for ours, expected in logits_side_by_side(model, sources(), k, INITIAL_CAPACITY + 6, reorder=k > 1):
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_steps_are_not_the_model_run_twice() -> None:
+    """The comparison above can fail: one changed weight moves the fused logits off the model's."""
+    model = make_model()
+    fused = FusedDecoder(model)
+    with torch.no_grad():
+        model.decoder_layers[0].ffn.fc1.weight.mul_(1.5)  # after packing: the fused copy keeps the old one
+    src = sources()
+    with torch.inference_mode():
+        state = model.start_state(src)
+        expected, _ = model.step(state, torch.full((3,), model.bos_id))
+        ours = fused.step(fused.start(state.memory, state.memory_key_padding_mask), torch.full((3,), model.bos_id))
+    assert (ours - expected).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_engine_searches_on_the_fused_decoder_give_the_models_translations(beam) -> None:
+    model, src = make_model(), sources()
+    engine = DecodingEngine(model, fused_steps=True)
+    with torch.inference_mode():
+        assert isinstance(engine.start_state(src, repeat=beam), FusedState)
+    kwargs = dict(max_len_a=0.0, max_len_b=INITIAL_CAPACITY + 4, min_len=INITIAL_CAPACITY + 4)
+    search = greedy_search if beam == 1 else beam_search
+    if beam > 1:
+        kwargs["beam_size"] = beam
+    ours, reference = search(engine, src, **kwargs), search(model, src, **kwargs)
+    assert torch.equal(ours.tokens, reference.tokens)
+    torch.testing.assert_close(ours.scores, reference.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_engine_takes_the_fused_decoder_only_within_the_row_threshold() -> None:
+    model, src = make_model(), sources()  # 3 sentences
+    engine = DecodingEngine(model)
+    with torch.inference_mode():
+        set_thresholds(Thresholds(cpu_thin_max_rows=12))
+        assert isinstance(engine.start_state(src, repeat=4), FusedState)  # 12 rows
+        assert not isinstance(engine.start_state(src, repeat=5), FusedState)  # 15 rows
+        set_thresholds(Thresholds(cpu_thin_max_rows=0))
+        assert not isinstance(engine.start_state(src), FusedState)
+        assert isinstance(DecodingEngine(model, fused_steps=True).start_state(src), FusedState)  # insisting
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        set_thresholds(Thresholds(cpu_thin_max_rows=12))
+        assert not isinstance(engine.start_state(src), FusedState)  # fp32 only
+    with torch.enable_grad():
+        assert not isinstance(engine.start_state(src), FusedState)
+
+
+def test_obstacles_name_what_the_fused_decoder_cannot_run() -> None:
+    model = make_model()
+    assert fused_decoder.obstacles(model) == []
+    odd = copy.deepcopy(model)
+    layer = odd.decoder_layers[1]
+    layer.cross_attn = MultiHeadAttention(layer.cross_attn.embed_dim, layer.cross_attn.num_heads, score="general")
+    assert fused_decoder.obstacles(odd) == ["decoder layer 1 cross_attn is not plain (score=GeneralScore)"]
+    with pytest.raises(ValueError, match=r"cannot run this model here: decoder layer 1 cross_attn is not plain"):
+        FusedDecoder(odd)
+    with pytest.raises(ValueError, match=r"fused_steps=True, but: decoder layer 1 cross_attn"):
+        DecodingEngine(odd, fused_steps=True)
+    assert not DecodingEngine(odd).fused_steps  # by default: the other paths
+    assert fused_decoder.obstacles(copy.deepcopy(model).double()) == [
+        "weights are torch.float64 on cpu, not fp32 on CPU"
+    ]
+    twelve = make_model(d_model=36, num_heads=3)  # heads of 12
+    assert "head size 12, not a multiple of 8" in "; ".join(fused_decoder.obstacles(twelve))
+    with pytest.raises(ValueError, match="fused_steps=True, but: int8 products"):
+        DecodingEngine(model, int8=True, fused_steps=True)
