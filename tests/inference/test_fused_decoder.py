@@ -16,7 +16,7 @@ from attnlab.inference.fused_decoder import INITIAL_CAPACITY, FusedDecoder, Fuse
 from attnlab.layers import MultiHeadAttention
 from attnlab.models.transformer import Transformer, TransformerConfig
 
-pytestmark = pytest.mark.skipif(
+needs_kernels = pytest.mark.skipif(
     not (fused_decoder.thin.available() and fused_decoder.fused_step.available()),
     reason="the fused decoder runs on the compiled kernels (x86-64 with AVX2 and FMA)",
 )
@@ -55,6 +55,7 @@ def logits_side_by_side(model: Transformer, src: torch.Tensor, k: int, steps: in
                 fused.reorder(ours, index)
 
 
+@needs_kernels
 @pytest.mark.parametrize(
     "options",
     [{}, dict(norm_first=True), dict(activation="gelu"), dict(tie_output=False)],
@@ -69,6 +70,7 @@ def test_fused_steps_equal_the_models_logits(options, k) -> None:
         torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
 
 
+@needs_kernels
 def test_fused_steps_are_not_the_model_run_twice() -> None:
     """The comparison above can fail: one changed weight moves the fused logits off the model's."""
     model = make_model()
@@ -83,6 +85,7 @@ def test_fused_steps_are_not_the_model_run_twice() -> None:
     assert (ours - expected).abs().max() > 1e-2
 
 
+@needs_kernels
 @pytest.mark.parametrize("beam", [1, 4])
 def test_engine_searches_on_the_fused_decoder_give_the_models_translations(beam) -> None:
     model, src = make_model(), sources()
@@ -98,6 +101,7 @@ def test_engine_searches_on_the_fused_decoder_give_the_models_translations(beam)
     torch.testing.assert_close(ours.scores, reference.scores, rtol=1e-4, atol=1e-4)
 
 
+@needs_kernels
 def test_engine_takes_the_fused_decoder_only_within_the_row_threshold() -> None:
     model, src = make_model(), sources()  # 3 sentences
     engine = DecodingEngine(model)
@@ -115,6 +119,7 @@ def test_engine_takes_the_fused_decoder_only_within_the_row_threshold() -> None:
         assert not isinstance(engine.start_state(src), FusedState)
 
 
+@needs_kernels
 def test_obstacles_name_what_the_fused_decoder_cannot_run() -> None:
     model = make_model()
     assert fused_decoder.obstacles(model) == []
@@ -134,3 +139,20 @@ def test_obstacles_name_what_the_fused_decoder_cannot_run() -> None:
     assert "head size 12, not a multiple of 8" in "; ".join(fused_decoder.obstacles(twelve))
     with pytest.raises(ValueError, match="fused_steps=True, but: int8 products"):
         DecodingEngine(model, int8=True, fused_steps=True)
+
+
+def test_without_the_kernels_the_engine_decodes_on_its_other_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused_decoder.thin, "available", lambda: False)
+    model, src = make_model(), sources()
+    assert fused_decoder.obstacles(model) == [
+        "the compiled kernels are not available here (not built, or no AVX2 and FMA)"
+    ]
+    engine = DecodingEngine(model)
+    assert not engine.fused_steps
+    with pytest.raises(ValueError, match="fused_steps=True, but: the compiled kernels are not available"):
+        DecodingEngine(model, fused_steps=True)
+    kwargs = dict(max_len_a=0.0, max_len_b=8, min_len=8)
+    with torch.inference_mode():
+        assert not isinstance(engine.start_state(src), FusedState)
+    ours, reference = greedy_search(engine, src, **kwargs), greedy_search(model, src, **kwargs)
+    assert torch.equal(ours.tokens, reference.tokens)
