@@ -12,12 +12,12 @@ default where it pays and off with one argument:
   for thin products (``attnlab.inference.packed``), fp32 or bf16 under autocast;
 - **beam pools**: beam hypotheses keep their keys where they were written
   (``attnlab.inference.beam_cache``) instead of copying them to their children every step;
-- **fused steps**: on CPU, fp32 searches of at most ``Thresholds.cpu_thin_max_rows`` rows run
-  whole decoder steps as a few compiled-kernel calls per layer (``attnlab.inference.fused_decoder``),
+- **fused steps**: on CPU, searches of at most ``Thresholds.cpu_thin_max_rows`` rows run whole
+  decoder steps as a few compiled-kernel calls per layer (``attnlab.inference.fused_decoder``),
   where the thin-product and fused step attention kernels both run; they take the place of the
   three paths above.
 
-With ``int8=True`` the plain steps multiply by int8 copies of the weights instead
+With ``int8=True`` the plain or fused steps multiply by int8 copies of the weights instead
 (``attnlab.inference.quantized``: PyTorch's dynamic quantisation), a faster decoding whose
 scores are within the int8 rounding of fp32's; the encoder stays fp32.
 
@@ -60,14 +60,15 @@ class DecodingEngine:
         beam_pools: keep beam hypotheses' keys in per-sentence pools.
         int8: multiply plain steps by int8 copies of the weights (CPU, a ``Transformer`` in
             evaluation mode; implies ``plain_steps``).
-        fused_steps: run fp32 CPU searches of at most ``Thresholds.cpu_thin_max_rows`` rows on
-            ``FusedDecoder``; None where it can (``fused_decoder.obstacles`` finds nothing, and
-            neither ``int8`` nor ``plain_steps=False``); True to insist, for any row count.
+        fused_steps: run CPU searches (fp32 outside autocast, or ``int8``) of at most
+            ``Thresholds.cpu_thin_max_rows`` rows on ``FusedDecoder``; None where it can
+            (``fused_decoder.obstacles`` finds nothing, ``plain_steps`` on); True to insist, for
+            any row count.
 
     Raises:
         ValueError: ``int8`` for a model that is not a ``Transformer``, not on CPU, or with
-            ``plain_steps`` off (the message names which); ``fused_steps=True`` with ``int8``, or
-            for a model ``FusedDecoder`` cannot run (the message lists why).
+            ``plain_steps`` off (the message names which); ``fused_steps=True`` for a model
+            ``FusedDecoder`` cannot run here (the message lists why).
         RuntimeError: ``int8`` where this PyTorch build lacks a CPU quantisation engine.
 
     Example:
@@ -126,7 +127,7 @@ class DecodingEngine:
                 src_key_padding_mask = self.model.padding_mask(src)
             memory = self.model.encode(src, src_key_padding_mask)  # (B, S, D)
             if self._fused is None:
-                self._fused = FusedDecoder(self.model)
+                self._fused = FusedDecoder(self.model, int8=self.int8)
             return self._fused.start(memory, src_key_padding_mask, repeat=repeat)
         if not (self.beam_pools and use_cache and repeat > 1):
             return self.model.start_state(src, src_key_padding_mask, repeat=repeat, use_cache=use_cache)
@@ -161,9 +162,7 @@ class DecodingEngine:
     def _resolve_fused(self, fused_steps: bool | None, plain_steps: bool) -> bool:
         if fused_steps is False:
             return False
-        found = fused_decoder.obstacles(self.model)
-        if self.int8:
-            found.append("int8 products are not the fused steps' (fp32)")
+        found = fused_decoder.obstacles(self.model, int8=self.int8)
         if not plain_steps:
             found.append("plain_steps=False")
         if fused_steps and found:

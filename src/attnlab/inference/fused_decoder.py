@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.functional.kernels import fused_step, thin
+from attnlab.inference import quantized
+from attnlab.inference.packed import MIN_PACKED_ELEMENTS
 
 # Target positions a fresh self-attention cache holds before it doubles.
 INITIAL_CAPACITY = 64
@@ -59,16 +61,51 @@ class _Product:
 
 
 @dataclass
+class _Int8Product:
+    """``x W^T + b`` with an int8 copy of ``W`` (PyTorch's dynamic quantisation, as
+    ``attnlab.inference.quantized.QuantizedWeights`` multiplies); the epilogues in PyTorch."""
+
+    packed: object
+
+    @classmethod
+    def of(cls, weight: Tensor, bias: Tensor | None) -> _Int8Product:
+        return cls(quantized.prepack(weight.detach(), bias))
+
+    def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
+        y = torch.ops.quantized.linear_dynamic(x, self.packed, quantized.reduce_range())
+        y = y if residual is None else residual.add_(y)
+        return y.relu_() if relu else y
+
+
+@dataclass
+class _Fp32MemoryProduct:
+    """The source-target keys and values of the memory, ``F.linear`` (many rows, once a search)."""
+
+    weight: Tensor
+    bias: Tensor | None
+
+    @classmethod
+    def of(cls, weight: Tensor, bias: Tensor | None) -> _Fp32MemoryProduct:
+        return cls(weight.detach(), None if bias is None else bias.detach())
+
+    def __call__(self, memory: Tensor) -> Tensor:
+        return F.linear(memory, self.weight, self.bias)
+
+
+Product = _Product | _Int8Product
+
+
+@dataclass
 class _Layer:
     """One decoder layer's weights, packed, and how it is wired."""
 
-    qkv: _Product
-    self_out: _Product
-    cross_q: _Product
-    cross_kv: tuple[Tensor, Tensor | None]  # applied once to the memory, by F.linear
-    cross_out: _Product
-    fc1: _Product
-    fc2: _Product
+    qkv: Product
+    self_out: Product
+    cross_q: Product
+    cross_kv: _Fp32MemoryProduct | _Int8Product  # applied once a search, to the memory
+    cross_out: Product
+    fc1: Product
+    fc2: Product
     norms: tuple[nn.LayerNorm, nn.LayerNorm, nn.LayerNorm]
     activation: nn.Module | None  # None: ReLU, done in fc1's epilogue
 
@@ -96,15 +133,17 @@ class FusedState:
     repeat: int
 
 
-def obstacles(model: nn.Module) -> list[str]:
+def obstacles(model: nn.Module, *, int8: bool = False) -> list[str]:
     """Why ``FusedDecoder`` cannot run ``model`` here (empty when it can): it needs both compiled
     kernels, an fp32 ``Transformer`` on CPU with plain attention layers and head sizes that are
-    multiples of 8."""
+    multiples of 8, and for ``int8`` PyTorch's dynamic int8 linear."""
     from attnlab.models.transformer import Transformer  # the models import the inference-free core only
 
     found = []
     if not (thin.available() and fused_step.available()):
         found.append("the compiled kernels are not available here (not built, or no AVX2 and FMA)")
+    if int8 and not quantized.available():
+        found.append("this PyTorch build has no CPU int8 linear")
     if not isinstance(model, Transformer):
         return [*found, f"a {type(model).__name__} is not a Transformer"]
     weight = model.output.weight
@@ -125,6 +164,8 @@ class FusedDecoder:
 
     Args:
         model: a ``Transformer`` in evaluation mode that ``obstacles`` finds nothing against.
+        int8: multiply by int8 copies of the weights, as ``DecodingEngine(int8=True)`` does
+            (``attnlab.inference.quantized``); the attention and the norms stay fp32.
 
     Raises:
         ValueError: ``model`` cannot run here; the message lists ``obstacles(model)``.
@@ -135,30 +176,38 @@ class FusedDecoder:
         >>> logits = fused.step(state, torch.full((B,), model.bos_id))  # (B, V)
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        if found := obstacles(model):
+    def __init__(self, model: nn.Module, *, int8: bool = False) -> None:
+        if found := obstacles(model, int8=int8):
             raise ValueError("FusedDecoder cannot run this model here: " + "; ".join(found))
-        self.model = model
+        self.model, self.int8 = model, int8
         dim = model.config.d_model
         self.dim, self.heads = dim, model.decoder_layers[0].self_attn.num_heads
         self.layers = [self._layer(layer, dim) for layer in model.decoder_layers]
-        self.output = _Product.of(model.output.weight, model.output.bias)
+        self.output = self._product(model.output.weight, model.output.bias)
 
-    @staticmethod
-    def _layer(layer: nn.Module, dim: int) -> _Layer:
+    def _product(self, weight: Tensor, bias: Tensor | None) -> Product:
+        """int8 where ``QuantizedWeights`` would multiply in int8 (weights of at least
+        ``MIN_PACKED_ELEMENTS``), else fp32 on the thin kernel."""
+        if self.int8 and weight.numel() >= MIN_PACKED_ELEMENTS:
+            return _Int8Product.of(weight, bias)
+        return _Product.of(weight, bias)
+
+    def _layer(self, layer: nn.Module, dim: int) -> _Layer:
         self_attn, cross_attn, ffn = layer.self_attn, layer.cross_attn, layer.ffn
-        cross_bias = cross_attn.in_proj_bias
-        relu = type(ffn.act) is nn.ReLU
+        in_weight, in_bias = cross_attn.in_proj_weight, cross_attn.in_proj_bias
+        q_bias, kv_bias = (None, None) if in_bias is None else (in_bias[:dim], in_bias[dim:])
+        int8_kv = self.int8 and in_weight[dim:].numel() >= MIN_PACKED_ELEMENTS
+        product = self._product
         return _Layer(
-            qkv=_Product.of(self_attn.in_proj_weight, self_attn.in_proj_bias),
-            self_out=_Product.of(self_attn.out_proj.weight, self_attn.out_proj.bias),
-            cross_q=_Product.of(cross_attn.in_proj_weight[:dim], None if cross_bias is None else cross_bias[:dim]),
-            cross_kv=(cross_attn.in_proj_weight[dim:], None if cross_bias is None else cross_bias[dim:]),
-            cross_out=_Product.of(cross_attn.out_proj.weight, cross_attn.out_proj.bias),
-            fc1=_Product.of(ffn.fc1.weight, ffn.fc1.bias),
-            fc2=_Product.of(ffn.fc2.weight, ffn.fc2.bias),
+            qkv=product(self_attn.in_proj_weight, self_attn.in_proj_bias),
+            self_out=product(self_attn.out_proj.weight, self_attn.out_proj.bias),
+            cross_q=product(in_weight[:dim], q_bias),
+            cross_kv=(_Int8Product if int8_kv else _Fp32MemoryProduct).of(in_weight[dim:], kv_bias),
+            cross_out=product(cross_attn.out_proj.weight, cross_attn.out_proj.bias),
+            fc1=product(ffn.fc1.weight, ffn.fc1.bias),
+            fc2=product(ffn.fc2.weight, ffn.fc2.bias),
             norms=(layer.norm1, layer.norm2, layer.norm3),
-            activation=None if relu else ffn.act,
+            activation=None if type(ffn.act) is nn.ReLU else ffn.act,
         )
 
     def start(self, memory: Tensor, memory_key_padding_mask: Tensor | None = None, *, repeat: int = 1) -> FusedState:
@@ -166,7 +215,7 @@ class FusedDecoder:
         rows per sentence (rows b k + j); ``memory_key_padding_mask (B, S)`` is ``True`` at padding."""
         batch, source, _ = memory.shape
         with torch.no_grad():
-            cross = [_memory(F.linear(memory, *layer.cross_kv).contiguous(), self.heads) for layer in self.layers]
+            cross = [_memory(layer.cross_kv(memory).contiguous(), self.heads) for layer in self.layers]
         allowed = None
         if memory_key_padding_mask is not None and bool(memory_key_padding_mask.any()):
             allowed = (~memory_key_padding_mask)[:, None, None, :].expand(batch, self.heads, repeat, source)

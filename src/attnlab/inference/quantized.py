@@ -30,7 +30,7 @@ from torch import Tensor
 
 from attnlab.inference.packed import MIN_PACKED_ELEMENTS, PackedWeights
 
-__all__ = ["QuantizedWeights", "available", "check_available", "dequantized", "quantize_weight"]
+__all__ = ["QuantizedWeights", "available", "check_available", "dequantized", "prepack", "quantize_weight"]
 
 
 @functools.cache
@@ -67,7 +67,7 @@ def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     return q, scales
 
 
-def _prepack(weight: Tensor, bias: Tensor | None) -> object:
+def prepack(weight: Tensor, bias: Tensor | None) -> object:
     """``weight (out, in)`` and ``bias`` packed for ``torch.ops.quantized.linear_dynamic``."""
     q, scales = quantize_weight(weight.float())
     zero_points = torch.zeros_like(scales, dtype=torch.long)
@@ -101,7 +101,7 @@ class QuantizedWeights(PackedWeights):
             return super().linear(x, weight, bias)
         # The copy holds the bias: its identity and version are part of the copy's name.
         kind = ("int8", None) if bias is None else ("int8", bias.data_ptr(), bias._version)
-        packed = self._copy(weight, kind, lambda w: _prepack(w, bias))
+        packed = self._copy(weight, kind, lambda w: prepack(w, bias))
         return torch.ops.quantized.linear_dynamic(x, packed, reduce_range())
 
     @staticmethod
