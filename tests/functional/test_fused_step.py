@@ -81,6 +81,25 @@ def test_strided_queries_and_outputs_are_read_and_written_where_they_lie(mask_ki
 
 
 @needs_fused
+def test_lines_read_each_key_from_the_row_that_holds_it():
+    """With ``lines``, key and value j of row b come from row lines[b, j] (beam hypotheses reading
+    their ancestors' keys in place): SDPA over the keys gathered that way."""
+    g = torch.Generator().manual_seed(0)
+    rows, heads, keys, dim = 6, 2, 19, 16
+    q = torch.randn(rows, heads, 1, dim, generator=g)
+    cache = torch.randn(keys + 4, rows, 2, heads, dim, generator=g)  # (capacity, R, 2, H, d), as the fused decoder's
+    key, value = cache[:keys, :, 0].permute(1, 2, 0, 3), cache[:keys, :, 1].permute(1, 2, 0, 3)  # (R, H, P, d)
+    lines = torch.randint(0, rows, (rows, keys + 4), generator=g)  # row stride keys + 4
+    got = fused_step.unsafe_attention(q, key, value, None, torch.empty_like(q), lines)
+    j = torch.arange(keys)
+    gathered_k = key[lines[:, :keys], :, j].permute(0, 2, 1, 3)  # [b, j] -> key[lines[b, j], :, j]
+    gathered_v = value[lines[:, :keys], :, j].permute(0, 2, 1, 3)
+    torch.testing.assert_close(got.double(), _reference(q, gathered_k, gathered_v, None), **TOLERANCE)
+    plain = fused_step.unsafe_attention(q, key, value, None, torch.empty_like(q))
+    assert (got - plain).abs().max() > 1e-2  # the lines moved the keys
+
+
+@needs_fused
 def test_a_query_with_no_allowed_key_gets_zeros_as_in_sdpa():
     g = torch.Generator().manual_seed(0)
     q, (k, v) = torch.randn(2, 2, 3, 16, generator=g), _cache(2, 2, 20, 16, spare=0, g=g)

@@ -120,7 +120,9 @@ class FusedState:
             attended, or None.
         caches: per layer, the self-attention keys and values ``(capacity, R, 2 D)``; the first
             ``length`` positions are written.
-        spares: per layer, a buffer of the cache's shape that reordering writes into.
+        lines: ``(R, capacity)`` int64, the cache row that holds position j of row r's history
+            (the same in every layer; row r itself until beam search reorders), or None before
+            the first reorder.
         length: t, target positions fed so far.
         repeat: k, rows per source sentence.
     """
@@ -128,7 +130,7 @@ class FusedState:
     cross: list[tuple[Tensor, Tensor]]
     allowed: Tensor | None
     caches: list[Tensor]
-    spares: list[Tensor]
+    lines: Tensor | None
     length: int
     repeat: int
 
@@ -220,34 +222,40 @@ class FusedDecoder:
         if memory_key_padding_mask is not None and bool(memory_key_padding_mask.any()):
             allowed = (~memory_key_padding_mask)[:, None, None, :].expand(batch, self.heads, repeat, source)
         caches = [memory.new_empty(INITIAL_CAPACITY, batch * repeat, 2 * self.dim) for _ in self.layers]
-        return FusedState(cross, allowed, caches, [], 0, repeat)
+        return FusedState(cross, allowed, caches, None, 0, repeat)
 
     @torch.no_grad()
     def step(self, state: FusedState, tokens: Tensor) -> Tensor:
         """Feed the newest token of every row, ``tokens (R,)``: the logits ``(R, V)``."""
         t, model = state.length, self.model
         if t == state.caches[0].shape[0]:
-            state.caches, state.spares = [_grown(cache, t) for cache in state.caches], []
+            state.caches = [_grown(cache, t) for cache in state.caches]
+            if state.lines is not None:
+                lines = state.lines.new_empty(state.lines.shape[0], 2 * t)
+                lines[:, :t] = state.lines[:, :t]
+                state.lines = _own_rows_after(lines, t)
         x = model.embed_target(tokens[:, None], t)[:, 0].contiguous()  # (R, D)
         for layer, cross, cache in zip(self.layers, state.cross, state.caches):
-            x = self._layer_step(layer, x, cache, t, cross, state.allowed, state.repeat)
+            x = self._layer_step(layer, x, cache, state.lines, t, cross, state.allowed, state.repeat)
         state.length = t + 1
         return self.output(model.decoder_norm(x))  # (R, V)
 
     def reorder(self, state: FusedState, index: Tensor) -> None:
-        """Keep rows ``index (R,)``, each taken from a row of the same source sentence (beam search)."""
-        t = state.length
-        if not state.spares:
-            state.spares = [torch.empty_like(cache) for cache in state.caches]
-        for cache, spare in zip(state.caches, state.spares):
-            torch.index_select(cache[:t], 1, index, out=spare[:t])
-        state.caches, state.spares = state.spares, state.caches
+        """Keep rows ``index (R,)``, each taken from a row of the same source sentence (beam
+        search). The caches stay where they are: row r now reads the positions of row
+        ``index[r]``'s history from wherever they were written (``state.lines``)."""
+        rows, capacity = index.shape[0], state.caches[0].shape[0]
+        lines = state.lines
+        if lines is None:
+            lines = torch.arange(rows, device=index.device)[:, None].expand(rows, capacity)
+        state.lines = _own_rows_after(lines.index_select(0, index), state.length)
 
     def _layer_step(
         self,
         layer: _Layer,
         x: Tensor,
         cache: Tensor,
+        lines: Tensor | None,
         t: int,
         cross: tuple[Tensor, Tensor],
         allowed: Tensor | None,
@@ -266,7 +274,7 @@ class FusedDecoder:
         qkv = layer.qkv(norm1(x) if pre else x)  # (R, 3D)
         cache[t].copy_(qkv[:, dim:])
         keys, values = _cached(cache, t + 1, heads)
-        fused_step.unsafe_attention(heads_of(qkv, rows, 1), keys, values, None, heads_of(context, rows, 1))
+        fused_step.unsafe_attention(heads_of(qkv, rows, 1), keys, values, None, heads_of(context, rows, 1), lines)
         x = layer.self_out(context, residual=x)
         x = x if pre else norm1(x)
 
@@ -309,6 +317,13 @@ def _memory(cross: Tensor, heads: int) -> tuple[Tensor, Tensor]:
     size = features // 2 // heads
     shape, strides = (batch, heads, source, size), (source * features, size, features, 1)
     return cross.as_strided(shape, strides), cross.as_strided(shape, strides, cross.storage_offset() + features // 2)
+
+
+def _own_rows_after(lines: Tensor, length: int) -> Tensor:
+    """``lines (R, capacity)`` with positions from ``length`` on held by each row itself (where
+    the coming steps write them)."""
+    lines[:, length:] = torch.arange(lines.shape[0], device=lines.device)[:, None]
+    return lines
 
 
 def _grown(cache: Tensor, length: int) -> Tensor:

@@ -13,9 +13,12 @@
  *   supported() -> bool: whether this CPU has AVX2 and FMA;
  *   attention(q, k, v, mask, mask_kind, out, B, H, n, P, d, q strides (b, h, i), out strides
  *             (b, h, i), k strides (b, h, j), v strides (b, h, j), mask strides (b, h, i),
- *             scale, threads): addresses of q and out (B, H, n, d), k and v (B, H, P, d), all
- *             with unit stride along d, and out overlapping none of them; mask_kind 0 (none),
- *             1 (fp32 additive bias) or 2 (bool, nonzero = may attend) with unit stride along j.
+ *             lines, lines' row stride, scale, threads): addresses of q and out (B, H, n, d), k
+ *             and v (B, H, P, d), all with unit stride along d, and out overlapping none of
+ *             them; mask_kind 0 (none), 1 (fp32 additive bias) or 2 (bool, nonzero = may
+ *             attend) with unit stride along j; lines 0, or int64 (B, P) with unit stride along
+ *             j: key and value j of batch row b are then those of batch row lines[b][j] (beam
+ *             hypotheses reading their ancestors' keys where they were written).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -83,12 +86,21 @@ typedef struct {
     long batch, heads, n, keys, dim;
     long qsb, qsh, qsi, osb, osh, osi; /* in elements, unit stride along dim */
     long ksb, ksh, ksj, vsb, vsh, vsj, msb, msh, msi;
+    const int64_t *lines; /* NULL, or (B, P) with row stride lsb: the batch row holding key j of b */
+    long lsb;
     float scale;
 } step_args;
 
 /* Scores of query row q against every key into s (padded to a multiple of 8 with -inf). */
-AVX2 static void scores(const step_args *a, const float *q, const float *k, const char *mask_row,
-                        float *s) {
+/* Key (or value) j of batch row b, head h, from that row's base pointer: with lines, the key of
+ * position j lies in batch row line[j] instead. */
+static inline const float *at(const float *base, const int64_t *line, long b, long sb, long j,
+                              long sj) {
+    return base + j * sj + (line ? (line[j] - b) * sb : 0);
+}
+
+AVX2 static void scores(const step_args *a, const float *q, const float *k, const int64_t *line,
+                        long b, const char *mask_row, float *s) {
     long keys = a->keys, dim = a->dim, j = 0;
     __m256 scale = _mm256_set1_ps(a->scale);
     for (; j + 8 <= keys; j += 8) {
@@ -97,14 +109,15 @@ AVX2 static void scores(const step_args *a, const float *q, const float *k, cons
         for (long c = 0; c < dim; c += 8) {
             __m256 qc = _mm256_loadu_ps(q + c);
             _Pragma("GCC unroll 8") for (int t = 0; t < 8; ++t) acc[t] =
-                _mm256_fmadd_ps(qc, _mm256_loadu_ps(k + (j + t) * a->ksj + c), acc[t]);
+                _mm256_fmadd_ps(qc, _mm256_loadu_ps(at(k, line, b, a->ksb, j + t, a->ksj) + c), acc[t]);
         }
         _mm256_storeu_ps(s + j, _mm256_mul_ps(transpose_sum(acc), scale));
     }
     for (; j < keys; ++j) {
         __m256 acc = _mm256_setzero_ps();
         for (long c = 0; c < dim; c += 8)
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(k + j * a->ksj + c), acc);
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + c),
+                                  _mm256_loadu_ps(at(k, line, b, a->ksb, j, a->ksj) + c), acc);
         s[j] = hsum_ps(acc) * a->scale;
     }
     for (; j % 8; ++j) s[j] = -INFINITY;
@@ -119,7 +132,8 @@ AVX2 static void scores(const step_args *a, const float *q, const float *k, cons
 
 /* out = softmax(s) v for one query row, s overwritten by the weights; zeros when every score
  * is -inf. */
-AVX2 static void weighted_values(const step_args *a, const float *v, float *s, float *out) {
+AVX2 static void weighted_values(const step_args *a, const float *v, const int64_t *line, long b,
+                                 float *s, float *out) {
     long padded = (a->keys + 7) / 8 * 8, dim = a->dim;
     __m256 m8 = _mm256_set1_ps(-INFINITY);
     for (long j = 0; j < padded; j += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + j));
@@ -142,7 +156,7 @@ AVX2 static void weighted_values(const step_args *a, const float *v, float *s, f
         if (width == 8) {
             for (long j = 0; j < a->keys; ++j) {
                 __m256 p = _mm256_broadcast_ss(s + j);
-                const float *row = v + j * a->vsj + c0;
+                const float *row = at(v, line, b, a->vsb, j, a->vsj) + c0;
                 _Pragma("GCC unroll 8") for (int t = 0; t < 8; ++t) acc[t] =
                     _mm256_fmadd_ps(p, _mm256_loadu_ps(row + 8 * t), acc[t]);
             }
@@ -152,7 +166,7 @@ AVX2 static void weighted_values(const step_args *a, const float *v, float *s, f
             float part[64];
             for (long j = 0; j < a->keys; ++j) {
                 __m256 p = _mm256_broadcast_ss(s + j);
-                const float *row = v + j * a->vsj + c0;
+                const float *row = at(v, line, b, a->vsb, j, a->vsj) + c0;
                 _Pragma("GCC unroll 8") for (int t = 0; t < 8; ++t) if (t < width) acc[t] =
                     _mm256_fmadd_ps(p, _mm256_loadu_ps(row + 8 * t), acc[t]);
             }
@@ -176,12 +190,13 @@ static int step_attention(const step_args *a, int threads) {
         for (long item = 0; item < items; ++item) {
             long b = item / a->heads, h = item % a->heads;
             const float *k = a->k + b * a->ksb + h * a->ksh, *v = a->v + b * a->vsb + h * a->vsh;
+            const int64_t *line = a->lines ? a->lines + b * a->lsb : NULL;
             for (long i = 0; i < a->n; ++i) {
                 const char *mask_row =
                     a->mask ? a->mask + (b * a->msb + h * a->msh + i * a->msi) * mask_item : NULL;
                 if (!s) continue;
-                scores(a, a->q + b * a->qsb + h * a->qsh + i * a->qsi, k, mask_row, s);
-                weighted_values(a, v, s, a->out + b * a->osb + h * a->osh + i * a->osi);
+                scores(a, a->q + b * a->qsb + h * a->qsh + i * a->qsi, k, line, b, mask_row, s);
+                weighted_values(a, v, line, b, s, a->out + b * a->osb + h * a->osh + i * a->osi);
             }
         }
         free(s);
@@ -192,14 +207,15 @@ static int step_attention(const step_args *a, int threads) {
 
 static PyObject *attention(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long q, k, v, mask, out;
+    unsigned long long q, k, v, mask, out, lines;
     int mask_kind, threads;
     long long batch, heads, n, keys, dim, qsb, qsh, qsi, osb, osh, osi, ksb, ksh, ksj, vsb, vsh, vsj,
-        msb, msh, msi;
+        msb, msh, msi, lsb;
     float scale;
-    if (!PyArg_ParseTuple(args, "KKKKiKLLLLLLLLLLLLLLLLLLLLfi", &q, &k, &v, &mask, &mask_kind, &out,
+    if (!PyArg_ParseTuple(args, "KKKKiKLLLLLLLLLLLLLLLLLLLLKLfi", &q, &k, &v, &mask, &mask_kind, &out,
                           &batch, &heads, &n, &keys, &dim, &qsb, &qsh, &qsi, &osb, &osh, &osi, &ksb,
-                          &ksh, &ksj, &vsb, &vsh, &vsj, &msb, &msh, &msi, &scale, &threads))
+                          &ksh, &ksj, &vsb, &vsh, &vsj, &msb, &msh, &msi, &lines, &lsb, &scale,
+                          &threads))
         return NULL;
     if (!cpu_supported()) {
         PyErr_SetString(PyExc_RuntimeError, "the fused step kernel needs a CPU with AVX2 and FMA");
@@ -220,7 +236,8 @@ static PyObject *attention(PyObject *self, PyObject *args) {
         .mask_kind = mask_kind, .out = (float *)(uintptr_t)out, .batch = batch, .heads = heads,
         .n = n, .keys = keys, .dim = dim, .qsb = qsb, .qsh = qsh, .qsi = qsi, .osb = osb,
         .osh = osh, .osi = osi, .ksb = ksb, .ksh = ksh, .ksj = ksj, .vsb = vsb,
-        .vsh = vsh, .vsj = vsj, .msb = msb, .msh = msh, .msi = msi, .scale = scale,
+        .vsh = vsh, .vsj = vsj, .msb = msb, .msh = msh, .msi = msi,
+        .lines = (const int64_t *)(uintptr_t)lines, .lsb = lsb, .scale = scale,
     };
     int status;
     Py_BEGIN_ALLOW_THREADS

@@ -135,17 +135,25 @@ def try_attention(
         *key.stride()[:3],
         *value.stride()[:3],
         *strides,
+        0,
+        0,
         1.0 / math.sqrt(dim),
         torch.get_num_threads(),
     )
     return out
 
 
-def unsafe_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, out: Tensor) -> Tensor:
+def unsafe_attention(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, out: Tensor, lines: Tensor | None = None
+) -> Tensor:
     """``attention(query, key, value, mask, out=out)`` without its checks or broadcasting, for an
     engine that made every operand itself: fp32 CPU views of the full ``(B, H, n, d)``,
     ``(B, H, P, d)`` and ``(B, H, n, P)`` shapes (a bool mask) with unit stride along the last
-    dimension, ``d`` a multiple of 8, the kernel ``available()``. A wrong operand corrupts memory."""
+    dimension, ``d`` a multiple of 8, the kernel ``available()``. A wrong operand corrupts memory.
+
+    ``lines``, int64 ``(B, P)`` with unit stride along P: key and value ``j`` of batch row ``b``
+    are read from batch row ``lines[b, j]`` (beam hypotheses reading their ancestors' keys where
+    they were written, instead of copying them to each child)."""
     batch, heads, n, dim = query.shape
     _step.attention(
         query.data_ptr(),
@@ -164,6 +172,8 @@ def unsafe_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | N
         *key.stride()[:3],
         *value.stride()[:3],
         *((0, 0, 0) if mask is None else mask.stride()[:3]),
+        0 if lines is None else lines.data_ptr(),
+        0 if lines is None else lines.stride(0),
         1.0 / math.sqrt(dim),
         torch.get_num_threads(),
     )
