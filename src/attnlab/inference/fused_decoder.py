@@ -1,4 +1,4 @@
-"""A Transformer decoder's steps as a few compiled-kernel calls per layer (CPU, fp32).
+"""A Transformer decoder's steps as a few compiled-kernel calls per layer (CPU; fp32 or int8 products).
 
 A decoding step of a few rows costs about one read of the decoder's weights, and the thin
 products (``attnlab.functional.kernels.thin``) read them near the memory's rate. What is left is
@@ -12,10 +12,13 @@ cache append, adds, norms), each with a fixed cost larger than its arithmetic at
   the caches where they lie (heads are strides, never copies) and writes the context in the
   rows' own layout;
 - the self-attention cache is one buffer per layer, ``(capacity, rows, 2 D)``: a step appends
-  its keys and values with one copy, and beam search's reordering is one ``index_select``.
+  its keys and values with one copy, and beam search's reordering never moves them: a table of
+  lines (``FusedState.lines``) says which row holds each position of a hypothesis's history,
+  and the attention kernel reads the keys there.
 
 It computes what ``DecoderLayer.step`` computes, in fp32, with the products summed in another
-order (the thin kernel's); ``DecodingEngine`` uses it where both kernels run, for at most
+order (the thin kernel's), or with int8 products as ``DecodingEngine(int8=True)`` multiplies;
+``DecodingEngine`` uses it where both kernels run, for at most
 ``Thresholds.cpu_thin_max_rows`` rows, and ``tests/inference/test_fused_decoder.py`` checks
 it against the model's own steps. Weights are packed when the ``FusedDecoder`` is made: after
 the model's weights change, make a new one (the engine makes it with itself).
