@@ -71,6 +71,17 @@ def test_fused_steps_equal_the_models_logits(options, k) -> None:
 
 
 @needs_kernels
+def test_a_reorder_that_drops_rows_is_refused() -> None:
+    model = make_model()
+    fused = FusedDecoder(model)
+    with torch.inference_mode():
+        state = model.start_state(sources(), repeat=2)
+        ours = fused.start(state.memory, state.memory_key_padding_mask, repeat=2)
+        with pytest.raises(ValueError, match=r"index must keep the 6 rows of the search, got shape \(4,\)"):
+            fused.reorder(ours, torch.tensor([0, 1, 2, 3]))
+
+
+@needs_kernels
 def test_fused_steps_are_not_the_model_run_twice() -> None:
     """The comparison above can fail: one changed weight moves the fused logits off the model's."""
     model = make_model()

@@ -246,8 +246,15 @@ class FusedDecoder:
     def reorder(self, state: FusedState, index: Tensor) -> None:
         """Keep rows ``index (R,)``, each taken from a row of the same source sentence (beam
         search). The caches stay where they are: row r now reads the positions of row
-        ``index[r]``'s history from wherever they were written (``state.lines``)."""
-        rows, capacity = index.shape[0], state.caches[0].shape[0]
+        ``index[r]``'s history from wherever they were written (``state.lines``).
+
+        Raises:
+            ValueError: ``index`` does not keep the number of rows (its caches and the
+                sentences' row groups are laid out for that many).
+        """
+        capacity, rows = state.caches[0].shape[:2]
+        if index.shape != (rows,):
+            raise ValueError(f"index must keep the {rows} rows of the search, got shape {tuple(index.shape)}")
         lines = state.lines
         if lines is None:
             lines = torch.arange(rows, device=index.device)[:, None].expand(rows, capacity)
