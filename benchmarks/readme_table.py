@@ -36,7 +36,8 @@ def machine_line(report: dict) -> str:
         kernels.append(f"fp32: the faster of the BLAS and oneDNN; attnlab's linears use {m['fp32_linear']}")
     if "decoding_products" in m:
         attention = f", step attention {m['step_attention']}" if "step_attention" in m else ""
-        kernels.append(f"its decoding products {m['decoding_products']}{attention}")
+        steps = f", decoder steps {m['decoder_steps']}" if "decoder_steps" in m else ""
+        kernels.append(f"its decoding products {m['decoding_products']}{attention}{steps}")
     return (
         f"`{report['command']}` on {m['cpu_model']} ({m['cores']} cores; {flags}), {threads}, "
         f"torch {m['torch']}, transformers {m['transformers']}; large-matmul peak {peaks}"

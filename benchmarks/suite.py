@@ -37,6 +37,7 @@ import torch
 
 from attnlab.functional.kernels import fused_step, onednn, thin
 from attnlab.functional.kernels.linear import uses_onednn
+from attnlab.inference import fused_decoder
 from benchmarks.common import matmul_gflops, timed
 from benchmarks.flops import count_flops, mfu
 from benchmarks.translation import synced
@@ -448,6 +449,7 @@ def machine(device: torch.device, threads: int) -> dict:
         "fp32_linear": "oneDNN" if uses_onednn(device) else "BLAS",  # attnlab's linear layers
         "decoding_products": decoding_products(device),
         "step_attention": step_attention_kernel(device),
+        "decoder_steps": decoder_steps(device),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,
@@ -473,6 +475,12 @@ def step_attention_kernel(device: torch.device) -> str:
     if device.type == "cpu" and keys:
         return f"the fused kernel up to {keys} keys"
     return "PyTorch's"
+
+
+def decoder_steps(device: torch.device) -> str:
+    """How the decoding engine runs a step: fused (``inference.fused_decoder``) up to a row count, or layer by layer."""
+    rows = fused_decoder.max_rows() if device.type == "cpu" else 0
+    return f"fused up to {rows} rows" if rows else "layer by layer"
 
 
 def _version(package: str) -> str | None:

@@ -16,6 +16,7 @@ os.environ["ATTNLAB_KERNEL_TABLE"] = str(Path(__file__).parent / "no-kernel-tabl
 
 from attnlab.functional.kernels import Thresholds, fused_step, onednn, set_thresholds, thin
 from attnlab.functional.kernels.linear import uses_onednn
+from attnlab.inference import fused_decoder
 from attnlab.training import RunConfig, Trainer
 from attnlab.training.checkpoints import checkpoint_dir, load_trainer_state
 
@@ -54,9 +55,10 @@ def pytest_terminal_summary(terminalreporter) -> None:
     rows, keys = thin.max_rows(), fused_step.max_keys()
     products = f"thin kernel up to {rows} rows" if rows else "oneDNN packed"
     attention = f"fused kernel up to {keys} keys" if keys else "PyTorch's"
+    steps = f"fused up to {fused_decoder.max_rows()} rows" if fused_decoder.max_rows() else "layer by layer"
     terminalreporter.write_line(
         f"CPU kernels: {torch.backends.cpu.get_cpu_capability()}; oneDNN bf16: {bf16}; fp32 linear: {linear}; "
-        f"decoding products: {products}; step attention: {attention}"
+        f"decoding products: {products}; step attention: {attention}; decoder steps: {steps}"
     )
 
 

@@ -177,7 +177,7 @@ class DecodingEngine:
             and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")
             and src.device.type == "cpu"
-            and (self._any_rows or src.shape[0] * repeat <= thin.max_rows())
+            and (self._any_rows or src.shape[0] * repeat <= fused_decoder.max_rows())
         )
 
     def _steps_plainly(self, state: Any) -> bool:

@@ -138,6 +138,12 @@ class FusedState:
     repeat: int
 
 
+def max_rows() -> int:
+    """The most rows a search runs on fused steps here by default: ``Thresholds.cpu_thin_max_rows``
+    where both compiled kernels run, else 0."""
+    return thin.max_rows() if fused_step.available() else 0
+
+
 def obstacles(model: nn.Module, *, int8: bool = False) -> list[str]:
     """Why ``FusedDecoder`` cannot run ``model`` here (empty when it can): it needs both compiled
     kernels, an fp32 ``Transformer`` on CPU with plain attention layers and head sizes that are
