@@ -29,7 +29,7 @@ def make_model(**options) -> Transformer:
 
 
 def sources(batch: int = 3, length: int = 11) -> torch.Tensor:
-    """Sources with padding on every row but the first (one row padded at all but one token)."""
+    """Sources with padding at the end of every row but the first: 3 b positions of row b."""
     src = torch.randint(4, 300, (batch, length), generator=torch.Generator().manual_seed(1))
     for b in range(1, batch):
         src[b, max(1, length - 3 * b) :] = 0
