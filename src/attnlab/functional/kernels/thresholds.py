@@ -59,7 +59,9 @@ class Thresholds:
             the default is ``default_linear_onednn_min_rows()``.
         cpu_thin_max_rows: fp32 products of at most this many rows, by weights the decoding
             engine packs, take the thin-product kernel (``attnlab.functional.kernels.thin``)
-            where it is available (0: never, oneDNN's packed products); the default is
+            where it is available (0: never, oneDNN's packed products), and searches of at most
+            this many rows run on the engine's fused decoder steps where the fused step kernel
+            also runs (``attnlab.inference.fused_decoder``); the default is
             ``default_thin_max_rows()``.
         cpu_step_fused_max_keys: a decoding step's fp32 attention against at most this many keys
             takes the fused step kernel (``attnlab.functional.kernels.fused_step``) where it is
