@@ -37,6 +37,7 @@ import torch
 
 from attnlab.functional.kernels import fused_step, onednn, thin
 from attnlab.functional.kernels.linear import uses_onednn
+from attnlab.functional.kernels.thresholds import cpu_flags, cpu_model
 from attnlab.inference import fused_decoder
 from benchmarks.common import matmul_gflops, timed
 from benchmarks.flops import count_flops, mfu
@@ -435,12 +436,9 @@ def machine(device: torch.device, threads: int) -> dict:
     """The CPU (model, flags that matter for fp32 and bf16 kernels, cores), threads and versions."""
     import transformers
 
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
-    flags_line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
-    flags = set(flags_line.split(":", 1)[1].split()) if flags_line else set()
+    flags = cpu_flags()
     return {
-        "cpu_model": model or platform.processor() or platform.machine(),
+        "cpu_model": cpu_model() or platform.processor() or platform.machine(),
         "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS},
         "cores": os.cpu_count(),
         "threads": threads,

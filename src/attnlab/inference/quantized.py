@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import functools
 import warnings
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from attnlab.functional.kernels.thresholds import cpu_flags
 from attnlab.inference.packed import MIN_PACKED_ELEMENTS, PackedWeights
 
 __all__ = ["QuantizedWeights", "available", "check_available", "dequantized", "prepack", "quantize_weight"]
@@ -49,14 +49,9 @@ def check_available() -> None:
         )
 
 
-@functools.cache
 def reduce_range() -> bool:
     """True (7-bit activations) unless the CPU has AVX-512 VNNI, where 8 bits cannot saturate."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return "avx512_vnni" not in flags
+    return "avx512_vnni" not in cpu_flags()
 
 
 def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:

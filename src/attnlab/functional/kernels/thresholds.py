@@ -287,6 +287,18 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    return frozenset(_flags(_cpuinfo()))
+
+
+@functools.cache
+def cpu_model() -> str:
+    """This CPU's model name from ``/proc/cpuinfo`` (empty where there is none)."""
+    return _fields(_cpuinfo()).get("model name", "")
+
+
 def _fields(cpuinfo: str) -> dict[str, str]:
     """``/proc/cpuinfo``'s ``name: value`` lines (the last CPU's where they repeat)."""
     fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
