@@ -112,35 +112,11 @@ def try_attention(
         raise ValueError(
             f"expected an fp32 CPU out of shape {tuple(query.shape)} with unit stride along d, got {_described(out)}"
         )
-    kind, strides, address = 0, (0, 0, 0), 0
     if mask is not None:
         mask = mask.expand(batch, heads, n, keys)
         if mask.stride(-1) != 1:
             mask = mask.contiguous()
-        kind, strides, address = (2 if mask.dtype == torch.bool else 1), mask.stride()[:3], mask.data_ptr()
-    _step.attention(
-        query.data_ptr(),
-        key.data_ptr(),
-        value.data_ptr(),
-        address,
-        kind,
-        out.data_ptr(),
-        batch,
-        heads,
-        n,
-        keys,
-        dim,
-        *query.stride()[:3],
-        *out.stride()[:3],
-        *key.stride()[:3],
-        *value.stride()[:3],
-        *strides,
-        0,
-        0,
-        1.0 / math.sqrt(dim),
-        torch.get_num_threads(),
-    )
-    return out
+    return unsafe_attention(query, key, value, mask, out)
 
 
 def unsafe_attention(
@@ -148,8 +124,8 @@ def unsafe_attention(
 ) -> Tensor:
     """``attention(query, key, value, mask, out=out)`` without its checks or broadcasting, for an
     engine that made every operand itself: fp32 CPU views of the full ``(B, H, n, d)``,
-    ``(B, H, P, d)`` and ``(B, H, n, P)`` shapes (a bool mask) with unit stride along the last
-    dimension, ``d`` a multiple of 8, the kernel ``available()``. A wrong operand corrupts memory.
+    ``(B, H, P, d)`` and ``(B, H, n, P)`` shapes (a bool or fp32 mask) with unit stride along the
+    last dimension, ``d`` a multiple of 8, the kernel ``available()``. A wrong operand corrupts memory.
 
     ``lines``, int64 ``(B, P)`` with unit stride along P: key and value ``j`` of batch row ``b``
     are read from batch row ``lines[b, j]`` (beam hypotheses reading their ancestors' keys where
@@ -160,7 +136,7 @@ def unsafe_attention(
         key.data_ptr(),
         value.data_ptr(),
         0 if mask is None else mask.data_ptr(),
-        0 if mask is None else 2,
+        0 if mask is None else (2 if mask.dtype == torch.bool else 1),
         out.data_ptr(),
         batch,
         heads,

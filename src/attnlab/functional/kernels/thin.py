@@ -102,21 +102,7 @@ def linear(
         raise ValueError("out may not be the input x: the kernel reads x while it writes out")
     bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
     out = x.new_empty(shape) if out is None else out
-    rows = x.numel() // in_features
-    if rows:
-        _thin.linear(
-            x.data_ptr(),
-            packed.data_ptr(),
-            0 if bias is None else bias.data_ptr(),
-            out.data_ptr(),
-            rows,
-            in_features,
-            out_features,
-            0 if residual is None else residual.data_ptr(),
-            relu,
-            torch.get_num_threads(),
-        )
-    return out
+    return unsafe_linear(x, packed, out_features, bias, out, residual, relu) if x.numel() else out
 
 
 def unsafe_linear(
@@ -131,13 +117,14 @@ def unsafe_linear(
     """``linear(x, packed, out_features, bias, residual=residual, relu=relu, out=out)`` without
     its checks, for an engine that made every operand itself: contiguous fp32 CPU tensors of
     the right shapes, the kernel ``available()``. A wrong operand corrupts memory."""
+    in_features = packed.shape[1]
     _thin.linear(
         x.data_ptr(),
         packed.data_ptr(),
         0 if bias is None else bias.data_ptr(),
         out.data_ptr(),
-        x.shape[0],
-        x.shape[1],
+        x.numel() // in_features,
+        in_features,
         out_features,
         0 if residual is None else residual.data_ptr(),
         relu,
