@@ -55,7 +55,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
     rows, keys = thin.max_rows(), fused_step.max_keys()
     products = f"thin kernel up to {rows} rows" if rows else "oneDNN packed"
     attention = f"fused kernel up to {keys} keys" if keys else "PyTorch's"
-    steps = f"fused up to {fused_decoder.max_rows()} rows" if fused_decoder.max_rows() else "layer by layer"
+    fused_rows = fused_decoder.max_rows()
+    steps = f"fused up to {fused_rows} rows" if fused_rows else "layer by layer"
     terminalreporter.write_line(
         f"CPU kernels: {torch.backends.cpu.get_cpu_capability()}; oneDNN bf16: {bf16}; fp32 linear: {linear}; "
         f"decoding products: {products}; step attention: {attention}; decoder steps: {steps}"

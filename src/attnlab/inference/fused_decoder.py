@@ -30,6 +30,7 @@ S source positions, t target positions so far, D model size, H heads of d = D / 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -109,7 +110,7 @@ class _Layer:
     cross_out: Product
     fc1: Product
     fc2: Product
-    norms: tuple[nn.LayerNorm, nn.LayerNorm, nn.LayerNorm]
+    norms: tuple[Callable[[Tensor], Tensor], ...]  # norm1, norm2, norm3 of rows (R, D)
     activation: nn.Module | None  # None: ReLU, done in fc1's epilogue
 
 
@@ -193,6 +194,7 @@ class FusedDecoder:
         self.model, self.int8 = model, int8
         dim = model.config.d_model
         self.dim, self.heads = dim, model.decoder_layers[0].self_attn.num_heads
+        self._heads_of = functools.partial(_heads, heads=self.heads, size=dim // self.heads)
         self.layers = [self._layer(layer, dim) for layer in model.decoder_layers]
         self.output = self._product(model.output.weight, model.output.bias)
 
@@ -217,7 +219,7 @@ class FusedDecoder:
             cross_out=product(cross_attn.out_proj.weight, cross_attn.out_proj.bias),
             fc1=product(ffn.fc1.weight, ffn.fc1.bias),
             fc2=product(ffn.fc2.weight, ffn.fc2.bias),
-            norms=(layer.norm1, layer.norm2, layer.norm3),
+            norms=tuple(functools.partial(_layer_norm, norm) for norm in (layer.norm1, layer.norm2, layer.norm3)),
             activation=None if type(ffn.act) is nn.ReLU else ffn.act,
         )
 
@@ -281,9 +283,9 @@ class FusedDecoder:
         ``x`` before the residual sum is written over it."""
         rows, dim = x.shape
         heads, batch = self.heads, rows // k
-        heads_of = functools.partial(_heads, heads=heads, size=dim // heads)
+        heads_of = self._heads_of
         pre = self.model.config.norm_first
-        norm1, norm2, norm3 = (functools.partial(_layer_norm, norm) for norm in layer.norms)
+        norm1, norm2, norm3 = layer.norms
         context = torch.empty_like(x)
 
         # self-attention: this step's keys and values join the cache, the queries read it
