@@ -122,18 +122,16 @@ class DecodingEngine:
     ) -> Any:
         """The model's start state; a fused search gets a ``FusedState``, a beam search (``repeat``
         k > 1) beam pools."""
-        if use_cache and self._fuses(src, repeat):
-            if src_key_padding_mask is None:
-                src_key_padding_mask = self.model.padding_mask(src)
-            memory = self.model.encode(src, src_key_padding_mask)  # (B, S, D)
-            if self._fused is None:
-                self._fused = FusedDecoder(self.model, int8=self.int8)
-            return self._fused.start(memory, src_key_padding_mask, repeat=repeat)
-        if not (self.beam_pools and use_cache and repeat > 1):
+        fused = use_cache and self._fuses(src, repeat)
+        if not (fused or (self.beam_pools and use_cache and repeat > 1)):
             return self.model.start_state(src, src_key_padding_mask, repeat=repeat, use_cache=use_cache)
         if src_key_padding_mask is None:
             src_key_padding_mask = self.model.padding_mask(src)
         memory = self.model.encode(src, src_key_padding_mask)  # (B, S, D), one row per sentence
+        if fused:
+            if self._fused is None:
+                self._fused = FusedDecoder(self.model, int8=self.int8)
+            return self._fused.start(memory, src_key_padding_mask, repeat=repeat)
         cache = BeamDecoderCache(len(self.model.decoder_layers), beam_size=repeat)
         return SearchState(memory, src_key_padding_mask, cache)
 
