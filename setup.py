@@ -1,8 +1,10 @@
-"""The compiled pieces of attnlab: the decoding step's thin products and fused attention.
+"""The compiled pieces of attnlab: the decoding step's thin products and fused attention, and the
+causal attention blocks.
 
 Everything else is declared in pyproject.toml. The extensions are optional: where no C compiler
-(or no OpenMP) is found, the install goes on without them and decoding takes PyTorch's kernels
-(``attnlab.functional.kernels.thin.available()`` and ``fused_step.available()`` say which).
+(or no OpenMP) is found, the install goes on without them and attnlab takes PyTorch's kernels
+(``attnlab.functional.kernels.thin.available()``, ``fused_step.available()`` and
+``causal.blocks_available()`` say which).
 """
 
 from setuptools import Extension, setup
@@ -17,6 +19,6 @@ setup(
             extra_link_args=["-fopenmp"],
             optional=True,
         )
-        for name in ("_thin", "_step")
+        for name in ("_thin", "_step", "_causal")
     ]
 )

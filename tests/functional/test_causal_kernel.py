@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.functional.kernels import Thresholds, causal, choose_kernel, sdpa, set_thresholds
+from attnlab.functional.kernels.causal import blocks_available, blocks_fit
 
 B, H, D = 2, 3, 8
 DTYPES = [torch.float32, torch.bfloat16, torch.float64]
@@ -150,3 +151,119 @@ def test_the_dispatcher_picks_it_only_where_it_applies(grad):
 def test_a_leaf_size_below_one_is_refused_by_name():
     with pytest.raises(ValueError, match="cpu_causal_block_queries"):
         Thresholds(cpu_causal_block_queries=0)
+
+
+# The compiled blocks (fp32, head sizes that are multiples of 16): 64-row blocks, 4-query tiles.
+needs_blocks = pytest.mark.skipif(not blocks_available(), reason="the compiled causal blocks need AVX2 and FMA")
+
+
+def _blocks_qkv(n: int, d: int, seed: int = 0, heads: int = H) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, heads, n, d, generator=g) for _ in range(3)]
+
+
+@needs_blocks
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+@pytest.mark.parametrize(("n", "d"), [(1, 16), (7, 16), (64, 64), (65, 32), (130, 48), (200, 80), (129, 256)], ids=str)
+def test_blocks_equal_float64_sdpa_forward_and_backward(n, d, mask_kind):
+    assert blocks_fit(torch.empty(1, 1, n, d))
+    q, k, v = (x.requires_grad_() for x in _blocks_qkv(n, d))
+    mask = _padding(mask_kind, n)
+    out, _ = causal(q, k, v, mask, is_causal=True)
+    ref_q, ref_k, ref_v = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = _reference(ref_q, ref_k, ref_v, mask)
+    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=2e-5)
+    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    grads = torch.autograd.grad((out * grad_out.float()).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * grad_out).sum(), (ref_q, ref_k, ref_v))
+    for got, expected, name in zip(grads, ref_grads, "qkv"):
+        torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=2e-4, msg=name)
+
+
+@needs_blocks
+def test_blocks_take_strided_heads_and_a_strided_gradient():
+    """Heads as views of a (B, n, H, d) projection and a gradient with a zero stride, as a layer makes them."""
+    n, d = 150, 32
+    x = torch.randn(B, n, 3, H, d, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    q, k, v = x.unbind(2)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, n, d), strided
+    out, _ = causal(q, k, v, is_causal=True)
+    out.sum().backward()  # grad_out is an expanded scalar: stride 0 everywhere
+    ref_x = x.detach().double().requires_grad_()
+    rq, rk, rv = (t.transpose(1, 2) for t in ref_x.unbind(2))
+    ref = F.scaled_dot_product_attention(rq, rk, rv, is_causal=True)
+    ref.sum().backward()
+    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=2e-5)
+    torch.testing.assert_close(x.grad.double(), ref_x.grad, atol=2e-5, rtol=2e-4)
+
+
+@needs_blocks
+def test_blocks_use_the_causal_mask_not_the_full_map():
+    """A key after a query must not move it: changing the last key and value leaves every earlier
+    output and the earlier keys' gradients as they were (the comparison can fail: the last
+    query's output does move)."""
+    q, k, v = _blocks_qkv(100, 16)
+    k2, v2 = k.clone(), v.clone()
+    k2[..., -1, :] += 5.0
+    v2[..., -1, :] -= 5.0
+    a, _ = causal(q, k, v, is_causal=True)
+    b, _ = causal(q, k2, v2, is_causal=True)
+    assert torch.equal(a[..., :-1, :], b[..., :-1, :])
+    assert not torch.allclose(a[..., -1, :], b[..., -1, :])
+
+
+@needs_blocks
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_blocks_give_the_same_bits_on_any_number_of_threads(threads):
+    q, k, v = (x.requires_grad_() for x in _blocks_qkv(130, 32, heads=5))
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, threads):
+            torch.set_num_threads(count)
+            out, _ = causal(q, k, v, is_causal=True)
+            results.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v))))
+    finally:
+        torch.set_num_threads(previous)
+    for one, many in zip(*results):
+        assert torch.equal(one, many)
+
+
+def test_blocks_fit_only_fp32_cpu_head_sizes_of_16s():
+    fits = blocks_fit(torch.empty(1, 1, 4, 64))
+    assert fits == blocks_available()
+    for shape_dtype in [((1, 1, 4, 8), torch.float32), ((1, 1, 4, 272), torch.float32), ((1, 1, 4, 64), torch.float64)]:
+        shape, dtype = shape_dtype
+        assert not blocks_fit(torch.empty(shape, dtype=dtype))
+
+
+@needs_blocks
+def test_the_compiled_call_refuses_a_head_size_it_cannot_take():
+    from attnlab.functional.kernels import _causal
+
+    q = torch.zeros(1, 1, 4, 8)
+    view = (q.data_ptr(), *q.stride()[:3])
+    with pytest.raises(ValueError, match="d=8"):
+        _causal.forward(view, view, view, view, (0, 0, 0, 0), view, 1, 1, 4, 8, 1.0, 1)
+
+
+@needs_blocks
+@pytest.mark.parametrize("threads", [2, 3])
+def test_blocks_split_few_heads_over_threads_by_key_block(threads):
+    """One (batch, head) and more threads: the key blocks are shared out, each thread summing its
+    part of dq; the gradients still equal float64 SDPA's."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 1, 300, 32, generator=g).requires_grad_() for _ in range(3))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, _ = causal(q, k, v, is_causal=True)
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    finally:
+        torch.set_num_threads(previous)
+    ref_q, ref_k, ref_v = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = F.scaled_dot_product_attention(ref_q, ref_k, ref_v, is_causal=True)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (ref_q, ref_k, ref_v))
+    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=2e-5)
+    for got, expected, name in zip(grads, ref_grads, "qkv"):
+        torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=2e-4, msg=name)

@@ -1,22 +1,31 @@
 """The causal kernel: queries meet only the keys before them, so causal attention costs about half.
 
-SDPA's CPU kernel with ``is_causal`` still computes most key blocks of a long sequence. Here the
-lower triangle of the (Lq, Lk) map is tiled by halving: in every segment of the sequence, the
-second half's queries see the first half's keys unmasked (one square piece), down to leaf blocks
-of about ``Thresholds.cpu_causal_block_queries`` on the diagonal, which take the causal mask. The
-pieces of one level have one size, so each level is one batched call of PyTorch's CPU flash
-kernel, and each query's pieces are joined by their log-sum-exps (Milakov & Gimelshein, 2018,
-"Online normalizer calculation for softmax"; Dao et al., 2022, FlashAttention, Sec. 3.1):
+SDPA's CPU kernel with ``is_causal`` still computes most key blocks of a long sequence (its blocks
+are 512 keys wide, and it computes every block it enters in full). Two ways to skip them:
 
-    l = log(e^{l_1} + e^{l_2}),    C = e^{l_1 - l} C_1 + e^{l_2 - l} C_2
+- **Compiled blocks** (fp32 where ``_causal.c`` is built and the CPU has AVX2 and FMA): the
+  FlashAttention-2 loops (Dao, 2023) over blocks of 64 queries and 64 keys, each query block
+  meeting the key blocks up to its own and stopping, inside the diagonal block, at each 4-query
+  tile's last key; forward and backward, about half the products of full attention.
+- **Halving** (bf16 and float64, or where the blocks do not run): the lower triangle of the
+  (Lq, Lk) map is tiled by halving: in every segment of the sequence, the second half's queries
+  see the first half's keys unmasked (one square piece), down to leaf blocks of about
+  ``Thresholds.cpu_causal_block_queries`` on the diagonal, which take the causal mask. The pieces
+  of one level have one size, so each level is one batched call of PyTorch's CPU flash kernel,
+  and each query's pieces are joined by their log-sum-exps (Milakov & Gimelshein, 2018, "Online
+  normalizer calculation for softmax"; Dao et al., 2022, FlashAttention, Sec. 3.1):
 
-The backward pass runs the flash kernel's backward on the same pieces with the joined output and
-log-sum-exp, which gives each piece its exact share of the gradient (FlashAttention, Alg. 4).
+      l = log(e^{l_1} + e^{l_2}),    C = e^{l_1 - l} C_1 + e^{l_2 - l} C_2
+
+  The backward pass runs the flash kernel's backward on the same pieces with the joined output
+  and log-sum-exp, which gives each piece its exact share of the gradient (FlashAttention, Alg. 4).
+
 Notation: B batch, H heads, N the (padded) sequence, d the head size, S = H * segments.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -27,6 +36,11 @@ from attnlab.functional.kernels._common import as_4d, batch_shape
 from attnlab.functional.kernels.sdpa import sdpa
 from attnlab.functional.kernels.thresholds import current_thresholds
 from attnlab.functional.masks import causal_mask, to_bias
+
+try:
+    from attnlab.functional.kernels import _causal as _blocks
+except ImportError:  # built without a C compiler
+    _blocks = None
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -68,12 +82,17 @@ def causal(
         )
     batch = batch_shape(query, key, value)
     n = query.shape[-2]
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    if blocks_fit(query):
+        q, k, v, _ = as_4d(query, key, value, batch, None)  # (B, H, n, d)
+        bias = None if mask is None else _key_bias(mask, batch, q.shape[:2], n, torch.float32, 0)  # (B, H, n)
+        context = _CompiledCausal.apply(*(_unit_last(x) for x in (q, k, v)), bias, scale)
+        return context.reshape(*batch, n, value.shape[-1]), None
     levels, leaf = _tree(n, current_thresholds().cpu_causal_block_queries)
     pad = (0, 0, 0, leaf * 2**levels - n)  # padded keys come after every real query: causally masked
     q, k, v, _ = as_4d(query, key, value, batch, None)  # (B, H, n, d)
     q, k, v = ((F.pad(x, pad) if pad[-1] else x).contiguous() for x in (q, k, v))  # (B, H, N, d)
     bias = None if mask is None else _key_bias(mask, batch, q.shape[:2], n, query.dtype, pad[-1])  # (B, H, N)
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     if query.dtype in _FLASH_DTYPES:
         context = _FlashCausal.apply(q, k, v, bias, scale, levels)
     else:
@@ -100,9 +119,61 @@ def prefix_attention_applies(
     return mask is None or is_key_padding(mask)
 
 
+@functools.cache
+def blocks_available() -> bool:
+    """Whether the compiled causal blocks can run here: built, and the CPU has AVX2 and FMA."""
+    return _blocks is not None and bool(_blocks.supported())
+
+
+def blocks_fit(query: Tensor) -> bool:
+    """Whether ``causal`` computes these (causal, self-attention) queries by the compiled blocks:
+    fp32 on a CPU where they run, a head size that is a multiple of 16 up to 256."""
+    d = query.shape[-1]
+    return (
+        query.dtype == torch.float32
+        and query.device.type == "cpu"
+        and d % 16 == 0
+        and 0 < d <= 256
+        and blocks_available()
+    )
+
+
 def is_key_padding(mask: Tensor) -> bool:
     """Whether a mask broadcasts over the queries (one row of allowed keys or biases per batch and head)."""
     return (mask.ndim < 2 or mask.shape[-2] == 1) and not mask.requires_grad
+
+
+class _CompiledCausal(torch.autograd.Function):
+    """Causal attention of fp32 ``(B, H, N, d)`` views with unit stride along ``d`` by the compiled
+    blocks (``_causal.c``), forward and backward; ``bias`` an fp32 key bias ``(B, H, N)`` or None."""
+
+    @staticmethod
+    def forward(ctx, query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None, scale: float):
+        out = torch.empty(query.shape)
+        lse = torch.empty(query.shape[:-1])  # (B, H, N)
+        _blocks.forward(*_views(query, key, value, out, bias, lse), *query.shape, scale, torch.get_num_threads())
+        ctx.save_for_backward(query, key, value, bias, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        query, key, value, bias, out, lse = ctx.saved_tensors
+        grads = [torch.empty(query.shape) for _ in range(3)]
+        operands = (query, key, value, out, _unit_last(grad_out), bias, lse, *grads)
+        _blocks.backward(*_views(*operands), *query.shape, ctx.scale, torch.get_num_threads())
+        return *grads, None, None
+
+
+def _views(*tensors: Tensor | None) -> list[tuple[int, ...]]:
+    """What ``_causal.c`` reads of each operand: its address and its first three strides (0s for None)."""
+    return [(0, 0, 0, 0) if x is None else (x.data_ptr(), *x.stride()[:3]) for x in tensors]
+
+
+def _unit_last(x: Tensor) -> Tensor:
+    """``x``, or a contiguous copy where its last dimension is strided."""
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 class _FlashCausal(torch.autograd.Function):
