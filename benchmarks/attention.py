@@ -124,6 +124,7 @@ def main() -> None:
         for backward in (False, True):
             for causal in (False, True):
                 rows.append(measure_cell(n, causal, backward, args, rate))
+    print_causal_savings(rows)
     write = write_json("attention", {"matmul_gflops": rate, "config": vars(args), "rows": rows})
     print(f"\nwrote {write}")
 
@@ -143,6 +144,27 @@ def measure_cell(n: int, causal: bool, backward: bool, args, rate: float) -> dic
         row["peak_mib"] = {peer: peak_rss_of("benchmarks.attention", [peer, *flags]) for peer in PEERS}
     print_row(row)
     return row
+
+
+def causal_savings(rows: list[dict]) -> list[dict]:
+    """Each peer's causal median over its non-causal median, per N and mode (issue 17 asks <= 0.6
+    of attnlab's from N = 1024 on)."""
+    full = {(r["N"], r["mode"]): r["peers"] for r in rows if not r["causal"]}
+    savings = []
+    for row in rows:
+        if row["causal"] and (row["N"], row["mode"]) in full:
+            base = full[row["N"], row["mode"]]
+            peers = ("attnlab", "torch", "sdpa")
+            ratios = {peer: row["peers"][peer]["median_ms"] / base[peer]["median_ms"] for peer in peers}
+            savings.append({"N": row["N"], "mode": row["mode"], "causal_over_full": ratios})
+    return savings
+
+
+def print_causal_savings(rows: list[dict]) -> None:
+    print("\ncausal / non-causal median time, each peer against itself (< 1: causal saves)")
+    for saving in causal_savings(rows):
+        ratios = "  ".join(f"{peer} {r:.2f}" for peer, r in saving["causal_over_full"].items())
+        print(f"N={saving['N']:<5} {saving['mode']:<7} {ratios}", flush=True)
 
 
 def print_row(row: dict) -> None:

@@ -13,13 +13,18 @@ fused step kernel runs, its time over the faster of the two (``f`` column, < 1: 
 ``--linear`` times fp32 linear products with their backward, the BLAS against oneDNN
 (``attnlab.functional.kernels.linear``).
 
-``--write`` measures what the thresholds rest on (training cells with gradients in fp32, bf16 and
-float64, bf16 cells without, decoding cells, linear products and, where the thin kernel runs,
-thin products against oneDNN's packed ones), derives them and writes the table the dispatcher reads
-(``$ATTNLAB_KERNEL_TABLE``, else ``$XDG_CACHE_HOME/attnlab/attention_kernels.json``; ``--table``
-overrides). Thresholds it does not measure keep their defaults.
+``--causal`` times fp32 causal self-attention, (8, 8, N, 64), forward and forward + backward:
+the compiled causal blocks (``attnlab.functional.kernels.causal``) over SDPA's causal mode (< 1:
+the blocks faster), where the blocks run.
 
-    python -m benchmarks.attention_kernels [--decoding | --linear | --write [--table PATH]]
+``--write`` measures what the thresholds rest on (training cells with gradients in fp32, bf16 and
+float64, bf16 cells without, decoding cells, linear products and, where the compiled kernels run,
+thin products against oneDNN's packed ones and causal blocks against SDPA), derives them and
+writes the table the dispatcher reads (``$ATTNLAB_KERNEL_TABLE``, else
+``$XDG_CACHE_HOME/attnlab/attention_kernels.json``; ``--table`` overrides). Thresholds it does not
+measure keep their defaults.
+
+    python -m benchmarks.attention_kernels [--decoding | --linear | --causal | --write [--table PATH]]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch.nn.functional as F
 
 from attnlab.functional.kernels import (
     Thresholds,
+    causal,
     fused_step,
     set_thresholds,
     step_attention,
@@ -41,6 +47,7 @@ from attnlab.functional.kernels import (
     thin,
     write_table,
 )
+from attnlab.functional.kernels.causal import blocks_available
 from attnlab.functional.kernels.linear import linear
 from benchmarks.common import interleave, summary, write_json
 from benchmarks.thin_products import kernels as product_kernels
@@ -57,6 +64,7 @@ THIN_ROWS, THIN_SHAPES = (1, 8, 16, 40, 64, 128, 256), ((512, 2048), (2048, 512)
 # Transformer's feed-forward and a ViT-S/16 projection, forward and backward.
 LINEAR_PATHS = {"blas": Thresholds(cpu_linear_onednn_min_rows=0), "onednn": Thresholds(cpu_linear_onednn_min_rows=1)}
 LINEAR_SHAPES = ((1024, 512, 2048), (1024, 2048, 512), (1576, 384, 1152))
+CAUSAL_SIZES = (32, 48, 64, 128, 256, 512, 1024)
 
 
 def kernels(q, k, v, causal: bool):
@@ -285,6 +293,57 @@ def thin_max_rows(rows: list[dict]) -> int:
     return won_up_to([(r["rows"], r["ratio"] >= 1.0) for r in rows])
 
 
+def causal_cell(n: int, backward: bool, repeats: int) -> tuple[dict, float, int]:
+    """Compiled causal blocks / SDPA causal median time for fp32 (8, 8, n, 64) self-attention."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(8, 8, n, 64, generator=g, requires_grad=backward) for _ in range(3))
+    calls = {
+        "sdpa causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        "blocks": lambda: causal(q, k, v, is_causal=True)[0],
+    }
+
+    def wrap(fn):
+        def run():
+            with contextlib.nullcontext() if backward else torch.no_grad():
+                out = fn()
+                if backward:
+                    out.sum().backward()
+
+        return run
+
+    times, dropped = interleave({name: wrap(fn) for name, fn in calls.items()}, repeats)
+    stats = {name: summary(t) for name, t in times.items()}
+    return stats, stats["blocks"]["median_ms"] / stats["sdpa causal"]["median_ms"], dropped
+
+
+def causal_blocks(repeats: int, threads: int) -> list[dict]:
+    """The blocks / SDPA causal table: a printed line per mode, a row per cell; nothing where the
+    blocks do not run."""
+    if not blocks_available():
+        return []
+    rows = []
+    print(f"compiled causal blocks / SDPA causal median time (< 1: blocks faster); (8, 8, N, 64); {threads} threads")
+    for backward in (False, True):
+        line = []
+        for n in CAUSAL_SIZES:
+            stats, ratio, dropped = causal_cell(n, backward, repeats)
+            rows.append({"N": n, "backward": backward, "ratio": ratio, "dropped_noisy": dropped, "peers": stats})
+            line.append(f"{n}:{ratio:5.2f}{'~' if dropped else ' '}")
+        print(f"{'fwd+bwd' if backward else 'fwd':<7} " + " ".join(line), flush=True)
+    return rows
+
+
+def causal_min_queries(rows: list[dict]) -> int:
+    """The fewest queries from which the blocks won every measured cell at that length and above
+    (0: they lost at the longest, or do not run here)."""
+    if not rows:
+        return 0
+    sizes = sorted({r["N"] for r in rows})
+    losing = [r["N"] for r in rows if r["ratio"] >= 1.0]
+    above = [n for n in sizes if not losing or n > max(losing)]
+    return above[0] if above else 0
+
+
 def write(args) -> None:
     """Measure, derive the thresholds, write the table and print it."""
     train_rows = training(args.sizes, [(8, 8, 64)], list(DTYPES), [True], args.repeats, args.threads)
@@ -292,6 +351,7 @@ def write(args) -> None:
     step_rows = decoding([8, 32], [1, 2, 4, 8, 16], [32, 64, 128, 256, 512, 1024], args.repeats, args.threads)
     linear_rows = linear_products(args.repeats, args.threads)
     thin_rows = thin_products(args.repeats, args.threads)
+    causal_rows = causal_blocks(args.repeats, args.threads)
     max_queries, max_keys = plain_step_limits(step_rows)
     thresholds = dataclasses.replace(
         Thresholds(),
@@ -304,6 +364,7 @@ def write(args) -> None:
         cpu_linear_onednn_min_rows=linear_onednn_min_rows(linear_rows),
         cpu_thin_max_rows=thin_max_rows(thin_rows),
         cpu_step_fused_max_keys=step_fused_max_keys(step_rows, max_queries),
+        cpu_causal_min_queries=causal_min_queries(causal_rows),
     )
     summaries = {
         "threads": args.threads,
@@ -313,6 +374,7 @@ def write(args) -> None:
         "decoding": [{k: r[k] for k in ("B", "queries", "keys", "ratio", "fused_ratio")} for r in step_rows],
         "linear": [{k: r[k] for k in ("rows,in,out", "ratio")} for r in linear_rows],
         "thin": [{k: r[k] for k in ("rows", "in,out", "ratio")} for r in thin_rows],
+        "causal": [{k: r[k] for k in ("N", "backward", "ratio")} for r in causal_rows],
     }
     path = write_table(thresholds, args.table, measured=summaries)
     print(f"wrote {path}:")
@@ -327,6 +389,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decoding", action="store_true", help="a decoding step's few queries instead")
     parser.add_argument("--linear", action="store_true", help="fp32 linear products, BLAS against oneDNN")
+    parser.add_argument("--causal", action="store_true", help="compiled causal blocks against SDPA's causal mode")
     parser.add_argument("--write", action="store_true", help="derive the thresholds and write the dispatcher's table")
     parser.add_argument("--table", type=Path, default=None, help=f"where --write writes (default {table_path()})")
     args = parser.parse_args()
@@ -336,6 +399,9 @@ def main() -> None:
     if args.linear:
         rows = linear_products(args.repeats, args.threads)
         path = write_json("linear_products", {"threads": args.threads, "rows": rows})
+    elif args.causal:
+        rows = causal_blocks(args.repeats, args.threads)
+        path = write_json("attention_kernels_causal", {"threads": args.threads, "rows": rows})
     elif args.decoding:
         rows = decoding([8, 32], [1, 2, 5, 10, 16, 32], [32, 64, 128, 256, 320, 1024], args.repeats, args.threads)
         path = write_json("attention_kernels_decoding", {"threads": args.threads, "rows": rows})

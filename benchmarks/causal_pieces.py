@@ -7,8 +7,8 @@ Two tables, kernels alone (no projections), fp32, (B, H, d) = (8, 8, 64), interl
    The kernel walks the keys in blocks of 512 and computes every block it enters in full, so its
    causal flag saves nothing on a piece of 512 keys or fewer.
 2. Causal self-attention over N tokens, time / SDPA non-causal: SDPA's causal mode and
-   attnlab's ``kernels.causal`` (the lower triangle tiled by halving, leaves of 128 or 256 rows),
-   forward and forward + backward. Issue 17 asks for <= 0.6.
+   attnlab's ``kernels.causal`` (its compiled blocks where they run, else the lower triangle
+   tiled by halving), forward and forward + backward. Issue 17 asks for <= 0.6.
 
     python -m benchmarks.causal_pieces                      # N in 1024, 2048, 4096 (~10 CPU-minutes)
     python -m benchmarks.causal_pieces --sizes 1024 --repeats 2
@@ -17,19 +17,17 @@ Two tables, kernels alone (no projections), fp32, (B, H, d) = (8, 8, 64), interl
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import platform
 
 import torch
 import torch.nn.functional as F
 
 from attnlab.functional import kernels
-from attnlab.functional.kernels.thresholds import current_thresholds, set_thresholds
+from attnlab.functional.kernels.causal import blocks_available
 from benchmarks.common import interleave, summary, write_json
 
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 PIECES = ((1024, 1024), (512, 512), (256, 256), (128, 128), (128, 1024), (1024, 128))
-LEAVES = (128, 256)
 
 
 def piece_table(batch: int, heads: int, head_dim: int, repeats: int) -> list[dict]:
@@ -51,22 +49,13 @@ def piece_table(batch: int, heads: int, head_dim: int, repeats: int) -> list[dic
     return rows
 
 
-def with_leaves(leaf: int, query, key, value):
-    """``kernels.causal`` with leaves of about ``leaf`` rows."""
-    previous = set_thresholds(dataclasses.replace(current_thresholds(), cpu_causal_block_queries=leaf))
-    try:
-        return kernels.causal(query, key, value, is_causal=True)[0]
-    finally:
-        set_thresholds(previous)
-
-
 def causal_row(n: int, backward: bool, batch: int, heads: int, head_dim: int, repeats: int) -> dict:
     """Each causal side's time over SDPA non-causal at length ``n``."""
     q, k, v = (torch.randn(batch, heads, n, head_dim, requires_grad=backward) for _ in range(3))
     calls = {
         "sdpa full": lambda: F.scaled_dot_product_attention(q, k, v),
         "sdpa causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-        **{f"attnlab causal, leaves {leaf}": (lambda leaf=leaf: with_leaves(leaf, q, k, v)) for leaf in LEAVES},
+        "attnlab causal": lambda: kernels.causal(q, k, v, is_causal=True)[0],
     }
 
     def step(call):
@@ -97,7 +86,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dims = (args.batch, args.heads, args.head_dim)
+    way = "compiled blocks" if blocks_available() else "halving"
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, fp32")
+    print(f"attnlab causal: {way}")
     pieces = piece_table(*dims, repeats=args.repeats + 2)
     rows = [causal_row(n, backward, *dims, args.repeats) for n in args.sizes for backward in (False, True)]
     print(f"\nwrote {write_json('causal_pieces', {'config': vars(args), 'pieces': pieces, 'causal': rows})}")

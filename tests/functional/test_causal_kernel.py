@@ -1,5 +1,6 @@
 """The causal kernel against float64 ``F.scaled_dot_product_attention`` with the causal mask, and its dispatch."""
 
+import importlib
 import math
 
 import pytest
@@ -8,6 +9,9 @@ import torch.nn.functional as F
 
 from attnlab.functional.kernels import Thresholds, causal, choose_kernel, sdpa, set_thresholds
 from attnlab.functional.kernels.causal import blocks_available, blocks_fit
+from attnlab.functional.kernels.thresholds import causal_rule
+
+causal_module = importlib.import_module("attnlab.functional.kernels.causal")
 
 B, H, D = 2, 3, 8
 DTYPES = [torch.float32, torch.bfloat16, torch.float64]
@@ -17,6 +21,15 @@ MASK_KINDS = ["none", "padding_bool", "padding_bias", "padding_empty_rows"]
 def _qkv(n: int, dtype: torch.dtype, seed: int = 0, leading: tuple[int, ...] = (B, H)) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(*leading, n, D, generator=g).to(dtype) for _ in range(3)]
+
+
+# The compiled blocks (fp32, head sizes that are multiples of 16): 64-row blocks, 4-query tiles.
+needs_blocks = pytest.mark.skipif(not blocks_available(), reason="the compiled causal blocks need AVX2 and FMA")
+
+
+def _blocks_qkv(n: int, d: int, seed: int = 0, heads: int = H) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, heads, n, d, generator=g) for _ in range(3)]
 
 
 def _padding(kind: str, n: int) -> torch.Tensor | None:
@@ -131,10 +144,11 @@ def test_calls_it_does_not_cover_equal_the_sdpa_kernel(call):
         torch.testing.assert_close(a, b)
 
 
+@needs_blocks
 @pytest.mark.parametrize("grad", [False, True])
 def test_the_dispatcher_picks_it_only_where_it_applies(grad):
     on = Thresholds(cpu_causal_min_queries=16)
-    q, k, v = (x.requires_grad_(grad) for x in _qkv(16, torch.float32))
+    q, k, v = (x.requires_grad_(grad) for x in _blocks_qkv(16, 16))
     padding = torch.ones(B, 1, 1, 16, dtype=torch.bool)
     assert choose_kernel(q, k, v, is_causal=True, thresholds=on) is causal
     assert choose_kernel(q, k, v, padding, is_causal=True, thresholds=on) is causal
@@ -146,20 +160,35 @@ def test_the_dispatcher_picks_it_only_where_it_applies(grad):
     assert choose_kernel(q[..., :8, :], k, v, is_causal=True, thresholds=on) is not causal  # fewer queries
     assert choose_kernel(q, k, v, is_causal=True, thresholds=Thresholds(cpu_causal_min_queries=17)) is not causal
     assert choose_kernel(q, k, v, is_causal=True, thresholds=Thresholds(cpu_causal_min_queries=0)) is not causal
+    # where the blocks do not fit: a head size of 8, bf16 (the halving tree never won against SDPA)
+    assert choose_kernel(*_qkv(16, torch.float32), is_causal=True, thresholds=on) is not causal
+    assert choose_kernel(*(x.bfloat16() for x in (q, k, v)), is_causal=True, thresholds=on) is not causal
+
+
+def test_the_dispatcher_never_picks_it_without_the_compiled_blocks(monkeypatch):
+    monkeypatch.setattr(causal_module, "blocks_available", lambda: False)
+    q, k, v = _blocks_qkv(64, 64)
+    assert choose_kernel(q, k, v, is_causal=True, thresholds=Thresholds(cpu_causal_min_queries=16)) is not causal
+    expected, _ = sdpa(q, k, v, is_causal=True)  # and the kernel itself takes the halving tree
+    torch.testing.assert_close(causal(q, k, v, is_causal=True)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu sse2 avx avx2 fma", 48),
+        ("fpu sse2 avx avx2 fma avx512f", 0),
+        ("fpu sse2 avx", 0),
+        ("fp asimd", 0),
+    ],
+)
+def test_rule_turns_the_blocks_on_only_where_they_were_measured_ahead(flags, expected):
+    assert causal_rule(f"vendor_id\t: AuthenticAMD\nflags\t\t: {flags}\n") == expected
 
 
 def test_a_leaf_size_below_one_is_refused_by_name():
     with pytest.raises(ValueError, match="cpu_causal_block_queries"):
         Thresholds(cpu_causal_block_queries=0)
-
-
-# The compiled blocks (fp32, head sizes that are multiples of 16): 64-row blocks, 4-query tiles.
-needs_blocks = pytest.mark.skipif(not blocks_available(), reason="the compiled causal blocks need AVX2 and FMA")
-
-
-def _blocks_qkv(n: int, d: int, seed: int = 0, heads: int = H) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(B, heads, n, d, generator=g) for _ in range(3)]
 
 
 @needs_blocks
@@ -267,3 +296,16 @@ def test_blocks_split_few_heads_over_threads_by_key_block(threads):
     torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=2e-5)
     for got, expected, name in zip(grads, ref_grads, "qkv"):
         torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=2e-4, msg=name)
+
+
+def test_a_measured_table_takes_the_blocks_from_where_they_won_every_longer_cell():
+    from benchmarks.attention_kernels import causal_min_queries
+
+    def cells(ratios):
+        return [{"N": n, "backward": backward, "ratio": r} for n, backward, r in ratios]
+
+    both = [(32, False, 1.1), (32, True, 0.9), (48, False, 0.7), (48, True, 0.6), (1024, False, 0.5)]
+    assert causal_min_queries(cells(both)) == 48  # a loss in either mode at 32 starts it above
+    assert causal_min_queries(cells([(32, False, 0.9), (64, True, 0.8)])) == 32
+    assert causal_min_queries(cells([(32, False, 0.9), (64, True, 1.2)])) == 0  # lost at the longest
+    assert causal_min_queries([]) == 0  # the blocks do not run here

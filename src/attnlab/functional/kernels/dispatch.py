@@ -7,7 +7,7 @@ from torch import Tensor
 
 from attnlab.functional.kernels._common import Kernel
 from attnlab.functional.kernels.blockwise import blockwise
-from attnlab.functional.kernels.causal import causal, prefix_attention_applies
+from attnlab.functional.kernels.causal import blocks_fit, causal, prefix_attention_applies
 from attnlab.functional.kernels.explicit import explicit
 from attnlab.functional.kernels.sdpa import sdpa
 from attnlab.functional.kernels.thresholds import Thresholds, current_thresholds
@@ -27,9 +27,10 @@ def choose_kernel(
     """The kernel for one call, like PyTorch's own choice of SDPA backend.
 
     Per-head weights take ``explicit`` (it makes the map once; SDPA would need a second pass);
-    otherwise CUDA takes ``sdpa``. On CPU, head-averaged weights take ``blockwise``; causal calls
-    with no mask or a key-padding mask take ``causal`` from ``thresholds.cpu_causal_min_queries``
-    queries on (0: never); other calls that need no gradients take ``sdpa`` from
+    otherwise CUDA takes ``sdpa``. On CPU, head-averaged weights take ``blockwise``; causal self-
+    attention with no mask or a key-padding mask takes ``causal`` from
+    ``thresholds.cpu_causal_min_queries`` queries on (0: never) where its compiled blocks fit
+    (``causal.blocks_fit``: fp32, AVX2); other calls that need no gradients take ``sdpa`` from
     ``thresholds.forward_sdpa_min_keys(dtype)`` keys on (bf16 and fp16: ``explicit`` below), and
     training calls ``sdpa`` from ``thresholds.backward_sdpa_min_keys(dtype)`` keys on, ``explicit`` below.
 
@@ -46,8 +47,10 @@ def choose_kernel(
     if need_weights:
         return blockwise
     thresholds = current_thresholds() if thresholds is None else thresholds
-    if 0 < thresholds.cpu_causal_min_queries <= query.shape[-2] and prefix_attention_applies(
-        query, key, value, mask, is_causal, 0.0, need_weights
+    if (
+        0 < thresholds.cpu_causal_min_queries <= query.shape[-2]
+        and blocks_fit(query)
+        and prefix_attention_applies(query, key, value, mask, is_causal, 0.0, need_weights)
     ):
         return causal
     if not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)):

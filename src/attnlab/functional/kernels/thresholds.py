@@ -42,9 +42,10 @@ class Thresholds:
         cpu_forward_sdpa_min_keys_bfloat16: bf16 and fp16 CPU calls that need no gradients take
             SDPA from this many keys on, the explicit kernel below (SDPA's low-precision CPU
             forward lost to matmul-softmax-matmul on short sequences where measured).
-        cpu_causal_min_queries: causal CPU self-attention with no mask or a key-padding mask and
-            no weights takes the causal kernel from this many queries on (0: never; its pieces
-            of PyTorch's CPU flash kernel have not beaten SDPA's own causal mode where measured).
+        cpu_causal_min_queries: fp32 causal CPU self-attention with no mask or a key-padding
+            mask and no weights takes the causal kernel's compiled blocks
+            (``attnlab.functional.kernels.causal``) from this many queries on where they run (0:
+            never); the default is ``default_causal_min_queries()``.
         cpu_causal_block_queries: about the query rows of the causal kernel's leaf blocks.
         cpu_contiguous_min_keys: from this many keys on, SDPA on CPU gets contiguous copies of
             strided heads (the copy pays for itself only on long sequences).
@@ -75,7 +76,7 @@ class Thresholds:
     cpu_backward_sdpa_min_keys_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(512))
     cpu_backward_sdpa_min_keys_float64: int = 0
     cpu_forward_sdpa_min_keys_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(768))
-    cpu_causal_min_queries: int = 0
+    cpu_causal_min_queries: int = dataclasses.field(default_factory=lambda: default_causal_min_queries())
     cpu_causal_block_queries: int = 256
     cpu_contiguous_min_keys: int = 256
     cpu_step_plain_max_queries: int = 8
@@ -209,6 +210,19 @@ def step_fused_rule(cpuinfo: str) -> int:
     both SDPA and the plain products for 1 to 5 queries up to 1000 keys; else 0 (not measured
     against PyTorch's AVX-512 kernels)."""
     return 1024 if _avx2_without_avx512(cpuinfo) else 0
+
+
+@functools.cache
+def default_causal_min_queries() -> int:
+    """The default of ``Thresholds.cpu_causal_min_queries`` here: ``causal_rule`` on ``/proc/cpuinfo``."""
+    return causal_rule(_cpuinfo())
+
+
+def causal_rule(cpuinfo: str) -> int:
+    """48 on an x86 CPU with AVX2 and FMA but no AVX-512, where the compiled causal blocks took
+    about half of SDPA's causal time from 48 queries on (forward and backward) and were even at
+    32; else 0 (SDPA's causal mode: the blocks were not measured against PyTorch's AVX-512 kernels)."""
+    return 48 if _avx2_without_avx512(cpuinfo) else 0
 
 
 def _avx2_without_avx512(cpuinfo: str) -> bool:
