@@ -15,8 +15,9 @@
  *     dQ += scale dS K,  dK += scale dS^T Q.
  *
  * Every product is one 4 x 16 register tile (c += a b with a's rows broadcast and b's rows
- * loaded 16 floats at a time). The forward pass runs the (batch, head, query block) items in
- * parallel, a (batch, head)'s blocks one after the other so its keys stay in cache. The backward
+ * loaded 16 floats at a time). The forward pass runs the (batch, head) items in parallel, or,
+ * with few of them, the (batch, head, query block) items, a (batch, head)'s blocks one after the
+ * other so that its keys stay in cache. The backward
  * pass runs the (batch, head) items in parallel, each thread summing dQ of its item in its own
  * buffer; with fewer items than threads it shares out the (item, key block) pairs instead, each
  * thread summing its part of dQ in a buffer of its own, added at the end.
@@ -138,17 +139,11 @@ AVX2 static void transpose_keys(const float *k, long sn, long n, long blocks, lo
         }
 }
 
-/* The rows [i0, i0 + 64) of x as a 64-row operand: x itself (row stride sn) when they all lie
- * below n, else copied with zero rows past n into pad (row stride dim). */
-static const float *block_rows(const float *x, long sn, long i0, long n, long dim, float *pad, long *ld) {
-    if (i0 + BLOCK <= n) {
-        *ld = sn;
-        return x + i0 * sn;
-    }
-    memset(pad, 0, sizeof(float) * BLOCK * dim);
-    for (long i = i0; i < n; ++i) memcpy(pad + (i - i0) * dim, x + i * sn, sizeof(float) * dim);
-    *ld = dim;
-    return pad;
+/* Rows [0, n) of x (row stride sn) into y, contiguous, and zero rows from n to padded: the
+ * products then read every operand at one row stride, whatever the layout of the heads. */
+static void copy_rows(const float *x, long sn, long n, long padded, long dim, float *y) {
+    for (long i = 0; i < n; ++i) memcpy(y + i * dim, x + i * sn, sizeof(float) * dim);
+    memset(y + n * dim, 0, sizeof(float) * (padded - n) * dim);
 }
 
 /* s (row stride 64) = x rows . panel (d x 64, one block of transposed keys) for the tiles of
@@ -162,12 +157,14 @@ AVX2 static void block_scores(const float *x, long ldx, long rows, const float *
     }
 }
 
-/* One query block of one (batch, head): online softmax over its key blocks, then out and lse. */
-AVX2 static void forward_block(const causal_args *a, long b, long h, long qb, const float *kt, float *work) {
-    long n = a->n, dim = a->dim, q0 = qb * BLOCK, queries = n - q0 < BLOCK ? n - q0 : BLOCK, ldq;
-    float *s = work, *acc = s + BLOCK * BLOCK, *qpad = acc + BLOCK * dim, m[BLOCK], l[BLOCK];
-    const float *q = block_rows(row_of(&a->q, b, h, 0), a->q.sn, q0, n, dim, qpad, &ldq);
-    const float *v = row_of(&a->v, b, h, 0), *bias = a->bias.p ? row_of(&a->bias, b, h, 0) : NULL;
+/* One query block of one (batch, head) against its keys kt (transposed by blocks) and values v
+ * (contiguous, padded): online softmax over the key blocks, then out and lse. */
+AVX2 static void forward_block(const causal_args *a, long b, long h, long qb, const float *kt, const float *v,
+                               float *work) {
+    long n = a->n, dim = a->dim, q0 = qb * BLOCK, queries = n - q0 < BLOCK ? n - q0 : BLOCK;
+    float *s = work, *acc = s + BLOCK * BLOCK, *q = acc + BLOCK * dim, m[BLOCK], l[BLOCK];
+    const float *bias = a->bias.p ? row_of(&a->bias, b, h, 0) : NULL;
+    copy_rows(row_of(&a->q, b, h, q0), a->q.sn, queries, BLOCK, dim, q);
     memset(acc, 0, sizeof(float) * BLOCK * dim);
     for (long i = 0; i < BLOCK; ++i) m[i] = -INFINITY, l[i] = 0.0f;
     for (long kb = 0; kb <= qb; ++kb) {
@@ -177,7 +174,7 @@ AVX2 static void forward_block(const causal_args *a, long b, long h, long qb, co
         for (long r = 0; r < queries; r += ROWS) { /* a tile of queries: scores, softmax, values */
             long end = diagonal && r + ROWS < keys ? r + ROWS : keys, cols = (end + 7) / 8 * 8;
             for (long c = 0; c < end; c += 16)
-                tile(q + r * ldq, ldq, 1, panel + c, BLOCK, dim, s + r * BLOCK + c, BLOCK, 0);
+                tile(q + r * dim, dim, 1, panel + c, BLOCK, dim, s + r * BLOCK + c, BLOCK, 0);
             for (long i = r; i < r + ROWS; ++i) {
                 long valid = diagonal && i + 1 < keys ? i + 1 : keys;
                 float *row = s + i * BLOCK;
@@ -203,7 +200,7 @@ AVX2 static void forward_block(const causal_args *a, long b, long h, long qb, co
                 m[i] = peak;
             }
             for (long c = 0; c < dim; c += 16)
-                tile(s + r * BLOCK, BLOCK, 1, v + k0 * a->v.sn + c, a->v.sn, end, acc + r * dim + c, dim, 1);
+                tile(s + r * BLOCK, BLOCK, 1, v + k0 * dim + c, dim, end, acc + r * dim + c, dim, 1);
         }
     }
     for (long i = 0; i < BLOCK && q0 + i < n; ++i) {
@@ -215,61 +212,102 @@ AVX2 static void forward_block(const causal_args *a, long b, long h, long qb, co
     }
 }
 
-/* 0, or -1 where memory ran out. */
-static int causal_forward(const causal_args *a, int threads) {
-    long blocks = (a->n + BLOCK - 1) / BLOCK, padded = blocks * BLOCK, items = a->batch * a->heads;
-    float *kt = malloc(sizeof(float) * (size_t)(items * padded * a->dim));
-    if (!kt) return -1;
+#define WORK_FLOATS(dim) (BLOCK * BLOCK + 2 * BLOCK * (dim))
+
+/* One (batch, head)'s keys, transposed by blocks, then its values, contiguous (2 x padded x d). */
+AVX2 static void pack_item(const causal_args *a, long b, long h, long blocks, float *packed) {
+    long padded = blocks * BLOCK;
+    transpose_keys(row_of(&a->k, b, h, 0), a->k.sn, a->n, blocks, a->dim, a->scale * LOG2E, packed);
+    copy_rows(row_of(&a->v, b, h, 0), a->v.sn, a->n, padded, a->dim, packed + padded * a->dim);
+}
+
+/* With many (batch, head) items, each is one thread's: packed once into the thread's buffer, its
+ * query blocks one after the other. 0, or -1 where memory ran out. */
+static int forward_by_item(const causal_args *a, int threads, long blocks) {
+    long padded = blocks * BLOCK, items = a->batch * a->heads, dim = a->dim;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *packed = malloc(sizeof(float) * (size_t)(2 * padded * dim + WORK_FLOATS(dim)));
+        failed |= packed == NULL;
+#pragma omp for schedule(dynamic)
+        for (long item = 0; item < items; ++item) {
+            long b = item / a->heads, h = item % a->heads;
+            if (!packed) continue;
+            pack_item(a, b, h, blocks, packed);
+            for (long qb = 0; qb < blocks; ++qb)
+                forward_block(a, b, h, qb, packed, packed + padded * dim, packed + 2 * padded * dim);
+        }
+        free(packed);
+    }
+    return failed ? -1 : 0;
+}
+
+/* With few items, every item is packed first, then the (item, query block) pairs are shared out,
+ * an item's blocks in a row so that its keys stay in cache. */
+static int forward_by_block(const causal_args *a, int threads, long blocks) {
+    long padded = blocks * BLOCK, items = a->batch * a->heads, per_item = 2 * padded * a->dim;
+    float *packed = malloc(sizeof(float) * (size_t)(items * per_item));
+    if (!packed) return -1;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
 #pragma omp for schedule(static)
         for (long item = 0; item < items; ++item)
-            transpose_keys(row_of(&a->k, item / a->heads, item % a->heads, 0), a->k.sn, a->n, blocks,
-                           a->dim, a->scale * LOG2E, kt + item * padded * a->dim);
-        float *work = malloc(sizeof(float) * (BLOCK * BLOCK + 2 * BLOCK * (size_t)a->dim));
+            pack_item(a, item / a->heads, item % a->heads, blocks, packed + item * per_item);
+        float *work = malloc(sizeof(float) * WORK_FLOATS(a->dim));
         failed |= work == NULL;
-        /* One (batch, head)'s query blocks in a row, sharing its keys and values in cache. */
 #pragma omp for schedule(dynamic)
         for (long index = 0; index < items * blocks; ++index) {
             long item = index / blocks, qb = index % blocks;
-            if (work)
-                forward_block(a, item / a->heads, item % a->heads, qb, kt + item * padded * a->dim, work);
+            float *kt = packed + item * per_item;
+            if (work) forward_block(a, item / a->heads, item % a->heads, qb, kt, kt + padded * a->dim, work);
         }
         free(work);
     }
-    free(kt);
+    free(packed);
     return failed ? -1 : 0;
 }
 
+static int causal_forward(const causal_args *a, int threads) {
+    long blocks = (a->n + BLOCK - 1) / BLOCK;
+    if (a->batch * a->heads >= 4L * threads) return forward_by_item(a, threads, blocks);
+    return forward_by_block(a, threads, blocks);
+}
+
 /* What the key blocks of one (batch, head) share in the backward pass: its keys (times scale and
- * log2 e) and values transposed by blocks, and delta_i = dO_i . O_i. */
+ * log2 e) and values transposed by blocks; its queries, keys and output gradient contiguous
+ * (padded rows x d); and delta_i = dO_i . O_i. */
 typedef struct {
-    float *kt, *vt, *delta;
+    float *kt, *vt, *q, *k, *dout, *delta;
 } item_data;
 
 /* One thread's tiles. */
 typedef struct {
-    float *s, *ds, *dk, *dv, *qpad, *dopad;
+    float *s, *ds, *dk, *dv;
 } scratch;
 
-#define ITEM_FLOATS(padded, dim) (2 * (padded) * (dim) + (padded))
-#define SCRATCH_FLOATS(dim) (2 * BLOCK * BLOCK + 4 * BLOCK * (dim))
+#define ITEM_FLOATS(padded, dim) (5 * (padded) * (dim) + (padded))
+#define SCRATCH_FLOATS(dim) (2 * BLOCK * BLOCK + 2 * BLOCK * (dim))
 
 static item_data item_at(float *memory, long padded, long dim) {
-    return (item_data){memory, memory + padded * dim, memory + 2 * padded * dim};
+    long size = padded * dim;
+    return (item_data){memory, memory + size, memory + 2 * size, memory + 3 * size, memory + 4 * size,
+                       memory + 5 * size};
 }
 
 static scratch scratch_at(float *memory, long dim) {
     float *tiles = memory + 2 * BLOCK * BLOCK;
-    return (scratch){memory, memory + BLOCK * BLOCK, tiles, tiles + BLOCK * dim, tiles + 2 * BLOCK * dim,
-                     tiles + 3 * BLOCK * dim};
+    return (scratch){memory, memory + BLOCK * BLOCK, tiles, tiles + BLOCK * dim};
 }
 
 AVX2 static void prepare_item(const causal_args *a, long b, long h, long blocks, item_data *d) {
     long n = a->n, dim = a->dim;
     transpose_keys(row_of(&a->k, b, h, 0), a->k.sn, n, blocks, dim, a->scale * LOG2E, d->kt);
     transpose_keys(row_of(&a->v, b, h, 0), a->v.sn, n, blocks, dim, 1.0f, d->vt);
+    copy_rows(row_of(&a->q, b, h, 0), a->q.sn, n, blocks * BLOCK, dim, d->q);
+    copy_rows(row_of(&a->k, b, h, 0), a->k.sn, n, blocks * BLOCK, dim, d->k);
+    copy_rows(row_of(&a->dout, b, h, 0), a->dout.sn, n, blocks * BLOCK, dim, d->dout);
     for (long i = 0; i < n; ++i) {
         const float *o = row_of(&a->out, b, h, i), *g = row_of(&a->dout, b, h, i);
         __m256 sum = _mm256_setzero_ps();
@@ -283,17 +321,15 @@ AVX2 static void prepare_item(const causal_args *a, long b, long h, long blocks,
 AVX2 static void backward_keys(const causal_args *a, long b, long h, long kb, long blocks, const item_data *d,
                                float *dq, scratch *w) {
     long n = a->n, dim = a->dim, k0 = kb * BLOCK, keys = n - k0 < BLOCK ? n - k0 : BLOCK;
-    const float *q = row_of(&a->q, b, h, 0), *k = row_of(&a->k, b, h, 0), *dout = row_of(&a->dout, b, h, 0);
     const float *bias = a->bias.p ? row_of(&a->bias, b, h, 0) : NULL, *lse = row_of(&a->lse, b, h, 0);
     memset(w->dk, 0, sizeof(float) * BLOCK * dim);
     memset(w->dv, 0, sizeof(float) * BLOCK * dim);
     for (long qb = kb; qb < blocks; ++qb) {
-        long q0 = qb * BLOCK, queries = n - q0 < BLOCK ? n - q0 : BLOCK, ldq, ldo;
+        long q0 = qb * BLOCK, queries = n - q0 < BLOCK ? n - q0 : BLOCK;
         int diagonal = qb == kb;
-        const float *qr = block_rows(q, a->q.sn, q0, n, dim, w->qpad, &ldq);
-        const float *gr = block_rows(dout, a->dout.sn, q0, n, dim, w->dopad, &ldo);
-        block_scores(qr, ldq, queries, d->kt + kb * dim * BLOCK, dim, diagonal, w->s);
-        block_scores(gr, ldo, queries, d->vt + kb * dim * BLOCK, dim, diagonal, w->ds); /* dP = dO V^T */
+        const float *qr = d->q + q0 * dim, *gr = d->dout + q0 * dim;
+        block_scores(qr, dim, queries, d->kt + kb * dim * BLOCK, dim, diagonal, w->s);
+        block_scores(gr, dim, queries, d->vt + kb * dim * BLOCK, dim, diagonal, w->ds); /* dP = dO V^T */
         for (long i = 0; i < BLOCK; ++i) { /* s = P, ds = P * (dP - delta), zeros where masked */
             float row_lse = i < queries ? lse[(q0 + i) * a->lse.sn] : -INFINITY;
             long valid = row_lse == -INFINITY ? 0 : (diagonal && i + 1 < keys ? i + 1 : keys);
@@ -318,14 +354,13 @@ AVX2 static void backward_keys(const causal_args *a, long b, long h, long kb, lo
             long count = diagonal && r + ROWS < keys ? r + ROWS : keys;
             for (long c = 0; c < dim; c += 16) {
                 if (r < keys && queries > first) {
-                    tile(w->s + first * BLOCK + r, 1, BLOCK, gr + first * ldo + c, ldo, queries - first,
+                    tile(w->s + first * BLOCK + r, 1, BLOCK, gr + first * dim + c, dim, queries - first,
                          w->dv + r * dim + c, dim, 1);
-                    tile(w->ds + first * BLOCK + r, 1, BLOCK, qr + first * ldq + c, ldq, queries - first,
+                    tile(w->ds + first * BLOCK + r, 1, BLOCK, qr + first * dim + c, dim, queries - first,
                          w->dk + r * dim + c, dim, 1);
                 }
                 if (r < queries)
-                    tile(w->ds + r * BLOCK, BLOCK, 1, k + k0 * a->k.sn + c, a->k.sn, count, dq + (q0 + r) * dim + c,
-                         dim, 1);
+                    tile(w->ds + r * BLOCK, BLOCK, 1, d->k + k0 * dim + c, dim, count, dq + (q0 + r) * dim + c, dim, 1);
             }
         }
     }
