@@ -7,11 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attnlab import MultiHeadAttention
 from attnlab.functional.kernels import Thresholds, causal, choose_kernel, sdpa, set_thresholds
 from attnlab.functional.kernels.causal import blocks_available, blocks_fit
 from attnlab.functional.kernels.thresholds import causal_rule
 
 causal_module = importlib.import_module("attnlab.functional.kernels.causal")
+kernels_package = importlib.import_module("attnlab.functional.kernels")
 
 B, H, D = 2, 3, 8
 DTYPES = [torch.float32, torch.bfloat16, torch.float64]
@@ -309,3 +311,33 @@ def test_a_measured_table_takes_the_blocks_from_where_they_won_every_longer_cell
     assert causal_min_queries(cells([(32, False, 0.9), (64, True, 0.8)])) == 32
     assert causal_min_queries(cells([(32, False, 0.9), (64, True, 1.2)])) == 0  # lost at the longest
     assert causal_min_queries([]) == 0  # the blocks do not run here
+
+
+@needs_blocks
+def test_a_causal_layer_reaches_the_blocks_and_matches_torch(monkeypatch):
+    """``MultiHeadAttention(is_causal=True)`` goes through ``attention()`` and the dispatcher to the
+    blocks (spied), with a key-padding mask, and gives ``nn.MultiheadAttention``'s output and gradients."""
+    chosen = []
+    choose = kernels_package.choose_kernel
+
+    def spy(*args, **kwargs):
+        chosen.append(choose(*args, **kwargs))
+        return chosen[-1]
+
+    monkeypatch.setattr(kernels_package, "choose_kernel", spy)
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(64, 4, batch_first=True)  # head size 16
+    ours = MultiHeadAttention.from_torch(ref)
+    n = 100
+    x = torch.randn(B, n, 64, generator=torch.Generator().manual_seed(6))
+    padding = torch.zeros(B, n, dtype=torch.bool)
+    padding[1, -30:] = True  # torch's sense: True = padded
+    results = []
+    for module, extra in ((ref, {"attn_mask": ~torch.ones(n, n, dtype=torch.bool).tril()}), (ours, {})):
+        inputs = x.clone().requires_grad_()
+        out, _ = module(inputs, inputs, inputs, key_padding_mask=padding, is_causal=True, need_weights=False, **extra)
+        results.append((out, torch.autograd.grad(out.square().sum(), inputs)[0]))
+    assert causal in chosen
+    (ref_out, ref_grad), (out, grad) = results
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-4, rtol=1e-4)

@@ -91,7 +91,7 @@ def attention(
     options = dict(is_causal=is_causal, dropout_p=dropout_p, need_weights=need_weights)
     if score_fn is scaled_dot_score and norm_fn is softmax:  # the one switch: Eq. 1 goes to a kernel
         check_same_dim(query, key, "scaled_dot_score")  # before a kernel that would name neither
-        kernel = _kernel(query, key, value, fused, need_weights, weights_average_dim)
+        kernel = _kernel(query, key, value, mask, fused, is_causal, need_weights, weights_average_dim)
         context, weights = kernel(
             query, key, value, mask, scale=scale, weights_average_dim=weights_average_dim, **options
         )
@@ -106,11 +106,20 @@ def attention(
 
 
 def _kernel(
-    query: Tensor, key: Tensor, value: Tensor, fused: bool | None, need_weights: bool, average_dim: int | None
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None,
+    fused: bool | None,
+    is_causal: bool,
+    need_weights: bool,
+    average_dim: int | None,
 ) -> kernels.Kernel:
     """The kernel ``fused`` forces, else the dispatcher's choice."""
     if fused is None:
-        return kernels.choose_kernel(query, key, value, need_weights=need_weights, weights_average_dim=average_dim)
+        return kernels.choose_kernel(
+            query, key, value, mask, is_causal=is_causal, need_weights=need_weights, weights_average_dim=average_dim
+        )
     return kernels.sdpa if fused else kernels.explicit
 
 
