@@ -5,9 +5,11 @@ the fused ``nn.MultiheadAttention`` inference path, oneDNN's linear (packed or p
 linear (attnlab's decoding engine, fp32 and int8) would count as zero, and a peer that takes
 another kernel would look like less work. ``count_flops`` adds their formulas, the same ones
 PyTorch uses for the CUDA kernels: a matmul of (m, k) by (k, n) is 2 m k n FLOPs; attention is
-4 B H L S d forward (QKᵀ and A V). attnlab's compiled decoding kernels (thin products, fused
-step attention) are C calls that no torch mode sees: while counting, the decoding engine takes
-PyTorch's kernels instead (the same products, so the same FLOPs).
+4 B H L S d forward (QKᵀ and A V). attnlab's compiled kernels (thin products, fused step
+attention, causal blocks) are C calls that no torch mode sees: while counting, attnlab takes
+PyTorch's kernels instead (the same products, so the same FLOPs). Causal attention counts as full
+attention, as PyTorch's formula for SDPA does and as MFU is usually defined (PaLM, Appendix B):
+the FLOPs of the model, not of the kernel that skips half of them.
 """
 
 from __future__ import annotations
@@ -72,7 +74,9 @@ def count_flops(fn: Callable[[], object]) -> int:
         fn: a closure; it runs once, for real, under the counter.
     """
     counter = FlopCounterMode(display=False, custom_mapping=_cpu_formulas())
-    counted = dataclasses.replace(current_thresholds(), cpu_thin_max_rows=0, cpu_step_fused_max_keys=0)
+    counted = dataclasses.replace(
+        current_thresholds(), cpu_thin_max_rows=0, cpu_step_fused_max_keys=0, cpu_causal_min_queries=0
+    )
     previous = set_thresholds(counted)
     try:
         with counter:

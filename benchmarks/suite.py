@@ -56,6 +56,7 @@ class Sizes:
     attn_heads: int = 8
     attn_head_dim: int = 64
     attn_lengths: tuple[int, ...] = (512, 2048)
+    attn_causal_length: int = 1024
     preset: str = "base"  # Transformer
     vocab: int = 8000
     batch: int = 8
@@ -75,6 +76,7 @@ SIZES = {
         attn_heads=2,
         attn_head_dim=16,
         attn_lengths=(32, 64),
+        attn_causal_length=64,
         preset="tiny",
         vocab=200,
         batch=2,
@@ -117,14 +119,18 @@ class Case:
 # --- the cases ------------------------------------------------------------------------------------
 
 
-def _attention(sizes: Sizes, n: int, backward: bool) -> Callable[[torch.device], Built]:
+def _attention(sizes: Sizes, n: int, backward: bool, causal: bool = False) -> Callable[[torch.device], Built]:
+    """Self-attention layers; causal ones also against the same projections around SDPA's causal
+    mode, PyTorch's fastest causal attention (``nn.MultiheadAttention`` builds a full mask there)."""
     from benchmarks.attention import make_case
 
     dims = (sizes.attn_batch, sizes.attn_heads, sizes.attn_head_dim)
+    peers = {"attnlab": "attnlab", "nn.MultiheadAttention": "torch"}
+    if causal:
+        peers["SDPA layer"] = "sdpa"
 
     def build(device: torch.device) -> Built:
-        sides = {p: make_case(p, n, False, backward, *dims, device=device) for p in ("attnlab", "torch")}
-        return Built({"attnlab": sides["attnlab"], "nn.MultiheadAttention": sides["torch"]})
+        return Built({name: make_case(peer, n, causal, backward, *dims, device=device) for name, peer in peers.items()})
 
     return build
 
@@ -235,6 +241,10 @@ def all_cases(sizes: Sizes, bf16: bool) -> list[Case]:
             quick = i == 0 or not backward
             cases.append(Case(f"attn-{mode}-{n}", f"self-attention {mode} {attn} N={n}", "ms", "fp32", quick,
                               _attention(sizes, n, backward)))  # fmt: skip
+    n = sizes.attn_causal_length
+    for backward, mode in ((False, "fwd"), (True, "fwdbwd")):
+        cases.append(Case(f"attn-causal-{mode}-{n}", f"causal self-attention {mode} {attn} N={n}", "ms", "fp32", True,
+                          _attention(sizes, n, backward, causal=True)))  # fmt: skip
     model = f"{sizes.preset} Transformer, batch {sizes.batch}"
     for dtype in ("fp32", "bf16") if bf16 else ("fp32",):
         tag, on = ("" if dtype == "fp32" else "-bf16"), dtype == "bf16"

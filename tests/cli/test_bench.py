@@ -58,6 +58,20 @@ def test_fused_step_attention_of_the_decoding_engine_is_counted():
     assert count_flops(lambda: step_attention(q, k, k)) == 4 * 2 * 4 * 3 * 40 * 16  # QKᵀ and A V
 
 
+def test_causal_blocks_are_counted_as_full_attention_as_pytorch_counts_sdpa():
+    """The causal blocks are a C call no torch mode sees: counting takes SDPA's causal mode, whose
+    formula (PyTorch's) is full attention's, so a causal layer counts as the paper's formula."""
+    from attnlab.functional.kernels import Thresholds, current_thresholds, set_thresholds
+
+    set_thresholds(Thresholds(cpu_causal_min_queries=1))
+    b, h, d, n = 2, 2, 16, 64
+    e = h * d
+    expected = 4 * b * h * n * n * d + 4 * (2 * b * n * e * e)
+    with torch.no_grad():
+        assert count_flops(make_case("attnlab", n, True, False, b, h, d)) == expected
+    assert current_thresholds().cpu_causal_min_queries == 1  # restored after counting
+
+
 def test_mfu_is_rate_over_peak():
     assert mfu(flops=6e9, seconds=0.5, peak_gflops=24.0) == pytest.approx(0.5)
     with pytest.raises(ValueError, match=r"seconds \(0"):
@@ -237,3 +251,29 @@ def test_a_missing_package_skips_its_cases_with_one_line():
     kept, lines = runnable(cases + absent, torch.device("cpu"))
     assert kept == cases
     assert lines == ["no_such_package is not installed: x-0, x-1 skipped (pip install no_such_package)"]
+
+
+def test_causal_cases_take_the_faster_of_two_pytorch_peers(tmp_path: Path):
+    """nn.MultiheadAttention builds a full mask for causal calls; the SDPA layer is PyTorch's fastest
+    causal attention, and the ratio is against whichever of them was faster."""
+    out = tmp_path / "bench.json"
+    argv = [
+        "bench",
+        "--sizes",
+        "tiny",
+        "--only",
+        "attn-causal-fwd",
+        "--repeats",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    (case,) = json.loads(out.read_text())["cases"]
+    assert case["case"] == "attn-causal-fwd-64"
+    assert list(case["sides"]) == ["attnlab", "nn.MultiheadAttention", "SDPA layer"]
+    medians = {name: side["median_ms"] for name, side in case["sides"].items() if name != "attnlab"}
+    assert case["peer"] == min(medians, key=medians.get)
+    assert case["ratio"] == pytest.approx(medians[case["peer"]] / case["sides"]["attnlab"]["median_ms"])

@@ -27,6 +27,7 @@ from pathlib import Path
 from attnlab.cli.inference import positive_int
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the checkout, for an editable install
+NAME = 24  # the case column: the longest name, attn-causal-fwdbwd-1024, and a space
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(error))
     if args.list:
         for case in cases:
-            print(f"{case.name:22} {case.dtype:5} {'quick' if case.quick else '':5} {case.what}")
+            print(f"{case.name:{NAME}} {case.dtype:5} {'quick' if case.quick else '':5} {case.what}")
         return 0
     cases, skipped = suite.runnable(cases, device)
     for line in skipped:
@@ -136,7 +137,7 @@ def _command(args: argparse.Namespace) -> str:
 def _progress(row: dict) -> None:
     ours, peer = row["sides"][row["ours"]], row["sides"][row["peer"]]
     print(
-        f"{row['case']:22} ours {ours['median_ms']:9.1f} ms, {row['peer']} {peer['median_ms']:9.1f} ms: "
+        f"{row['case']:{NAME}} ours {ours['median_ms']:9.1f} ms, {row['peer']} {peer['median_ms']:9.1f} ms: "
         f"x{row['ratio']:.2f}",
         flush=True,
     )
@@ -164,14 +165,14 @@ def table(report: dict) -> list[str]:
         + ", ".join(f"{d} {r:.0f} GFLOP/s" for d, r in gemm.items())
         + "; ratio = peer time / ours (> 1: attnlab faster); cpu = the same for this process's CPU time; "
         + "others = share of the CPU other processes took (median round)",
-        f"{'case':22} {'dtype':5} {'attnlab':>15} {'peer':>15} {'':22} {'ratio':>6} {'cpu':>5} "
+        f"{'case':{NAME}} {'dtype':5} {'attnlab':>15} {'peer':>15} {'':22} {'ratio':>6} {'cpu':>5} "
         f"{'MFU ours':>8} {'MFU peer':>8} {'others':>6} {'kept':>5}",
     ]
     for row in report["cases"]:
         ours, peer = row["sides"][row["ours"]], row["sides"][row["peer"]]
         noise = row["noise"]
         lines.append(
-            f"{row['case']:22} {row['dtype']:5} {_value(ours, row['unit']):>15} {_value(peer, row['unit']):>15} "
+            f"{row['case']:{NAME}} {row['dtype']:5} {_value(ours, row['unit']):>15} {_value(peer, row['unit']):>15} "
             f"{row['peer'][:22]:22} {row['ratio']:6.2f} {row['cpu_time_ratio'] or 0:5.2f} "
             f"{ours['mfu']:8.1%} {peer['mfu']:8.1%} "
             f"{noise['foreign_share_median']:6.0%} {noise['rounds_kept']:>2}/{noise['rounds']}"
