@@ -244,6 +244,26 @@ def test_blocks_use_the_causal_mask_not_the_full_map():
 
 
 @needs_blocks
+def test_a_nan_reaches_exactly_the_queries_that_see_it():
+    """A NaN key spoils the queries at or after it only (the causal mask keeps it from the others);
+    a NaN query spoils its own row. Reference: the paper's formula in float64, masked scores
+    replaced by -inf (replaced, not added to: NaN - inf would be NaN)."""
+    n, d, bad_key, bad_query = 150, 32, 70, 20
+    q, k, v = _blocks_qkv(n, d)
+    k[0, 1, bad_key, 5] = math.nan
+    q[1, 2, bad_query, 0] = math.nan
+    out, _ = causal(q, k, v, is_causal=True)
+    scores = (q.double() @ k.double().transpose(-2, -1)) * d**-0.5
+    scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), -math.inf)
+    ref = scores.softmax(-1) @ v.double()
+    spoiled = out.isnan().any(-1)
+    assert spoiled.equal(ref.isnan().any(-1))
+    assert spoiled[0, 1].nonzero().flatten().tolist() == list(range(bad_key, n))
+    assert spoiled[1, 2].nonzero().flatten().tolist() == [bad_query] and spoiled.sum() == n - bad_key + 1
+    torch.testing.assert_close(out.double().nan_to_num(), ref.nan_to_num(), atol=2e-6, rtol=2e-5)
+
+
+@needs_blocks
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_blocks_give_the_same_bits_on_any_number_of_threads(threads):
     q, k, v = (x.requires_grad_() for x in _blocks_qkv(130, 32, heads=5))
