@@ -7,9 +7,10 @@ another kernel would look like less work. ``count_flops`` adds their formulas, t
 PyTorch uses for the CUDA kernels: a matmul of (m, k) by (k, n) is 2 m k n FLOPs; attention is
 4 B H L S d forward (QKᵀ and A V). attnlab's compiled kernels (thin products, fused step
 attention, causal blocks) are C calls that no torch mode sees: while counting, attnlab takes
-PyTorch's kernels instead (the same products, so the same FLOPs). Causal attention counts as full
-attention, as PyTorch's formula for SDPA does and as MFU is usually defined (PaLM, Appendix B):
-the FLOPs of the model, not of the kernel that skips half of them.
+PyTorch's kernels instead (the same products, so the same FLOPs). Causal attention counts the
+(query, key) pairs under the mask only, as FlashAttention's benchmarks do (about half of full
+attention for self-attention); PyTorch's own formula counts the whole square, which would put a
+kernel that skips the masked half above 100% of the machine.
 """
 
 from __future__ import annotations
@@ -27,12 +28,27 @@ from attnlab.functional.kernels import current_thresholds, set_thresholds
 __all__ = ["count_flops", "mfu"]
 
 
+def _causal_share(query, key, is_causal: bool) -> float:
+    """The share of (query, key) pairs a call computes: all, or under SDPA's causal mask (query i
+    sees keys 0..i) those at or below the diagonal, as FlashAttention counts causal FLOPs."""
+    lq, lk = query[-2], key[-2]
+    if not is_causal or not lq or not lk:
+        return 1.0
+    square = min(lq, lk)  # the triangle, then the rows that see every key
+    return (square * (square + 1) // 2 + (lq - square) * lk) / (lq * lk)
+
+
 def _sdpa_cpu(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return flop_counter.sdpa_flop_count(query, key, value)
+    """(query, key, value, dropout_p, is_causal, ...)"""
+    is_causal = args[1] if len(args) > 1 else kwargs.get("is_causal", False)
+    return round(flop_counter.sdpa_flop_count(query, key, value) * _causal_share(query, key, is_causal))
 
 
 def _sdpa_cpu_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+    """(grad_out, query, key, value, out, logsumexp, dropout_p, is_causal, ...)"""
+    is_causal = args[3] if len(args) > 3 else kwargs.get("is_causal", False)
+    full = flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+    return round(full * _causal_share(query, key, is_causal))
 
 
 def _native_multi_head_attention(query, key, value, embed_dim, *args, out_shape=None, **kwargs) -> int:

@@ -121,7 +121,9 @@ class Case:
 
 def _attention(sizes: Sizes, n: int, backward: bool, causal: bool = False) -> Callable[[torch.device], Built]:
     """Self-attention layers; causal ones also against the same projections around SDPA's causal
-    mode, PyTorch's fastest causal attention (``nn.MultiheadAttention`` builds a full mask there)."""
+    mode, PyTorch's fastest causal attention. ``nn.MultiheadAttention`` computes causal attention
+    under a full mask, so its MFU there counts the model's FLOPs (ours), not the masked half it
+    computes anyway."""
     from benchmarks.attention import make_case
 
     dims = (sizes.attn_batch, sizes.attn_heads, sizes.attn_head_dim)
@@ -130,7 +132,8 @@ def _attention(sizes: Sizes, n: int, backward: bool, causal: bool = False) -> Ca
         peers["SDPA layer"] = "sdpa"
 
     def build(device: torch.device) -> Built:
-        return Built({name: make_case(peer, n, causal, backward, *dims, device=device) for name, peer in peers.items()})
+        sides = {name: make_case(peer, n, causal, backward, *dims, device=device) for name, peer in peers.items()}
+        return Built(sides, flops_of_ours=("nn.MultiheadAttention",) if causal else ())
 
     return build
 

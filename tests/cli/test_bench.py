@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from benchmarks.attention import make_case
 from benchmarks.flops import count_flops, mfu
 from benchmarks.readme_table import END, START, block, machine_line, rewrite, update_readme
@@ -58,18 +59,30 @@ def test_fused_step_attention_of_the_decoding_engine_is_counted():
     assert count_flops(lambda: step_attention(q, k, k)) == 4 * 2 * 4 * 3 * 40 * 16  # QKᵀ and A V
 
 
-def test_causal_blocks_are_counted_as_full_attention_as_pytorch_counts_sdpa():
-    """The causal blocks are a C call no torch mode sees: counting takes SDPA's causal mode, whose
-    formula (PyTorch's) is full attention's, so a causal layer counts as the paper's formula."""
+def test_causal_blocks_are_counted_as_the_pairs_under_the_mask():
+    """The causal blocks are a C call no torch mode sees: counting takes SDPA's causal mode, which
+    counts the n (n + 1) / 2 (query, key) pairs under the mask, as FlashAttention does."""
     from attnlab.functional.kernels import Thresholds, current_thresholds, set_thresholds
 
     set_thresholds(Thresholds(cpu_causal_min_queries=1))
     b, h, d, n = 2, 2, 16, 64
     e = h * d
-    expected = 4 * b * h * n * n * d + 4 * (2 * b * n * e * e)
+    expected = 4 * b * h * (n * (n + 1) // 2) * d + 4 * (2 * b * n * e * e)
     with torch.no_grad():
         assert count_flops(make_case("attnlab", n, True, False, b, h, d)) == expected
     assert current_thresholds().cpu_causal_min_queries == 1  # restored after counting
+
+
+@pytest.mark.parametrize(("lq", "lk"), [(5, 5), (3, 7), (7, 3), (1, 9)])
+def test_causal_sdpa_counts_the_pairs_its_mask_allows(lq, lk):
+    """SDPA's causal mask lets query i see keys 0..i; forward 4 d per pair, backward 2.5 times that."""
+    q, k = torch.randn(2, 3, lq, 8), torch.randn(2, 3, lk, 8)
+    pairs = int((torch.ones(lq, lk).tril() > 0).sum())
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, k, k, is_causal=True)) == 4 * 2 * 3 * pairs * 8
+    q, k = q.requires_grad_(), k.requires_grad_()
+    full = count_flops(lambda: F.scaled_dot_product_attention(q, k, k).sum().backward())
+    causal = count_flops(lambda: F.scaled_dot_product_attention(q, k, k, is_causal=True).sum().backward())
+    assert causal * lq * lk == full * pairs
 
 
 def test_mfu_is_rate_over_peak():
