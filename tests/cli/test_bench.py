@@ -188,12 +188,15 @@ def test_tiny_run_prints_the_row_and_writes_the_machine(tmp_path: Path, capsys):
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["threads"] == 1 and machine["torch"] == torch.__version__
     assert set(machine["cpu_flags"]) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"} and machine["cpu_model"]
-    assert report["gemm_gflops"]["peak"]["fp32"] > 0
+    gemm = report["gemm_gflops"]
+    assert len(gemm["samples"]) == 2  # before the case and after it
+    assert gemm["peak"]["fp32"] == max(sample["fp32"] for sample in gemm["samples"]) > 0
     rows = fused_decoder.max_rows()
     assert machine["decoder_steps"] == (f"fused up to {rows} rows" if rows else "layer by layer")
     (case,) = report["cases"]
     ours = case["sides"]["attnlab"]
     assert 0 < ours["min_ms"] <= ours["median_ms"] and ours["flops_per_call"] > 0 and ours["mfu"] > 0
+    assert ours["mfu"] == pytest.approx(ours["gflops"] / gemm["peak"]["fp32"])
     assert 0 <= case["noise"]["foreign_share_median"] <= 1 and case["ratio"] == pytest.approx(ratio, abs=0.01)
 
 
