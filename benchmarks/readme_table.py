@@ -38,6 +38,8 @@ def machine_line(report: dict) -> str:
         attention = f", step attention {m['step_attention']}" if "step_attention" in m else ""
         steps = f", decoder steps {m['decoder_steps']}" if "decoder_steps" in m else ""
         kernels.append(f"its decoding products {m['decoding_products']}{attention}{steps}")
+    if "causal_attention" in m:
+        kernels.append(f"causal attention {m['causal_attention']}")
     return (
         f"`{report['command']}` on {m['cpu_model']} ({m['cores']} cores; {flags}), {threads}, "
         f"torch {m['torch']}, transformers {m['transformers']}; large-matmul peak {peaks}"

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from attnlab.functional.kernels import fused_step, onednn, thin
+from attnlab.functional.kernels.causal import min_queries as causal_min_queries
 from attnlab.functional.kernels.linear import uses_onednn
 from attnlab.functional.kernels.thresholds import cpu_flags, cpu_model
 from attnlab.inference import fused_decoder
@@ -461,6 +462,7 @@ def machine(device: torch.device, threads: int) -> dict:
         "decoding_products": decoding_products(device),
         "step_attention": step_attention_kernel(device),
         "decoder_steps": decoder_steps(device),
+        "causal_attention": causal_attention(device),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,
@@ -492,6 +494,13 @@ def decoder_steps(device: torch.device) -> str:
     """How the decoding engine runs a step: fused (``inference.fused_decoder``) up to a row count, or layer by layer."""
     rows = fused_decoder.max_rows() if device.type == "cpu" else 0
     return f"fused up to {rows} rows" if rows else "layer by layer"
+
+
+def causal_attention(device: torch.device) -> str:
+    """The kernel of fp32 causal self-attention (``kernels.causal``): the compiled blocks from a
+    query count, or SDPA's causal mode."""
+    queries = causal_min_queries() if device.type == "cpu" else 0
+    return f"compiled blocks from {queries} queries" if queries else "SDPA's causal mode"
 
 
 def _version(package: str) -> str | None:

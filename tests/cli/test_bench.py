@@ -14,6 +14,7 @@ from benchmarks.flops import count_flops, mfu
 from benchmarks.readme_table import END, START, block, machine_line, rewrite, update_readme
 
 from attnlab.cli.main import main
+from attnlab.functional.kernels.causal import min_queries as causal_min_queries
 from attnlab.inference import fused_decoder
 
 
@@ -157,6 +158,10 @@ def test_machine_line_names_the_decoding_kernels_a_report_records():
         "its decoding products the thin kernel up to 128 rows, step attention the fused kernel up to "
         "1024 keys, decoder steps fused up to 128 rows)." in machine_line(report)
     )
+    report["machine"]["causal_attention"] = "compiled blocks from 48 queries"
+    assert "decoder steps fused up to 128 rows; causal attention compiled blocks from 48 queries)." in machine_line(
+        report
+    )
 
 
 def test_readme_from_a_missing_report_names_it_and_writes_nothing(tmp_path, capsys):
@@ -193,6 +198,10 @@ def test_tiny_run_prints_the_row_and_writes_the_machine(tmp_path: Path, capsys):
     assert gemm["peak"]["fp32"] == max(sample["fp32"] for sample in gemm["samples"]) > 0
     rows = fused_decoder.max_rows()
     assert machine["decoder_steps"] == (f"fused up to {rows} rows" if rows else "layer by layer")
+    queries = causal_min_queries()
+    assert machine["causal_attention"] == (
+        f"compiled blocks from {queries} queries" if queries else "SDPA's causal mode"
+    )
     (case,) = report["cases"]
     ours = case["sides"]["attnlab"]
     assert 0 < ours["min_ms"] <= ours["median_ms"] and ours["flops_per_call"] > 0 and ours["mfu"] > 0

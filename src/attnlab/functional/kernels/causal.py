@@ -125,6 +125,12 @@ def blocks_available() -> bool:
     return _blocks is not None and bool(_blocks.supported())
 
 
+def min_queries() -> int:
+    """The fewest queries from which fp32 causal self-attention takes the compiled blocks here by
+    default: ``Thresholds.cpu_causal_min_queries`` where the blocks run, else 0 (never)."""
+    return current_thresholds().cpu_causal_min_queries if blocks_available() else 0
+
+
 def blocks_fit(query: Tensor) -> bool:
     """Whether ``causal`` computes these (causal, self-attention) queries by the compiled blocks:
     fp32 on a CPU where they run, a head size that is a multiple of 16 up to 256."""
