@@ -544,14 +544,15 @@ def run_suite(
         else:
             rows.append(measure_case(case, device, repeats, samples[0], warmup))
         samples.append({d: peak_gflops(d, device, gemm_n) for d in needed})
-        gemm = {"n": gemm_n, "peak": _fastest(samples), "start": samples[0]}
+        # The peak is the fastest measurement: a busy moment slows a matmul, never speeds it up, and
+        # a shared machine's rate moves by a fifth within seconds, so one sample per case bounds it best.
+        peaks = _fastest(samples)
+        for row in rows:
+            for side in row["sides"].values():
+                side["mfu"] = side["gflops"] / peaks[row["dtype"]]
+        gemm = {"n": gemm_n, "peak": peaks, "start": samples[0], "samples": samples}
         report(rows[-1], {"partial": True, "gemm_gflops": gemm, "repeats": repeats, "cases": rows})
-    # The peak is the fastest measurement: a busy moment slows a matmul, never speeds it up, and
-    # a shared machine's rate moves by a fifth within seconds, so one sample per case bounds it best.
     peaks = _fastest(samples)
-    for row in rows:
-        for side in row["sides"].values():
-            side["mfu"] = side["gflops"] / peaks[row["dtype"]]
     gemm = {"n": gemm_n, "peak": peaks, "start": samples[0], "end": samples[-1], "samples": samples}
     return {"gemm_gflops": gemm, "repeats": repeats, "seconds": time.perf_counter() - start, "cases": rows}
 
