@@ -302,3 +302,33 @@ def test_causal_cases_take_the_faster_of_two_pytorch_peers(tmp_path: Path):
     medians = {name: side["median_ms"] for name, side in case["sides"].items() if name != "attnlab"}
     assert case["peer"] == min(medians, key=medians.get)
     assert case["ratio"] == pytest.approx(medians[case["peer"]] / case["sides"]["attnlab"]["median_ms"])
+
+
+def test_every_report_of_a_run_takes_mfu_against_its_fastest_peak_so_far():
+    """One GEMM sample before the cases and one after each; a partial report's rows and its peak agree."""
+    from benchmarks.suite import Built, Case, run_suite
+
+    x, w = torch.randn(32, 64), torch.randn(64, 64)
+    case = Case(
+        "mm",
+        "a small product",
+        "ms",
+        "fp32",
+        True,
+        lambda device: Built({"ours": lambda: x @ w, "peer": lambda: x @ w}),
+    )
+    partials = []
+    final = run_suite(
+        [case, case],
+        torch.device("cpu"),
+        repeats=2,
+        gemm_n=128,
+        report=lambda row, partial: partials.append(json.loads(json.dumps(partial))),
+    )
+    assert len(final["gemm_gflops"]["samples"]) == 3 and [len(p["cases"]) for p in partials] == [1, 2]
+    for report in [*partials, final]:
+        peak = report["gemm_gflops"]["peak"]["fp32"]
+        assert peak == max(sample["fp32"] for sample in report["gemm_gflops"]["samples"])
+        for row in report["cases"]:
+            for side in row["sides"].values():
+                assert side["mfu"] == pytest.approx(side["gflops"] / peak)
