@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from attnlab.functional.kernels import fused_step, onednn, thin
-from attnlab.functional.kernels.causal import min_queries as causal_min_queries
+from attnlab.functional.kernels.causal import blocks_min_queries
 from attnlab.functional.kernels.linear import uses_onednn
 from attnlab.functional.kernels.thresholds import cpu_flags, cpu_model
 from attnlab.inference import fused_decoder
@@ -499,7 +499,7 @@ def decoder_steps(device: torch.device) -> str:
 def causal_attention(device: torch.device) -> str:
     """The kernel of fp32 causal self-attention (``kernels.causal``): the compiled blocks from a
     query count, or SDPA's causal mode."""
-    queries = causal_min_queries() if device.type == "cpu" else 0
+    queries = blocks_min_queries() if device.type == "cpu" else 0
     return f"compiled blocks from {queries} queries" if queries else "SDPA's causal mode"
 
 

@@ -15,7 +15,7 @@ from hypothesis import settings
 os.environ["ATTNLAB_KERNEL_TABLE"] = str(Path(__file__).parent / "no-kernel-table.json")
 
 from attnlab.functional.kernels import Thresholds, fused_step, onednn, set_thresholds, thin
-from attnlab.functional.kernels.causal import min_queries as causal_min_queries
+from attnlab.functional.kernels.causal import blocks_min_queries
 from attnlab.functional.kernels.linear import uses_onednn
 from attnlab.inference import fused_decoder
 from attnlab.training import RunConfig, Trainer
@@ -58,7 +58,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
     attention = f"fused kernel up to {keys} keys" if keys else "PyTorch's"
     fused_rows = fused_decoder.max_rows()
     steps = f"fused up to {fused_rows} rows" if fused_rows else "layer by layer"
-    causal_queries = causal_min_queries()
+    causal_queries = blocks_min_queries()
     causal_kernel = f"compiled blocks from {causal_queries} queries" if causal_queries else "SDPA's"
     terminalreporter.write_line(
         f"CPU kernels: {torch.backends.cpu.get_cpu_capability()}; oneDNN bf16: {bf16}; fp32 linear: {linear}; "

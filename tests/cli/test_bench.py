@@ -14,7 +14,7 @@ from benchmarks.flops import count_flops, mfu
 from benchmarks.readme_table import END, START, block, machine_line, rewrite, update_readme
 
 from attnlab.cli.main import main
-from attnlab.functional.kernels.causal import min_queries as causal_min_queries
+from attnlab.functional.kernels.causal import blocks_min_queries
 from attnlab.inference import fused_decoder
 
 
@@ -198,7 +198,7 @@ def test_tiny_run_prints_the_row_and_writes_the_machine(tmp_path: Path, capsys):
     assert gemm["peak"]["fp32"] == max(sample["fp32"] for sample in gemm["samples"]) > 0
     rows = fused_decoder.max_rows()
     assert machine["decoder_steps"] == (f"fused up to {rows} rows" if rows else "layer by layer")
-    queries = causal_min_queries()
+    queries = blocks_min_queries()
     assert machine["causal_attention"] == (
         f"compiled blocks from {queries} queries" if queries else "SDPA's causal mode"
     )

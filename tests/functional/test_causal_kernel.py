@@ -175,11 +175,11 @@ def test_the_dispatcher_never_picks_it_without_the_compiled_blocks(monkeypatch):
     torch.testing.assert_close(causal(q, k, v, is_causal=True)[0], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_min_queries_is_the_threshold_where_the_blocks_run_else_never(monkeypatch):
+def test_blocks_min_queries_is_the_threshold_where_the_blocks_run_else_never(monkeypatch):
     set_thresholds(Thresholds(cpu_causal_min_queries=80))
-    assert causal_module.min_queries() == (80 if blocks_available() else 0)
+    assert causal_module.blocks_min_queries() == (80 if blocks_available() else 0)
     monkeypatch.setattr(causal_module, "blocks_available", lambda: False)
-    assert causal_module.min_queries() == 0
+    assert causal_module.blocks_min_queries() == 0
 
 
 @pytest.mark.parametrize(

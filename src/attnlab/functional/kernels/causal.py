@@ -125,7 +125,7 @@ def blocks_available() -> bool:
     return _blocks is not None and bool(_blocks.supported())
 
 
-def min_queries() -> int:
+def blocks_min_queries() -> int:
     """The fewest queries from which fp32 causal self-attention takes the compiled blocks here by
     default: ``Thresholds.cpu_causal_min_queries`` where the blocks run, else 0 (never)."""
     return current_thresholds().cpu_causal_min_queries if blocks_available() else 0
