@@ -155,17 +155,19 @@ def test_bad_operands_are_refused_with_what_was_expected():
 
 
 @pytest.mark.parametrize(
-    ("flags", "expected"),
+    ("flags", "isa_cap", "expected"),
     [
-        ("fpu sse2 avx avx2 fma", 128),  # AVX2 without AVX-512: measured ahead of oneDNN
-        ("fpu sse2 avx avx2 fma avx512f avx512bw", 0),  # oneDNN's AVX-512 kernels are the bar
-        ("fpu sse2 avx avx2", 0),  # no FMA
-        ("fp asimd", 0),  # not x86
-        ("", 0),
+        ("fpu sse2 avx avx2 fma", "", 128),  # against oneDNN's AVX2 kernels: ahead up to 128 rows
+        ("fpu sse2 avx avx2 fma avx512f avx512bw", "", 8),  # against its AVX-512 ones: up to 8
+        ("fpu sse2 avx avx2 fma avx512f avx512bw", "avx2", 128),  # oneDNN held to AVX2
+        ("fpu sse2 avx avx2 fma avx512f avx512bw", "AVX512_CORE_BF16", 8),
+        ("fpu sse2 avx avx2", "", 0),  # no FMA
+        ("fp asimd", "", 0),  # not x86
+        ("", "", 0),
     ],
 )
-def test_rule_turns_the_kernel_on_only_where_it_was_measured_ahead(flags, expected):
-    assert thin_rule(f"vendor_id\t: AuthenticAMD\nflags\t\t: {flags}\n") == expected
+def test_rule_turns_the_kernel_on_only_where_it_was_measured_ahead(flags, isa_cap, expected):
+    assert thin_rule(f"vendor_id\t: AuthenticAMD\nflags\t\t: {flags}\n", isa_cap) == expected
 
 
 @needs_thin

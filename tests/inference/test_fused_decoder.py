@@ -177,7 +177,7 @@ def test_int8_fused_steps_equal_the_int8_plain_steps(k) -> None:
     Against plain steps without beam pools: the pools' fp32 attention sums differ in the last
     bit, and dynamic quantisation can round an activation the other way on such a difference."""
     model, src = make_model(d_model=256), sources()
-    fused = DecodingEngine(model, int8=True)
+    fused = DecodingEngine(model, int8=True, fused_steps=True)  # past the row threshold too
     plain = DecodingEngine(model, int8=True, fused_steps=False, beam_pools=False)
     fp32 = DecodingEngine(model, fused_steps=False)
     g = torch.Generator().manual_seed(3)

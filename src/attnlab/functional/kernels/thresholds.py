@@ -188,15 +188,20 @@ def linear_onednn_rule(cpuinfo: str, isa_cap: str = "") -> int:
 
 @functools.cache
 def default_thin_max_rows() -> int:
-    """The default of ``Thresholds.cpu_thin_max_rows`` here: ``thin_rule`` on ``/proc/cpuinfo``."""
-    return thin_rule(_cpuinfo())
+    """The default of ``Thresholds.cpu_thin_max_rows`` here: ``thin_rule`` on ``/proc/cpuinfo`` and
+    oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``)."""
+    return thin_rule(_cpuinfo(), _onednn_isa_cap())
 
 
-def thin_rule(cpuinfo: str) -> int:
-    """128 on an x86 CPU with AVX2 and FMA but no AVX-512, where the thin kernel's products of up
-    to 128 rows outran oneDNN's packed ones (at 256 they were even); else 0 (with AVX-512,
-    oneDNN's full-width kernels are the bar and the AVX2 kernel was not measured against them)."""
-    return 128 if _avx2_without_avx512(cpuinfo) else 0
+def thin_rule(cpuinfo: str, isa_cap: str = "") -> int:
+    """On an x86 CPU with AVX2 and FMA: 8 where oneDNN runs AVX-512 code, against which the thin
+    kernel's memory-bound products of up to 8 rows won and those of 16 rows on did not; 128 where
+    oneDNN runs AVX2 code (no AVX-512, or ``isa_cap`` below it), against which products of up to
+    128 rows won (at 256 they were even). Else 0: the kernel does not run."""
+    if not _avx2_and_fma(cpuinfo):
+        return 0
+    wide = "avx512f" in _flags(cpuinfo) and _cap_allows(isa_cap, ("AVX512", "AVX10"))
+    return 8 if wide else 128
 
 
 @functools.cache
@@ -206,10 +211,10 @@ def default_step_fused_max_keys() -> int:
 
 
 def step_fused_rule(cpuinfo: str) -> int:
-    """1024 on an x86 CPU with AVX2 and FMA but no AVX-512, where the fused step kernel outran
-    both SDPA and the plain products for 1 to 5 queries up to 1000 keys; else 0 (not measured
-    against PyTorch's AVX-512 kernels)."""
-    return 1024 if _avx2_without_avx512(cpuinfo) else 0
+    """1024 on an x86 CPU with AVX2 and FMA, where the fused step kernel outran both SDPA and the
+    plain products for 1 to 5 queries up to 1000 keys, against PyTorch's AVX2 and AVX-512 kernels
+    alike; else 0 (the kernel does not run)."""
+    return 1024 if _avx2_and_fma(cpuinfo) else 0
 
 
 @functools.cache
@@ -219,17 +224,17 @@ def default_causal_min_queries() -> int:
 
 
 def causal_rule(cpuinfo: str) -> int:
-    """48 on an x86 CPU with AVX2 and FMA but no AVX-512, where the compiled causal blocks took
-    about half of SDPA's causal time from 48 queries on (forward and backward) and were even at
-    32; else 0 (SDPA's causal mode: the blocks were not measured against PyTorch's AVX-512 kernels)."""
-    return 48 if _avx2_without_avx512(cpuinfo) else 0
+    """48 on an x86 CPU with AVX2 and FMA, where the compiled causal blocks took about half of
+    SDPA's causal time from 48 queries on (forward and backward), against PyTorch's AVX2 and
+    AVX-512 kernels alike, and were ahead by less at 32; else 0 (SDPA's causal mode: the blocks
+    do not run)."""
+    return 48 if _avx2_and_fma(cpuinfo) else 0
 
 
-def _avx2_without_avx512(cpuinfo: str) -> bool:
-    """Whether ``/proc/cpuinfo``'s flags name AVX2 and FMA but not AVX-512 (the CPUs attnlab's
-    compiled AVX2 kernels were measured on)."""
+def _avx2_and_fma(cpuinfo: str) -> bool:
+    """Whether ``/proc/cpuinfo``'s flags name AVX2 and FMA (what attnlab's compiled kernels need)."""
     flags = _flags(cpuinfo)
-    return "avx2" in flags and "fma" in flags and "avx512f" not in flags
+    return "avx2" in flags and "fma" in flags
 
 
 @functools.cache
