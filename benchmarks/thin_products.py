@@ -7,12 +7,14 @@ stream from memory, as the decoder's weights do in a real step, instead of sitti
 - ``F.linear``: what PyTorch calls for ``nn.Linear`` (the BLAS repacks the weight every call);
 - ``oneDNN packed``: the decoding engine's copy (``attnlab.functional.kernels.onednn``), packed once;
 - ``MKL packed``: MKL's ``cblas_sgemm_pack`` copy, where this build has it;
-- ``thin``: attnlab's thin-product kernel (``attnlab.functional.kernels.thin``), where it runs.
+- ``thin``: attnlab's thin-product kernel (``attnlab.functional.kernels.thin``), where it runs;
+- with ``--bf16``, bf16 copies of the weights (half the bytes): ``oneDNN bf16 packed`` (bf16
+  rows, as bf16 autocast multiplies) and ``thin bf16`` (fp32 rows by bf16 panels), where they run.
 
-Microseconds per product (median of interleaved rounds) and the ratios F.linear / oneDNN packed
-and oneDNN packed / thin.
+Microseconds per product (median of interleaved rounds) and the ratios F.linear / oneDNN packed,
+oneDNN packed / thin and, with ``--bf16``, oneDNN bf16 packed / thin bf16.
 
-    .venv/bin/python -m benchmarks.thin_products [--threads N]
+    .venv/bin/python -m benchmarks.thin_products [--threads N] [--bf16]
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ SHAPES = [(512, 1536), (512, 512), (512, 2048), (2048, 512), (512, 8000)]  # (in
 STREAMED_BYTES = 100e6
 
 
-def kernels(x: torch.Tensor, weights: list[torch.Tensor], bias: torch.Tensor) -> dict[str, Callable[[], None]]:
-    """One callable per kernel that multiplies ``x`` by every weight in turn."""
+def kernels(
+    x: torch.Tensor, weights: list[torch.Tensor], bias: torch.Tensor, bf16: bool = False
+) -> dict[str, Callable[[], None]]:
+    """One callable per kernel that multiplies ``x`` by every weight in turn (and by bf16 copies)."""
     rows = x.shape[0]
     packed = [onednn.pack(w, rows) for w in weights]
     peers = {
@@ -47,6 +51,13 @@ def kernels(x: torch.Tensor, weights: list[torch.Tensor], bias: torch.Tensor) ->
     if thin.available():
         panels = [thin.pack(w) for w in weights]
         peers["thin"] = lambda: [thin.linear(x, p, w.shape[0], bias) for p, w in zip(panels, weights)]
+    if bf16 and onednn.bf16_available():
+        x16, bias16 = x.bfloat16(), bias.bfloat16()
+        packed16 = [onednn.pack(w.bfloat16(), rows) for w in weights]
+        peers["oneDNN bf16 packed"] = lambda: [onednn.linear(x16, p, bias16) for p in packed16]
+    if bf16 and thin.available():
+        panels16 = [thin.pack(w, torch.bfloat16) for w in weights]
+        peers["thin bf16"] = lambda: [thin.linear(x, p, w.shape[0], bias) for p, w in zip(panels16, weights)]
     return peers
 
 
@@ -55,6 +66,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 16, 40], help="rows per product")
+    parser.add_argument("--bf16", action="store_true", help="also bf16 copies of the weights")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = []
@@ -65,10 +77,12 @@ def main() -> None:
                 copies = max(2, round(STREAMED_BYTES / (4 * n_in * n_out)))
                 weights = [torch.randn(n_out, n_in) for _ in range(copies)]
                 x, bias = torch.randn(rows, n_in), torch.randn(n_out)
-                samples, _ = interleave(kernels(x, weights, bias), args.repeats)
+                samples, _ = interleave(kernels(x, weights, bias, args.bf16), args.repeats)
                 us = {name: 1e6 * statistics.median(t) / copies for name, t in samples.items()}
                 ratio = us["F.linear"] / us["oneDNN packed"]
                 thin_ratio = us["oneDNN packed"] / us["thin"] if "thin" in us else None
+                both = {"oneDNN bf16 packed", "thin bf16"} <= us.keys()
+                bf16_ratio = us["oneDNN bf16 packed"] / us["thin bf16"] if both else None
                 results.append(
                     {
                         "rows": rows,
@@ -77,6 +91,7 @@ def main() -> None:
                         "us": us,
                         "f_linear_over_onednn": ratio,
                         "onednn_over_thin": thin_ratio,
+                        "onednn_bf16_over_thin_bf16": bf16_ratio,
                     }
                 )
                 print(
@@ -84,6 +99,7 @@ def main() -> None:
                     + "  ".join(f"{k} {v:7.0f}" for k, v in us.items())
                     + f"   F.linear / oneDNN packed {ratio:.2f}x"
                     + ("" if thin_ratio is None else f"   oneDNN packed / thin {thin_ratio:.2f}x")
+                    + ("" if bf16_ratio is None else f"   bf16: oneDNN / thin {bf16_ratio:.2f}x")
                 )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "thin_products.json"

@@ -49,13 +49,18 @@ needs_thin = pytest.mark.skipif(not thin.available(), reason="the thin kernel ne
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 21, 40])
 @pytest.mark.parametrize(("in_features", "out_features"), [(64, 96), (37, 13), (200, 8)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_products_match_f_linear_in_float64(rows, in_features, out_features, with_bias):
+@pytest.mark.parametrize("panels", [torch.float32, torch.bfloat16])
+def test_products_match_f_linear_in_float64(rows, in_features, out_features, with_bias, panels):
+    """bf16 panels multiply by the weight rounded to bf16, exactly, and sum in fp32."""
     g = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, in_features, generator=g)
     weight = torch.randn(out_features, in_features, generator=g)
     bias = torch.randn(out_features, generator=g) if with_bias else None
-    got = thin.linear(x, thin.pack(weight), out_features, bias)
-    expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    packed = thin.pack(weight, panels)
+    assert packed.dtype == panels
+    got = thin.linear(x, packed, out_features, bias)
+    rounded = weight.to(panels).double()
+    expected = F.linear(x.double(), rounded, None if bias is None else bias.double())
     assert got.shape == (rows, out_features) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, **_tolerance(in_features))
 
@@ -150,8 +155,10 @@ def test_bad_operands_are_refused_with_what_was_expected():
         thin.linear(torch.randn(2, 8), packed, 24)
     with pytest.raises(ValueError, match=r"fp32 bias of shape \(16,\), got \(15,\)"):
         thin.linear(torch.randn(2, 8), packed, 16, torch.randn(15))
-    with pytest.raises(ValueError, match=r"2-D fp32 CPU weight, got \(16,\)"):
+    with pytest.raises(ValueError, match=r"2-D fp32 or bf16 CPU weight, got \(16,\)"):
         thin.pack(torch.randn(16))
+    with pytest.raises(ValueError, match=r"panels of torch.float32 or torch.bfloat16, got torch.float16"):
+        thin.pack(torch.randn(8, 8), torch.float16)
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,12 @@
-"""Thin fp32 products for decoding steps: ``x W^T + b`` for a few rows, from a weight packed once.
+"""Thin products for decoding steps: ``x W^T + b`` for a few fp32 rows, from a weight packed once.
 
 A greedy step multiplies one row per sentence by every weight of the decoder, so its products
 are bound by reading the weights from memory, and the general GEMM kernels (the BLAS's,
 oneDNN's) spend that read poorly at 1 to 16 rows. The kernel here (``_thin.c``, AVX2 and FMA,
 built by ``pip install``) packs the weight into panels of 8 output columns and keeps up to 8
-rows' sums in registers, so each panel is read once, in order, per 8 rows.
+rows' sums in registers, so each panel is read once, in order, per 8 rows. A weight packed in
+bf16 is half the bytes to read; the kernel widens each weight to fp32 as it loads it, so the
+products are exact products of the fp32 rows by the bf16 weights, summed in fp32.
 ``python -m benchmarks.thin_products`` times it beside oneDNN's packed products and ``F.linear``.
 
 The extension is optional: ``available()`` is False where it was not built (no C compiler at
@@ -46,14 +48,28 @@ def max_rows() -> int:
     return current_thresholds().cpu_thin_max_rows if available() else 0
 
 
-def pack(weight: Tensor) -> Tensor:
-    """``weight (out, in)``, fp32, as panels ``(ceil(out / 8), in, 8)``: ``P[j, k, c] = W[8 j + c, k]``,
-    zero columns past ``out``."""
-    if weight.ndim != 2 or weight.dtype != torch.float32 or not weight.is_cpu:
-        raise ValueError(f"expected a 2-D fp32 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}")
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def max_rows_bf16() -> int:
+    """The most rows a product by bf16 panels takes this kernel for in bf16 decoding here:
+    ``Thresholds.cpu_thin_max_rows_bfloat16`` where the kernel runs, else 0."""
+    return current_thresholds().cpu_thin_max_rows_bfloat16 if available() else 0
+
+
+def pack(weight: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``weight (out, in)`` (fp32 or bf16) as panels ``(ceil(out / 8), in, 8)`` of ``dtype`` (fp32,
+    or bf16: the weight rounded to nearest even): ``P[j, k, c] = W[8 j + c, k]``, zero columns
+    past ``out``."""
+    if weight.ndim != 2 or weight.dtype not in WEIGHT_DTYPES or not weight.is_cpu:
+        raise ValueError(
+            f"expected a 2-D fp32 or bf16 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}"
+        )
+    if dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"expected panels of torch.float32 or torch.bfloat16, got {dtype}")
     out_features, in_features = weight.shape
     padded = -(-out_features // PANEL) * PANEL
-    weight = F.pad(weight.detach(), (0, 0, 0, padded - out_features))
+    weight = F.pad(weight.detach().to(dtype), (0, 0, 0, padded - out_features))
     return weight.reshape(padded // PANEL, PANEL, in_features).transpose(1, 2).contiguous()
 
 
@@ -67,7 +83,8 @@ def linear(
     relu: bool = False,
     out: Tensor | None = None,
 ) -> Tensor:
-    """``x W^T + b`` for ``x (..., in)`` from ``packed = pack(W)``, fp32 on CPU, no autograd.
+    """``x W^T + b`` for fp32 ``x (..., in)`` from ``packed = pack(W)`` (fp32 or bf16 panels) on
+    CPU, no autograd; the result is fp32.
 
     With ``residual`` (the result's shape) the result is ``x W^T + b + residual``, with ``relu``
     ``max(., 0)`` of it: the epilogues of a Transformer block's products, done as each output
@@ -84,7 +101,7 @@ def linear(
     if (
         width != PANEL
         or panels != -(-out_features // PANEL)
-        or packed.dtype != torch.float32
+        or packed.dtype not in WEIGHT_DTYPES
         or not packed.is_contiguous()
     ):
         raise ValueError(f"packed weight {tuple(packed.shape)} {packed.dtype} is not pack() of {out_features} outputs")
@@ -115,8 +132,9 @@ def unsafe_linear(
     relu: bool = False,
 ) -> Tensor:
     """``linear(x, packed, out_features, bias, residual=residual, relu=relu, out=out)`` without
-    its checks, for an engine that made every operand itself: contiguous fp32 CPU tensors of
-    the right shapes, the kernel ``available()``. A wrong operand corrupts memory."""
+    its checks, for an engine that made every operand itself: contiguous CPU tensors of the
+    right shapes, fp32 but for ``packed`` (fp32 or bf16), the kernel ``available()``. A wrong
+    operand corrupts memory."""
     in_features = packed.shape[1]
     _thin.linear(
         x.data_ptr(),
@@ -129,5 +147,6 @@ def unsafe_linear(
         0 if residual is None else residual.data_ptr(),
         relu,
         torch.get_num_threads(),
+        packed.dtype == torch.bfloat16,
     )
     return out
