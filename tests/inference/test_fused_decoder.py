@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from attnlab.decoding import beam_search, greedy_search
-from attnlab.functional.kernels import Thresholds, set_thresholds
+from attnlab.functional.kernels import Thresholds, onednn, set_thresholds
 from attnlab.inference import fused_decoder
 from attnlab.inference.engine import DecodingEngine
 from attnlab.inference.fused_decoder import INITIAL_CAPACITY, FusedDecoder, FusedState
 from attnlab.layers import MultiHeadAttention
-from attnlab.models.transformer import Transformer, TransformerConfig
+from attnlab.models.transformer import SearchState, Transformer, TransformerConfig
 
 needs_kernels = pytest.mark.skipif(
     not (fused_decoder.thin.available() and fused_decoder.fused_step.available()),
@@ -124,8 +124,12 @@ def test_engine_takes_the_fused_decoder_only_within_the_row_threshold() -> None:
         assert not isinstance(engine.start_state(src), FusedState)
         assert isinstance(DecodingEngine(model, fused_steps=True).start_state(src), FusedState)  # insisting
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
-        set_thresholds(Thresholds(cpu_thin_max_rows=12))
-        assert not isinstance(engine.start_state(src), FusedState)  # fp32 only
+        set_thresholds(Thresholds(cpu_thin_max_rows=0))
+        bf16 = engine.start_state(src, repeat=5)  # bf16 products: any row count, where they run
+        assert isinstance(bf16, FusedState) == onednn.bf16_available() == (not isinstance(bf16, SearchState))
+        assert not isinstance(DecodingEngine(model, int8=True).start_state(src), FusedState)
+    with torch.autocast("cpu", dtype=torch.float16), torch.inference_mode():
+        assert not isinstance(engine.start_state(src), FusedState)
     with torch.enable_grad():
         assert not isinstance(engine.start_state(src), FusedState)
 
@@ -167,6 +171,37 @@ def test_without_the_kernels_the_engine_decodes_on_its_other_paths(monkeypatch: 
         assert not isinstance(engine.start_state(src), FusedState)
     ours, reference = greedy_search(engine, src, **kwargs), greedy_search(model, src, **kwargs)
     assert torch.equal(ours.tokens, reference.tokens)
+
+
+@needs_kernels
+@pytest.mark.skipif(not onednn.bf16_available(), reason="bf16 fused steps need oneDNN's bf16 products")
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("thin_rows", [0, 64])  # oneDNN's bf16 products, or the thin kernel's bf16 panels
+def test_bf16_fused_steps_are_as_close_to_fp32_as_the_bf16_plain_steps(k, thin_rows) -> None:
+    """Under bf16 autocast the fused steps multiply by bf16 weights (rows rounded to bf16 on
+    oneDNN, fp32 rows on the thin kernel) and keep the rest in fp32: their logits are no further
+    from fp32's than those of the engine's plain bf16 steps, which autocast wholly, and are not
+    fp32's own."""
+    set_thresholds(Thresholds(cpu_thin_max_rows_bfloat16=thin_rows))
+    model, src = make_model(d_model=256), sources()
+    fused = DecodingEngine(model)
+    plain = DecodingEngine(model, fused_steps=False, beam_pools=False)
+    fp32 = DecodingEngine(model, fused_steps=False)
+    g = torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            states = [engine.start_state(src, repeat=k) for engine in (fused, plain)]
+        states.append(fp32.start_state(src, repeat=k))
+        assert isinstance(states[0], FusedState) and states[0].bf16 and not isinstance(states[1], FusedState)
+        for _ in range(6):
+            tokens = torch.randint(4, 300, (src.shape[0] * k,), generator=g)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                (ours, states[0]), (theirs, states[1]) = (
+                    engine.step(state, tokens) for engine, state in zip((fused, plain), states)
+                )
+            exact, states[2] = fp32.step(states[2], tokens)
+            error, plain_error = (ours - exact).abs().max(), (theirs.float() - exact).abs().max()
+            assert 1e-3 < error <= 2 * plain_error, (error, plain_error)
 
 
 @needs_kernels

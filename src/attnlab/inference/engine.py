@@ -15,7 +15,8 @@ default where it pays and off with one argument:
 - **fused steps**: on CPU, searches of at most ``Thresholds.cpu_thin_max_rows`` rows run whole
   decoder steps as a few compiled-kernel calls per layer (``attnlab.inference.fused_decoder``),
   where the thin-product and fused step attention kernels both run; they take the place of the
-  three paths above.
+  three paths above. Under bf16 autocast, searches of any row count run on them with bf16
+  products where oneDNN's bf16 products run (a CPU with bf16 instructions).
 
 With ``int8=True`` the plain or fused steps multiply by int8 copies of the weights instead
 (``attnlab.inference.quantized``: PyTorch's dynamic quantisation), a faster decoding whose
@@ -61,7 +62,8 @@ class DecodingEngine:
         int8: multiply plain steps by int8 copies of the weights (CPU, a ``Transformer`` in
             evaluation mode; implies ``plain_steps``).
         fused_steps: run CPU searches (fp32 outside autocast, or ``int8``) of at most
-            ``Thresholds.cpu_thin_max_rows`` rows on ``FusedDecoder``; None where it can
+            ``Thresholds.cpu_thin_max_rows`` rows on ``FusedDecoder``, and those under bf16
+            autocast of any row count where oneDNN's bf16 products run; None where it can
             (``fused_decoder.obstacles`` finds nothing, ``plain_steps`` on); True to insist, for
             any row count.
 
@@ -99,7 +101,8 @@ class DecodingEngine:
         self._packed: PackedWeights | None = None
         self.fused_steps = self._resolve_fused(fused_steps, plain_steps)
         self._any_rows = fused_steps is True  # insisting: past the thin kernel's row threshold too
-        self._fused: FusedDecoder | None = None
+        self._fused: dict[bool, FusedDecoder] = {}  # by bf16 products or not
+        self._fuses_bf16 = self.fused_steps and not int8 and not fused_decoder.obstacles(self.model, bf16=True)
 
     # --- the protocol of attnlab.decoding.search, delegated where the engine adds nothing ----
     @property
@@ -123,22 +126,23 @@ class DecodingEngine:
         """The model's start state; a fused search gets a ``FusedState``, a beam search (``repeat``
         k > 1) beam pools."""
         fused = use_cache and self._fuses(src, repeat)
+        bf16 = fused and torch.is_autocast_enabled("cpu")
         if not (fused or (self.beam_pools and use_cache and repeat > 1)):
             return self.model.start_state(src, src_key_padding_mask, repeat=repeat, use_cache=use_cache)
         if src_key_padding_mask is None:
             src_key_padding_mask = self.model.padding_mask(src)
         memory = self.model.encode(src, src_key_padding_mask)  # (B, S, D), one row per sentence
         if fused:
-            if self._fused is None:
-                self._fused = FusedDecoder(self.model, int8=self.int8)
-            return self._fused.start(memory, src_key_padding_mask, repeat=repeat)
+            if bf16 not in self._fused:
+                self._fused[bf16] = FusedDecoder(self.model, int8=self.int8, bf16=bf16)
+            return self._fused[bf16].start(memory, src_key_padding_mask, repeat=repeat)
         cache = BeamDecoderCache(len(self.model.decoder_layers), beam_size=repeat)
         return SearchState(memory, src_key_padding_mask, cache)
 
     def step(self, state: Any, tokens: Tensor) -> tuple[Tensor, Any]:
         """Feed ``tokens (B,)``: a fused or plain step where it applies, else the model's own ``step``."""
         if isinstance(state, FusedState):
-            return self._fused.step(state, tokens), state
+            return self._fused[state.bf16].step(state, tokens), state
         if not self._steps_plainly(state):
             if self.int8:
                 raise RuntimeError(
@@ -152,7 +156,7 @@ class DecodingEngine:
 
     def reorder_state(self, state: Any, index: Tensor) -> Any:
         if isinstance(state, FusedState):
-            self._fused.reorder(state, index)
+            self._fused[state.bf16].reorder(state, index)
             return state
         return self.model.reorder_state(state, index)
 
@@ -168,15 +172,13 @@ class DecodingEngine:
         return not found
 
     def _fuses(self, src: Tensor, repeat: int) -> bool:
-        """Whether a search of ``src (B, S)`` with ``repeat`` rows per sentence runs on the fused decoder."""
-        return (
-            self.fused_steps
-            and not self.model.training
-            and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu")
-            and src.device.type == "cpu"
-            and (self._any_rows or src.shape[0] * repeat <= fused_decoder.max_rows())
-        )
+        """Whether a search of ``src (B, S)`` with ``repeat`` rows per sentence runs on the fused
+        decoder: fp32 ones up to the thin kernel's rows, bf16 autocast ones of any size."""
+        if not self.fused_steps or self.model.training or torch.is_grad_enabled() or src.device.type != "cpu":
+            return False
+        if torch.is_autocast_enabled("cpu"):
+            return self._fuses_bf16 and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return self._any_rows or src.shape[0] * repeat <= fused_decoder.max_rows()
 
     def _steps_plainly(self, state: Any) -> bool:
         model = self.model

@@ -1,4 +1,4 @@
-"""A Transformer decoder's steps as a few compiled-kernel calls per layer (CPU; fp32 or int8 products).
+"""A Transformer decoder's steps as a few compiled-kernel calls per layer (CPU; fp32, bf16 or int8 products).
 
 A decoding step of a few rows costs about one read of the decoder's weights, and the thin
 products (``attnlab.functional.kernels.thin``) read them near the memory's rate. What is left is
@@ -17,7 +17,9 @@ cache append, adds, norms), each with a fixed cost larger than its arithmetic at
   and the attention kernel reads the keys there.
 
 It computes what ``DecoderLayer.step`` computes, in fp32, with the products summed in another
-order (the thin kernel's), or with int8 products as ``DecodingEngine(int8=True)`` multiplies;
+order (the thin kernel's), or with int8 products as ``DecodingEngine(int8=True)`` multiplies, or
+with bf16 products as bf16 autocast multiplies (``bf16=True``: bf16 copies of the weights, the
+rows rounded to bf16, fp32 sums; the attention, the norms and the caches stay fp32);
 ``DecodingEngine`` uses it where both kernels run, for at most
 ``Thresholds.cpu_thin_max_rows`` rows, and ``tests/inference/test_fused_decoder.py`` checks
 it against the model's own steps. Weights are packed when the ``FusedDecoder`` is made: after
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.functional.kernels import fused_step, thin
+from attnlab.functional.kernels import fused_step, onednn, thin
 from attnlab.inference import quantized
 from attnlab.inference.packed import MIN_PACKED_ELEMENTS
 
@@ -82,6 +84,40 @@ class _Int8Product:
 
 
 @dataclass
+class _Bf16Product:
+    """``x W^T + b`` with bf16 copies of ``W``: oneDNN's bf16 product of the rows rounded to bf16
+    (what bf16 autocast computes), the epilogues in PyTorch; or, for at most
+    ``Thresholds.cpu_thin_max_rows_bfloat16`` rows, where a step is bound by reading the weights,
+    the thin kernel's product of the fp32 rows by bf16 panels, the epilogues in the kernel."""
+
+    packed: Tensor
+    panels: Tensor
+    out_features: int
+    bias: Tensor | None
+    bias16: Tensor | None
+
+    @classmethod
+    def of(cls, weight: Tensor, bias: Tensor | None) -> _Bf16Product:
+        weight = weight.detach()
+        bias = None if bias is None else bias.detach().contiguous()
+        return cls(
+            onednn.pack(weight.to(torch.bfloat16), 1),
+            thin.pack(weight, torch.bfloat16),
+            weight.shape[0],
+            bias,
+            None if bias is None else bias.to(torch.bfloat16),
+        )
+
+    def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
+        if x.shape[0] <= thin.max_rows_bf16():
+            out = x.new_empty(x.shape[0], self.out_features) if residual is None else residual
+            return thin.unsafe_linear(x, self.panels, self.out_features, self.bias, out, residual, relu)
+        y = onednn.linear(x.to(torch.bfloat16), self.packed, self.bias16)
+        y = y.float() if residual is None else residual.add_(y)
+        return y.relu_() if relu else y
+
+
+@dataclass
 class _Fp32MemoryProduct:
     """The source-target keys and values of the memory, ``F.linear`` (many rows, once a search)."""
 
@@ -96,7 +132,7 @@ class _Fp32MemoryProduct:
         return F.linear(memory, self.weight, self.bias)
 
 
-Product = _Product | _Int8Product
+Product = _Product | _Int8Product | _Bf16Product
 
 
 @dataclass
@@ -129,6 +165,7 @@ class FusedState:
             the first reorder.
         length: t, target positions fed so far.
         repeat: k, rows per source sentence.
+        bf16: made by a decoder with bf16 products (the engine steps it with that decoder).
     """
 
     cross: list[tuple[Tensor, Tensor]]
@@ -137,6 +174,7 @@ class FusedState:
     lines: Tensor | None
     length: int
     repeat: int
+    bf16: bool = False
 
 
 def max_rows() -> int:
@@ -145,10 +183,11 @@ def max_rows() -> int:
     return thin.max_rows() if fused_step.available() else 0
 
 
-def obstacles(model: nn.Module, *, int8: bool = False) -> list[str]:
+def obstacles(model: nn.Module, *, int8: bool = False, bf16: bool = False) -> list[str]:
     """Why ``FusedDecoder`` cannot run ``model`` here (empty when it can): it needs both compiled
     kernels, an fp32 ``Transformer`` on CPU with plain attention layers and head sizes that are
-    multiples of 8, and for ``int8`` PyTorch's dynamic int8 linear."""
+    multiples of 8, for ``int8`` PyTorch's dynamic int8 linear, and for ``bf16`` oneDNN's bf16
+    products (a CPU with bf16 instructions)."""
     from attnlab.models.transformer import Transformer  # the models import the inference-free core only
 
     found = []
@@ -156,6 +195,10 @@ def obstacles(model: nn.Module, *, int8: bool = False) -> list[str]:
         found.append("the compiled kernels are not available here (not built, or no AVX2 and FMA)")
     if int8 and not quantized.available():
         found.append("this PyTorch build has no CPU int8 linear")
+    if int8 and bf16:
+        found.append("int8 and bf16 products exclude each other")
+    if bf16 and not onednn.bf16_available():
+        found.append("oneDNN's bf16 products do not run here (no bf16 instructions)")
     if not isinstance(model, Transformer):
         return [*found, f"a {type(model).__name__} is not a Transformer"]
     weight = model.output.weight
@@ -178,6 +221,9 @@ class FusedDecoder:
         model: a ``Transformer`` in evaluation mode that ``obstacles`` finds nothing against.
         int8: multiply by int8 copies of the weights, as ``DecodingEngine(int8=True)`` does
             (``attnlab.inference.quantized``); the attention and the norms stay fp32.
+        bf16: multiply by bf16 copies of the weights, as bf16 autocast multiplies (the engine's
+            searches under ``torch.autocast("cpu", dtype=torch.bfloat16)``); the attention, the
+            norms and the caches stay fp32, and the steps run with autocast off.
 
     Raises:
         ValueError: ``model`` cannot run here; the message lists ``obstacles(model)``.
@@ -188,10 +234,10 @@ class FusedDecoder:
         >>> logits = fused.step(state, torch.full((B,), model.bos_id))  # (B, V)
     """
 
-    def __init__(self, model: nn.Module, *, int8: bool = False) -> None:
-        if found := obstacles(model, int8=int8):
+    def __init__(self, model: nn.Module, *, int8: bool = False, bf16: bool = False) -> None:
+        if found := obstacles(model, int8=int8, bf16=bf16):
             raise ValueError("FusedDecoder cannot run this model here: " + "; ".join(found))
-        self.model, self.int8 = model, int8
+        self.model, self.int8, self.bf16 = model, int8, bf16
         dim = model.config.d_model
         self.dim, self.heads = dim, model.decoder_layers[0].self_attn.num_heads
         self._heads_of = functools.partial(_heads, heads=self.heads, size=dim // self.heads)
@@ -199,10 +245,13 @@ class FusedDecoder:
         self.output = self._product(model.output.weight, model.output.bias)
 
     def _product(self, weight: Tensor, bias: Tensor | None) -> Product:
-        """int8 where ``QuantizedWeights`` would multiply in int8 (weights of at least
-        ``MIN_PACKED_ELEMENTS``), else fp32 on the thin kernel."""
+        """int8 where ``QuantizedWeights`` would multiply in int8, bf16 where ``PackedWeights``
+        would under bf16 autocast (weights of at least ``MIN_PACKED_ELEMENTS``), else fp32 on the
+        thin kernel."""
         if self.int8 and weight.numel() >= MIN_PACKED_ELEMENTS:
             return _Int8Product.of(weight, bias)
+        if self.bf16 and weight.numel() >= MIN_PACKED_ELEMENTS:
+            return _Bf16Product.of(weight, bias)
         return _Product.of(weight, bias)
 
     def _layer(self, layer: nn.Module, dim: int) -> _Layer:
@@ -227,15 +276,17 @@ class FusedDecoder:
         """The state of a search over ``memory (B, S, D)`` (the encoder's output) with ``repeat``
         rows per sentence (rows b k + j); ``memory_key_padding_mask (B, S)`` is ``True`` at padding."""
         batch, source, _ = memory.shape
-        with torch.no_grad():
+        memory = memory.float()  # bf16 from an encoder under autocast; the steps run in fp32
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
             cross = [_memory(layer.cross_kv(memory).contiguous(), self.heads) for layer in self.layers]
         allowed = None
         if memory_key_padding_mask is not None and bool(memory_key_padding_mask.any()):
             allowed = (~memory_key_padding_mask)[:, None, None, :].expand(batch, self.heads, repeat, source)
         caches = [memory.new_empty(INITIAL_CAPACITY, batch * repeat, 2 * self.dim) for _ in self.layers]
-        return FusedState(cross, allowed, caches, None, 0, repeat)
+        return FusedState(cross, allowed, caches, None, 0, repeat, self.bf16)
 
     @torch.no_grad()
+    @torch.autocast("cpu", enabled=False)
     def step(self, state: FusedState, tokens: Tensor) -> Tensor:
         """Feed the newest token of every row, ``tokens (R,)``: the logits ``(R, V)``."""
         t, model = state.length, self.model
