@@ -56,8 +56,10 @@ class _Product:
     bias: Tensor | None
 
     @classmethod
-    def of(cls, weight: Tensor, bias: Tensor | None) -> _Product:
-        return cls(thin.pack(weight), weight.shape[0], None if bias is None else bias.detach().contiguous())
+    def of(cls, weight: Tensor, bias: Tensor | None, panels: torch.dtype = torch.float32) -> _Product:
+        """Packed in ``panels`` of fp32, or of bf16 (the weight rounded to bf16)."""
+        bias = None if bias is None else bias.detach().contiguous()
+        return cls(thin.pack(weight, panels), weight.shape[0], bias)
 
     def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
         """The product of contiguous rows ``x (R, in)`` (plus ``residual``, then ReLU'd with
@@ -79,8 +81,7 @@ class _Int8Product:
 
     def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
         y = torch.ops.quantized.linear_dynamic(x, self.packed, quantized.reduce_range())
-        y = y if residual is None else residual.add_(y)
-        return y.relu_() if relu else y
+        return _epilogue(y, residual, relu)
 
 
 @dataclass
@@ -91,30 +92,25 @@ class _Bf16Product:
     the thin kernel's product of the fp32 rows by bf16 panels, the epilogues in the kernel."""
 
     packed: Tensor
-    panels: Tensor
-    out_features: int
-    bias: Tensor | None
     bias16: Tensor | None
+    panels: _Product
 
     @classmethod
     def of(cls, weight: Tensor, bias: Tensor | None) -> _Bf16Product:
-        weight = weight.detach()
-        bias = None if bias is None else bias.detach().contiguous()
-        return cls(
-            onednn.pack(weight.to(torch.bfloat16), 1),
-            thin.pack(weight, torch.bfloat16),
-            weight.shape[0],
-            bias,
-            None if bias is None else bias.to(torch.bfloat16),
-        )
+        bias16 = None if bias is None else bias.detach().to(torch.bfloat16)
+        packed = onednn.pack(weight.detach().to(torch.bfloat16), 1)
+        return cls(packed, bias16, _Product.of(weight, bias, torch.bfloat16))
 
     def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
         if x.shape[0] <= thin.max_rows_bf16():
-            out = x.new_empty(x.shape[0], self.out_features) if residual is None else residual
-            return thin.unsafe_linear(x, self.panels, self.out_features, self.bias, out, residual, relu)
-        y = onednn.linear(x.to(torch.bfloat16), self.packed, self.bias16)
-        y = y.float() if residual is None else residual.add_(y)
-        return y.relu_() if relu else y
+            return self.panels(x, residual=residual, relu=relu)
+        return _epilogue(onednn.linear(x.to(torch.bfloat16), self.packed, self.bias16), residual, relu)
+
+
+def _epilogue(y: Tensor, residual: Tensor | None, relu: bool) -> Tensor:
+    """``y`` (as fp32) plus ``residual`` (the sum written over it), then ReLU'd with ``relu``."""
+    y = y.float() if residual is None else residual.add_(y)
+    return y.relu_() if relu else y
 
 
 @dataclass

@@ -79,19 +79,6 @@ static inline void store_rows(const float *out, int ldo, int rows, int cols, flo
         store_rows(&out[0][0], PANEL, R, cols, y, ldy, res, relu);                               \
     }
 
-typedef uint16_t bf16;
-#define PANELS_OF(W, LOAD)                                                                       \
-    PANEL_ROWS(1, W, LOAD)                                                                       \
-    PANEL_ROWS(2, W, LOAD)                                                                       \
-    PANEL_ROWS(3, W, LOAD)                                                                       \
-    PANEL_ROWS(4, W, LOAD)                                                                       \
-    PANEL_ROWS(5, W, LOAD)                                                                       \
-    PANEL_ROWS(6, W, LOAD)                                                                       \
-    PANEL_ROWS(7, W, LOAD)                                                                       \
-    PANEL_ROWS(8, W, LOAD)
-PANELS_OF(float, load_f32)
-PANELS_OF(bf16, load_bf16)
-
 /* The same for two adjacent panels (16 columns) at once: 2 weight loads and R broadcasts feed
  * 2 R multiply-adds, where one panel takes R + 1 loads for R. From 9 rows on the products are
  * bound by arithmetic, not memory, and blocks of 6 rows (12 accumulators) keep the load ports
@@ -124,15 +111,16 @@ PANELS_OF(bf16, load_bf16)
         store_rows(&out[0][0], 2 * PANEL, R, PANEL + cols_b, y, ldy, res, relu);                \
     }
 
-#define PAIRS_OF(W, LOAD)                                                                        \
-    PAIR_ROWS(1, W, LOAD)                                                                        \
-    PAIR_ROWS(2, W, LOAD)                                                                        \
-    PAIR_ROWS(3, W, LOAD)                                                                        \
-    PAIR_ROWS(4, W, LOAD)                                                                        \
-    PAIR_ROWS(5, W, LOAD)                                                                        \
-    PAIR_ROWS(6, W, LOAD)
-PAIRS_OF(float, load_f32)
-PAIRS_OF(bf16, load_bf16)
+/* Every row count of both, for one weight type. */
+#define ROW_KERNELS(W, LOAD)                                                                     \
+    PANEL_ROWS(1, W, LOAD) PANEL_ROWS(2, W, LOAD) PANEL_ROWS(3, W, LOAD) PANEL_ROWS(4, W, LOAD)  \
+    PANEL_ROWS(5, W, LOAD) PANEL_ROWS(6, W, LOAD) PANEL_ROWS(7, W, LOAD) PANEL_ROWS(8, W, LOAD)  \
+    PAIR_ROWS(1, W, LOAD) PAIR_ROWS(2, W, LOAD) PAIR_ROWS(3, W, LOAD)                            \
+    PAIR_ROWS(4, W, LOAD) PAIR_ROWS(5, W, LOAD) PAIR_ROWS(6, W, LOAD)
+
+typedef uint16_t bf16;
+ROW_KERNELS(float, load_f32)
+ROW_KERNELS(bf16, load_bf16)
 
 #define PAIR_BLOCK 6
 
