@@ -60,7 +60,13 @@ class Distributed:
         dist.barrier()
 
     def close(self) -> None:
+        """Leave the process group, all processes together. The barrier first lets gloo's worker
+        threads finish this process's last collectives while the interpreter still runs: a worker
+        that releases a collective's tensors drops their Python objects, and during the
+        interpreter's shutdown that aborts the process ("terminate called without an active
+        exception")."""
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
     def reseed(self, seed: int, step: int) -> None:
