@@ -91,7 +91,11 @@ def count_flops(fn: Callable[[], object]) -> int:
     """
     counter = FlopCounterMode(display=False, custom_mapping=_cpu_formulas())
     counted = dataclasses.replace(
-        current_thresholds(), cpu_thin_max_rows=0, cpu_step_fused_max_keys=0, cpu_causal_min_queries=0
+        current_thresholds(),
+        cpu_thin_max_rows=0,
+        cpu_thin_max_rows_bfloat16=0,
+        cpu_step_fused_max_keys=0,
+        cpu_causal_min_queries=0,
     )
     previous = set_thresholds(counted)
     try:

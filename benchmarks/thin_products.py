@@ -9,10 +9,12 @@ stream from memory, as the decoder's weights do in a real step, instead of sitti
 - ``MKL packed``: MKL's ``cblas_sgemm_pack`` copy, where this build has it;
 - ``thin``: attnlab's thin-product kernel (``attnlab.functional.kernels.thin``), where it runs;
 - with ``--bf16``, bf16 copies of the weights (half the bytes): ``oneDNN bf16 packed`` (bf16
-  rows, as bf16 autocast multiplies) and ``thin bf16`` (fp32 rows by bf16 panels), where they run.
+  rows, as bf16 autocast multiplies), ``thin bf16`` (fp32 rows by bf16 panels) and ``thin bf16
+  pairs`` (bf16 rows by bf16 pair panels, AVX-512 BF16), where they run. oneDNN's rows are cast
+  to bf16 before the timing; the thin kernels take fp32 rows and round them themselves.
 
 Microseconds per product (median of interleaved rounds) and the ratios F.linear / oneDNN packed,
-oneDNN packed / thin and, with ``--bf16``, oneDNN bf16 packed / thin bf16.
+oneDNN packed / thin and, with ``--bf16``, oneDNN bf16 packed / thin bf16 and / thin bf16 pairs.
 
     .venv/bin/python -m benchmarks.thin_products [--threads N] [--bf16]
 """
@@ -58,6 +60,9 @@ def kernels(
     if bf16 and thin.available():
         panels16 = [thin.pack(w, torch.bfloat16) for w in weights]
         peers["thin bf16"] = lambda: [thin.linear(x, p, w.shape[0], bias) for p, w in zip(panels16, weights)]
+    if bf16 and thin.pairs_available():
+        pairs = [thin.pack_pairs(w) for w in weights]
+        peers["thin bf16 pairs"] = lambda: [thin.linear(x, p, w.shape[0], bias) for p, w in zip(pairs, weights)]
     return peers
 
 
@@ -83,6 +88,8 @@ def main() -> None:
                 thin_ratio = us["oneDNN packed"] / us["thin"] if "thin" in us else None
                 both = {"oneDNN bf16 packed", "thin bf16"} <= us.keys()
                 bf16_ratio = us["oneDNN bf16 packed"] / us["thin bf16"] if both else None
+                both = {"oneDNN bf16 packed", "thin bf16 pairs"} <= us.keys()
+                pairs_ratio = us["oneDNN bf16 packed"] / us["thin bf16 pairs"] if both else None
                 results.append(
                     {
                         "rows": rows,
@@ -92,6 +99,7 @@ def main() -> None:
                         "f_linear_over_onednn": ratio,
                         "onednn_over_thin": thin_ratio,
                         "onednn_bf16_over_thin_bf16": bf16_ratio,
+                        "onednn_bf16_over_thin_bf16_pairs": pairs_ratio,
                     }
                 )
                 print(
@@ -100,6 +108,7 @@ def main() -> None:
                     + f"   F.linear / oneDNN packed {ratio:.2f}x"
                     + ("" if thin_ratio is None else f"   oneDNN packed / thin {thin_ratio:.2f}x")
                     + ("" if bf16_ratio is None else f"   bf16: oneDNN / thin {bf16_ratio:.2f}x")
+                    + ("" if pairs_ratio is None else f"   oneDNN / pairs {pairs_ratio:.2f}x")
                 )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "thin_products.json"

@@ -55,6 +55,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
     linear = "oneDNN" if uses_onednn("cpu") else "BLAS"
     rows, keys = thin.max_rows(), fused_step.max_keys()
     products = f"thin kernel up to {rows} rows" if rows else "oneDNN packed"
+    pair_rows = thin.max_rows_bf16()
+    products += f", bf16 pair panels up to {pair_rows} rows" if pair_rows else ""
     attention = f"fused kernel up to {keys} keys" if keys else "PyTorch's"
     fused_rows = fused_decoder.max_rows()
     steps = f"fused up to {fused_rows} rows" if fused_rows else "layer by layer"

@@ -17,13 +17,16 @@ from attnlab.functional.kernels.thresholds import thin_rule
 from attnlab.inference.packed import PackedWeights
 
 
-def _cpu_has_avx2_fma() -> bool:
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+            return set(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
-        return False
-    return "avx2" in flags and "fma" in flags
+        return set()
+
+
+def _cpu_has_avx2_fma() -> bool:
+    return {"avx2", "fma"} <= _cpu_flags()
 
 
 X86_LINUX = sys.platform == "linux" and platform.machine() == "x86_64"
@@ -40,6 +43,8 @@ def test_the_extension_is_built_and_runs_here():
     """A silent build failure at install time would leave decoding on oneDNN: make it loud here."""
     assert thin.built(), "attnlab.functional.kernels._thin was not compiled by pip install (no C compiler?)"
     assert thin.available() == _cpu_has_avx2_fma()
+    pair_flags = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}
+    assert thin.pairs_available() == (_cpu_has_avx2_fma() and pair_flags <= _cpu_flags())
 
 
 needs_thin = pytest.mark.skipif(not thin.available(), reason="the thin kernel needs AVX2 and FMA")
@@ -63,6 +68,56 @@ def test_products_match_f_linear_in_float64(rows, in_features, out_features, wit
     expected = F.linear(x.double(), rounded, None if bias is None else bias.double())
     assert got.shape == (rows, out_features) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, **_tolerance(in_features))
+
+
+needs_pairs = pytest.mark.skipif(not thin.pairs_available(), reason="bf16 pair panels need AVX-512 BF16")
+
+
+@needs_pairs
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 40])
+@pytest.mark.parametrize(("in_features", "out_features"), [(64, 96), (38, 13), (200, 16), (30, 33)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_pair_panels_multiply_the_rows_and_weights_rounded_to_bf16(rows, in_features, out_features, with_bias):
+    """The products of bf16 autocast: rows and weights rounded to bf16 (to nearest even), each
+    product exact in fp32, the sums fp32; the reference sums in float64."""
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, in_features, generator=g)
+    weight = torch.randn(out_features, in_features, generator=g)
+    bias = torch.randn(out_features, generator=g) if with_bias else None
+    got = thin.linear(x, thin.pack_pairs(weight), out_features, bias)
+    rounded = F.linear(x.bfloat16().double(), weight.bfloat16().double(), None if bias is None else bias.double())
+    assert got.shape == (rows, out_features) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), rounded, **_tolerance(in_features))
+    if rows:  # the rows are rounded: fp32 rows by the rounded weights differ by far more than the tolerance
+        unrounded = F.linear(x.double(), weight.bfloat16().double(), None if bias is None else bias.double())
+        assert (got.double() - unrounded).abs().max() > 100 * _tolerance(in_features)["atol"]
+
+
+@needs_pairs
+@pytest.mark.parametrize("rows", [1, 8, 9, 20])
+@pytest.mark.parametrize("relu", [False, True])
+def test_pair_panels_fuse_the_residual_and_the_relu(rows, relu):
+    g = torch.Generator().manual_seed(rows)
+    x, weight, bias = torch.randn(rows, 48, generator=g), torch.randn(21, 48, generator=g), torch.randn(21, generator=g)
+    residual = torch.randn(rows, 21, generator=g)
+    product = F.linear(x.bfloat16().double(), weight.bfloat16().double(), bias.double()) + residual.double()
+    expected = product.relu() if relu else product
+    out = residual.clone()
+    got = thin.linear(x, thin.pack_pairs(weight), 21, bias, residual=out, relu=relu, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(got.double(), expected, **_tolerance(48))
+
+
+def test_pair_panels_lay_out_pairs_of_inputs_for_sixteen_outputs():
+    weight = torch.randn(21, 6)
+    packed = thin.pack_pairs(weight)
+    assert packed.shape == (2, 3, 16, 2) and packed.dtype == torch.bfloat16 and packed.is_contiguous()
+    for n in range(32):
+        for k in range(6):
+            expected = weight[n, k].bfloat16() if n < 21 else torch.tensor(0.0, dtype=torch.bfloat16)
+            assert torch.equal(packed[n // 16, k // 2, n % 16, k % 2], expected), (n, k)
+    with pytest.raises(ValueError, match=r"even number of inputs, got \(16, 7\)"):
+        thin.pack_pairs(torch.randn(16, 7))
 
 
 @needs_thin
@@ -151,7 +206,7 @@ def test_bad_operands_are_refused_with_what_was_expected():
         thin.linear(torch.randn(2, 7), packed, 16)
     with pytest.raises(ValueError, match=r"fp32 CPU input of 8 features, got \(2, 8\) torch.float64"):
         thin.linear(torch.randn(2, 8, dtype=torch.float64), packed, 16)
-    with pytest.raises(ValueError, match=r"is not pack\(\) of 24 outputs"):
+    with pytest.raises(ValueError, match=r"is not pack\(\) or pack_pairs\(\) of 24 outputs"):
         thin.linear(torch.randn(2, 8), packed, 24)
     with pytest.raises(ValueError, match=r"fp32 bias of shape \(16,\), got \(15,\)"):
         thin.linear(torch.randn(2, 8), packed, 16, torch.randn(15))

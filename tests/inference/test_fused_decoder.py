@@ -176,10 +176,11 @@ def test_without_the_kernels_the_engine_decodes_on_its_other_paths(monkeypatch: 
 @needs_kernels
 @pytest.mark.skipif(not onednn.bf16_available(), reason="bf16 fused steps need oneDNN's bf16 products")
 @pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("thin_rows", [0, 64])  # oneDNN's bf16 products, or the thin kernel's bf16 panels
+@pytest.mark.parametrize("thin_rows", [0, 64])  # oneDNN's bf16 products, or the thin kernel's pair panels
 def test_bf16_fused_steps_are_as_close_to_fp32_as_the_bf16_plain_steps(k, thin_rows) -> None:
-    """Under bf16 autocast the fused steps multiply by bf16 weights (rows rounded to bf16 on
-    oneDNN, fp32 rows on the thin kernel) and keep the rest in fp32: their logits are no further
+    """Under bf16 autocast the fused steps multiply bf16 rows by bf16 weights (on oneDNN, or on
+    the thin kernel's pair panels where the CPU has AVX-512 BF16) and keep the rest in fp32:
+    their logits are no further
     from fp32's than those of the engine's plain bf16 steps, which autocast wholly, and are not
     fp32's own."""
     set_thresholds(Thresholds(cpu_thin_max_rows_bfloat16=thin_rows))

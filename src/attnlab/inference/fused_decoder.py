@@ -56,10 +56,11 @@ class _Product:
     bias: Tensor | None
 
     @classmethod
-    def of(cls, weight: Tensor, bias: Tensor | None, panels: torch.dtype = torch.float32) -> _Product:
-        """Packed in ``panels`` of fp32, or of bf16 (the weight rounded to bf16)."""
+    def of(cls, weight: Tensor, bias: Tensor | None, *, pairs: bool = False) -> _Product:
+        """Packed in fp32 panels, or with ``pairs`` in bf16 pair panels (the weight and the rows
+        rounded to bf16)."""
         bias = None if bias is None else bias.detach().contiguous()
-        return cls(thin.pack(weight, panels), weight.shape[0], bias)
+        return cls(thin.pack_pairs(weight) if pairs else thin.pack(weight), weight.shape[0], bias)
 
     def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
         """The product of contiguous rows ``x (R, in)`` (plus ``residual``, then ReLU'd with
@@ -86,24 +87,25 @@ class _Int8Product:
 
 @dataclass
 class _Bf16Product:
-    """``x W^T + b`` with bf16 copies of ``W``: oneDNN's bf16 product of the rows rounded to bf16
-    (what bf16 autocast computes), the epilogues in PyTorch; or, for at most
-    ``Thresholds.cpu_thin_max_rows_bfloat16`` rows, where a step is bound by reading the weights,
-    the thin kernel's product of the fp32 rows by bf16 panels, the epilogues in the kernel."""
+    """``x W^T + b`` with bf16 copies of ``W``, the product of the rows rounded to bf16 (what bf16
+    autocast computes): for at most ``Thresholds.cpu_thin_max_rows_bfloat16`` rows the thin
+    kernel's bf16 pair panels, the epilogues in the kernel; above, oneDNN's bf16 product, the
+    epilogues in PyTorch. Pair panels need AVX-512 BF16 and an even number of inputs."""
 
     packed: Tensor
     bias16: Tensor | None
-    panels: _Product
+    pairs: _Product | None
 
     @classmethod
     def of(cls, weight: Tensor, bias: Tensor | None) -> _Bf16Product:
         bias16 = None if bias is None else bias.detach().to(torch.bfloat16)
         packed = onednn.pack(weight.detach().to(torch.bfloat16), 1)
-        return cls(packed, bias16, _Product.of(weight, bias, torch.bfloat16))
+        pairs = _Product.of(weight, bias, pairs=True) if thin.pairs_available() and weight.shape[1] % 2 == 0 else None
+        return cls(packed, bias16, pairs)
 
     def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
-        if x.shape[0] <= thin.max_rows_bf16():
-            return self.panels(x, residual=residual, relu=relu)
+        if self.pairs is not None and x.shape[0] <= thin.max_rows_bf16():
+            return self.pairs(x, residual=residual, relu=relu)
         return _epilogue(onednn.linear(x.to(torch.bfloat16), self.packed, self.bias16), residual, relu)
 
 

@@ -1,5 +1,5 @@
-/* Thin products y = x W^T + b for the few rows of a decoding step (AVX2 + FMA): fp32 rows by
- * fp32 or bf16 weights, fp32 sums.
+/* Thin products y = x W^T + b for the few rows of a decoding step: fp32 rows by fp32 or bf16
+ * weights, fp32 sums (AVX2 + FMA); and bf16 rows by bf16 weights, fp32 sums (AVX-512 BF16).
  *
  * A decoding step multiplies a handful of rows by every weight of the decoder, so its products
  * are bound by reading the weights from memory. The weight is packed once, by
@@ -11,12 +11,19 @@
  * half the bytes to read); each weight is widened to fp32 as it is loaded, so the products are
  * those of the fp32 rows by the bf16 weights, summed in fp32.
  *
- * The module exposes two functions; attnlab.functional.kernels.thin checks shapes and dtypes
+ * On a CPU with AVX-512 BF16, a bf16 weight can instead be packed into pair panels of 16 output
+ * columns, each panel's K / 2 rows holding 16 pairs of consecutive weights: Q[n / 16][k / 2][n %
+ * 16][k % 2] = W[n][k] (zero past N and past an odd K). The rows are rounded to bf16 (to nearest
+ * even, as bf16 autocast rounds them) and one vdpbf16ps adds two products to each of 16 fp32
+ * sums: the products of bf16 autocast, with the epilogues done as the outputs are stored.
+ *
+ * The module exposes three functions; attnlab.functional.kernels.thin checks shapes and dtypes
  * before it calls them:
  *   supported() -> bool: whether this CPU has AVX2 and FMA;
- *   linear(x, p, b, y, rows, k, n, res, relu, threads, bf16): addresses of x (rows, k), p (bf16
- *       panels with bf16 true, else fp32), b (n, or 0 for none), y (rows, n) and res (rows, n, or
- *       0 for none), all else fp32 and contiguous;
+ *   dot_supported() -> bool: whether this CPU has AVX-512 BF16 (for pair panels);
+ *   linear(x, p, b, y, rows, k, n, res, relu, threads, kind): addresses of x (rows, k), p (fp32
+ *       panels with kind 0, bf16 panels with kind 1, bf16 pair panels with kind 2), b (n, or 0 for
+ *       none), y (rows, n) and res (rows, n, or 0 for none), all else fp32 and contiguous;
  *       y = relu(x W^T + b + res) with relu true, else without the max. res may be y itself
  *       (each element is read just before it is written); x may not overlap y.
  */
@@ -25,7 +32,21 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <stdlib.h>
+
 #include "_avx2.h"
+
+/* Whether this CPU runs the bf16 pair-panel kernel (AVX-512 BF16). */
+static int dot_supported_here(void) {
+#ifdef ATTNLAB_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
 
 #ifdef ATTNLAB_X86
 #define PANEL 8
@@ -144,10 +165,10 @@ typedef struct {
      sizeof(W)}
 static const kernels FP32 = KERNELS_OF(float), BF16 = KERNELS_OF(bf16);
 
-/* Columns [8 j, 8 j + 8) of the bias, zero-padded past n, into buf; NULL without a bias. */
-static const float *bias_of(const float *b, long n, long j, int width, float *buf) {
+/* Columns [start, start + width) of the bias, zero-padded past n, into buf; NULL without a bias. */
+static const float *bias_of(const float *b, long n, long start, int width, float *buf) {
     if (!b) return NULL;
-    long start = j * PANEL, cols = n - start < width ? n - start : width;
+    long cols = n - start < width ? n - start : width;
     if (cols == width) return b + start;
     memset(buf, 0, sizeof(float) * width);
     memcpy(buf, b + start, sizeof(float) * cols);
@@ -162,7 +183,7 @@ static void thin_few(const kernels *f, const float *x, const char *p, const floa
     for (long j = 0; j < panels; ++j) {
         float buf[PANEL];
         int cols = (int)(n - j * PANEL < PANEL ? n - j * PANEL : PANEL);
-        f->panel[rows](x, k_dim, p + j * k_dim * PANEL * f->size, bias_of(b, n, j, PANEL, buf),
+        f->panel[rows](x, k_dim, p + j * k_dim * PANEL * f->size, bias_of(b, n, j * PANEL, PANEL, buf),
                         y + j * PANEL, n, cols, res ? res + j * PANEL : NULL, relu);
     }
 }
@@ -177,7 +198,7 @@ static void thin_many(const kernels *f, const float *x, const char *p, const flo
         float buf[2 * PANEL];
         if (j + 1 < panels) {
             int cols_b = (int)(n - (j + 1) * PANEL < PANEL ? n - (j + 1) * PANEL : PANEL);
-            const float *bias16 = bias_of(b, n, j, 2 * PANEL, buf);
+            const float *bias16 = bias_of(b, n, j * PANEL, 2 * PANEL, buf);
             for (long r0 = 0; r0 < rows; r0 += PAIR_BLOCK) {
                 long r = rows - r0 < PAIR_BLOCK ? rows - r0 : PAIR_BLOCK;
                 long at = r0 * n + j * PANEL;
@@ -186,7 +207,7 @@ static void thin_many(const kernels *f, const float *x, const char *p, const flo
             }
         } else {  /* an odd last panel */
             int cols = (int)(n - j * PANEL);
-            const float *bias8 = bias_of(b, n, j, PANEL, buf);
+            const float *bias8 = bias_of(b, n, j * PANEL, PANEL, buf);
             for (long r0 = 0; r0 < rows; r0 += PANEL) {
                 long r = rows - r0 < PANEL ? rows - r0 : PANEL;
                 long at = r0 * n + j * PANEL;
@@ -197,14 +218,91 @@ static void thin_many(const kernels *f, const float *x, const char *p, const flo
     }
 }
 
-static void thin_linear(const float *x, const void *p, int bf16_weights, const float *b, float *y,
-                        long rows, long k_dim, long n, const float *res, int relu, int threads) {
-    const kernels *f = bf16_weights ? &BF16 : &FP32;
-    if (rows == 0) return;
+
+/* ---------------------------------------------------------------- bf16 pair panels (AVX-512 BF16) */
+#define DOT_PANEL 16
+#define DOT_BLOCK 8 /* rows whose sums a pass over a pair panel keeps in registers */
+#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+
+/* acc[r] += sum over pairs k of x[r] pair k . panel[k][0..15] pair, for R rows of bf16 pairs (one
+ * 32-bit word per pair), then y = acc + bias16 with the epilogues. */
+#define DOT_ROWS(R)                                                                              \
+    AVX512BF16 static void dot_rows_##R(const uint32_t *x, long pairs, const uint16_t *panel,   \
+                                        const float *bias16, float *y, long ldy, int cols,       \
+                                        const float *res, int relu) {                            \
+        __m512 acc[R];                                                                           \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();       \
+        for (long k = 0; k < pairs; ++k) {                                                       \
+            __m512bh w = (__m512bh)_mm512_loadu_si512(panel + k * 2 * DOT_PANEL);                \
+            _mm_prefetch((const char *)(panel + k * 2 * DOT_PANEL) + PREFETCH_BYTES, _MM_HINT_T0); \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] = _mm512_dpbf16_ps(      \
+                acc[r], (__m512bh)_mm512_set1_epi32((int)x[r * pairs + k]), w);                  \
+        }                                                                                        \
+        float out[R][DOT_PANEL];                                                                 \
+        __m512 b = bias16 ? _mm512_loadu_ps(bias16) : _mm512_setzero_ps();                       \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                     \
+            _mm512_storeu_ps(out[r], _mm512_add_ps(acc[r], b));                                  \
+        store_rows(&out[0][0], DOT_PANEL, R, cols, y, ldy, res, relu);                           \
+    }
+DOT_ROWS(1) DOT_ROWS(2) DOT_ROWS(3) DOT_ROWS(4) DOT_ROWS(5) DOT_ROWS(6) DOT_ROWS(7) DOT_ROWS(8)
+
+typedef void (*dot_fn)(const uint32_t *, long, const uint16_t *, const float *, float *, long, int,
+                       const float *, int);
+static const dot_fn DOT[DOT_BLOCK + 1] = {NULL,         dot_rows_1, dot_rows_2, dot_rows_3, dot_rows_4,
+                                          dot_rows_5,   dot_rows_6, dot_rows_7, dot_rows_8};
+
+/* Row r of x (k floats) rounded to bf16 (to nearest even), zero-padded to 2 pairs words. */
+AVX512BF16 static void bf16_row(const float *x, long k_dim, long pairs, uint16_t *out) {
+    long k = 0;
+    for (; k + 16 <= k_dim; k += 16)
+        _mm256_storeu_si256((__m256i *)(out + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + k)));
+    if (k < 2 * pairs) {
+        __mmask16 in = (__mmask16)((1u << (k_dim - k)) - 1), all = (__mmask16)((1u << (2 * pairs - k)) - 1);
+        __m256i v = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(in, x + k));
+        _mm256_mask_storeu_epi16(out + k, all, v);
+    }
+}
+
+/* x16: rows * ceil(k / 2) words of scratch for the rows in bf16. */
+static void thin_dot(const float *x, const uint16_t *p, const float *b, float *y, long rows,
+                     long k_dim, long n, const float *res, int relu, int threads, uint32_t *x16) {
+    long pairs = (k_dim + 1) / 2, panels = (n + DOT_PANEL - 1) / DOT_PANEL;
+    for (long r = 0; r < rows; ++r) bf16_row(x + r * k_dim, k_dim, pairs, (uint16_t *)(x16 + r * pairs));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long j = 0; j < panels; ++j) {
+        float buf[DOT_PANEL];
+        long start = j * DOT_PANEL;
+        int cols = (int)(n - start < DOT_PANEL ? n - start : DOT_PANEL);
+        const float *bias16 = bias_of(b, n, start, DOT_PANEL, buf);
+        for (long r0 = 0; r0 < rows; r0 += DOT_BLOCK) {
+            long r = rows - r0 < DOT_BLOCK ? rows - r0 : DOT_BLOCK;
+            long at = r0 * n + start;
+            DOT[r](x16 + r0 * pairs, pairs, p + j * pairs * 2 * DOT_PANEL, bias16, y + at, n, cols,
+                   res ? res + at : NULL, relu);
+        }
+    }
+}
+
+enum { FP32_PANELS = 0, BF16_PANELS = 1, BF16_PAIR_PANELS = 2 };
+
+/* 0, or -1 where the scratch for the bf16 rows could not be allocated. */
+static int thin_linear(const float *x, const void *p, int kind, const float *b, float *y, long rows,
+                       long k_dim, long n, const float *res, int relu, int threads) {
+    if (rows == 0) return 0;
+    if (kind == BF16_PAIR_PANELS) {
+        uint32_t *x16 = malloc(sizeof(uint32_t) * rows * ((k_dim + 1) / 2));
+        if (!x16) return -1;
+        thin_dot(x, p, b, y, rows, k_dim, n, res, relu, threads, x16);
+        free(x16);
+        return 0;
+    }
+    const kernels *f = kind == BF16_PANELS ? &BF16 : &FP32;
     if (rows <= PANEL)
         thin_few(f, x, p, b, y, rows, k_dim, n, res, relu, threads);
     else
         thin_many(f, x, p, b, y, rows, k_dim, n, res, relu, threads);
+    return 0;
 }
 #endif /* ATTNLAB_X86 */
 
@@ -212,12 +310,17 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long x, p, b, y, res;
     long long rows, k_dim, n;
-    int relu, threads, bf16_weights;
-    if (!PyArg_ParseTuple(args, "KKKKLLLKpip", &x, &p, &b, &y, &rows, &k_dim, &n, &res, &relu,
-                          &threads, &bf16_weights))
+    int relu, threads, kind;
+    if (!PyArg_ParseTuple(args, "KKKKLLLKpii", &x, &p, &b, &y, &rows, &k_dim, &n, &res, &relu,
+                          &threads, &kind))
         return NULL;
-    if (!cpu_supported()) {
-        PyErr_SetString(PyExc_RuntimeError, "the thin-product kernel needs a CPU with AVX2 and FMA");
+    if (kind < 0 || kind > 2) {
+        PyErr_Format(PyExc_ValueError, "expected panel kind 0 (fp32), 1 (bf16) or 2 (bf16 pairs), got %d", kind);
+        return NULL;
+    }
+    if (!cpu_supported() || (kind == 2 && !dot_supported_here())) {
+        PyErr_SetString(PyExc_RuntimeError, kind == 2 ? "bf16 pair panels need a CPU with AVX-512 BF16"
+                                                      : "the thin-product kernel needs a CPU with AVX2 and FMA");
         return NULL;
     }
     if (rows < 0 || k_dim <= 0 || n <= 0 || threads <= 0) {
@@ -228,17 +331,26 @@ static PyObject *linear(PyObject *self, PyObject *args) {
         return NULL;
     }
 #ifdef ATTNLAB_X86
+    int status;
     Py_BEGIN_ALLOW_THREADS
-    thin_linear((const float *)(uintptr_t)x, (const void *)(uintptr_t)p, bf16_weights,
-                (const float *)(uintptr_t)b, (float *)(uintptr_t)y, (long)rows, (long)k_dim,
-                (long)n, (const float *)(uintptr_t)res, relu, threads);
+    status = thin_linear((const float *)(uintptr_t)x, (const void *)(uintptr_t)p, kind,
+                         (const float *)(uintptr_t)b, (float *)(uintptr_t)y, (long)rows, (long)k_dim,
+                         (long)n, (const float *)(uintptr_t)res, relu, threads);
     Py_END_ALLOW_THREADS
+    if (status) return PyErr_NoMemory();
 #endif
     Py_RETURN_NONE;
 }
 
+static PyObject *dot_supported(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyBool_FromLong(dot_supported_here());
+}
+
 static PyMethodDef METHODS[] = {
     {"supported", supported, METH_NOARGS, "Whether this CPU has AVX2 and FMA."},
+    {"dot_supported", dot_supported, METH_NOARGS, "Whether this CPU has AVX-512 BF16."},
     {"linear", linear, METH_VARARGS, "y = x W^T + b from a packed fp32 or bf16 weight (addresses)."},
     {NULL, NULL, 0, NULL},
 };

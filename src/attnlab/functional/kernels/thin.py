@@ -6,7 +6,9 @@ oneDNN's) spend that read poorly at 1 to 16 rows. The kernel here (``_thin.c``, 
 built by ``pip install``) packs the weight into panels of 8 output columns and keeps up to 8
 rows' sums in registers, so each panel is read once, in order, per 8 rows. A weight packed in
 bf16 is half the bytes to read; the kernel widens each weight to fp32 as it loads it, so the
-products are exact products of the fp32 rows by the bf16 weights, summed in fp32.
+products are exact products of the fp32 rows by the bf16 weights, summed in fp32. On a CPU with
+AVX-512 BF16 a weight packed in bf16 pairs (``pack_pairs``) is multiplied by the rows rounded to
+bf16, two products a lane per instruction: bf16 autocast's products, with the epilogues fused.
 ``python -m benchmarks.thin_products`` times it beside oneDNN's packed products and ``F.linear``.
 
 The extension is optional: ``available()`` is False where it was not built (no C compiler at
@@ -29,6 +31,7 @@ except ImportError:  # built without a C compiler
     _thin = None
 
 PANEL = 8  # output columns per panel: one AVX2 register of fp32
+PAIR_PANEL = 16  # output columns per pair panel: one AVX-512 register of fp32 sums
 
 
 def built() -> bool:
@@ -48,13 +51,20 @@ def max_rows() -> int:
     return current_thresholds().cpu_thin_max_rows if available() else 0
 
 
+@functools.cache
+def pairs_available() -> bool:
+    """Whether bf16 pair panels (``pack_pairs``) can be multiplied here: the kernel runs and the
+    CPU has AVX-512 BF16."""
+    return available() and bool(_thin.dot_supported())
+
+
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def max_rows_bf16() -> int:
-    """The most rows a product by bf16 panels takes this kernel for in bf16 decoding here:
-    ``Thresholds.cpu_thin_max_rows_bfloat16`` where the kernel runs, else 0."""
-    return current_thresholds().cpu_thin_max_rows_bfloat16 if available() else 0
+    """The most rows a product by bf16 pair panels takes this kernel for in bf16 decoding here:
+    ``Thresholds.cpu_thin_max_rows_bfloat16`` where pair panels run, else 0."""
+    return current_thresholds().cpu_thin_max_rows_bfloat16 if pairs_available() else 0
 
 
 def pack(weight: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -73,6 +83,41 @@ def pack(weight: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return weight.reshape(padded // PANEL, PANEL, in_features).transpose(1, 2).contiguous()
 
 
+def pack_pairs(weight: Tensor) -> Tensor:
+    """``weight (out, in)`` (fp32 or bf16, ``in`` even) rounded to bf16 (to nearest even) as pair
+    panels ``(ceil(out / 16), in / 2, 16, 2)``: ``Q[j, i, c, h] = W[16 j + c, 2 i + h]``, zero
+    columns past ``out``. Multiplied only where ``pairs_available()``."""
+    if weight.ndim != 2 or weight.dtype not in WEIGHT_DTYPES or not weight.is_cpu or weight.shape[1] % 2:
+        raise ValueError(
+            "expected a 2-D fp32 or bf16 CPU weight of an even number of inputs, got "
+            f"{tuple(weight.shape)} {weight.dtype} on {weight.device}"
+        )
+    out_features, in_features = weight.shape
+    padded = -(-out_features // PAIR_PANEL) * PAIR_PANEL
+    weight = F.pad(weight.detach().to(torch.bfloat16), (0, 0, 0, padded - out_features))
+    panels = weight.reshape(padded // PAIR_PANEL, PAIR_PANEL, in_features // 2, 2)
+    return panels.transpose(1, 2).contiguous()
+
+
+def _layout(packed: Tensor, out_features: int) -> tuple[int, int, int]:
+    """``(kind, in_features, panels expected)`` of a packed weight: kind 0 fp32 panels, 1 bf16
+    panels, 2 bf16 pair panels (the C kernel's numbering)."""
+    if packed.ndim == 4:
+        return 2, 2 * packed.shape[1], -(-out_features // PAIR_PANEL)
+    return int(packed.dtype == torch.bfloat16), packed.shape[1], -(-out_features // PANEL)
+
+
+def _packed_as_made(packed: Tensor, out_features: int) -> bool:
+    """Whether ``packed`` has the shape, dtype and layout ``pack`` or ``pack_pairs`` gives a
+    weight of ``out_features`` outputs."""
+    kind, _, panels = _layout(packed, out_features)
+    if not packed.is_contiguous() or packed.shape[0] != panels:
+        return False
+    if kind == 2:
+        return packed.dtype == torch.bfloat16 and packed.shape[2:] == (PAIR_PANEL, 2)
+    return packed.ndim == 3 and packed.shape[2] == PANEL and packed.dtype in WEIGHT_DTYPES
+
+
 def linear(
     x: Tensor,
     packed: Tensor,
@@ -83,28 +128,29 @@ def linear(
     relu: bool = False,
     out: Tensor | None = None,
 ) -> Tensor:
-    """``x W^T + b`` for fp32 ``x (..., in)`` from ``packed = pack(W)`` (fp32 or bf16 panels) on
-    CPU, no autograd; the result is fp32.
+    """``x W^T + b`` for fp32 ``x (..., in)`` from ``packed = pack(W)`` (fp32 or bf16 panels) or
+    ``pack_pairs(W)`` (bf16 pair panels: the rows are rounded to bf16) on CPU, no autograd; the
+    result is fp32.
 
     With ``residual`` (the result's shape) the result is ``x W^T + b + residual``, with ``relu``
     ``max(., 0)`` of it: the epilogues of a Transformer block's products, done as each output
     is stored. ``out`` (contiguous, the result's shape) receives the result; it may be
     ``residual`` itself, never ``x``.
     """
-    panels, in_features, width = packed.shape
+    kind, in_features, _ = _layout(packed, out_features)
     if not available():
         raise RuntimeError("the thin-product kernel is not available here (not built, or no AVX2 and FMA)")
+    if kind == 2 and not pairs_available():
+        raise RuntimeError("bf16 pair panels need a CPU with AVX-512 BF16")
     if x.dtype != torch.float32 or not x.is_cpu or x.shape[-1] != in_features:
         raise ValueError(
             f"expected fp32 CPU input of {in_features} features, got {tuple(x.shape)} {x.dtype} on {x.device}"
         )
-    if (
-        width != PANEL
-        or panels != -(-out_features // PANEL)
-        or packed.dtype not in WEIGHT_DTYPES
-        or not packed.is_contiguous()
-    ):
-        raise ValueError(f"packed weight {tuple(packed.shape)} {packed.dtype} is not pack() of {out_features} outputs")
+    if not _packed_as_made(packed, out_features):
+        raise ValueError(
+            f"packed weight {tuple(packed.shape)} {packed.dtype} is not pack() or pack_pairs() "
+            f"of {out_features} outputs"
+        )
     if bias is not None and (bias.shape != (out_features,) or bias.dtype != torch.float32):
         raise ValueError(f"expected an fp32 bias of shape ({out_features},), got {tuple(bias.shape)} {bias.dtype}")
     shape = (*x.shape[:-1], out_features)
@@ -133,9 +179,9 @@ def unsafe_linear(
 ) -> Tensor:
     """``linear(x, packed, out_features, bias, residual=residual, relu=relu, out=out)`` without
     its checks, for an engine that made every operand itself: contiguous CPU tensors of the
-    right shapes, fp32 but for ``packed`` (fp32 or bf16), the kernel ``available()``. A wrong
-    operand corrupts memory."""
-    in_features = packed.shape[1]
+    right shapes, fp32 but for ``packed`` (fp32 or bf16), the kernel ``available()`` (and
+    ``pairs_available()`` for pair panels). A wrong operand corrupts memory."""
+    kind, in_features, _ = _layout(packed, out_features)
     _thin.linear(
         x.data_ptr(),
         packed.data_ptr(),
@@ -147,6 +193,6 @@ def unsafe_linear(
         0 if residual is None else residual.data_ptr(),
         relu,
         torch.get_num_threads(),
-        packed.dtype == torch.bfloat16,
+        kind,
     )
     return out
