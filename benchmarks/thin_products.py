@@ -7,14 +7,15 @@ stream from memory, as the decoder's weights do in a real step, instead of sitti
 - ``F.linear``: what PyTorch calls for ``nn.Linear`` (the BLAS repacks the weight every call);
 - ``oneDNN packed``: the decoding engine's copy (``attnlab.functional.kernels.onednn``), packed once;
 - ``MKL packed``: MKL's ``cblas_sgemm_pack`` copy, where this build has it;
-- ``thin``: attnlab's thin-product kernel (``attnlab.functional.kernels.thin``), where it runs;
+- ``thin``: attnlab's thin-product kernel (``attnlab.functional.kernels.thin``), where it runs, and
+  ``thin wide``, its 16-column panels, where the CPU has AVX-512;
 - with ``--bf16``, bf16 copies of the weights (half the bytes): ``oneDNN bf16 packed`` (bf16
   rows, as bf16 autocast multiplies), ``thin bf16`` (fp32 rows by bf16 panels) and ``thin bf16
   pairs`` (bf16 rows by bf16 pair panels, AVX-512 BF16), where they run. oneDNN's rows are cast
   to bf16 before the timing; the thin kernels take fp32 rows and round them themselves.
 
 Microseconds per product (median of interleaved rounds) and the ratios F.linear / oneDNN packed,
-oneDNN packed / thin and, with ``--bf16``, oneDNN bf16 packed / thin bf16 and / thin bf16 pairs.
+oneDNN packed / thin (and / thin wide) and, with ``--bf16``, oneDNN bf16 packed / thin bf16 and / thin bf16 pairs.
 
     .venv/bin/python -m benchmarks.thin_products [--threads N] [--bf16]
 """
@@ -53,6 +54,9 @@ def kernels(
     if thin.available():
         panels = [thin.pack(w) for w in weights]
         peers["thin"] = lambda: [thin.linear(x, p, w.shape[0], bias) for p, w in zip(panels, weights)]
+    if thin.wide_available():
+        wide = [thin.pack(w, wide=True) for w in weights]
+        peers["thin wide"] = lambda: [thin.linear(x, p, w.shape[0], bias) for p, w in zip(wide, weights)]
     if bf16 and onednn.bf16_available():
         x16, bias16 = x.bfloat16(), bias.bfloat16()
         packed16 = [onednn.pack(w.bfloat16(), rows) for w in weights]
@@ -86,6 +90,7 @@ def main() -> None:
                 us = {name: 1e6 * statistics.median(t) / copies for name, t in samples.items()}
                 ratio = us["F.linear"] / us["oneDNN packed"]
                 thin_ratio = us["oneDNN packed"] / us["thin"] if "thin" in us else None
+                wide_ratio = us["oneDNN packed"] / us["thin wide"] if "thin wide" in us else None
                 both = {"oneDNN bf16 packed", "thin bf16"} <= us.keys()
                 bf16_ratio = us["oneDNN bf16 packed"] / us["thin bf16"] if both else None
                 both = {"oneDNN bf16 packed", "thin bf16 pairs"} <= us.keys()
@@ -98,6 +103,7 @@ def main() -> None:
                         "us": us,
                         "f_linear_over_onednn": ratio,
                         "onednn_over_thin": thin_ratio,
+                        "onednn_over_thin_wide": wide_ratio,
                         "onednn_bf16_over_thin_bf16": bf16_ratio,
                         "onednn_bf16_over_thin_bf16_pairs": pairs_ratio,
                     }
@@ -107,6 +113,7 @@ def main() -> None:
                     + "  ".join(f"{k} {v:7.0f}" for k, v in us.items())
                     + f"   F.linear / oneDNN packed {ratio:.2f}x"
                     + ("" if thin_ratio is None else f"   oneDNN packed / thin {thin_ratio:.2f}x")
+                    + ("" if wide_ratio is None else f"   / thin wide {wide_ratio:.2f}x")
                     + ("" if bf16_ratio is None else f"   bf16: oneDNN / thin {bf16_ratio:.2f}x")
                     + ("" if pairs_ratio is None else f"   oneDNN / pairs {pairs_ratio:.2f}x")
                 )

@@ -50,19 +50,25 @@ def test_the_extension_is_built_and_runs_here():
 needs_thin = pytest.mark.skipif(not thin.available(), reason="the thin kernel needs AVX2 and FMA")
 
 
+needs_wide = pytest.mark.skipif(not thin.wide_available(), reason="wide fp32 panels need AVX-512")
+# (panel dtype, wide): fp32 and bf16 panels of 8 columns, and wide fp32 panels of 16 (AVX-512)
+LAYOUTS = [(torch.float32, False), (torch.bfloat16, False), pytest.param((torch.float32, True), marks=needs_wide)]
+
+
 @needs_thin
-@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 21, 40])
-@pytest.mark.parametrize(("in_features", "out_features"), [(64, 96), (37, 13), (200, 8)])
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 21, 40])
+@pytest.mark.parametrize(("in_features", "out_features"), [(64, 96), (37, 13), (200, 8), (30, 33)])
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("panels", [torch.float32, torch.bfloat16])
-def test_products_match_f_linear_in_float64(rows, in_features, out_features, with_bias, panels):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_products_match_f_linear_in_float64(rows, in_features, out_features, with_bias, layout):
     """bf16 panels multiply by the weight rounded to bf16, exactly, and sum in fp32."""
     g = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, in_features, generator=g)
     weight = torch.randn(out_features, in_features, generator=g)
     bias = torch.randn(out_features, generator=g) if with_bias else None
-    packed = thin.pack(weight, panels)
-    assert packed.dtype == panels
+    panels, wide = layout
+    packed = thin.pack(weight, panels, wide=wide)
+    assert packed.dtype == panels and packed.shape[-1] == (16 if wide else 8)
     got = thin.linear(x, packed, out_features, bias)
     rounded = weight.to(panels).double()
     expected = F.linear(x.double(), rounded, None if bias is None else bias.double())
@@ -124,7 +130,8 @@ def test_pair_panels_lay_out_pairs_of_inputs_for_sixteen_outputs():
 @pytest.mark.parametrize("rows", [1, 5, 8, 9, 20])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("in_place", [False, True])
-def test_residual_and_relu_epilogues_match_their_definition_in_float64(rows, relu, in_place):
+@pytest.mark.parametrize("wide", [False, pytest.param(True, marks=needs_wide)])
+def test_residual_and_relu_epilogues_match_their_definition_in_float64(rows, relu, in_place, wide):
     """relu(x W^T + b + r) with a partial last panel, written over ``r`` or into a new tensor."""
     g = torch.Generator().manual_seed(rows)
     x, weight, bias = torch.randn(rows, 48, generator=g), torch.randn(21, 48, generator=g), torch.randn(21, generator=g)
@@ -133,21 +140,24 @@ def test_residual_and_relu_epilogues_match_their_definition_in_float64(rows, rel
     expected = product + residual.double()
     expected = expected.clamp_min(0) if relu else expected
     out = residual if in_place else None
-    got = thin.linear(x, thin.pack(weight), 21, bias, residual=residual, relu=relu, out=out)
+    packed = thin.pack(weight, wide=wide)
+    got = thin.linear(x, packed, 21, bias, residual=residual, relu=relu, out=out)
     assert (got.data_ptr() == residual.data_ptr()) == in_place
     torch.testing.assert_close(got.double(), expected, **_tolerance(48))
     assert (got.min() >= 0) == relu  # a random sum of 21 columns has negatives unless ReLU'd
-    got_unsafe = thin.unsafe_linear(x, thin.pack(weight), 21, bias, torch.empty(rows, 21), None, relu)
+    got_unsafe = thin.unsafe_linear(x, packed, 21, bias, torch.empty(rows, 21), None, relu)
     torch.testing.assert_close(got_unsafe.double(), product.clamp_min(0) if relu else product, **_tolerance(48))
 
 
 @needs_thin
-def test_relu_keeps_a_nan_as_torch_relu_does():
+@pytest.mark.parametrize("wide", [False, pytest.param(True, marks=needs_wide)])
+def test_relu_keeps_a_nan_as_torch_relu_does(wide):
     x, weight = torch.ones(1, 8), torch.full((8, 8), -1.0)
     x[0, 3] = math.nan
-    got = thin.linear(x, thin.pack(weight), 8, relu=True)
+    packed = thin.pack(weight, wide=wide)
+    got = thin.linear(x, packed, 8, relu=True)
     assert torch.isnan(got).all() and torch.isnan(torch.relu(F.linear(x, weight))).all()
-    assert torch.equal(thin.linear(torch.ones(1, 8), thin.pack(weight), 8, relu=True), torch.zeros(1, 8))
+    assert torch.equal(thin.linear(torch.ones(1, 8), packed, 8, relu=True), torch.zeros(1, 8))
 
 
 @needs_thin
@@ -183,19 +193,24 @@ def test_any_thread_count_and_leading_dimensions_give_the_same_product(threads):
 
 
 @pytest.mark.parametrize("transposed", [False, True])
-def test_packing_lays_out_panels_of_eight_output_columns(transposed):
-    weight = torch.arange(13 * 5, dtype=torch.float32).view(13, 5)
+@pytest.mark.parametrize("width", [8, 16])
+def test_packing_lays_out_panels_of_eight_or_sixteen_output_columns(transposed, width):
+    weight = torch.arange(21 * 5, dtype=torch.float32).view(21, 5)
     if transposed:  # the same values from a strided view
         weight = weight.t().contiguous().t()
-    packed = thin.pack(weight)
-    assert packed.shape == (2, 5, 8) and packed.is_contiguous()
-    for j in range(2):
-        for c in range(8):
-            n = 8 * j + c
-            expected = weight[n] if n < 13 else torch.zeros(5)
+    packed = thin.pack(weight, wide=width == 16)
+    panels = -(-21 // width)
+    assert packed.shape == (panels, 5, width) and packed.is_contiguous()
+    for j in range(panels):
+        for c in range(width):
+            n = width * j + c
+            expected = weight[n] if n < 21 else torch.zeros(5)
             assert torch.equal(packed[j, :, c], expected), (j, c)
-    square = torch.randn(16, 8).t()  # 8 outputs: no padding, still strided
-    assert torch.equal(thin.pack(square)[0].t(), square)
+    square = torch.randn(2 * width, width).t()  # width outputs: no padding, still strided
+    assert torch.equal(thin.pack(square, wide=width == 16)[0].t(), square)
+    assert thin.pack(weight).shape[-1] == (16 if thin.wide_available() else 8)  # the faster layout by default
+    with pytest.raises(ValueError, match="wide panels are fp32, got torch.bfloat16"):
+        thin.pack(weight, torch.bfloat16, wide=True)
 
 
 @needs_thin
@@ -220,9 +235,9 @@ def test_bad_operands_are_refused_with_what_was_expected():
     ("flags", "isa_cap", "expected"),
     [
         ("fpu sse2 avx avx2 fma", "", 128),  # against oneDNN's AVX2 kernels: ahead up to 128 rows
-        ("fpu sse2 avx avx2 fma avx512f avx512bw", "", 8),  # against its AVX-512 ones: up to 8
+        ("fpu sse2 avx avx2 fma avx512f avx512bw", "", 40),  # against its AVX-512 ones, wide panels: up to 40
         ("fpu sse2 avx avx2 fma avx512f avx512bw", "avx2", 128),  # oneDNN held to AVX2
-        ("fpu sse2 avx avx2 fma avx512f avx512bw", "AVX512_CORE_BF16", 8),
+        ("fpu sse2 avx avx2 fma avx512f avx512bw", "AVX512_CORE_BF16", 40),
         ("fpu sse2 avx avx2", "", 0),  # no FMA
         ("fp asimd", "", 0),  # not x86
         ("", "", 0),

@@ -11,19 +11,24 @@
  * half the bytes to read); each weight is widened to fp32 as it is loaded, so the products are
  * those of the fp32 rows by the bf16 weights, summed in fp32.
  *
- * On a CPU with AVX-512 BF16, a bf16 weight can instead be packed into pair panels of 16 output
- * columns, each panel's K / 2 rows holding 16 pairs of consecutive weights: Q[n / 16][k / 2][n %
- * 16][k % 2] = W[n][k] (zero past N and past an odd K). The rows are rounded to bf16 (to nearest
- * even, as bf16 autocast rounds them) and one vdpbf16ps adds two products to each of 16 fp32
- * sums: the products of bf16 autocast, with the epilogues done as the outputs are stored.
+ * On a CPU with AVX-512, panels of 16 output columns (P[n / 16][k][n % 16], "wide") take one
+ * 512-bit multiply-add per 16 products, half the instructions of two 8-column panels; up to 8
+ * rows a pass, blocks of 8 rows past that. With AVX-512 BF16, a bf16 weight can be packed into
+ * pair panels of 16 output columns, each panel's K / 2 rows holding 16 pairs of consecutive
+ * weights: Q[n / 16][k / 2][n % 16][k % 2] = W[n][k] (zero past N and past an odd K). The rows
+ * are rounded to bf16 (to nearest even, as bf16 autocast rounds them) and one vdpbf16ps adds two
+ * products to each of 16 fp32 sums: the products of bf16 autocast, with the epilogues done as
+ * the outputs are stored.
  *
- * The module exposes three functions; attnlab.functional.kernels.thin checks shapes and dtypes
+ * The module exposes four functions; attnlab.functional.kernels.thin checks shapes and dtypes
  * before it calls them:
  *   supported() -> bool: whether this CPU has AVX2 and FMA;
+ *   wide_supported() -> bool: whether this CPU has AVX-512 (for wide fp32 panels);
  *   dot_supported() -> bool: whether this CPU has AVX-512 BF16 (for pair panels);
  *   linear(x, p, b, y, rows, k, n, res, relu, threads, kind): addresses of x (rows, k), p (fp32
- *       panels with kind 0, bf16 panels with kind 1, bf16 pair panels with kind 2), b (n, or 0 for
- *       none), y (rows, n) and res (rows, n, or 0 for none), all else fp32 and contiguous;
+ *       panels with kind 0, bf16 panels with kind 1, bf16 pair panels with kind 2, wide fp32
+ *       panels with kind 3), b (n, or 0 for none), y (rows, n) and res (rows, n, or 0 for none),
+ *       all else fp32 and contiguous;
  *       y = relu(x W^T + b + res) with relu true, else without the max. res may be y itself
  *       (each element is read just before it is written); x may not overlap y.
  */
@@ -35,6 +40,16 @@
 #include <stdlib.h>
 
 #include "_avx2.h"
+
+/* Whether this CPU runs the 16-column fp32 panel kernels (AVX-512F). */
+static int wide_supported_here(void) {
+#ifdef ATTNLAB_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
 
 /* Whether this CPU runs the bf16 pair-panel kernel (AVX-512 BF16). */
 static int dot_supported_here(void) {
@@ -219,38 +234,56 @@ static void thin_many(const kernels *f, const float *x, const char *p, const flo
 }
 
 
-/* ---------------------------------------------------------------- bf16 pair panels (AVX-512 BF16) */
-#define DOT_PANEL 16
-#define DOT_BLOCK 8 /* rows whose sums a pass over a pair panel keeps in registers */
+/* ------------------------------------------------------- 16-column panels (AVX-512, AVX-512 BF16) */
+#define WIDE_PANEL 16 /* output columns: one AVX-512 register of fp32 sums */
+#define WIDE_BLOCK 8  /* rows whose sums a pass over a panel keeps in registers */
+#define AVX512 __attribute__((target("avx512f")))
 #define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
+/* Both wide layouts read, per step along K, 64 bytes of panel (16 fp32 weights, or 16 pairs of bf16
+ * ones) and one 4-byte element of each row (an fp32 value, or a pair of bf16 ones). */
+#define WIDE_STEP_BYTES 64
 
-/* acc[r] += sum over pairs k of x[r] pair k . panel[k][0..15] pair, for R rows of bf16 pairs (one
- * 32-bit word per pair), then y = acc + bias16 with the epilogues. */
-#define DOT_ROWS(R)                                                                              \
-    AVX512BF16 static void dot_rows_##R(const uint32_t *x, long pairs, const uint16_t *panel,   \
-                                        const float *bias16, float *y, long ldy, int cols,       \
-                                        const float *res, int relu) {                            \
+/* acc[r] += x[r][k] * panel[k][0..15] (fp32) or the pair dot product (bf16 pairs) for R rows over
+ * `steps` steps, then y = acc + bias16 with the epilogues. FMA(acc, x element, panel step). */
+#define WIDE_ROWS(NAME, R, TARGET, FMA)                                                          \
+    TARGET static void NAME##_##R(const void *x_, long steps, const void *panel_,               \
+                                  const float *bias16, float *y, long ldy, int cols,             \
+                                  const float *res, int relu) {                                  \
+        const uint32_t *x = x_;                                                                  \
+        const char *panel = panel_;                                                              \
         __m512 acc[R];                                                                           \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();       \
-        for (long k = 0; k < pairs; ++k) {                                                       \
-            __m512bh w = (__m512bh)_mm512_loadu_si512(panel + k * 2 * DOT_PANEL);                \
-            _mm_prefetch((const char *)(panel + k * 2 * DOT_PANEL) + PREFETCH_BYTES, _MM_HINT_T0); \
-            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] = _mm512_dpbf16_ps(      \
-                acc[r], (__m512bh)_mm512_set1_epi32((int)x[r * pairs + k]), w);                  \
+        for (long k = 0; k < steps; ++k) {                                                       \
+            const char *at = panel + k * WIDE_STEP_BYTES;                                        \
+            __m512i w = _mm512_loadu_si512(at);                                                  \
+            _mm_prefetch(at + PREFETCH_BYTES, _MM_HINT_T0);                                      \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] =                        \
+                FMA(acc[r], _mm512_set1_epi32((int)x[r * steps + k]), w);                        \
         }                                                                                        \
-        float out[R][DOT_PANEL];                                                                 \
+        float out[R][WIDE_PANEL];                                                                \
         __m512 b = bias16 ? _mm512_loadu_ps(bias16) : _mm512_setzero_ps();                       \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                     \
             _mm512_storeu_ps(out[r], _mm512_add_ps(acc[r], b));                                  \
-        store_rows(&out[0][0], DOT_PANEL, R, cols, y, ldy, res, relu);                           \
+        store_rows(&out[0][0], WIDE_PANEL, R, cols, y, ldy, res, relu);                          \
     }
-DOT_ROWS(1) DOT_ROWS(2) DOT_ROWS(3) DOT_ROWS(4) DOT_ROWS(5) DOT_ROWS(6) DOT_ROWS(7) DOT_ROWS(8)
 
-typedef void (*dot_fn)(const uint32_t *, long, const uint16_t *, const float *, float *, long, int,
-                       const float *, int);
-static const dot_fn DOT[DOT_BLOCK + 1] = {NULL,         dot_rows_1, dot_rows_2, dot_rows_3, dot_rows_4,
-                                          dot_rows_5,   dot_rows_6, dot_rows_7, dot_rows_8};
+#define FMA_FP32(acc, x, w) _mm512_fmadd_ps(_mm512_castsi512_ps(x), _mm512_castsi512_ps(w), acc)
+#define FMA_BF16_PAIRS(acc, x, w) _mm512_dpbf16_ps(acc, (__m512bh)(x), (__m512bh)(w))
+
+#define WIDE_KERNELS(NAME, TARGET, FMA)                                                          \
+    WIDE_ROWS(NAME, 1, TARGET, FMA) WIDE_ROWS(NAME, 2, TARGET, FMA)                              \
+    WIDE_ROWS(NAME, 3, TARGET, FMA) WIDE_ROWS(NAME, 4, TARGET, FMA)                              \
+    WIDE_ROWS(NAME, 5, TARGET, FMA) WIDE_ROWS(NAME, 6, TARGET, FMA)                              \
+    WIDE_ROWS(NAME, 7, TARGET, FMA) WIDE_ROWS(NAME, 8, TARGET, FMA)                              \
+    static const wide_fn NAME[WIDE_BLOCK + 1] = {NULL,      NAME##_1, NAME##_2, NAME##_3,       \
+                                                 NAME##_4,  NAME##_5, NAME##_6, NAME##_7,       \
+                                                 NAME##_8};
+
+typedef void (*wide_fn)(const void *, long, const void *, const float *, float *, long, int,
+                        const float *, int);
+WIDE_KERNELS(WIDE_FP32, AVX512, FMA_FP32)
+WIDE_KERNELS(WIDE_PAIRS, AVX512BF16, FMA_BF16_PAIRS)
 
 /* Row r of x (k floats) rounded to bf16 (to nearest even), zero-padded to 2 pairs words. */
 AVX512BF16 static void bf16_row(const float *x, long k_dim, long pairs, uint16_t *out) {
@@ -264,36 +297,43 @@ AVX512BF16 static void bf16_row(const float *x, long k_dim, long pairs, uint16_t
     }
 }
 
-/* x16: rows * ceil(k / 2) words of scratch for the rows in bf16. */
-static void thin_dot(const float *x, const uint16_t *p, const float *b, float *y, long rows,
-                     long k_dim, long n, const float *res, int relu, int threads, uint32_t *x16) {
-    long pairs = (k_dim + 1) / 2, panels = (n + DOT_PANEL - 1) / DOT_PANEL;
-    for (long r = 0; r < rows; ++r) bf16_row(x + r * k_dim, k_dim, pairs, (uint16_t *)(x16 + r * pairs));
+/* y = x W^T + b (+ res, relu) from 16-column panels of `steps` steps each, rows given as `steps`
+ * 4-byte elements; blocks of 8 rows per pass, the panel read from memory once and from cache for
+ * each further block. */
+static void thin_wide(const wide_fn *f, const uint32_t *x, long steps, const char *p, const float *b,
+                      float *y, long rows, long n, const float *res, int relu, int threads) {
+    long panels = (n + WIDE_PANEL - 1) / WIDE_PANEL;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long j = 0; j < panels; ++j) {
-        float buf[DOT_PANEL];
-        long start = j * DOT_PANEL;
-        int cols = (int)(n - start < DOT_PANEL ? n - start : DOT_PANEL);
-        const float *bias16 = bias_of(b, n, start, DOT_PANEL, buf);
-        for (long r0 = 0; r0 < rows; r0 += DOT_BLOCK) {
-            long r = rows - r0 < DOT_BLOCK ? rows - r0 : DOT_BLOCK;
+        float buf[WIDE_PANEL];
+        long start = j * WIDE_PANEL;
+        int cols = (int)(n - start < WIDE_PANEL ? n - start : WIDE_PANEL);
+        const float *bias16 = bias_of(b, n, start, WIDE_PANEL, buf);
+        for (long r0 = 0; r0 < rows; r0 += WIDE_BLOCK) {
+            long r = rows - r0 < WIDE_BLOCK ? rows - r0 : WIDE_BLOCK;
             long at = r0 * n + start;
-            DOT[r](x16 + r0 * pairs, pairs, p + j * pairs * 2 * DOT_PANEL, bias16, y + at, n, cols,
-                   res ? res + at : NULL, relu);
+            f[r](x + r0 * steps, steps, p + j * steps * WIDE_STEP_BYTES, bias16, y + at, n, cols,
+                 res ? res + at : NULL, relu);
         }
     }
 }
 
-enum { FP32_PANELS = 0, BF16_PANELS = 1, BF16_PAIR_PANELS = 2 };
+enum { FP32_PANELS = 0, BF16_PANELS = 1, BF16_PAIR_PANELS = 2, FP32_WIDE_PANELS = 3 };
 
 /* 0, or -1 where the scratch for the bf16 rows could not be allocated. */
 static int thin_linear(const float *x, const void *p, int kind, const float *b, float *y, long rows,
                        long k_dim, long n, const float *res, int relu, int threads) {
     if (rows == 0) return 0;
+    if (kind == FP32_WIDE_PANELS) {
+        thin_wide(WIDE_FP32, (const uint32_t *)x, k_dim, p, b, y, rows, n, res, relu, threads);
+        return 0;
+    }
     if (kind == BF16_PAIR_PANELS) {
-        uint32_t *x16 = malloc(sizeof(uint32_t) * rows * ((k_dim + 1) / 2));
+        long pairs = (k_dim + 1) / 2;
+        uint32_t *x16 = malloc(sizeof(uint32_t) * rows * pairs);
         if (!x16) return -1;
-        thin_dot(x, p, b, y, rows, k_dim, n, res, relu, threads, x16);
+        for (long r = 0; r < rows; ++r) bf16_row(x + r * k_dim, k_dim, pairs, (uint16_t *)(x16 + r * pairs));
+        thin_wide(WIDE_PAIRS, x16, pairs, p, b, y, rows, n, res, relu, threads);
         free(x16);
         return 0;
     }
@@ -314,13 +354,18 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KKKKLLLKpii", &x, &p, &b, &y, &rows, &k_dim, &n, &res, &relu,
                           &threads, &kind))
         return NULL;
-    if (kind < 0 || kind > 2) {
-        PyErr_Format(PyExc_ValueError, "expected panel kind 0 (fp32), 1 (bf16) or 2 (bf16 pairs), got %d", kind);
+    if (kind < 0 || kind > 3) {
+        PyErr_Format(PyExc_ValueError,
+                     "expected panel kind 0 (fp32), 1 (bf16), 2 (bf16 pairs) or 3 (wide fp32), got %d", kind);
         return NULL;
     }
-    if (!cpu_supported() || (kind == 2 && !dot_supported_here())) {
+    if (!cpu_supported()) {
+        PyErr_SetString(PyExc_RuntimeError, "the thin-product kernel needs a CPU with AVX2 and FMA");
+        return NULL;
+    }
+    if ((kind == 2 && !dot_supported_here()) || (kind == 3 && !wide_supported_here())) {
         PyErr_SetString(PyExc_RuntimeError, kind == 2 ? "bf16 pair panels need a CPU with AVX-512 BF16"
-                                                      : "the thin-product kernel needs a CPU with AVX2 and FMA");
+                                                      : "wide fp32 panels need a CPU with AVX-512");
         return NULL;
     }
     if (rows < 0 || k_dim <= 0 || n <= 0 || threads <= 0) {
@@ -342,6 +387,12 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *wide_supported(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyBool_FromLong(wide_supported_here());
+}
+
 static PyObject *dot_supported(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -350,6 +401,7 @@ static PyObject *dot_supported(PyObject *self, PyObject *args) {
 
 static PyMethodDef METHODS[] = {
     {"supported", supported, METH_NOARGS, "Whether this CPU has AVX2 and FMA."},
+    {"wide_supported", wide_supported, METH_NOARGS, "Whether this CPU has AVX-512."},
     {"dot_supported", dot_supported, METH_NOARGS, "Whether this CPU has AVX-512 BF16."},
     {"linear", linear, METH_VARARGS, "y = x W^T + b from a packed fp32 or bf16 weight (addresses)."},
     {NULL, NULL, 0, NULL},

@@ -31,7 +31,7 @@ except ImportError:  # built without a C compiler
     _thin = None
 
 PANEL = 8  # output columns per panel: one AVX2 register of fp32
-PAIR_PANEL = 16  # output columns per pair panel: one AVX-512 register of fp32 sums
+WIDE_PANEL = 16  # output columns per wide or pair panel: one AVX-512 register of fp32 sums
 
 
 def built() -> bool:
@@ -52,6 +52,13 @@ def max_rows() -> int:
 
 
 @functools.cache
+def wide_available() -> bool:
+    """Whether wide fp32 panels (``pack(w, wide=True)``) can be multiplied here: the kernel runs
+    and the CPU has AVX-512."""
+    return available() and bool(_thin.wide_supported())
+
+
+@functools.cache
 def pairs_available() -> bool:
     """Whether bf16 pair panels (``pack_pairs``) can be multiplied here: the kernel runs and the
     CPU has AVX-512 BF16."""
@@ -67,20 +74,25 @@ def max_rows_bf16() -> int:
     return current_thresholds().cpu_thin_max_rows_bfloat16 if pairs_available() else 0
 
 
-def pack(weight: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``weight (out, in)`` (fp32 or bf16) as panels ``(ceil(out / 8), in, 8)`` of ``dtype`` (fp32,
-    or bf16: the weight rounded to nearest even): ``P[j, k, c] = W[8 j + c, k]``, zero columns
-    past ``out``."""
+def pack(weight: Tensor, dtype: torch.dtype = torch.float32, *, wide: bool | None = None) -> Tensor:
+    """``weight (out, in)`` (fp32 or bf16) as panels ``(ceil(out / w), in, w)`` of ``dtype`` (fp32,
+    or bf16: the weight rounded to nearest even): ``P[j, k, c] = W[w j + c, k]``, zero columns
+    past ``out``; ``w`` is 8, or 16 with ``wide`` (fp32 only; multiplied where ``wide_available()``).
+    ``wide=None`` takes wide fp32 panels where they run, which multiply faster there."""
     if weight.ndim != 2 or weight.dtype not in WEIGHT_DTYPES or not weight.is_cpu:
         raise ValueError(
             f"expected a 2-D fp32 or bf16 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}"
         )
     if dtype not in WEIGHT_DTYPES:
         raise ValueError(f"expected panels of torch.float32 or torch.bfloat16, got {dtype}")
+    if wide and dtype != torch.float32:
+        raise ValueError(f"wide panels are fp32, got {dtype} (bf16 weights take pack_pairs)")
+    wide = dtype == torch.float32 and wide_available() if wide is None else wide
     out_features, in_features = weight.shape
-    padded = -(-out_features // PANEL) * PANEL
+    width = WIDE_PANEL if wide else PANEL
+    padded = -(-out_features // width) * width
     weight = F.pad(weight.detach().to(dtype), (0, 0, 0, padded - out_features))
-    return weight.reshape(padded // PANEL, PANEL, in_features).transpose(1, 2).contiguous()
+    return weight.reshape(padded // width, width, in_features).transpose(1, 2).contiguous()
 
 
 def pack_pairs(weight: Tensor) -> Tensor:
@@ -93,17 +105,20 @@ def pack_pairs(weight: Tensor) -> Tensor:
             f"{tuple(weight.shape)} {weight.dtype} on {weight.device}"
         )
     out_features, in_features = weight.shape
-    padded = -(-out_features // PAIR_PANEL) * PAIR_PANEL
+    padded = -(-out_features // WIDE_PANEL) * WIDE_PANEL
     weight = F.pad(weight.detach().to(torch.bfloat16), (0, 0, 0, padded - out_features))
-    panels = weight.reshape(padded // PAIR_PANEL, PAIR_PANEL, in_features // 2, 2)
+    panels = weight.reshape(padded // WIDE_PANEL, WIDE_PANEL, in_features // 2, 2)
     return panels.transpose(1, 2).contiguous()
 
 
 def _layout(packed: Tensor, out_features: int) -> tuple[int, int, int]:
     """``(kind, in_features, panels expected)`` of a packed weight: kind 0 fp32 panels, 1 bf16
-    panels, 2 bf16 pair panels (the C kernel's numbering)."""
+    panels, 2 bf16 pair panels, 3 wide fp32 panels (the C kernel's numbering)."""
+    wide_panels = -(-out_features // WIDE_PANEL)
     if packed.ndim == 4:
-        return 2, 2 * packed.shape[1], -(-out_features // PAIR_PANEL)
+        return 2, 2 * packed.shape[1], wide_panels
+    if packed.shape[-1] == WIDE_PANEL:
+        return 3, packed.shape[1], wide_panels
     return int(packed.dtype == torch.bfloat16), packed.shape[1], -(-out_features // PANEL)
 
 
@@ -114,7 +129,9 @@ def _packed_as_made(packed: Tensor, out_features: int) -> bool:
     if not packed.is_contiguous() or packed.shape[0] != panels:
         return False
     if kind == 2:
-        return packed.dtype == torch.bfloat16 and packed.shape[2:] == (PAIR_PANEL, 2)
+        return packed.dtype == torch.bfloat16 and packed.shape[2:] == (WIDE_PANEL, 2)
+    if kind == 3:
+        return packed.dtype == torch.float32
     return packed.ndim == 3 and packed.shape[2] == PANEL and packed.dtype in WEIGHT_DTYPES
 
 
@@ -128,9 +145,9 @@ def linear(
     relu: bool = False,
     out: Tensor | None = None,
 ) -> Tensor:
-    """``x W^T + b`` for fp32 ``x (..., in)`` from ``packed = pack(W)`` (fp32 or bf16 panels) or
-    ``pack_pairs(W)`` (bf16 pair panels: the rows are rounded to bf16) on CPU, no autograd; the
-    result is fp32.
+    """``x W^T + b`` for fp32 ``x (..., in)`` from ``packed = pack(W)`` (fp32 or bf16 panels, or
+    wide fp32 ones) or ``pack_pairs(W)`` (bf16 pair panels: the rows are rounded to bf16) on CPU,
+    no autograd; the result is fp32.
 
     With ``residual`` (the result's shape) the result is ``x W^T + b + residual``, with ``relu``
     ``max(., 0)`` of it: the epilogues of a Transformer block's products, done as each output
@@ -142,6 +159,8 @@ def linear(
         raise RuntimeError("the thin-product kernel is not available here (not built, or no AVX2 and FMA)")
     if kind == 2 and not pairs_available():
         raise RuntimeError("bf16 pair panels need a CPU with AVX-512 BF16")
+    if kind == 3 and not wide_available():
+        raise RuntimeError("wide fp32 panels need a CPU with AVX-512")
     if x.dtype != torch.float32 or not x.is_cpu or x.shape[-1] != in_features:
         raise ValueError(
             f"expected fp32 CPU input of {in_features} features, got {tuple(x.shape)} {x.dtype} on {x.device}"
@@ -180,7 +199,7 @@ def unsafe_linear(
     """``linear(x, packed, out_features, bias, residual=residual, relu=relu, out=out)`` without
     its checks, for an engine that made every operand itself: contiguous CPU tensors of the
     right shapes, fp32 but for ``packed`` (fp32 or bf16), the kernel ``available()`` (and
-    ``pairs_available()`` for pair panels). A wrong operand corrupts memory."""
+    ``wide_available()`` for wide panels, ``pairs_available()`` for pair panels). A wrong operand corrupts memory."""
     kind, in_features, _ = _layout(packed, out_features)
     _thin.linear(
         x.data_ptr(),

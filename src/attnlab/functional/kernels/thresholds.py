@@ -199,14 +199,15 @@ def default_thin_max_rows() -> int:
 
 
 def thin_rule(cpuinfo: str, isa_cap: str = "") -> int:
-    """On an x86 CPU with AVX2 and FMA: 8 where oneDNN runs AVX-512 code, against which the thin
-    kernel's memory-bound products of up to 8 rows won and those of 16 rows on did not; 128 where
-    oneDNN runs AVX2 code (no AVX-512, or ``isa_cap`` below it), against which products of up to
-    128 rows won (at 256 they were even). Else 0: the kernel does not run."""
+    """On an x86 CPU with AVX2 and FMA: 40 where oneDNN runs AVX-512 code, against which the thin
+    kernel's wide (16-column, AVX-512) panels were ahead up to 16 rows and about even at 40 and
+    64, and fused decoder steps of 40 rows (beam 5 of 8 sentences) were ahead of the layer-by-layer
+    ones; 128 where oneDNN runs AVX2 code (no AVX-512, or ``isa_cap`` below it), against which
+    products of up to 128 rows won (at 256 they were even). Else 0: the kernel does not run."""
     if not _avx2_and_fma(cpuinfo):
         return 0
     wide = "avx512f" in _flags(cpuinfo) and _cap_allows(isa_cap, ("AVX512", "AVX10"))
-    return 8 if wide else 128
+    return 40 if wide else 128
 
 
 @functools.cache
