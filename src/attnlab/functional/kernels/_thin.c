@@ -1,5 +1,6 @@
 /* Thin products y = x W^T + b for the few rows of a decoding step: fp32 rows by fp32 or bf16
- * weights, fp32 sums (AVX2 + FMA); and bf16 rows by bf16 weights, fp32 sums (AVX-512 BF16).
+ * weights, fp32 sums (AVX2 + FMA, or AVX-512); and bf16 rows by bf16 weights, fp32 sums
+ * (AVX-512 BF16).
  *
  * A decoding step multiplies a handful of rows by every weight of the decoder, so its products
  * are bound by reading the weights from memory. The weight is packed once, by
@@ -35,9 +36,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
-#include <string.h>
-
 #include <stdlib.h>
+#include <string.h>
 
 #include "_avx2.h"
 
