@@ -14,7 +14,7 @@
  *
  * On a CPU with AVX-512, panels of 16 output columns (P[n / 16][k][n % 16], "wide") take one
  * 512-bit multiply-add per 16 products, half the instructions of two 8-column panels; up to 8
- * rows a pass, blocks of 8 rows past that. With AVX-512 BF16, a bf16 weight can be packed into
+ * rows a pass over one panel, blocks of 8 rows over two panels past that. With AVX-512 BF16, a bf16 weight can be packed into
  * pair panels of 16 output columns, each panel's K / 2 rows holding 16 pairs of consecutive
  * weights: Q[n / 16][k / 2][n % 16][k % 2] = W[n][k] (zero past N and past an odd K). The rows
  * are rounded to bf16 (to nearest even, as bf16 autocast rounds them) and one vdpbf16ps adds two
@@ -244,41 +244,58 @@ static void thin_many(const kernels *f, const float *x, const char *p, const flo
  * ones) and one 4-byte element of each row (an fp32 value, or a pair of bf16 ones). */
 #define WIDE_STEP_BYTES 64
 
-/* acc[r] += x[r][k] * panel[k][0..15] (fp32) or the pair dot product (bf16 pairs) for R rows over
- * `steps` steps, then y = acc + bias16 with the epilogues. FMA(acc, x element, panel step). */
-#define WIDE_ROWS(NAME, R, TARGET, FMA)                                                          \
-    TARGET static void NAME##_##R(const void *x_, long steps, const void *panel_,               \
-                                  const float *bias16, float *y, long ldy, int cols,             \
-                                  const float *res, int relu) {                                  \
+/* acc[r][c] += x[r][k] * panel c[k][0..15] (fp32) or the pair dot product (bf16 pairs) for R rows
+ * and P adjacent panels over `steps` steps, then y = acc + bias with the epilogues; the last
+ * panel has `cols` columns. FMA(acc, x element, panel step). Two panels a pass share each row
+ * element's broadcast between two multiply-adds: for blocks past the first 8 rows, where the
+ * panels come from cache and the arithmetic is the limit. */
+#define WIDE_ROWS(NAME, R, P, TARGET, FMA)                                                       \
+    TARGET static void NAME##_##R##_##P(const void *x_, long steps, const void *panel_,         \
+                                        const float *bias, float *y, long ldy, int cols,         \
+                                        const float *res, int relu) {                            \
         const uint32_t *x = x_;                                                                  \
         const char *panel = panel_;                                                              \
-        __m512 acc[R];                                                                           \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();       \
-        for (long k = 0; k < steps; ++k) {                                                       \
-            const char *at = panel + k * WIDE_STEP_BYTES;                                        \
-            __m512i w = _mm512_loadu_si512(at);                                                  \
-            _mm_prefetch(at + PREFETCH_BYTES, _MM_HINT_T0);                                      \
-            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] =                        \
-                FMA(acc[r], _mm512_set1_epi32((int)x[r * steps + k]), w);                        \
-        }                                                                                        \
-        float out[R][WIDE_PANEL];                                                                \
-        __m512 b = bias16 ? _mm512_loadu_ps(bias16) : _mm512_setzero_ps();                       \
+        long panel_bytes = steps * WIDE_STEP_BYTES;                                              \
+        __m512 acc[R][P];                                                                        \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                     \
-            _mm512_storeu_ps(out[r], _mm512_add_ps(acc[r], b));                                  \
-        store_rows(&out[0][0], WIDE_PANEL, R, cols, y, ldy, res, relu);                          \
+            _Pragma("GCC unroll 2") for (int c = 0; c < P; ++c) acc[r][c] = _mm512_setzero_ps(); \
+        for (long k = 0; k < steps; ++k) {                                                       \
+            __m512i w[P];                                                                        \
+            _Pragma("GCC unroll 2") for (int c = 0; c < P; ++c) {                               \
+                const char *at = panel + c * panel_bytes + k * WIDE_STEP_BYTES;                  \
+                w[c] = _mm512_loadu_si512(at);                                                   \
+                _mm_prefetch(at + PREFETCH_BYTES, _MM_HINT_T0);                                  \
+            }                                                                                    \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {                               \
+                __m512i xr = _mm512_set1_epi32((int)x[r * steps + k]);                           \
+                _Pragma("GCC unroll 2") for (int c = 0; c < P; ++c) acc[r][c] =                 \
+                    FMA(acc[r][c], xr, w[c]);                                                    \
+            }                                                                                    \
+        }                                                                                        \
+        float out[R][P * WIDE_PANEL];                                                            \
+        _Pragma("GCC unroll 2") for (int c = 0; c < P; ++c) {                                   \
+            __m512 bc = bias ? _mm512_loadu_ps(bias + c * WIDE_PANEL) : _mm512_setzero_ps();     \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                 \
+                _mm512_storeu_ps(out[r] + c * WIDE_PANEL, _mm512_add_ps(acc[r][c], bc));         \
+        }                                                                                        \
+        store_rows(&out[0][0], P * WIDE_PANEL, R, (P - 1) * WIDE_PANEL + cols, y, ldy, res, relu); \
     }
 
 #define FMA_FP32(acc, x, w) _mm512_fmadd_ps(_mm512_castsi512_ps(x), _mm512_castsi512_ps(w), acc)
 #define FMA_BF16_PAIRS(acc, x, w) _mm512_dpbf16_ps(acc, (__m512bh)(x), (__m512bh)(w))
 
+#define WIDE_PASSES(NAME, P, TARGET, FMA)                                                        \
+    WIDE_ROWS(NAME, 1, P, TARGET, FMA) WIDE_ROWS(NAME, 2, P, TARGET, FMA)                        \
+    WIDE_ROWS(NAME, 3, P, TARGET, FMA) WIDE_ROWS(NAME, 4, P, TARGET, FMA)                        \
+    WIDE_ROWS(NAME, 5, P, TARGET, FMA) WIDE_ROWS(NAME, 6, P, TARGET, FMA)                        \
+    WIDE_ROWS(NAME, 7, P, TARGET, FMA) WIDE_ROWS(NAME, 8, P, TARGET, FMA)
+#define WIDE_TABLE(NAME, P)                                                                      \
+    {NULL,        NAME##_1_##P, NAME##_2_##P, NAME##_3_##P, NAME##_4_##P,                        \
+     NAME##_5_##P, NAME##_6_##P, NAME##_7_##P, NAME##_8_##P}
+/* NAME[P - 1][R]: the kernel for R rows and P panels a pass. */
 #define WIDE_KERNELS(NAME, TARGET, FMA)                                                          \
-    WIDE_ROWS(NAME, 1, TARGET, FMA) WIDE_ROWS(NAME, 2, TARGET, FMA)                              \
-    WIDE_ROWS(NAME, 3, TARGET, FMA) WIDE_ROWS(NAME, 4, TARGET, FMA)                              \
-    WIDE_ROWS(NAME, 5, TARGET, FMA) WIDE_ROWS(NAME, 6, TARGET, FMA)                              \
-    WIDE_ROWS(NAME, 7, TARGET, FMA) WIDE_ROWS(NAME, 8, TARGET, FMA)                              \
-    static const wide_fn NAME[WIDE_BLOCK + 1] = {NULL,      NAME##_1, NAME##_2, NAME##_3,       \
-                                                 NAME##_4,  NAME##_5, NAME##_6, NAME##_7,       \
-                                                 NAME##_8};
+    WIDE_PASSES(NAME, 1, TARGET, FMA) WIDE_PASSES(NAME, 2, TARGET, FMA)                          \
+    static const wide_fn NAME[2][WIDE_BLOCK + 1] = {WIDE_TABLE(NAME, 1), WIDE_TABLE(NAME, 2)};
 
 typedef void (*wide_fn)(const void *, long, const void *, const float *, float *, long, int,
                         const float *, int);
@@ -298,22 +315,25 @@ AVX512BF16 static void bf16_row(const float *x, long k_dim, long pairs, uint16_t
 }
 
 /* y = x W^T + b (+ res, relu) from 16-column panels of `steps` steps each, rows given as `steps`
- * 4-byte elements; blocks of 8 rows per pass, the panel read from memory once and from cache for
- * each further block. */
-static void thin_wide(const wide_fn *f, const uint32_t *x, long steps, const char *p, const float *b,
-                      float *y, long rows, long n, const float *res, int relu, int threads) {
-    long panels = (n + WIDE_PANEL - 1) / WIDE_PANEL;
+ * 4-byte elements; blocks of 8 rows per pass, the panels read from memory once and from cache for
+ * each further block. Up to 8 rows a pass takes one panel (bound by memory); more, two. */
+static void thin_wide(const wide_fn (*f)[WIDE_BLOCK + 1], const uint32_t *x, long steps, const char *p,
+                      const float *b, float *y, long rows, long n, const float *res, int relu,
+                      int threads) {
+    long panels = (n + WIDE_PANEL - 1) / WIDE_PANEL, pass = rows > WIDE_BLOCK ? 2 : 1;
+    long groups = (panels + pass - 1) / pass;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long j = 0; j < panels; ++j) {
-        float buf[WIDE_PANEL];
-        long start = j * WIDE_PANEL;
-        int cols = (int)(n - start < WIDE_PANEL ? n - start : WIDE_PANEL);
-        const float *bias16 = bias_of(b, n, start, WIDE_PANEL, buf);
+    for (long g = 0; g < groups; ++g) {
+        float buf[2 * WIDE_PANEL];
+        long j = g * pass, width = panels - j < pass ? panels - j : pass, start = j * WIDE_PANEL;
+        long last = (j + width - 1) * WIDE_PANEL;
+        int cols = (int)(n - last < WIDE_PANEL ? n - last : WIDE_PANEL);
+        const float *bias = bias_of(b, n, start, (int)(width * WIDE_PANEL), buf);
         for (long r0 = 0; r0 < rows; r0 += WIDE_BLOCK) {
             long r = rows - r0 < WIDE_BLOCK ? rows - r0 : WIDE_BLOCK;
             long at = r0 * n + start;
-            f[r](x + r0 * steps, steps, p + j * steps * WIDE_STEP_BYTES, bias16, y + at, n, cols,
-                 res ? res + at : NULL, relu);
+            f[width - 1][r](x + r0 * steps, steps, p + j * steps * WIDE_STEP_BYTES, bias, y + at, n,
+                            cols, res ? res + at : NULL, relu);
         }
     }
 }

@@ -67,7 +67,7 @@ class Thresholds:
         cpu_thin_max_rows_bfloat16: in bf16 decoding on the fused decoder steps, products of at
             most this many rows take the thin kernel's bf16 pair panels where the CPU has AVX-512
             BF16 (``thin.pack_pairs``: the rows rounded to bf16, as oneDNN's), oneDNN's bf16
-            products above (0: always oneDNN); 16 with native bf16, else 0.
+            products above (0: always oneDNN); 40 with native bf16, else 0.
         cpu_step_fused_max_keys: a decoding step's fp32 attention against at most this many keys
             takes the fused step kernel (``attnlab.functional.kernels.fused_step``) where it is
             available, any number of queries up to ``cpu_step_plain_max_queries`` (0: never);
@@ -88,7 +88,7 @@ class Thresholds:
     cpu_step_plain_max_keys_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(1024))
     cpu_linear_onednn_min_rows: int = dataclasses.field(default_factory=lambda: default_linear_onednn_min_rows())
     cpu_thin_max_rows: int = dataclasses.field(default_factory=lambda: default_thin_max_rows())
-    cpu_thin_max_rows_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(16))
+    cpu_thin_max_rows_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(40))
     cpu_step_fused_max_keys: int = dataclasses.field(default_factory=lambda: default_step_fused_max_keys())
     weights_chunk_elements: int = 1 << 22
 
