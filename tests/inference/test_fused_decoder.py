@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnlab.decoding import beam_search, greedy_search
-from attnlab.functional.kernels import Thresholds, onednn, set_thresholds
+from attnlab.functional.kernels import Thresholds, onednn, set_thresholds, thin
 from attnlab.inference import fused_decoder
 from attnlab.inference.engine import DecodingEngine
 from attnlab.inference.fused_decoder import INITIAL_CAPACITY, FusedDecoder, FusedState
@@ -203,6 +203,12 @@ def test_bf16_fused_steps_are_as_close_to_fp32_as_the_bf16_plain_steps(k, thin_r
             exact, states[2] = fp32.step(states[2], tokens)
             error, plain_error = (ours - exact).abs().max(), (theirs.float() - exact).abs().max()
             assert 1e-3 < error <= 2 * plain_error, (error, plain_error)
+    # oneDNN's bf16 copies are packed only for the products that took them
+    decoder = fused._fused[True]
+    products = [decoder.output, *(getattr(layer, name) for layer in decoder.layers for name in ("qkv", "fc1", "fc2"))]
+    products = [product for product in products if isinstance(product, fused_decoder._Bf16Product)]
+    on_panels = thin_rows > 0 and thin.pairs_available()
+    assert products and all((product.packed is None) == on_panels for product in products)
 
 
 @needs_kernels

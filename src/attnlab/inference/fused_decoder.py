@@ -22,8 +22,9 @@ with bf16 products as bf16 autocast multiplies (``bf16=True``: bf16 copies of th
 rows rounded to bf16, fp32 sums; the attention, the norms and the caches stay fp32);
 ``DecodingEngine`` uses it where both kernels run, for at most
 ``Thresholds.cpu_thin_max_rows`` rows, and ``tests/inference/test_fused_decoder.py`` checks
-it against the model's own steps. Weights are packed when the ``FusedDecoder`` is made: after
-the model's weights change, make a new one (the engine makes it with itself).
+it against the model's own steps. Weights are packed when the ``FusedDecoder`` is made
+(oneDNN's bf16 copies at their first use): after the model's weights change, make a new one (the
+engine makes it with itself).
 
 Shapes: B sentences, k rows per sentence (beam hypotheses; 1 in greedy search), R = B k rows,
 S source positions, t target positions so far, D model size, H heads of d = D / H.
@@ -90,23 +91,28 @@ class _Bf16Product:
     """``x W^T + b`` with bf16 copies of ``W``, the product of the rows rounded to bf16 (what bf16
     autocast computes): for at most ``Thresholds.cpu_thin_max_rows_bfloat16`` rows the thin
     kernel's bf16 pair panels, the epilogues in the kernel; above, oneDNN's bf16 product, the
-    epilogues in PyTorch. Pair panels need AVX-512 BF16 and an even number of inputs."""
+    epilogues in PyTorch. Pair panels need AVX-512 BF16 and an even number of inputs. oneDNN's
+    copy is packed at its first product, so a decoder whose searches all fit the panels holds
+    one bf16 copy of each weight, not two."""
 
-    packed: Tensor
-    bias16: Tensor | None
+    weight: Tensor
+    bias: Tensor | None
     pairs: _Product | None
+    packed: tuple[Tensor, Tensor | None] | None = None  # oneDNN's bf16 weight and bf16 bias
 
     @classmethod
     def of(cls, weight: Tensor, bias: Tensor | None) -> _Bf16Product:
-        bias16 = None if bias is None else bias.detach().to(torch.bfloat16)
-        packed = onednn.pack(weight.detach().to(torch.bfloat16), 1)
+        weight, bias = weight.detach(), None if bias is None else bias.detach()
         pairs = _Product.of(weight, bias, pairs=True) if thin.pairs_available() and weight.shape[1] % 2 == 0 else None
-        return cls(packed, bias16, pairs)
+        return cls(weight, bias, pairs)
 
     def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
         if self.pairs is not None and x.shape[0] <= thin.max_rows_bf16():
             return self.pairs(x, residual=residual, relu=relu)
-        return _epilogue(onednn.linear(x.to(torch.bfloat16), self.packed, self.bias16), residual, relu)
+        if self.packed is None:
+            bias16 = None if self.bias is None else self.bias.to(torch.bfloat16)
+            self.packed = onednn.pack(self.weight.to(torch.bfloat16), 1), bias16
+        return _epilogue(onednn.linear(x.to(torch.bfloat16), *self.packed), residual, relu)
 
 
 def _epilogue(y: Tensor, residual: Tensor | None, relu: bool) -> Tensor:
