@@ -246,9 +246,9 @@ static void thin_many(const kernels *f, const float *x, const char *p, const flo
 
 /* acc[r][c] += x[r][k] * panel c[k][0..15] (fp32) or the pair dot product (bf16 pairs) for R rows
  * and P adjacent panels over `steps` steps, then y = acc + bias with the epilogues; the last
- * panel has `cols` columns. FMA(acc, x element, panel step). Two panels a pass share each row
- * element's broadcast between two multiply-adds: for blocks past the first 8 rows, where the
- * panels come from cache and the arithmetic is the limit. */
+ * panel has `cols` columns. Two panels a pass take two multiply-adds per row element read: for
+ * blocks past the first 8 rows, where the panels come from cache and the arithmetic is the
+ * limit. */
 #define WIDE_ROWS(NAME, R, P, TARGET, FMA)                                                       \
     TARGET static void NAME##_##R##_##P(const void *x_, long steps, const void *panel_,         \
                                         const float *bias, float *y, long ldy, int cols,         \
@@ -266,11 +266,9 @@ static void thin_many(const kernels *f, const float *x, const char *p, const flo
                 w[c] = _mm512_loadu_si512(at);                                                   \
                 _mm_prefetch(at + PREFETCH_BYTES, _MM_HINT_T0);                                  \
             }                                                                                    \
-            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {                               \
-                __m512i xr = _mm512_set1_epi32((int)x[r * steps + k]);                           \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                 \
                 _Pragma("GCC unroll 2") for (int c = 0; c < P; ++c) acc[r][c] =                 \
-                    FMA(acc[r][c], xr, w[c]);                                                    \
-            }                                                                                    \
+                    FMA(acc[r][c], x + r * steps + k, w[c]);                                     \
         }                                                                                        \
         float out[R][P * WIDE_PANEL];                                                            \
         _Pragma("GCC unroll 2") for (int c = 0; c < P; ++c) {                                   \
@@ -281,8 +279,11 @@ static void thin_many(const kernels *f, const float *x, const char *p, const flo
         store_rows(&out[0][0], P * WIDE_PANEL, R, (P - 1) * WIDE_PANEL + cols, y, ldy, res, relu); \
     }
 
-#define FMA_FP32(acc, x, w) _mm512_fmadd_ps(_mm512_castsi512_ps(x), _mm512_castsi512_ps(w), acc)
-#define FMA_BF16_PAIRS(acc, x, w) _mm512_dpbf16_ps(acc, (__m512bh)(x), (__m512bh)(w))
+/* FMA(acc, address of the row element, panel step): the element broadcast from memory, which
+ * the compiler folds into the multiply-add as an embedded broadcast ({1to16}) rather than a
+ * separate shuffle. */
+#define FMA_FP32(acc, at, w) _mm512_fmadd_ps(_mm512_set1_ps(*(const float *)(at)), _mm512_castsi512_ps(w), acc)
+#define FMA_BF16_PAIRS(acc, at, w) _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32((int)*(at)), (__m512bh)(w))
 
 #define WIDE_PASSES(NAME, P, TARGET, FMA)                                                        \
     WIDE_ROWS(NAME, 1, P, TARGET, FMA) WIDE_ROWS(NAME, 2, P, TARGET, FMA)                        \
