@@ -62,7 +62,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``: x W^T + b, ``x (..., in)``, ``weight (out, in)`` -> ``(..., out)``.
 
     fp32 CPU calls with autocast off and at least ``Thresholds.cpu_linear_onednn_min_rows`` rows
-    run as ``OneDNNLinear`` where ``uses_onednn``; the others are ``F.linear``.
+    run as ``OneDNNLinear`` where ``uses_onednn``; the others are ``F.linear``, and so are all
+    calls traced by ``torch.compile``, whose own code generation picks the products.
     """
     if _onednn_fits(x, weight, bias):
         return OneDNNLinear.apply(x, weight, bias)
@@ -90,6 +91,7 @@ def _onednn_fits(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
         and x.shape[-1] == weight.shape[1]
         and x.numel() >= min_rows * x.shape[-1] > 0
         and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()  # Inductor cannot lower the oneDNN op as called here
         and onednn.available()
     )
 
