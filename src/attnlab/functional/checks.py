@@ -37,8 +37,9 @@ def nan_checks(enabled: bool = True) -> Iterator[None]:
 
 
 def nan_checks_enabled() -> bool:
-    """Whether the calls in this context check for NaN (see ``nan_checks``)."""
-    return _nan_checks.get()
+    """Whether the calls in this context check for NaN (see ``nan_checks``); never in code that
+    ``torch.compile`` traces (a context variable's lookup would break its graph)."""
+    return not torch.compiler.is_compiling() and _nan_checks.get()
 
 
 def check_no_nan(context: Tensor, query: Tensor, key: Tensor, value: Tensor) -> None:

@@ -145,9 +145,10 @@ class Transformer(nn.Module):
         return self.config.eos_id
 
     def padding_mask(self, tokens: Tensor) -> Tensor | None:
-        """``(B, L)``, ``True`` where ``tokens == pad_id``; None when there is no padding at all."""
+        """``(B, L)``, ``True`` where ``tokens == pad_id``; None when there is no padding at all
+        (always the mask in code that ``torch.compile`` traces, which cannot branch on values)."""
         mask = tokens.eq(self.config.pad_id)
-        return mask if bool(mask.any()) else None
+        return mask if torch.compiler.is_compiling() or bool(mask.any()) else None
 
     def _embed(self, embedding: nn.Embedding, tokens: Tensor, offset: int = 0) -> Tensor:
         """Dropout(Embedding(tokens) * sqrt(D) + PE), ``(B, L) -> (B, L, D)``."""

@@ -133,13 +133,15 @@ def blocks_min_queries() -> int:
 
 def blocks_fit(query: Tensor) -> bool:
     """Whether ``causal`` computes these (causal, self-attention) queries by the compiled blocks:
-    fp32 on a CPU where they run, a head size that is a multiple of 16 up to 256."""
+    fp32 on a CPU where they run, a head size that is a multiple of 16 up to 256, not traced by
+    ``torch.compile`` (a C call breaks its graph; traced calls take SDPA's causal mode)."""
     d = query.shape[-1]
     return (
         query.dtype == torch.float32
         and query.device.type == "cpu"
         and d % 16 == 0
         and 0 < d <= 256
+        and not torch.compiler.is_compiling()
         and blocks_available()
     )
 
