@@ -306,10 +306,13 @@ def test_a_yaml_config_reaches_the_core_choices():
     assert attention.rope is not None and model.positional is None
 
 
-def test_torch_compile_trains_like_eager_in_one_graph():
+def test_torch_compile_trains_like_eager_in_one_graph(tmp_path, monkeypatch):
     """``torch.compile`` of a training step gives eager's loss and gradients, from one graph.
     Sequences of 64 reach the compiled causal blocks and fp32 products the oneDNN linear where
     they run eagerly; traced calls take PyTorch's kernels, which Inductor lowers itself."""
+    # A fresh Inductor cache: kernels cached by a run on the CPU's own kernels failed when loaded
+    # under ``make test-isa``'s emulated ISA ("tuple args required").
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch.manual_seed(0)
     model = Transformer(TransformerConfig.from_preset("tiny", src_vocab_size=100, tgt_vocab_size=100)).eval()
     src, tgt = torch.randint(4, 100, (2, 64)), torch.randint(4, 100, (2, 64))
