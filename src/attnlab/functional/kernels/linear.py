@@ -79,20 +79,20 @@ def matmul_t(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _onednn_fits(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    min_rows = current_thresholds().cpu_linear_onednn_min_rows
+    """Whether ``x W^T + b`` runs on oneDNN: ``uses_onednn`` for ``x``'s device, fp32 operands of
+    matching shapes with at least ``Thresholds.cpu_linear_onednn_min_rows`` rows, autocast off,
+    not traced by ``torch.compile``."""
     return (
-        min_rows > 0
-        and x.dtype == weight.dtype == torch.float32
+        x.dtype == weight.dtype == torch.float32
         and (bias is None or bias.dtype == torch.float32)
-        and x.is_cpu
         and weight.is_cpu
         and weight.ndim == 2
         and x.ndim >= 1
         and x.shape[-1] == weight.shape[1]
-        and x.numel() >= min_rows * x.shape[-1] > 0
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # Inductor cannot lower the oneDNN op as called here
-        and onednn.available()
+        and uses_onednn(x.device)
+        and x.numel() >= current_thresholds().cpu_linear_onednn_min_rows * x.shape[-1] > 0
     )
 
 
