@@ -10,7 +10,7 @@ import torch
 
 from attnlab.decoding import beam_search, greedy_search
 from attnlab.functional.kernels import Thresholds, onednn, set_thresholds, thin
-from attnlab.inference import fused_decoder
+from attnlab.inference import fused_decoder, fused_products
 from attnlab.inference.engine import DecodingEngine
 from attnlab.inference.fused_decoder import INITIAL_CAPACITY, FusedDecoder, FusedState
 from attnlab.layers import MultiHeadAttention
@@ -206,7 +206,7 @@ def test_bf16_fused_steps_are_as_close_to_fp32_as_the_bf16_plain_steps(k, thin_r
     # oneDNN's bf16 copies are packed only for the products that took them
     decoder = fused._fused[True]
     products = [decoder.output, *(getattr(layer, name) for layer in decoder.layers for name in ("qkv", "fc1", "fc2"))]
-    products = [product for product in products if isinstance(product, fused_decoder._Bf16Product)]
+    products = [product for product in products if isinstance(product, fused_products.Bf16Product)]
     on_panels = thin_rows > 0 and thin.pairs_available()
     assert products and all((product.packed is None) == on_panels for product in products)
 

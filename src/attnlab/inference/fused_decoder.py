@@ -42,101 +42,11 @@ from torch import Tensor, nn
 
 from attnlab.functional.kernels import fused_step, onednn, thin
 from attnlab.inference import quantized
+from attnlab.inference.fused_products import Bf16Product, Int8Product, MemoryProduct, Product, ThinProduct
 from attnlab.inference.packed import MIN_PACKED_ELEMENTS
 
 # Target positions a fresh self-attention cache holds before it doubles.
 INITIAL_CAPACITY = 64
-
-
-@dataclass
-class _Product:
-    """``x W^T + b`` on the thin kernel: the packed weight, its outputs and its bias."""
-
-    packed: Tensor
-    out_features: int
-    bias: Tensor | None
-
-    @classmethod
-    def of(cls, weight: Tensor, bias: Tensor | None, *, pairs: bool = False) -> _Product:
-        """Packed in fp32 panels, or with ``pairs`` in bf16 pair panels (the weight and the rows
-        rounded to bf16)."""
-        bias = None if bias is None else bias.detach().contiguous()
-        return cls(thin.pack_pairs(weight) if pairs else thin.pack(weight), weight.shape[0], bias)
-
-    def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
-        """The product of contiguous rows ``x (R, in)`` (plus ``residual``, then ReLU'd with
-        ``relu``); a sum is written over ``residual``."""
-        out = x.new_empty(x.shape[0], self.out_features) if residual is None else residual
-        return thin.unsafe_linear(x, self.packed, self.out_features, self.bias, out, residual, relu)
-
-
-@dataclass
-class _Int8Product:
-    """``x W^T + b`` with an int8 copy of ``W`` (PyTorch's dynamic quantisation, as
-    ``attnlab.inference.quantized.QuantizedWeights`` multiplies); the epilogues in PyTorch."""
-
-    packed: object
-
-    @classmethod
-    def of(cls, weight: Tensor, bias: Tensor | None) -> _Int8Product:
-        return cls(quantized.prepack(weight.detach(), bias))
-
-    def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
-        y = torch.ops.quantized.linear_dynamic(x, self.packed, quantized.reduce_range())
-        return _epilogue(y, residual, relu)
-
-
-@dataclass
-class _Bf16Product:
-    """``x W^T + b`` with bf16 copies of ``W``, the product of the rows rounded to bf16 (what bf16
-    autocast computes): for at most ``Thresholds.cpu_thin_max_rows_bfloat16`` rows the thin
-    kernel's bf16 pair panels, the epilogues in the kernel; above, oneDNN's bf16 product, the
-    epilogues in PyTorch. Pair panels need AVX-512 BF16 and an even number of inputs. oneDNN's
-    copy is packed at its first product, so a decoder whose searches all fit the panels holds
-    one bf16 copy of each weight, not two."""
-
-    weight: Tensor
-    bias: Tensor | None
-    pairs: _Product | None
-    packed: tuple[Tensor, Tensor | None] | None = None  # oneDNN's bf16 weight and bf16 bias
-
-    @classmethod
-    def of(cls, weight: Tensor, bias: Tensor | None) -> _Bf16Product:
-        weight, bias = weight.detach(), None if bias is None else bias.detach()
-        pairs = _Product.of(weight, bias, pairs=True) if thin.pairs_available() and weight.shape[1] % 2 == 0 else None
-        return cls(weight, bias, pairs)
-
-    def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
-        if self.pairs is not None and x.shape[0] <= thin.max_rows_bf16():
-            return self.pairs(x, residual=residual, relu=relu)
-        if self.packed is None:
-            bias16 = None if self.bias is None else self.bias.to(torch.bfloat16)
-            self.packed = onednn.pack(self.weight.to(torch.bfloat16), 1), bias16
-        return _epilogue(onednn.linear(x.to(torch.bfloat16), *self.packed), residual, relu)
-
-
-def _epilogue(y: Tensor, residual: Tensor | None, relu: bool) -> Tensor:
-    """``y`` (as fp32) plus ``residual`` (the sum written over it), then ReLU'd with ``relu``."""
-    y = y.float() if residual is None else residual.add_(y)
-    return y.relu_() if relu else y
-
-
-@dataclass
-class _Fp32MemoryProduct:
-    """The source-target keys and values of the memory, ``F.linear`` (many rows, once a search)."""
-
-    weight: Tensor
-    bias: Tensor | None
-
-    @classmethod
-    def of(cls, weight: Tensor, bias: Tensor | None) -> _Fp32MemoryProduct:
-        return cls(weight.detach(), None if bias is None else bias.detach())
-
-    def __call__(self, memory: Tensor) -> Tensor:
-        return F.linear(memory, self.weight, self.bias)
-
-
-Product = _Product | _Int8Product | _Bf16Product
 
 
 @dataclass
@@ -146,7 +56,7 @@ class _Layer:
     qkv: Product
     self_out: Product
     cross_q: Product
-    cross_kv: _Fp32MemoryProduct | _Int8Product  # applied once a search, to the memory
+    cross_kv: MemoryProduct | Int8Product  # applied once a search, to the memory
     cross_out: Product
     fc1: Product
     fc2: Product
@@ -253,10 +163,10 @@ class FusedDecoder:
         would under bf16 autocast (weights of at least ``MIN_PACKED_ELEMENTS``), else fp32 on the
         thin kernel."""
         if self.int8 and weight.numel() >= MIN_PACKED_ELEMENTS:
-            return _Int8Product.of(weight, bias)
+            return Int8Product.of(weight, bias)
         if self.bf16 and weight.numel() >= MIN_PACKED_ELEMENTS:
-            return _Bf16Product.of(weight, bias)
-        return _Product.of(weight, bias)
+            return Bf16Product.of(weight, bias)
+        return ThinProduct.of(weight, bias)
 
     def _layer(self, layer: nn.Module, dim: int) -> _Layer:
         self_attn, cross_attn, ffn = layer.self_attn, layer.cross_attn, layer.ffn
@@ -268,7 +178,7 @@ class FusedDecoder:
             qkv=product(self_attn.in_proj_weight, self_attn.in_proj_bias),
             self_out=product(self_attn.out_proj.weight, self_attn.out_proj.bias),
             cross_q=product(in_weight[:dim], q_bias),
-            cross_kv=(_Int8Product if int8_kv else _Fp32MemoryProduct).of(in_weight[dim:], kv_bias),
+            cross_kv=(Int8Product if int8_kv else MemoryProduct).of(in_weight[dim:], kv_bias),
             cross_out=product(cross_attn.out_proj.weight, cross_attn.out_proj.bias),
             fc1=product(ffn.fc1.weight, ffn.fc1.bias),
             fc2=product(ffn.fc2.weight, ffn.fc2.bias),
