@@ -10,12 +10,12 @@ stream from memory, as the decoder's weights do in a real step, instead of sitti
 - ``thin``: attnlab's thin-product kernel (``attnlab.functional.kernels.thin``), where it runs, and
   ``thin wide``, its 16-column panels, where the CPU has AVX-512;
 - with ``--bf16``, bf16 copies of the weights (half the bytes): ``oneDNN bf16 packed`` (bf16
-  rows, as bf16 autocast multiplies), ``thin bf16`` (fp32 rows by bf16 panels) and ``thin bf16
-  pairs`` (bf16 rows by bf16 pair panels, AVX-512 BF16), where they run. oneDNN's rows are cast
-  to bf16 before the timing; the thin kernels take fp32 rows and round them themselves.
+  rows, as bf16 autocast multiplies) and ``thin bf16 pairs`` (bf16 rows by bf16 pair panels,
+  AVX-512 BF16), where they run. oneDNN's rows are cast to bf16 before the timing; the thin
+  kernel takes fp32 rows and rounds them itself.
 
 Microseconds per product (median of interleaved rounds) and the ratios F.linear / oneDNN packed,
-oneDNN packed / thin (and / thin wide) and, with ``--bf16``, oneDNN bf16 packed / thin bf16 and / thin bf16 pairs.
+oneDNN packed / thin (and / thin wide) and, with ``--bf16``, oneDNN bf16 packed / thin bf16 pairs.
 
     .venv/bin/python -m benchmarks.thin_products [--threads N] [--bf16]
 """
@@ -52,7 +52,7 @@ def kernels(
         mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in weights]
         peers["MKL packed"] = lambda: [torch.ops.mkl._mkl_linear(x, p, w, bias, rows) for p, w in zip(mkl, weights)]
     if thin.available():
-        panels = [thin.pack(w) for w in weights]
+        panels = [thin.pack(w, wide=False) for w in weights]
         peers["thin"] = lambda: [thin.linear(x, p, w.shape[0], bias) for p, w in zip(panels, weights)]
     if thin.wide_available():
         wide = [thin.pack(w, wide=True) for w in weights]
@@ -61,9 +61,6 @@ def kernels(
         x16, bias16 = x.bfloat16(), bias.bfloat16()
         packed16 = [onednn.pack(w.bfloat16(), rows) for w in weights]
         peers["oneDNN bf16 packed"] = lambda: [onednn.linear(x16, p, bias16) for p in packed16]
-    if bf16 and thin.available():
-        panels16 = [thin.pack(w, torch.bfloat16) for w in weights]
-        peers["thin bf16"] = lambda: [thin.linear(x, p, w.shape[0], bias) for p, w in zip(panels16, weights)]
     if bf16 and thin.pairs_available():
         pairs = [thin.pack_pairs(w) for w in weights]
         peers["thin bf16 pairs"] = lambda: [thin.linear(x, p, w.shape[0], bias) for p, w in zip(pairs, weights)]
@@ -91,8 +88,6 @@ def main() -> None:
                 ratio = us["F.linear"] / us["oneDNN packed"]
                 thin_ratio = us["oneDNN packed"] / us["thin"] if "thin" in us else None
                 wide_ratio = us["oneDNN packed"] / us["thin wide"] if "thin wide" in us else None
-                both = {"oneDNN bf16 packed", "thin bf16"} <= us.keys()
-                bf16_ratio = us["oneDNN bf16 packed"] / us["thin bf16"] if both else None
                 both = {"oneDNN bf16 packed", "thin bf16 pairs"} <= us.keys()
                 pairs_ratio = us["oneDNN bf16 packed"] / us["thin bf16 pairs"] if both else None
                 results.append(
@@ -104,7 +99,6 @@ def main() -> None:
                         "f_linear_over_onednn": ratio,
                         "onednn_over_thin": thin_ratio,
                         "onednn_over_thin_wide": wide_ratio,
-                        "onednn_bf16_over_thin_bf16": bf16_ratio,
                         "onednn_bf16_over_thin_bf16_pairs": pairs_ratio,
                     }
                 )
@@ -114,8 +108,7 @@ def main() -> None:
                     + f"   F.linear / oneDNN packed {ratio:.2f}x"
                     + ("" if thin_ratio is None else f"   oneDNN packed / thin {thin_ratio:.2f}x")
                     + ("" if wide_ratio is None else f"   / thin wide {wide_ratio:.2f}x")
-                    + ("" if bf16_ratio is None else f"   bf16: oneDNN / thin {bf16_ratio:.2f}x")
-                    + ("" if pairs_ratio is None else f"   oneDNN / pairs {pairs_ratio:.2f}x")
+                    + ("" if pairs_ratio is None else f"   bf16: oneDNN / pairs {pairs_ratio:.2f}x")
                 )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "thin_products.json"

@@ -1,6 +1,5 @@
-/* Thin products y = x W^T + b for the few rows of a decoding step: fp32 rows by fp32 or bf16
- * weights, fp32 sums (AVX2 + FMA, or AVX-512); and bf16 rows by bf16 weights, fp32 sums
- * (AVX-512 BF16).
+/* Thin products y = x W^T + b for the few rows of a decoding step: fp32 (AVX2 + FMA, or
+ * AVX-512); and bf16 rows by bf16 weights, fp32 sums (AVX-512 BF16).
  *
  * A decoding step multiplies a handful of rows by every weight of the decoder, so its products
  * are bound by reading the weights from memory. The weight is packed once, by
@@ -8,15 +7,13 @@
  * 8 floats contiguous: P[n / 8][k][n % 8] = W[n][k] (zero columns past N). Up to 8 rows, one
  * pass over a panel keeps all rows' accumulators in registers, so the weight is read once, in
  * order; more rows take two panels at a time in blocks of 6 rows, the panels read from memory
- * once and from cache for each further block. A bf16 weight is packed the same way (bf16 panels,
- * half the bytes to read); each weight is widened to fp32 as it is loaded, so the products are
- * those of the fp32 rows by the bf16 weights, summed in fp32.
+ * once and from cache for each further block.
  *
  * On a CPU with AVX-512, panels of 16 output columns (P[n / 16][k][n % 16], "wide") take one
  * 512-bit multiply-add per 16 products, half the instructions of two 8-column panels; up to 8
- * rows a pass over one panel, blocks of 8 rows over two panels past that. With AVX-512 BF16, a bf16 weight can be packed into
- * pair panels of 16 output columns, each panel's K / 2 rows holding 16 pairs of consecutive
- * weights: Q[n / 16][k / 2][n % 16][k % 2] = W[n][k] (zero past N and past an odd K). The rows
+ * rows a pass over one panel, blocks of 8 rows over two panels past that. With AVX-512 BF16, a
+ * bf16 weight can be packed into pair panels of 16 output columns, each panel's K / 2 rows
+ * holding 16 pairs of consecutive weights: Q[n / 16][k / 2][n % 16][k % 2] = W[n][k] (zero past N and past an odd K). The rows
  * are rounded to bf16 (to nearest even, as bf16 autocast rounds them) and one vdpbf16ps adds two
  * products to each of 16 fp32 sums: the products of bf16 autocast, with the epilogues done as
  * the outputs are stored.
@@ -27,9 +24,9 @@
  *   wide_supported() -> bool: whether this CPU has AVX-512 (for wide fp32 panels);
  *   dot_supported() -> bool: whether this CPU has AVX-512 BF16 (for pair panels);
  *   linear(x, p, b, y, rows, k, n, res, relu, threads, kind): addresses of x (rows, k), p (fp32
- *       panels with kind 0, bf16 panels with kind 1, bf16 pair panels with kind 2, wide fp32
- *       panels with kind 3), b (n, or 0 for none), y (rows, n) and res (rows, n, or 0 for none),
- *       all else fp32 and contiguous;
+ *       panels with kind 0, wide fp32 panels with kind 1, bf16 pair panels with kind 2), b (n,
+ *       or 0 for none), y (rows, n) and res (rows, n, or 0 for none), all else fp32 and
+ *       contiguous;
  *       y = relu(x W^T + b + res) with relu true, else without the max. res may be y itself
  *       (each element is read just before it is written); x may not overlap y.
  */
@@ -67,14 +64,6 @@ static int dot_supported_here(void) {
 #define PANEL 8
 #define PREFETCH_BYTES 4096 /* ahead of the panel row being read */
 
-/* Eight weights of a panel row as fp32: loaded, or widened from bf16 (its bits are the high half
- * of an fp32's). */
-AVX2 static inline __m256 load_f32(const float *p) { return _mm256_loadu_ps(p); }
-AVX2 static inline __m256 load_bf16(const uint16_t *p) {
-    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
-
 /* y[r][c] = out[r][c] (+ res[r][c], which has y's row stride) (then max(., 0) with relu; a NaN
  * stays NaN, as in torch.relu) for R rows of cols columns. */
 static inline void store_rows(const float *out, int ldo, int rows, int cols, float *y, long ldy,
@@ -92,18 +81,16 @@ static inline void store_rows(const float *out, int ldo, int rows, int cols, flo
 }
 
 /* acc[r] = sum_k x[r][k] * panel[k][0..7] for R rows, then y = acc + bias. The accumulators
- * are indexed by constants only (every loop over r unrolled), so they stay in registers. One
- * function per row count and weight type W (its panel rows loaded by LOAD). */
-#define PANEL_ROWS(R, W, LOAD)                                                                   \
-    __attribute__((target("avx2,fma"))) static void panel_rows_##R##_##W(                        \
-        const float *x, long k_dim, const void *panel_, const float *bias8, float *y, long ldy,  \
+ * are indexed by constants only (every loop over r unrolled), so they stay in registers. */
+#define PANEL_ROWS(R)                                                                            \
+    __attribute__((target("avx2,fma"))) static void panel_rows_##R(                              \
+        const float *x, long k_dim, const float *panel, const float *bias8, float *y, long ldy, \
         int cols, const float *res, int relu) {                                                  \
-        const W *panel = panel_;                                                                 \
         __m256 acc[R];                                                                           \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();       \
         for (long k = 0; k < k_dim; ++k) {                                                       \
-            __m256 w = LOAD(panel + k * PANEL);                                                  \
-            if ((k & 1) == 0) _mm_prefetch((const char *)(panel + k * PANEL) + PREFETCH_BYTES,  \
+            __m256 w = _mm256_loadu_ps(panel + k * PANEL);                                       \
+            if ((k & 1) == 0) _mm_prefetch((const char *)(panel + k * PANEL) + PREFETCH_BYTES,    \
                                            _MM_HINT_T0);                                         \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] =                        \
                 _mm256_fmadd_ps(_mm256_broadcast_ss(x + r * k_dim + k), w, acc[r]);             \
@@ -115,22 +102,30 @@ static inline void store_rows(const float *out, int ldo, int rows, int cols, flo
         store_rows(&out[0][0], PANEL, R, cols, y, ldy, res, relu);                               \
     }
 
+PANEL_ROWS(1)
+PANEL_ROWS(2)
+PANEL_ROWS(3)
+PANEL_ROWS(4)
+PANEL_ROWS(5)
+PANEL_ROWS(6)
+PANEL_ROWS(7)
+PANEL_ROWS(8)
+
 /* The same for two adjacent panels (16 columns) at once: 2 weight loads and R broadcasts feed
  * 2 R multiply-adds, where one panel takes R + 1 loads for R. From 9 rows on the products are
  * bound by arithmetic, not memory, and blocks of 6 rows (12 accumulators) keep the load ports
  * from being the limit. The first panel is always whole; the second has cols_b columns. */
-#define PAIR_ROWS(R, W, LOAD)                                                                    \
-    __attribute__((target("avx2,fma"))) static void pair_rows_##R##_##W(                         \
-        const float *x, long k_dim, const void *pa_, const void *pb_, const float *bias16,      \
+#define PAIR_ROWS(R)                                                                             \
+    __attribute__((target("avx2,fma"))) static void pair_rows_##R(                               \
+        const float *x, long k_dim, const float *pa, const float *pb, const float *bias16,      \
         float *y, long ldy, int cols_b, const float *res, int relu) {                            \
-        const W *pa = pa_, *pb = pb_;                                                            \
         __m256 acc_a[R], acc_b[R];                                                               \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {                                   \
             acc_a[r] = _mm256_setzero_ps();                                                      \
             acc_b[r] = _mm256_setzero_ps();                                                      \
         }                                                                                        \
         for (long k = 0; k < k_dim; ++k) {                                                       \
-            __m256 wa = LOAD(pa + k * PANEL), wb = LOAD(pb + k * PANEL);                         \
+            __m256 wa = _mm256_loadu_ps(pa + k * PANEL), wb = _mm256_loadu_ps(pb + k * PANEL);   \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {                               \
                 __m256 xr = _mm256_broadcast_ss(x + r * k_dim + k);                              \
                 acc_a[r] = _mm256_fmadd_ps(xr, wa, acc_a[r]);                                    \
@@ -147,38 +142,24 @@ static inline void store_rows(const float *out, int ldo, int rows, int cols, flo
         store_rows(&out[0][0], 2 * PANEL, R, PANEL + cols_b, y, ldy, res, relu);                \
     }
 
-/* Every row count of both, for one weight type. */
-#define ROW_KERNELS(W, LOAD)                                                                     \
-    PANEL_ROWS(1, W, LOAD) PANEL_ROWS(2, W, LOAD) PANEL_ROWS(3, W, LOAD) PANEL_ROWS(4, W, LOAD)  \
-    PANEL_ROWS(5, W, LOAD) PANEL_ROWS(6, W, LOAD) PANEL_ROWS(7, W, LOAD) PANEL_ROWS(8, W, LOAD)  \
-    PAIR_ROWS(1, W, LOAD) PAIR_ROWS(2, W, LOAD) PAIR_ROWS(3, W, LOAD)                            \
-    PAIR_ROWS(4, W, LOAD) PAIR_ROWS(5, W, LOAD) PAIR_ROWS(6, W, LOAD)
-
-typedef uint16_t bf16;
-ROW_KERNELS(float, load_f32)
-ROW_KERNELS(bf16, load_bf16)
+PAIR_ROWS(1)
+PAIR_ROWS(2)
+PAIR_ROWS(3)
+PAIR_ROWS(4)
+PAIR_ROWS(5)
+PAIR_ROWS(6)
 
 #define PAIR_BLOCK 6
 
-typedef void (*panel_fn)(const float *, long, const void *, const float *, float *, long, int,
+typedef void (*panel_fn)(const float *, long, const float *, const float *, float *, long, int,
                          const float *, int);
-typedef void (*pair_fn)(const float *, long, const void *, const void *, const float *, float *,
+static const panel_fn PANEL_FNS[PANEL + 1] = {NULL,           panel_rows_1, panel_rows_2,
+                                              panel_rows_3,   panel_rows_4, panel_rows_5,
+                                              panel_rows_6,   panel_rows_7, panel_rows_8};
+typedef void (*pair_fn)(const float *, long, const float *, const float *, const float *, float *,
                         long, int, const float *, int);
-
-/* The functions for one weight type, by row count. */
-typedef struct {
-    panel_fn panel[PANEL + 1];
-    pair_fn pair[PAIR_BLOCK + 1];
-    size_t size; /* bytes of one weight */
-} kernels;
-
-#define KERNELS_OF(W)                                                                            \
-    {{NULL, panel_rows_1_##W, panel_rows_2_##W, panel_rows_3_##W, panel_rows_4_##W,              \
-      panel_rows_5_##W, panel_rows_6_##W, panel_rows_7_##W, panel_rows_8_##W},                   \
-     {NULL, pair_rows_1_##W, pair_rows_2_##W, pair_rows_3_##W, pair_rows_4_##W, pair_rows_5_##W, \
-      pair_rows_6_##W},                                                                          \
-     sizeof(W)}
-static const kernels FP32 = KERNELS_OF(float), BF16 = KERNELS_OF(bf16);
+static const pair_fn PAIR_FNS[PAIR_BLOCK + 1] = {NULL,        pair_rows_1, pair_rows_2, pair_rows_3,
+                                                 pair_rows_4, pair_rows_5, pair_rows_6};
 
 /* Columns [start, start + width) of the bias, zero-padded past n, into buf; NULL without a bias. */
 static const float *bias_of(const float *b, long n, long start, int width, float *buf) {
@@ -191,22 +172,22 @@ static const float *bias_of(const float *b, long n, long start, int width, float
 }
 
 /* Up to 8 rows: one pass over each panel. */
-static void thin_few(const kernels *f, const float *x, const char *p, const float *b, float *y,
-                     long rows, long k_dim, long n, const float *res, int relu, int threads) {
+static void thin_few(const float *x, const float *p, const float *b, float *y, long rows,
+                     long k_dim, long n, const float *res, int relu, int threads) {
     long panels = (n + PANEL - 1) / PANEL;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long j = 0; j < panels; ++j) {
         float buf[PANEL];
         int cols = (int)(n - j * PANEL < PANEL ? n - j * PANEL : PANEL);
-        f->panel[rows](x, k_dim, p + j * k_dim * PANEL * f->size, bias_of(b, n, j * PANEL, PANEL, buf),
+        PANEL_FNS[rows](x, k_dim, p + j * k_dim * PANEL, bias_of(b, n, j * PANEL, PANEL, buf),
                         y + j * PANEL, n, cols, res ? res + j * PANEL : NULL, relu);
     }
 }
 
 /* More rows: pairs of panels, each read once from memory and again from cache per block of 6. */
-static void thin_many(const kernels *f, const float *x, const char *p, const float *b, float *y,
-                      long rows, long k_dim, long n, const float *res, int relu, int threads) {
-    long panels = (n + PANEL - 1) / PANEL, pairs = (panels + 1) / 2, panel_bytes = k_dim * PANEL * f->size;
+static void thin_many(const float *x, const float *p, const float *b, float *y, long rows,
+                      long k_dim, long n, const float *res, int relu, int threads) {
+    long panels = (n + PANEL - 1) / PANEL, pairs = (panels + 1) / 2;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long i = 0; i < pairs; ++i) {
         long j = 2 * i;
@@ -217,7 +198,7 @@ static void thin_many(const kernels *f, const float *x, const char *p, const flo
             for (long r0 = 0; r0 < rows; r0 += PAIR_BLOCK) {
                 long r = rows - r0 < PAIR_BLOCK ? rows - r0 : PAIR_BLOCK;
                 long at = r0 * n + j * PANEL;
-                f->pair[r](x + r0 * k_dim, k_dim, p + j * panel_bytes, p + (j + 1) * panel_bytes,
+                PAIR_FNS[r](x + r0 * k_dim, k_dim, p + j * k_dim * PANEL, p + (j + 1) * k_dim * PANEL,
                             bias16, y + at, n, cols_b, res ? res + at : NULL, relu);
             }
         } else {  /* an odd last panel */
@@ -226,7 +207,7 @@ static void thin_many(const kernels *f, const float *x, const char *p, const flo
             for (long r0 = 0; r0 < rows; r0 += PANEL) {
                 long r = rows - r0 < PANEL ? rows - r0 : PANEL;
                 long at = r0 * n + j * PANEL;
-                f->panel[r](x + r0 * k_dim, k_dim, p + j * panel_bytes, bias8, y + at, n, cols,
+                PANEL_FNS[r](x + r0 * k_dim, k_dim, p + j * k_dim * PANEL, bias8, y + at, n, cols,
                              res ? res + at : NULL, relu);
             }
         }
@@ -339,7 +320,7 @@ static void thin_wide(const wide_fn (*f)[WIDE_BLOCK + 1], const uint32_t *x, lon
     }
 }
 
-enum { FP32_PANELS = 0, BF16_PANELS = 1, BF16_PAIR_PANELS = 2, FP32_WIDE_PANELS = 3 };
+enum { FP32_PANELS = 0, FP32_WIDE_PANELS = 1, BF16_PAIR_PANELS = 2 };
 
 /* 0, or -1 where the scratch for the bf16 rows could not be allocated. */
 static int thin_linear(const float *x, const void *p, int kind, const float *b, float *y, long rows,
@@ -358,11 +339,10 @@ static int thin_linear(const float *x, const void *p, int kind, const float *b, 
         free(x16);
         return 0;
     }
-    const kernels *f = kind == BF16_PANELS ? &BF16 : &FP32;
     if (rows <= PANEL)
-        thin_few(f, x, p, b, y, rows, k_dim, n, res, relu, threads);
+        thin_few(x, p, b, y, rows, k_dim, n, res, relu, threads);
     else
-        thin_many(f, x, p, b, y, rows, k_dim, n, res, relu, threads);
+        thin_many(x, p, b, y, rows, k_dim, n, res, relu, threads);
     return 0;
 }
 #endif /* ATTNLAB_X86 */
@@ -375,17 +355,16 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KKKKLLLKpii", &x, &p, &b, &y, &rows, &k_dim, &n, &res, &relu,
                           &threads, &kind))
         return NULL;
-    if (kind < 0 || kind > 3) {
-        PyErr_Format(PyExc_ValueError,
-                     "expected panel kind 0 (fp32), 1 (bf16), 2 (bf16 pairs) or 3 (wide fp32), got %d", kind);
+    if (kind < 0 || kind > 2) {
+        PyErr_Format(PyExc_ValueError, "expected panel kind 0 (fp32), 1 (wide fp32) or 2 (bf16 pairs), got %d", kind);
         return NULL;
     }
     if (!cpu_supported()) {
         PyErr_SetString(PyExc_RuntimeError, "the thin-product kernel needs a CPU with AVX2 and FMA");
         return NULL;
     }
-    if ((kind == 2 && !dot_supported_here()) || (kind == 3 && !wide_supported_here())) {
-        PyErr_SetString(PyExc_RuntimeError, kind == 2 ? "bf16 pair panels need a CPU with AVX-512 BF16"
+    if ((kind == FP32_WIDE_PANELS && !wide_supported_here()) || (kind == BF16_PAIR_PANELS && !dot_supported_here())) {
+        PyErr_SetString(PyExc_RuntimeError, kind == BF16_PAIR_PANELS ? "bf16 pair panels need a CPU with AVX-512 BF16"
                                                       : "wide fp32 panels need a CPU with AVX-512");
         return NULL;
     }
@@ -424,7 +403,7 @@ static PyMethodDef METHODS[] = {
     {"supported", supported, METH_NOARGS, "Whether this CPU has AVX2 and FMA."},
     {"wide_supported", wide_supported, METH_NOARGS, "Whether this CPU has AVX-512."},
     {"dot_supported", dot_supported, METH_NOARGS, "Whether this CPU has AVX-512 BF16."},
-    {"linear", linear, METH_VARARGS, "y = x W^T + b from a packed fp32 or bf16 weight (addresses)."},
+    {"linear", linear, METH_VARARGS, "y = x W^T + b from a packed weight (addresses)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -4,11 +4,10 @@ A greedy step multiplies one row per sentence by every weight of the decoder, so
 are bound by reading the weights from memory, and the general GEMM kernels (the BLAS's,
 oneDNN's) spend that read poorly at 1 to 16 rows. The kernel here (``_thin.c``, AVX2 and FMA,
 built by ``pip install``) packs the weight into panels of 8 output columns and keeps up to 8
-rows' sums in registers, so each panel is read once, in order, per 8 rows. A weight packed in
-bf16 is half the bytes to read; the kernel widens each weight to fp32 as it loads it, so the
-products are exact products of the fp32 rows by the bf16 weights, summed in fp32. On a CPU with
-AVX-512 BF16 a weight packed in bf16 pairs (``pack_pairs``) is multiplied by the rows rounded to
-bf16, two products a lane per instruction: bf16 autocast's products, with the epilogues fused.
+rows' sums in registers, so each panel is read once, in order, per 8 rows (16 columns a panel
+on a CPU with AVX-512). On a CPU with AVX-512 BF16 a weight packed in bf16 pairs
+(``pack_pairs``) is multiplied by the rows rounded to bf16, two products a lane per instruction:
+bf16 autocast's products, with the epilogues fused.
 ``python -m benchmarks.thin_products`` times it beside oneDNN's packed products and ``F.linear``.
 
 The extension is optional: ``available()`` is False where it was not built (no C compiler at
@@ -65,33 +64,22 @@ def pairs_available() -> bool:
     return available() and bool(_thin.dot_supported())
 
 
-WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
-
-
 def max_rows_bf16() -> int:
     """The most rows a product by bf16 pair panels takes this kernel for in bf16 decoding here:
     ``Thresholds.cpu_thin_max_rows_bfloat16`` where pair panels run, else 0."""
     return current_thresholds().cpu_thin_max_rows_bfloat16 if pairs_available() else 0
 
 
-def pack(weight: Tensor, dtype: torch.dtype = torch.float32, *, wide: bool | None = None) -> Tensor:
-    """``weight (out, in)`` (fp32 or bf16) as panels ``(ceil(out / w), in, w)`` of ``dtype`` (fp32,
-    or bf16: the weight rounded to nearest even): ``P[j, k, c] = W[w j + c, k]``, zero columns
-    past ``out``; ``w`` is 8, or 16 with ``wide`` (fp32 only; multiplied where ``wide_available()``).
-    ``wide=None`` takes wide fp32 panels where they run, which multiply faster there."""
-    if weight.ndim != 2 or weight.dtype not in WEIGHT_DTYPES or not weight.is_cpu:
-        raise ValueError(
-            f"expected a 2-D fp32 or bf16 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}"
-        )
-    if dtype not in WEIGHT_DTYPES:
-        raise ValueError(f"expected panels of torch.float32 or torch.bfloat16, got {dtype}")
-    if wide and dtype != torch.float32:
-        raise ValueError(f"wide panels are fp32, got {dtype} (bf16 weights take pack_pairs)")
-    wide = dtype == torch.float32 and wide_available() if wide is None else wide
+def pack(weight: Tensor, *, wide: bool | None = None) -> Tensor:
+    """``weight (out, in)``, fp32, as panels ``(ceil(out / w), in, w)``: ``P[j, k, c] = W[w j + c, k]``,
+    zero columns past ``out``; ``w`` is 8, or 16 with ``wide`` (multiplied where
+    ``wide_available()``). ``wide=None`` takes wide panels where they run, which multiply faster there."""
+    if weight.ndim != 2 or weight.dtype != torch.float32 or not weight.is_cpu:
+        raise ValueError(f"expected a 2-D fp32 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}")
+    width = WIDE_PANEL if (wide_available() if wide is None else wide) else PANEL
     out_features, in_features = weight.shape
-    width = WIDE_PANEL if wide else PANEL
     padded = -(-out_features // width) * width
-    weight = F.pad(weight.detach().to(dtype), (0, 0, 0, padded - out_features))
+    weight = F.pad(weight.detach(), (0, 0, 0, padded - out_features))
     return weight.reshape(padded // width, width, in_features).transpose(1, 2).contiguous()
 
 
@@ -99,7 +87,8 @@ def pack_pairs(weight: Tensor) -> Tensor:
     """``weight (out, in)`` (fp32 or bf16, ``in`` even) rounded to bf16 (to nearest even) as pair
     panels ``(ceil(out / 16), in / 2, 16, 2)``: ``Q[j, i, c, h] = W[16 j + c, 2 i + h]``, zero
     columns past ``out``. Multiplied only where ``pairs_available()``."""
-    if weight.ndim != 2 or weight.dtype not in WEIGHT_DTYPES or not weight.is_cpu or weight.shape[1] % 2:
+    dtype_ok = weight.dtype in (torch.float32, torch.bfloat16)
+    if weight.ndim != 2 or not dtype_ok or not weight.is_cpu or weight.shape[1] % 2:
         raise ValueError(
             "expected a 2-D fp32 or bf16 CPU weight of an even number of inputs, got "
             f"{tuple(weight.shape)} {weight.dtype} on {weight.device}"
@@ -112,14 +101,14 @@ def pack_pairs(weight: Tensor) -> Tensor:
 
 
 def _layout(packed: Tensor, out_features: int) -> tuple[int, int, int]:
-    """``(kind, in_features, panels expected)`` of a packed weight: kind 0 fp32 panels, 1 bf16
-    panels, 2 bf16 pair panels, 3 wide fp32 panels (the C kernel's numbering)."""
+    """``(kind, in_features, panels expected)`` of a packed weight: kind 0 fp32 panels, 1 wide
+    fp32 panels, 2 bf16 pair panels (the C kernel's numbering)."""
     wide_panels = -(-out_features // WIDE_PANEL)
     if packed.ndim == 4:
         return 2, 2 * packed.shape[1], wide_panels
     if packed.shape[-1] == WIDE_PANEL:
-        return 3, packed.shape[1], wide_panels
-    return int(packed.dtype == torch.bfloat16), packed.shape[1], -(-out_features // PANEL)
+        return 1, packed.shape[1], wide_panels
+    return 0, packed.shape[1], -(-out_features // PANEL)
 
 
 def _packed_as_made(packed: Tensor, out_features: int) -> bool:
@@ -130,9 +119,7 @@ def _packed_as_made(packed: Tensor, out_features: int) -> bool:
         return False
     if kind == 2:
         return packed.dtype == torch.bfloat16 and packed.shape[2:] == (WIDE_PANEL, 2)
-    if kind == 3:
-        return packed.dtype == torch.float32
-    return packed.ndim == 3 and packed.shape[2] == PANEL and packed.dtype in WEIGHT_DTYPES
+    return packed.ndim == 3 and packed.shape[2] in (PANEL, WIDE_PANEL) and packed.dtype == torch.float32
 
 
 def linear(
@@ -145,8 +132,8 @@ def linear(
     relu: bool = False,
     out: Tensor | None = None,
 ) -> Tensor:
-    """``x W^T + b`` for fp32 ``x (..., in)`` from ``packed = pack(W)`` (fp32 or bf16 panels, or
-    wide fp32 ones) or ``pack_pairs(W)`` (bf16 pair panels: the rows are rounded to bf16) on CPU,
+    """``x W^T + b`` for fp32 ``x (..., in)`` from ``packed = pack(W)`` (fp32 panels, or wide fp32
+    ones) or ``pack_pairs(W)`` (bf16 pair panels: the rows are rounded to bf16) on CPU,
     no autograd; the result is fp32.
 
     With ``residual`` (the result's shape) the result is ``x W^T + b + residual``, with ``relu``
@@ -159,7 +146,7 @@ def linear(
         raise RuntimeError("the thin-product kernel is not available here (not built, or no AVX2 and FMA)")
     if kind == 2 and not pairs_available():
         raise RuntimeError("bf16 pair panels need a CPU with AVX-512 BF16")
-    if kind == 3 and not wide_available():
+    if kind == 1 and not wide_available():
         raise RuntimeError("wide fp32 panels need a CPU with AVX-512")
     if x.dtype != torch.float32 or not x.is_cpu or x.shape[-1] != in_features:
         raise ValueError(
@@ -198,7 +185,7 @@ def unsafe_linear(
 ) -> Tensor:
     """``linear(x, packed, out_features, bias, residual=residual, relu=relu, out=out)`` without
     its checks, for an engine that made every operand itself: contiguous CPU tensors of the
-    right shapes, fp32 but for ``packed`` (fp32 or bf16), the kernel ``available()`` (and
+    right shapes, fp32 but for pair panels (bf16), the kernel ``available()`` (and
     ``wide_available()`` for wide panels, ``pairs_available()`` for pair panels). A wrong operand corrupts memory."""
     kind, in_features, _ = _layout(packed, out_features)
     _thin.linear(
