@@ -62,7 +62,11 @@ static int dot_supported_here(void) {
 
 #ifdef ATTNLAB_X86
 #define PANEL 8
-#define PREFETCH_BYTES 4096 /* ahead of the panel row being read */
+/* The panels stream from memory in order, one stream a thread: each step asks for the line
+ * PREFETCH_BYTES ahead into L2 (the T1 hint). Into L1 (T0), the requests hold its few miss
+ * buffers and 8-row products read slower than a plain sum over the same bytes. */
+#define PREFETCH_BYTES 8192
+#define PREFETCH(at) _mm_prefetch((const char *)(at) + PREFETCH_BYTES, _MM_HINT_T1)
 
 /* y[r][c] = out[r][c] (+ res[r][c], which has y's row stride) (then max(., 0) with relu; a NaN
  * stays NaN, as in torch.relu) for R rows of cols columns. */
@@ -90,8 +94,7 @@ static inline void store_rows(const float *out, int ldo, int rows, int cols, flo
         _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();       \
         for (long k = 0; k < k_dim; ++k) {                                                       \
             __m256 w = _mm256_loadu_ps(panel + k * PANEL);                                       \
-            if ((k & 1) == 0) _mm_prefetch((const char *)(panel + k * PANEL) + PREFETCH_BYTES,    \
-                                           _MM_HINT_T0);                                         \
+            if ((k & 1) == 0) PREFETCH(panel + k * PANEL);                                       \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] =                        \
                 _mm256_fmadd_ps(_mm256_broadcast_ss(x + r * k_dim + k), w, acc[r]);             \
         }                                                                                        \
@@ -245,7 +248,7 @@ static void thin_many(const float *x, const float *p, const float *b, float *y, 
             _Pragma("GCC unroll 2") for (int c = 0; c < P; ++c) {                               \
                 const char *at = panel + c * panel_bytes + k * WIDE_STEP_BYTES;                  \
                 w[c] = _mm512_loadu_si512(at);                                                   \
-                _mm_prefetch(at + PREFETCH_BYTES, _MM_HINT_T0);                                  \
+                PREFETCH(at);                                                                    \
             }                                                                                    \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                 \
                 _Pragma("GCC unroll 2") for (int c = 0; c < P; ++c) acc[r][c] =                 \
