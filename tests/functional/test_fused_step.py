@@ -1,6 +1,7 @@
 """The fused step kernel (``attnlab.functional.kernels.fused_step``): a decoding step's attention
 against SDPA in float64 for every mask kind, ragged key counts, strided caches and empty rows; its
-refusals; the rule that turns it on; and ``step_attention``'s choice of it."""
+refusals; the rule that turns it on; ``step_attention``'s choice of it; and the rows' layer norm
+against ``F.layer_norm`` in float64."""
 
 from __future__ import annotations
 
@@ -150,6 +151,22 @@ def test_any_thread_count_gives_the_same_result(threads):
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(got.double(), _reference(q, k, v, None), **TOLERANCE)
+
+
+@needs_fused
+@pytest.mark.parametrize(("rows", "dim"), [(8, 512), (40, 512), (3, 20), (1, 7), (2, 1)])
+@pytest.mark.parametrize("affine", ["weight and bias", "weight only", "none"])
+def test_layer_norm_matches_pytorchs_in_float64(rows, dim, affine):
+    g = torch.Generator().manual_seed(rows * dim)
+    x = 3.0 + 2.0 * torch.randn(rows, dim, generator=g)  # an offset mean: the variance is taken about it
+    weight = None if affine == "none" else torch.randn(dim, generator=g)
+    bias = torch.randn(dim, generator=g) if affine == "weight and bias" else None
+    got = fused_step.unsafe_layer_norm(x, weight, bias, 1e-5, torch.empty_like(x))
+    expected = F.layer_norm(
+        x.double(), (dim,), None if weight is None else weight.double(), None if bias is None else bias.double(), 1e-5
+    )
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fused_step.unsafe_layer_norm(x, weight, bias, 1e-5, x), got)  # written over its input
 
 
 @needs_fused

@@ -14,7 +14,8 @@ cache append, adds, norms), each with a fixed cost larger than its arithmetic at
 - the self-attention cache is one buffer per layer, ``(capacity, rows, 2 D)``: a step appends
   its keys and values with one copy, and beam search's reordering never moves them: a table of
   lines (``FusedState.lines``) says which row holds each position of a hypothesis's history,
-  and the attention kernel reads the keys there.
+  and the attention kernel reads the keys there;
+- the layer norms run on the step kernel's row norm, written over their input in post-norm layers.
 
 It computes what ``DecoderLayer.step`` computes, in fp32, with the products summed in another
 order (the thin kernel's), or with int8 products as ``DecodingEngine(int8=True)`` multiplies, or
@@ -37,7 +38,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.functional.kernels import fused_step, onednn, thin
@@ -60,7 +60,7 @@ class _Layer:
     cross_out: Product
     fc1: Product
     fc2: Product
-    norms: tuple[Callable[[Tensor], Tensor], ...]  # norm1, norm2, norm3 of rows (R, D)
+    norms: tuple[Callable[..., Tensor], ...]  # norm1, norm2, norm3 of rows (R, D); in_place=True writes over them
     activation: nn.Module | None  # None: ReLU, done in fc1's epilogue
 
 
@@ -259,24 +259,25 @@ class FusedDecoder:
         keys, values = _cached(cache, t + 1, heads)
         fused_step.unsafe_attention(heads_of(qkv, rows, 1), keys, values, None, heads_of(context, rows, 1), lines)
         x = layer.self_out(context, residual=x)
-        x = x if pre else norm1(x)
+        x = x if pre else norm1(x, in_place=True)
 
         # source-target attention: a sentence's k rows ask together
         q = layer.cross_q(norm2(x) if pre else x)
         fused_step.unsafe_attention(heads_of(q, batch, k), *cross, allowed, heads_of(context, batch, k))
         x = layer.cross_out(context, residual=x)
-        x = x if pre else norm2(x)
+        x = x if pre else norm2(x, in_place=True)
 
         # feed-forward
         h = layer.fc1(norm3(x) if pre else x, relu=layer.activation is None)
         if layer.activation is not None:
             h = layer.activation(h)
         x = layer.fc2(h, residual=x)
-        return x if pre else norm3(x)
+        return x if pre else norm3(x, in_place=True)
 
 
-def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+def _layer_norm(norm: nn.LayerNorm, x: Tensor, *, in_place: bool = False) -> Tensor:
+    """``norm(x)`` of contiguous rows ``x (R, D)`` on the step kernel, written over ``x`` with ``in_place``."""
+    return fused_step.unsafe_layer_norm(x, norm.weight, norm.bias, norm.eps, x if in_place else torch.empty_like(x))
 
 
 def _heads(x: Tensor, batch: int, k: int, heads: int, size: int) -> Tensor:
