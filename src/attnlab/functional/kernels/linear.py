@@ -7,8 +7,9 @@ see ``thresholds.default_linear_onednn_min_rows``), ``linear`` computes
 
     y = x W^T + b,   dx = dy W,   dW = dy^T x,   db = sum over rows of dy
 
-with oneDNN (``OneDNNLinear``) for fp32 CPU tensors with autocast off; every other call is
-``F.linear``. The layers' products (``attnlab.layers.Linear``, the attention projections) call it.
+with oneDNN (``OneDNNLinear``; dW on the BLAS, see its backward) for fp32 CPU tensors with
+autocast off; every other call is ``F.linear``. The layers' products (``attnlab.layers.Linear``,
+the attention projections) call it.
 
 Shapes: ``x (..., in)``, ``weight (out, in)``, ``bias (out,)``, ``y (..., out)``; M rows of ``x``.
 """
@@ -29,7 +30,7 @@ __all__ = ["OneDNNLinear", "linear", "matmul_t", "uses_onednn"]
 
 
 class OneDNNLinear(torch.autograd.Function):
-    """``F.linear(x, weight, bias)`` with each of its three products computed by oneDNN."""
+    """``F.linear(x, weight, bias)`` with its products y and dx computed by oneDNN, dW by the BLAS."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -48,11 +49,10 @@ class OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = onednn.matmul_t(grad_rows, weight.t()).view(x.shape)  # dy W
         if ctx.needs_input_grad[1]:
-            # dy^T x; oneDNN ran it faster with the longer of (out, in) as the product's rows.
-            if weight.shape[0] >= weight.shape[1]:
-                grad_weight = onednn.matmul_t(rows.t(), grad_rows.t()).t()  # (x^T dy)^T
-            else:
-                grad_weight = onednn.matmul_t(grad_rows.t(), rows.t())
+            # dy^T x on the BLAS, which reads both transposed operands where they lie and writes
+            # (out, in) as the parameter lies; oneDNN copies one operand into its layout and gives
+            # one of the orientations transposed, for the optimiser's side to copy again.
+            grad_weight = torch.mm(grad_rows.t(), rows)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_rows.sum(0)
         return grad_x, grad_weight, grad_bias
