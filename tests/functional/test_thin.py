@@ -1,6 +1,6 @@
 """The thin-product kernel (``attnlab.functional.kernels.thin``): its products against F.linear in
-float64 for every row-block shape and a partial last panel, its packing, its refusals, and the
-rule that turns it on."""
+float64 for every row-block shape and a partial last panel, its int8 products against PyTorch's
+dynamic int8 linear, its packing, its refusals, and the rule that turns it on."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from attnlab.functional.kernels import Thresholds, set_thresholds, thin
 from attnlab.functional.kernels.thresholds import thin_rule
+from attnlab.inference import quantized
 from attnlab.inference.packed import PackedWeights
 
 
@@ -45,6 +46,8 @@ def test_the_extension_is_built_and_runs_here():
     assert thin.available() == _cpu_has_avx2_fma()
     pair_flags = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}
     assert thin.pairs_available() == (_cpu_has_avx2_fma() and pair_flags <= _cpu_flags())
+    quad_flags = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+    assert thin.int8_available() == (_cpu_has_avx2_fma() and quad_flags <= _cpu_flags())
 
 
 needs_thin = pytest.mark.skipif(not thin.available(), reason="the thin kernel needs AVX2 and FMA")
@@ -96,19 +99,94 @@ def test_pair_panels_multiply_the_rows_and_weights_rounded_to_bf16(rows, in_feat
         assert (got.double() - unrounded).abs().max() > 100 * _tolerance(in_features)["atol"]
 
 
+def _epilogue_operands(rows: int) -> tuple[torch.Tensor, ...]:
+    """x (rows, 48), a weight of 21 outputs (a partial panel), its bias and a residual (rows, 21)."""
+    g = torch.Generator().manual_seed(rows)
+    shapes = [(rows, 48), (21, 48), (21,), (rows, 21)]
+    return tuple(torch.randn(*shape, generator=g) for shape in shapes)
+
+
 @needs_pairs
 @pytest.mark.parametrize("rows", [1, 8, 9, 20])
 @pytest.mark.parametrize("relu", [False, True])
 def test_pair_panels_fuse_the_residual_and_the_relu(rows, relu):
-    g = torch.Generator().manual_seed(rows)
-    x, weight, bias = torch.randn(rows, 48, generator=g), torch.randn(21, 48, generator=g), torch.randn(21, generator=g)
-    residual = torch.randn(rows, 21, generator=g)
+    x, weight, bias, residual = _epilogue_operands(rows)
     product = F.linear(x.bfloat16().double(), weight.bfloat16().double(), bias.double()) + residual.double()
     expected = product.relu() if relu else product
     out = residual.clone()
     got = thin.linear(x, thin.pack_pairs(weight), 21, bias, residual=out, relu=relu, out=out)
     assert got.data_ptr() == out.data_ptr()
     torch.testing.assert_close(got.double(), expected, **_tolerance(48))
+
+
+needs_quads = pytest.mark.skipif(not thin.int8_available(), reason="int8 quad panels need AVX-512 VNNI")
+
+
+def _int8_reference(x, weight, bias, residual=None, relu=False):
+    """PyTorch's dynamic int8 linear of the same int8 weight (8-bit rows: a VNNI CPU), then the epilogues."""
+    y = torch.ops.quantized.linear_dynamic(x, quantized.prepack(weight, bias), False)
+    y = y if residual is None else y + residual
+    return y.relu() if relu else y
+
+
+@needs_quads
+@pytest.mark.parametrize("rows", [0, 1, 5, 8, 9, 16, 17, 40])
+@pytest.mark.parametrize(("in_features", "out_features"), [(64, 96), (30, 37), (256, 1024), (7, 16)])
+@pytest.mark.parametrize("rows_kind", ["centred", "positive", "negative", "tiny", "zeros"])
+def test_int8_quads_compute_pytorchs_dynamic_int8_linear(rows, in_features, out_features, rows_kind):
+    """The same quantisation of the rows (scale, zero point, rounding) and exact int32 sums: equal
+    to PyTorch's result but for the last bits of its fp32 scaling, over every range kind that
+    takes another branch of the choice of scale and zero point."""
+    g = torch.Generator().manual_seed(rows * in_features)
+    x = torch.randn(rows, in_features, generator=g)
+    x = {"centred": x, "positive": x.abs() + 1, "negative": -x.abs() - 1, "tiny": 1e-6 * x, "zeros": 0 * x}[rows_kind]
+    weight, bias = torch.randn(out_features, in_features, generator=g), torch.randn(out_features, generator=g)
+    got = thin.linear_int8(x, thin.pack_int8(*quantized.quantize_weight(weight)), bias)
+    assert got.shape == (rows, out_features) and got.dtype == torch.float32
+    if rows:
+        torch.testing.assert_close(got, _int8_reference(x, weight, bias), rtol=1e-6, atol=1e-5)
+
+
+@needs_quads
+def test_int8_quads_round_the_rows_where_pytorch_does():
+    """Rows that land near a rounding tie once scaled: one row element quantised differently moves
+    a product by a whole step, far outside the tolerance. Many random draws meet such ties."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(16, 256, generator=g)
+    packed = thin.pack_int8(*quantized.quantize_weight(weight))
+    for _ in range(1000):
+        x = torch.randn(9, 256, generator=g)
+        torch.testing.assert_close(thin.linear_int8(x, packed), _int8_reference(x, weight, None), rtol=1e-6, atol=1e-5)
+
+
+@needs_quads
+@pytest.mark.parametrize("rows", [1, 8, 9, 20])
+@pytest.mark.parametrize("relu", [False, True])
+def test_int8_quads_fuse_the_residual_and_the_relu(rows, relu):
+    x, weight, bias, residual = _epilogue_operands(rows)
+    got = thin.linear_int8(x, thin.pack_int8(*quantized.quantize_weight(weight)), bias, residual=residual, relu=relu)
+    torch.testing.assert_close(got, _int8_reference(x, weight, bias, residual, relu), rtol=1e-6, atol=1e-5)
+
+
+def test_quad_panels_lay_out_quads_of_inputs_for_sixteen_outputs():
+    q = torch.randint(-127, 128, (21, 6), dtype=torch.int8)
+    scales = torch.rand(21) + 0.1
+    packed = thin.pack_int8(q, scales)
+    assert packed.panels.shape == (2, 2, 16, 4) and packed.panels.dtype == torch.int8
+    for n in range(32):
+        for k in range(8):
+            expected = q[n, k] if n < 21 and k < 6 else 0
+            assert packed.panels[n // 16, k // 4, n % 16, k % 4] == expected, (n, k)
+    assert torch.equal(packed.sums, q.sum(1, dtype=torch.int32)) and torch.equal(packed.scales, scales)
+    with pytest.raises(ValueError, match=r"fp32 scales \(out,\), got \(21, 6\) torch.float32"):
+        thin.pack_int8(q.float(), scales)
+
+
+@needs_quads
+def test_int8_products_refuse_rows_of_another_width():
+    packed = thin.pack_int8(*quantized.quantize_weight(torch.randn(16, 32)))
+    with pytest.raises(ValueError, match=r"fp32 CPU input of 32 features, got \(2, 31\)"):
+        thin.linear_int8(torch.randn(2, 31), packed)
 
 
 def test_pair_panels_lay_out_pairs_of_inputs_for_sixteen_outputs():

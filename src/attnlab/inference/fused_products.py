@@ -3,7 +3,8 @@ with the epilogues of a Transformer block (a residual sum written over the resid
 
 - ``ThinProduct``: the thin kernel's fp32 panels, or its bf16 pair panels (rows rounded to
   bf16), the epilogues in the kernel;
-- ``Int8Product``: PyTorch's dynamic int8 linear, as ``DecodingEngine(int8=True)`` multiplies;
+- ``Int8Product``: the products of PyTorch's dynamic int8 linear, as ``DecodingEngine(int8=True)``
+  multiplies (the thin kernel's int8 quad panels for few rows where the CPU has AVX-512 VNNI);
 - ``Bf16Product``: bf16 copies of the weight as bf16 autocast multiplies (pair panels for few
   rows, oneDNN's bf16 product above);
 - ``MemoryProduct``: the source-target keys and values of the encoder's memory, once a search.
@@ -45,16 +46,30 @@ class ThinProduct:
 
 @dataclass
 class Int8Product:
-    """``x W^T + b`` with an int8 copy of ``W`` (PyTorch's dynamic quantisation, as
-    ``attnlab.inference.quantized.QuantizedWeights`` multiplies); the epilogues in PyTorch."""
+    """``x W^T + b`` with an int8 copy of ``W``, the products of PyTorch's dynamic int8 linear (as
+    ``attnlab.inference.quantized.QuantizedWeights`` multiplies): for at most
+    ``Thresholds.cpu_thin_max_rows`` rows the thin kernel's int8 quad panels (AVX-512 VNNI), the
+    epilogues in the kernel; elsewhere PyTorch's linear, packed at its first product, the epilogues
+    in PyTorch."""
 
-    packed: object
+    weight: Tensor
+    bias: Tensor | None
+    quads: thin.Int8Panels | None
+    packed: object = None  # PyTorch's packed int8 weight and bias
 
     @classmethod
     def of(cls, weight: Tensor, bias: Tensor | None) -> Int8Product:
-        return cls(quantized.prepack(weight.detach(), bias))
+        weight, bias = weight.detach(), None if bias is None else bias.detach().contiguous()
+        quads = thin.pack_int8(*quantized.quantize_weight(weight.float())) if thin.int8_available() else None
+        return cls(weight, bias, quads)
 
     def __call__(self, x: Tensor, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
+        if self.quads is not None and x.numel() <= thin.max_rows() * x.shape[-1]:  # x (..., in)
+            x = x.contiguous()
+            out = x.new_empty(*x.shape[:-1], self.quads.scales.shape[0]) if residual is None else residual
+            return thin.unsafe_linear_int8(x, self.quads, self.bias, out, residual, relu)
+        if self.packed is None:
+            self.packed = quantized.prepack(self.weight, self.bias)
         y = torch.ops.quantized.linear_dynamic(x, self.packed, quantized.reduce_range())
         return epilogue(y, residual, relu)
 

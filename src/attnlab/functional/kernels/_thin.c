@@ -1,5 +1,6 @@
 /* Thin products y = x W^T + b for the few rows of a decoding step: fp32 (AVX2 + FMA, or
- * AVX-512); and bf16 rows by bf16 weights, fp32 sums (AVX-512 BF16).
+ * AVX-512); bf16 rows by bf16 weights, fp32 sums (AVX-512 BF16); and uint8 rows by int8 weights,
+ * int32 sums (AVX-512 VNNI).
  *
  * A decoding step multiplies a handful of rows by every weight of the decoder, so its products
  * are bound by reading the weights from memory. The weight is packed once, by
@@ -16,48 +17,51 @@
  * holding 16 pairs of consecutive weights: Q[n / 16][k / 2][n % 16][k % 2] = W[n][k] (zero past N and past an odd K). The rows
  * are rounded to bf16 (to nearest even, as bf16 autocast rounds them) and one vdpbf16ps adds two
  * products to each of 16 fp32 sums: the products of bf16 autocast, with the epilogues done as
- * the outputs are stored.
+ * the outputs are stored. With AVX-512 VNNI, an int8 weight (symmetric, a scale per output column)
+ * can be packed into quad panels, Q[n / 16][k / 4][n % 16][k % 4] = W[n][k] (zero past N and K);
+ * the rows are quantised to uint8 as PyTorch's dynamic int8 linear quantises them, and one vpdpbusd
+ * adds four products to each of 16 int32 sums: that linear's products, a quarter of the fp32 bytes.
  *
  * The module exposes four functions; attnlab.functional.kernels.thin checks shapes and dtypes
  * before it calls them:
  *   supported() -> bool: whether this CPU has AVX2 and FMA;
- *   wide_supported() -> bool: whether this CPU has AVX-512 (for wide fp32 panels);
- *   dot_supported() -> bool: whether this CPU has AVX-512 BF16 (for pair panels);
+ *   kind_supported(kind) -> bool: whether this CPU runs a kind of panels (below, 3: int8 quads);
  *   linear(x, p, b, y, rows, k, n, res, relu, threads, kind): addresses of x (rows, k), p (fp32
  *       panels with kind 0, wide fp32 panels with kind 1, bf16 pair panels with kind 2), b (n,
  *       or 0 for none), y (rows, n) and res (rows, n, or 0 for none), all else fp32 and
  *       contiguous;
  *       y = relu(x W^T + b + res) with relu true, else without the max. res may be y itself
- *       (each element is read just before it is written); x may not overlap y.
+ *       (each element is read just before it is written); x may not overlap y;
+ *   linear_int8(x, p, scales, sums, b, y, rows, k, n, res, relu, threads): the same from int8
+ *       quad panels p, with the columns' fp32 scales and int32 sums of their int8 weights (n).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "_avx2.h"
 
-/* Whether this CPU runs the 16-column fp32 panel kernels (AVX-512F). */
-static int wide_supported_here(void) {
-#ifdef ATTNLAB_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-#else
-    return 0;
-#endif
-}
+enum { FP32_PANELS = 0, FP32_WIDE_PANELS = 1, BF16_PAIR_PANELS = 2, INT8_QUAD_PANELS = 3 };
 
-/* Whether this CPU runs the bf16 pair-panel kernel (AVX-512 BF16). */
-static int dot_supported_here(void) {
+/* Whether this CPU runs the kernels of a kind of panels: fp32 ones on AVX2 and FMA (cpu_supported),
+ * wide fp32 ones on AVX-512F, bf16 pairs on AVX-512 BF16, int8 quads on AVX-512 VNNI. */
+static int kind_supported_here(int kind) {
 #ifdef ATTNLAB_X86
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512bf16");
-#else
-    return 0;
+    int avx512 = __builtin_cpu_supports("avx512f"), full = avx512 && __builtin_cpu_supports("avx512bw") &&
+                                                           __builtin_cpu_supports("avx512vl");
+    switch (kind) {
+        case FP32_PANELS: return cpu_supported();
+        case FP32_WIDE_PANELS: return avx512;
+        case BF16_PAIR_PANELS: return full && __builtin_cpu_supports("avx512bf16");
+        case INT8_QUAD_PANELS: return full && __builtin_cpu_supports("avx512vnni");
+    }
 #endif
+    (void)kind;
+    return 0;
 }
 
 #ifdef ATTNLAB_X86
@@ -223,23 +227,28 @@ static void thin_many(const float *x, const float *p, const float *b, float *y, 
 #define WIDE_BLOCK 8  /* rows whose sums a pass over a panel keeps in registers */
 #define AVX512 __attribute__((target("avx512f")))
 #define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
-/* Both wide layouts read, per step along K, 64 bytes of panel (16 fp32 weights, or 16 pairs of bf16
- * ones) and one 4-byte element of each row (an fp32 value, or a pair of bf16 ones). */
+/* The wide layouts read, per step along K, 64 bytes of panel (16 fp32 weights, 16 pairs of bf16
+ * ones or 16 quads of int8 ones) and one 4-byte element of each row (an fp32 value, a pair of bf16
+ * ones or a quad of uint8 ones). */
 #define WIDE_STEP_BYTES 64
 
-/* acc[r][c] += x[r][k] * panel c[k][0..15] (fp32) or the pair dot product (bf16 pairs) for R rows
- * and P adjacent panels over `steps` steps, then y = acc + bias with the epilogues; the last
- * panel has `cols` columns. Two panels a pass take two multiply-adds per row element read: for
- * blocks past the first 8 rows, where the panels come from cache and the arithmetic is the
- * limit. */
-#define WIDE_ROWS(NAME, R, P, TARGET, FMA)                                                       \
+/* acc[r][c] += x[r][k] * panel c[k][0..15] (fp32), the pair dot product (bf16 pairs) or the quad
+ * dot product (int8 quads) for R rows and P adjacent panels over `steps` steps, then
+ * y = SUMS(acc) + bias with the epilogues; the last panel has `cols` columns. Two panels a pass
+ * take two multiply-adds per row element read: for blocks past the first 8 rows, where the
+ * panels come from cache and the arithmetic is the limit. */
+#define WIDE_ROWS(NAME, R, P, TARGET, FMA, SUMS)                                                 \
     TARGET static void NAME##_##R##_##P(const void *x_, long steps, const void *panel_,         \
-                                        const float *bias, float *y, long ldy, int cols,         \
+                                        const float *bias, const float *mul,                     \
+                                        const int32_t *offset, float *y, long ldy, int cols,     \
                                         const float *res, int relu) {                            \
         const uint32_t *x = x_;                                                                  \
         const char *panel = panel_;                                                              \
         long panel_bytes = steps * WIDE_STEP_BYTES;                                              \
+        (void)mul;                                                                               \
+        (void)offset;                                                                            \
         __m512 acc[R][P];                                                                        \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                     \
             _Pragma("GCC unroll 2") for (int c = 0; c < P; ++c) acc[r][c] = _mm512_setzero_ps(); \
@@ -258,7 +267,7 @@ static void thin_many(const float *x, const float *p, const float *b, float *y, 
         _Pragma("GCC unroll 2") for (int c = 0; c < P; ++c) {                                   \
             __m512 bc = bias ? _mm512_loadu_ps(bias + c * WIDE_PANEL) : _mm512_setzero_ps();     \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                 \
-                _mm512_storeu_ps(out[r] + c * WIDE_PANEL, _mm512_add_ps(acc[r][c], bc));         \
+                _mm512_storeu_ps(out[r] + c * WIDE_PANEL, _mm512_add_ps(SUMS(acc[r][c], c), bc)); \
         }                                                                                        \
         store_rows(&out[0][0], P * WIDE_PANEL, R, (P - 1) * WIDE_PANEL + cols, y, ldy, res, relu); \
     }
@@ -268,24 +277,38 @@ static void thin_many(const float *x, const float *p, const float *b, float *y, 
  * separate shuffle. */
 #define FMA_FP32(acc, at, w) _mm512_fmadd_ps(_mm512_set1_ps(*(const float *)(at)), _mm512_castsi512_ps(w), acc)
 #define FMA_BF16_PAIRS(acc, at, w) _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32((int)*(at)), (__m512bh)(w))
+/* int8: four uint8 row elements by four int8 weights a lane, summed exactly into int32 lanes
+ * (held in the fp32 registers' bits). */
+#define DOT_INT8_QUADS(acc, at, w)                                                               \
+    _mm512_castsi512_ps(_mm512_dpbusd_epi32(_mm512_castps_si512(acc), _mm512_set1_epi32((int)*(at)), (w)))
 
-#define WIDE_PASSES(NAME, P, TARGET, FMA)                                                        \
-    WIDE_ROWS(NAME, 1, P, TARGET, FMA) WIDE_ROWS(NAME, 2, P, TARGET, FMA)                        \
-    WIDE_ROWS(NAME, 3, P, TARGET, FMA) WIDE_ROWS(NAME, 4, P, TARGET, FMA)                        \
-    WIDE_ROWS(NAME, 5, P, TARGET, FMA) WIDE_ROWS(NAME, 6, P, TARGET, FMA)                        \
-    WIDE_ROWS(NAME, 7, P, TARGET, FMA) WIDE_ROWS(NAME, 8, P, TARGET, FMA)
+/* SUMS(acc, c): a panel's fp32 sums before the bias. fp32 and bf16 sums are the sums; int8 ones
+ * are (sum - zero point x column sum) x (row scale x column scale), the column terms (offset, mul)
+ * given per call. */
+#define SUMS_AS_THEY_ARE(acc, c) (acc)
+#define SUMS_OF_INT8(acc, c)                                                                     \
+    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_castps_si512(acc),                  \
+                                                      _mm512_loadu_si512(offset + (c) * WIDE_PANEL))), \
+                  _mm512_loadu_ps(mul + (c) * WIDE_PANEL))
+
+#define WIDE_PASSES(NAME, P, TARGET, FMA, SUMS)                                                  \
+    WIDE_ROWS(NAME, 1, P, TARGET, FMA, SUMS) WIDE_ROWS(NAME, 2, P, TARGET, FMA, SUMS)            \
+    WIDE_ROWS(NAME, 3, P, TARGET, FMA, SUMS) WIDE_ROWS(NAME, 4, P, TARGET, FMA, SUMS)            \
+    WIDE_ROWS(NAME, 5, P, TARGET, FMA, SUMS) WIDE_ROWS(NAME, 6, P, TARGET, FMA, SUMS)            \
+    WIDE_ROWS(NAME, 7, P, TARGET, FMA, SUMS) WIDE_ROWS(NAME, 8, P, TARGET, FMA, SUMS)
 #define WIDE_TABLE(NAME, P)                                                                      \
     {NULL,        NAME##_1_##P, NAME##_2_##P, NAME##_3_##P, NAME##_4_##P,                        \
      NAME##_5_##P, NAME##_6_##P, NAME##_7_##P, NAME##_8_##P}
 /* NAME[P - 1][R]: the kernel for R rows and P panels a pass. */
-#define WIDE_KERNELS(NAME, TARGET, FMA)                                                          \
-    WIDE_PASSES(NAME, 1, TARGET, FMA) WIDE_PASSES(NAME, 2, TARGET, FMA)                          \
+#define WIDE_KERNELS(NAME, TARGET, FMA, SUMS)                                                    \
+    WIDE_PASSES(NAME, 1, TARGET, FMA, SUMS) WIDE_PASSES(NAME, 2, TARGET, FMA, SUMS)              \
     static const wide_fn NAME[2][WIDE_BLOCK + 1] = {WIDE_TABLE(NAME, 1), WIDE_TABLE(NAME, 2)};
 
-typedef void (*wide_fn)(const void *, long, const void *, const float *, float *, long, int,
-                        const float *, int);
-WIDE_KERNELS(WIDE_FP32, AVX512, FMA_FP32)
-WIDE_KERNELS(WIDE_PAIRS, AVX512BF16, FMA_BF16_PAIRS)
+typedef void (*wide_fn)(const void *, long, const void *, const float *, const float *, const int32_t *,
+                        float *, long, int, const float *, int);
+WIDE_KERNELS(WIDE_FP32, AVX512, FMA_FP32, SUMS_AS_THEY_ARE)
+WIDE_KERNELS(WIDE_PAIRS, AVX512BF16, FMA_BF16_PAIRS, SUMS_AS_THEY_ARE)
+WIDE_KERNELS(WIDE_QUADS, AVX512VNNI, DOT_INT8_QUADS, SUMS_OF_INT8)
 
 /* Row r of x (k floats) rounded to bf16 (to nearest even), zero-padded to 2 pairs words. */
 AVX512BF16 static void bf16_row(const float *x, long k_dim, long pairs, uint16_t *out) {
@@ -300,11 +323,11 @@ AVX512BF16 static void bf16_row(const float *x, long k_dim, long pairs, uint16_t
 }
 
 /* y = x W^T + b (+ res, relu) from 16-column panels of `steps` steps each, rows given as `steps`
- * 4-byte elements; blocks of 8 rows per pass, the panels read from memory once and from cache for
+ * 4-byte elements (int8 quads: with the per-column terms mul and offset, padded to whole panels); blocks of 8 rows per pass, the panels read from memory once and from cache for
  * each further block. Up to 8 rows a pass takes one panel (bound by memory); more, two. */
 static void thin_wide(const wide_fn (*f)[WIDE_BLOCK + 1], const uint32_t *x, long steps, const char *p,
-                      const float *b, float *y, long rows, long n, const float *res, int relu,
-                      int threads) {
+                      const float *b, const float *mul, const int32_t *offset, float *y, long rows,
+                      long n, const float *res, int relu, int threads) {
     long panels = (n + WIDE_PANEL - 1) / WIDE_PANEL, pass = rows > WIDE_BLOCK ? 2 : 1;
     long groups = (panels + pass - 1) / pass;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -317,20 +340,19 @@ static void thin_wide(const wide_fn (*f)[WIDE_BLOCK + 1], const uint32_t *x, lon
         for (long r0 = 0; r0 < rows; r0 += WIDE_BLOCK) {
             long r = rows - r0 < WIDE_BLOCK ? rows - r0 : WIDE_BLOCK;
             long at = r0 * n + start;
-            f[width - 1][r](x + r0 * steps, steps, p + j * steps * WIDE_STEP_BYTES, bias, y + at, n,
-                            cols, res ? res + at : NULL, relu);
+            f[width - 1][r](x + r0 * steps, steps, p + j * steps * WIDE_STEP_BYTES, bias,
+                            mul ? mul + start : NULL, offset ? offset + start : NULL, y + at, n, cols,
+                            res ? res + at : NULL, relu);
         }
     }
 }
-
-enum { FP32_PANELS = 0, FP32_WIDE_PANELS = 1, BF16_PAIR_PANELS = 2 };
 
 /* 0, or -1 where the scratch for the bf16 rows could not be allocated. */
 static int thin_linear(const float *x, const void *p, int kind, const float *b, float *y, long rows,
                        long k_dim, long n, const float *res, int relu, int threads) {
     if (rows == 0) return 0;
     if (kind == FP32_WIDE_PANELS) {
-        thin_wide(WIDE_FP32, (const uint32_t *)x, k_dim, p, b, y, rows, n, res, relu, threads);
+        thin_wide(WIDE_FP32, (const uint32_t *)x, k_dim, p, b, NULL, NULL, y, rows, n, res, relu, threads);
         return 0;
     }
     if (kind == BF16_PAIR_PANELS) {
@@ -338,7 +360,7 @@ static int thin_linear(const float *x, const void *p, int kind, const float *b, 
         uint32_t *x16 = malloc(sizeof(uint32_t) * rows * pairs);
         if (!x16) return -1;
         for (long r = 0; r < rows; ++r) bf16_row(x + r * k_dim, k_dim, pairs, (uint16_t *)(x16 + r * pairs));
-        thin_wide(WIDE_PAIRS, x16, pairs, p, b, y, rows, n, res, relu, threads);
+        thin_wide(WIDE_PAIRS, x16, pairs, p, b, NULL, NULL, y, rows, n, res, relu, threads);
         free(x16);
         return 0;
     }
@@ -346,6 +368,99 @@ static int thin_linear(const float *x, const void *p, int kind, const float *b, 
         thin_few(x, p, b, y, rows, k_dim, n, res, relu, threads);
     else
         thin_many(x, p, b, y, rows, k_dim, n, res, relu, threads);
+    return 0;
+}
+
+/* --------------------------------------------------------------------- int8 quads (AVX-512 VNNI) */
+/* The rows are quantised as PyTorch's dynamic int8 linear (fbgemm) quantises its input: one scale
+ * and zero point for all of x, chosen for the range [min(x, 0), max(x, 0)] over 0..255 (the zero
+ * point from whichever end adds the smaller error, rounded into range; scales below
+ * SMALL_SCALE widened to it), x -> clamp(round(x / scale + zero point), 0, 255). The products
+ * (sum over k of q(x) W_q) are then exact in int32, and y = (sum - zero point x column sum) x
+ * scale x column scale + b. */
+#define QMAX 255
+#define SMALL_SCALE 6.1e-5f
+
+AVX512VNNI static void min_max(const float *x, long count, float *lo, float *hi) {
+    __m512 l = _mm512_set1_ps(INFINITY), h = _mm512_set1_ps(-INFINITY);
+    long i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i);
+        l = _mm512_min_ps(l, v);
+        h = _mm512_max_ps(h, v);
+    }
+    if (i < count) {
+        __mmask16 in = (__mmask16)((1u << (count - i)) - 1);
+        l = _mm512_mask_min_ps(l, in, l, _mm512_maskz_loadu_ps(in, x + i));
+        h = _mm512_mask_max_ps(h, in, h, _mm512_maskz_loadu_ps(in, x + i));
+    }
+    *lo = _mm512_reduce_min_ps(l);
+    *hi = _mm512_reduce_max_ps(h);
+}
+
+static void choose_qparams(float lo, float hi, float *scale, int32_t *zero_point) {
+    lo = lo < 0.0f ? lo : 0.0f;
+    hi = hi > 0.0f ? hi : 0.0f;
+    float s = (float)(((double)hi - lo) / QMAX);
+    if (s == 0.0f || isinf(1.0f / s)) s = 0.1f;
+    if (s < SMALL_SCALE) {
+        float widen = SMALL_SCALE / s;
+        s = SMALL_SCALE;
+        if (lo == 0.0f)
+            hi = SMALL_SCALE * QMAX;
+        else if (hi == 0.0f)
+            lo = -SMALL_SCALE * QMAX;
+        else {
+            lo *= widen;
+            hi *= widen;
+        }
+    }
+    double from_lo = -lo / (double)s, from_hi = QMAX - hi / (double)s;
+    double error_lo = fabs(lo / (double)s), error_hi = QMAX + fabs(hi / (double)s);
+    double zero = error_lo < error_hi ? from_lo : from_hi;
+    *zero_point = zero < 0 ? 0 : zero > QMAX ? QMAX : (int32_t)nearbyint(zero);
+    *scale = s;
+}
+
+/* Row r of x (k floats) quantised to uint8, zero-padded to 4 steps bytes: the zero point is added
+ * before the rounding (to nearest even), as fbgemm adds it. */
+AVX512VNNI static void int8_row(const float *x, long k_dim, long steps, float inverse, int32_t zero_point,
+                                uint8_t *out) {
+    __m512 inv = _mm512_set1_ps(inverse), zp = _mm512_set1_ps((float)zero_point);
+    __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(QMAX);
+    memset(out, 0, 4 * steps);
+    for (long k = 0; k < k_dim; k += 16) {
+        __mmask16 in = k_dim - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (k_dim - k)) - 1);
+        __m512i q = _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(in, x + k), inv, zp));
+        q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+        _mm_mask_storeu_epi8(out + k, in, _mm512_cvtepi32_epi8(q));
+    }
+}
+
+/* 0, or -1 where the scratch could not be allocated. */
+static int thin_int8(const float *x, const void *p, const float *column_scale, const int32_t *column_sum,
+                     const float *b, float *y, long rows, long k_dim, long n, const float *res, int relu,
+                     int threads) {
+    if (rows == 0) return 0;
+    long steps = (k_dim + 3) / 4, padded = (n + WIDE_PANEL - 1) / WIDE_PANEL * WIDE_PANEL;
+    uint32_t *q = malloc(sizeof(uint32_t) * rows * steps);
+    float *mul = malloc(sizeof(float) * padded);
+    int32_t *offset = malloc(sizeof(int32_t) * padded);
+    if (!q || !mul || !offset) {
+        free(q), free(mul), free(offset);
+        return -1;
+    }
+    float lo, hi, scale;
+    int32_t zero_point;
+    min_max(x, rows * k_dim, &lo, &hi);
+    choose_qparams(lo, hi, &scale, &zero_point);
+    for (long r = 0; r < rows; ++r) int8_row(x + r * k_dim, k_dim, steps, 1.0f / scale, zero_point, (uint8_t *)(q + r * steps));
+    for (long c = 0; c < padded; ++c) {
+        mul[c] = c < n ? scale * column_scale[c] : 0.0f;
+        offset[c] = c < n ? -zero_point * column_sum[c] : 0;
+    }
+    thin_wide(WIDE_QUADS, q, steps, p, b, mul, offset, y, rows, n, res, relu, threads);
+    free(q), free(mul), free(offset);
     return 0;
 }
 #endif /* ATTNLAB_X86 */
@@ -366,9 +481,9 @@ static PyObject *linear(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "the thin-product kernel needs a CPU with AVX2 and FMA");
         return NULL;
     }
-    if ((kind == FP32_WIDE_PANELS && !wide_supported_here()) || (kind == BF16_PAIR_PANELS && !dot_supported_here())) {
+    if (!kind_supported_here(kind)) {
         PyErr_SetString(PyExc_RuntimeError, kind == BF16_PAIR_PANELS ? "bf16 pair panels need a CPU with AVX-512 BF16"
-                                                      : "wide fp32 panels need a CPU with AVX-512");
+                                                                     : "wide fp32 panels need a CPU with AVX-512");
         return NULL;
     }
     if (rows < 0 || k_dim <= 0 || n <= 0 || threads <= 0) {
@@ -390,23 +505,47 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *wide_supported(PyObject *self, PyObject *args) {
+static PyObject *linear_int8(PyObject *self, PyObject *args) {
     (void)self;
-    (void)args;
-    return PyBool_FromLong(wide_supported_here());
+    unsigned long long x, p, scales, sums, b, y, res;
+    long long rows, k_dim, n;
+    int relu, threads;
+    if (!PyArg_ParseTuple(args, "KKKKKKLLLKpi", &x, &p, &scales, &sums, &b, &y, &rows, &k_dim, &n, &res,
+                          &relu, &threads))
+        return NULL;
+    if (!kind_supported_here(INT8_QUAD_PANELS)) {
+        PyErr_SetString(PyExc_RuntimeError, "int8 quad panels need a CPU with AVX-512 VNNI");
+        return NULL;
+    }
+    if (rows < 0 || k_dim <= 0 || n <= 0 || threads <= 0) {
+        PyErr_Format(PyExc_ValueError, "expected rows >= 0 and positive k, n and threads, got rows=%lld k=%lld n=%lld threads=%d",
+                     rows, k_dim, n, threads);
+        return NULL;
+    }
+#ifdef ATTNLAB_X86
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = thin_int8((const float *)(uintptr_t)x, (const void *)(uintptr_t)p, (const float *)(uintptr_t)scales,
+                       (const int32_t *)(uintptr_t)sums, (const float *)(uintptr_t)b, (float *)(uintptr_t)y,
+                       (long)rows, (long)k_dim, (long)n, (const float *)(uintptr_t)res, relu, threads);
+    Py_END_ALLOW_THREADS
+    if (status) return PyErr_NoMemory();
+#endif
+    Py_RETURN_NONE;
 }
 
-static PyObject *dot_supported(PyObject *self, PyObject *args) {
+static PyObject *kind_supported(PyObject *self, PyObject *arg) {
     (void)self;
-    (void)args;
-    return PyBool_FromLong(dot_supported_here());
+    long kind = PyLong_AsLong(arg);
+    if (kind == -1 && PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(kind_supported_here((int)kind));
 }
 
 static PyMethodDef METHODS[] = {
     {"supported", supported, METH_NOARGS, "Whether this CPU has AVX2 and FMA."},
-    {"wide_supported", wide_supported, METH_NOARGS, "Whether this CPU has AVX-512."},
-    {"dot_supported", dot_supported, METH_NOARGS, "Whether this CPU has AVX-512 BF16."},
+    {"kind_supported", kind_supported, METH_O, "Whether this CPU runs a kind of panels (0-3)."},
     {"linear", linear, METH_VARARGS, "y = x W^T + b from a packed weight (addresses)."},
+    {"linear_int8", linear_int8, METH_VARARGS, "y = x W^T + b from int8 quad panels (addresses)."},
     {NULL, NULL, 0, NULL},
 };
 

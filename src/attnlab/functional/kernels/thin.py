@@ -7,7 +7,9 @@ built by ``pip install``) packs the weight into panels of 8 output columns and k
 rows' sums in registers, so each panel is read once, in order, per 8 rows (16 columns a panel
 on a CPU with AVX-512). On a CPU with AVX-512 BF16 a weight packed in bf16 pairs
 (``pack_pairs``) is multiplied by the rows rounded to bf16, two products a lane per instruction:
-bf16 autocast's products, with the epilogues fused.
+bf16 autocast's products, with the epilogues fused; on a CPU with AVX-512 VNNI an int8 weight
+packed in quads (``pack_int8``) is multiplied by the rows quantised to uint8, as PyTorch's dynamic
+int8 linear multiplies, four products a lane per instruction.
 ``python -m benchmarks.thin_products`` times it beside oneDNN's packed products and ``F.linear``.
 
 The extension is optional: ``available()`` is False where it was not built (no C compiler at
@@ -17,6 +19,7 @@ install time) or the CPU lacks AVX2 and FMA, and callers multiply another way.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,14 +57,21 @@ def max_rows() -> int:
 def wide_available() -> bool:
     """Whether wide fp32 panels (``pack(w, wide=True)``) can be multiplied here: the kernel runs
     and the CPU has AVX-512."""
-    return available() and bool(_thin.wide_supported())
+    return available() and bool(_thin.kind_supported(1))
 
 
 @functools.cache
 def pairs_available() -> bool:
     """Whether bf16 pair panels (``pack_pairs``) can be multiplied here: the kernel runs and the
     CPU has AVX-512 BF16."""
-    return available() and bool(_thin.dot_supported())
+    return available() and bool(_thin.kind_supported(2))
+
+
+@functools.cache
+def int8_available() -> bool:
+    """Whether int8 quad panels (``pack_int8``) can be multiplied here: the kernel runs and the
+    CPU has AVX-512 VNNI."""
+    return available() and bool(_thin.kind_supported(3))
 
 
 def max_rows_bf16() -> int:
@@ -98,6 +108,82 @@ def pack_pairs(weight: Tensor) -> Tensor:
     weight = F.pad(weight.detach().to(torch.bfloat16), (0, 0, 0, padded - out_features))
     panels = weight.reshape(padded // WIDE_PANEL, WIDE_PANEL, in_features // 2, 2)
     return panels.transpose(1, 2).contiguous()
+
+
+class Int8Panels(NamedTuple):
+    """An int8 weight ``W ≈ q · scales[:, None]`` packed by ``pack_int8``."""
+
+    panels: Tensor  # (ceil(out / 16), ceil(in / 4), 16, 4) int8: panels[j, i, c, h] = q[16 j + c, 4 i + h]
+    scales: Tensor  # (out,) fp32, each output column's scale
+    sums: Tensor  # (out,) int32, each output column's sum of q
+    in_features: int
+
+
+def pack_int8(q: Tensor, scales: Tensor) -> Int8Panels:
+    """A symmetric per-output-column int8 weight ``q (out, in)`` with its ``scales (out,)`` as quad
+    panels, zero past ``out`` and ``in``. Multiplied only where ``int8_available()``."""
+    if q.ndim != 2 or q.dtype != torch.int8 or scales.shape != q.shape[:1] or scales.dtype != torch.float32:
+        raise ValueError(
+            f"expected an int8 weight (out, in) and fp32 scales (out,), got {tuple(q.shape)} {q.dtype} and "
+            f"{tuple(scales.shape)} {scales.dtype}"
+        )
+    out_features, in_features = q.shape
+    padded_out, padded_in = -(-out_features // WIDE_PANEL) * WIDE_PANEL, -(-in_features // 4) * 4
+    padded = F.pad(q.detach(), (0, padded_in - in_features, 0, padded_out - out_features))
+    panels = padded.reshape(padded_out // WIDE_PANEL, WIDE_PANEL, padded_in // 4, 4).transpose(1, 2).contiguous()
+    sums = q.sum(dim=1, dtype=torch.int32)
+    return Int8Panels(panels, scales.detach().contiguous(), sums, in_features)
+
+
+def linear_int8(
+    x: Tensor, packed: Int8Panels, bias: Tensor | None = None, *, residual: Tensor | None = None, relu: bool = False
+) -> Tensor:
+    """``x W^T + b`` for fp32 ``x (..., in)`` from ``packed = pack_int8(q, scales)``, no autograd:
+    ``x`` quantised as PyTorch's dynamic int8 linear quantises its input (uint8, one scale and zero
+    point for all of ``x``), the products summed exactly in int32, scaled back to fp32 (the
+    result), plus ``residual``, ReLU'd with ``relu``."""
+    if not int8_available():
+        raise RuntimeError("int8 quad panels need the thin-product kernel and a CPU with AVX-512 VNNI")
+    out_features = packed.scales.shape[0]
+    if x.dtype != torch.float32 or not x.is_cpu or x.shape[-1] != packed.in_features:
+        raise ValueError(
+            f"expected fp32 CPU input of {packed.in_features} features, got {tuple(x.shape)} {x.dtype} on {x.device}"
+        )
+    if bias is not None and (bias.shape != (out_features,) or bias.dtype != torch.float32):
+        raise ValueError(f"expected an fp32 bias of shape ({out_features},), got {tuple(bias.shape)} {bias.dtype}")
+    shape = (*x.shape[:-1], out_features)
+    if residual is not None and (residual.shape != shape or residual.dtype != torch.float32 or not residual.is_cpu):
+        raise ValueError(
+            f"expected an fp32 CPU residual of shape {shape}, got {tuple(residual.shape)} {residual.dtype}"
+        )
+    x = x.contiguous()
+    residual = None if residual is None else residual.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    out = x.new_empty(shape)
+    return unsafe_linear_int8(x, packed, bias, out, residual, relu) if x.numel() else out
+
+
+def unsafe_linear_int8(
+    x: Tensor, packed: Int8Panels, bias: Tensor | None, out: Tensor, residual: Tensor | None = None, relu: bool = False
+) -> Tensor:
+    """``linear_int8`` without its checks, into ``out`` (which may be ``residual``), for an engine
+    that made every operand itself: contiguous fp32 CPU tensors of the right shapes, the kernel
+    ``int8_available()``. A wrong operand corrupts memory."""
+    _thin.linear_int8(
+        x.data_ptr(),
+        packed.panels.data_ptr(),
+        packed.scales.data_ptr(),
+        packed.sums.data_ptr(),
+        0 if bias is None else bias.data_ptr(),
+        out.data_ptr(),
+        x.numel() // packed.in_features,
+        packed.in_features,
+        packed.scales.shape[0],
+        0 if residual is None else residual.data_ptr(),
+        relu,
+        torch.get_num_threads(),
+    )
+    return out
 
 
 def _layout(packed: Tensor, out_features: int) -> tuple[int, int, int]:
