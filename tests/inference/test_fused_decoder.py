@@ -233,3 +233,10 @@ def test_int8_fused_steps_equal_the_int8_plain_steps(k) -> None:
             )
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
             assert (ours - exact).abs().max() > 1e-3  # int8 products indeed
+    # the steps' rows take the int8 quad panels where they run, and PyTorch's copy is then never made
+    decoder = fused._fused[False]
+    products = [decoder.output, *(getattr(layer, name) for layer in decoder.layers for name in ("qkv", "fc1", "fc2"))]
+    products = [product for product in products if isinstance(product, fused_products.Int8Product)]
+    on_quads = thin.int8_available() and src.shape[0] * k <= thin.max_rows()
+    assert products and all((product.quads is not None) == thin.int8_available() for product in products)
+    assert all((product.packed is None) == on_quads for product in products)
