@@ -14,7 +14,8 @@
  * 512-bit multiply-add per 16 products, half the instructions of two 8-column panels; up to 8
  * rows a pass over one panel, blocks of 8 rows over two panels past that. With AVX-512 BF16, a
  * bf16 weight can be packed into pair panels of 16 output columns, each panel's K / 2 rows
- * holding 16 pairs of consecutive weights: Q[n / 16][k / 2][n % 16][k % 2] = W[n][k] (zero past N and past an odd K). The rows
+ * holding 16 pairs of consecutive weights: Q[n / 16][k / 2][n % 16][k % 2] = W[n][k] (zero past
+ * N and past an odd K). The rows
  * are rounded to bf16 (to nearest even, as bf16 autocast rounds them) and one vdpbf16ps adds two
  * products to each of 16 fp32 sums: the products of bf16 autocast, with the epilogues done as
  * the outputs are stored. With AVX-512 VNNI, an int8 weight (symmetric, a scale per output column)
@@ -323,8 +324,9 @@ AVX512BF16 static void bf16_row(const float *x, long k_dim, long pairs, uint16_t
 }
 
 /* y = x W^T + b (+ res, relu) from 16-column panels of `steps` steps each, rows given as `steps`
- * 4-byte elements (int8 quads: with the per-column terms mul and offset, padded to whole panels); blocks of 8 rows per pass, the panels read from memory once and from cache for
- * each further block. Up to 8 rows a pass takes one panel (bound by memory); more, two. */
+ * 4-byte elements (int8 quads: with the per-column terms mul and offset, padded to whole panels);
+ * blocks of 8 rows per pass, the panels read from memory once and from cache for each further
+ * block. Up to 8 rows a pass takes one panel (bound by memory); more, two. */
 static void thin_wide(const wide_fn (*f)[WIDE_BLOCK + 1], const uint32_t *x, long steps, const char *p,
                       const float *b, const float *mul, const int32_t *offset, float *y, long rows,
                       long n, const float *res, int relu, int threads) {
@@ -424,8 +426,8 @@ static void choose_qparams(float lo, float hi, float *scale, int32_t *zero_point
 
 /* Row r of x (k floats) quantised to uint8, zero-padded to 4 steps bytes: the zero point is added
  * before the rounding (to nearest even), as fbgemm adds it. */
-AVX512VNNI static void int8_row(const float *x, long k_dim, long steps, float inverse, int32_t zero_point,
-                                uint8_t *out) {
+AVX512VNNI static void int8_row(const float *x, long k_dim, long steps, float inverse,
+                                int32_t zero_point, uint8_t *out) {
     __m512 inv = _mm512_set1_ps(inverse), zp = _mm512_set1_ps((float)zero_point);
     __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(QMAX);
     memset(out, 0, 4 * steps);
@@ -438,9 +440,9 @@ AVX512VNNI static void int8_row(const float *x, long k_dim, long steps, float in
 }
 
 /* 0, or -1 where the scratch could not be allocated. */
-static int thin_int8(const float *x, const void *p, const float *column_scale, const int32_t *column_sum,
-                     const float *b, float *y, long rows, long k_dim, long n, const float *res, int relu,
-                     int threads) {
+static int thin_int8(const float *x, const void *p, const float *column_scale,
+                     const int32_t *column_sum, const float *b, float *y, long rows, long k_dim, long n,
+                     const float *res, int relu, int threads) {
     if (rows == 0) return 0;
     long steps = (k_dim + 3) / 4, padded = (n + WIDE_PANEL - 1) / WIDE_PANEL * WIDE_PANEL;
     uint32_t *q = malloc(sizeof(uint32_t) * rows * steps);
@@ -454,7 +456,8 @@ static int thin_int8(const float *x, const void *p, const float *column_scale, c
     int32_t zero_point;
     min_max(x, rows * k_dim, &lo, &hi);
     choose_qparams(lo, hi, &scale, &zero_point);
-    for (long r = 0; r < rows; ++r) int8_row(x + r * k_dim, k_dim, steps, 1.0f / scale, zero_point, (uint8_t *)(q + r * steps));
+    for (long r = 0; r < rows; ++r)
+        int8_row(x + r * k_dim, k_dim, steps, 1.0f / scale, zero_point, (uint8_t *)(q + r * steps));
     for (long c = 0; c < padded; ++c) {
         mul[c] = c < n ? scale * column_scale[c] : 0.0f;
         offset[c] = c < n ? -zero_point * column_sum[c] : 0;
@@ -518,16 +521,19 @@ static PyObject *linear_int8(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (rows < 0 || k_dim <= 0 || n <= 0 || threads <= 0) {
-        PyErr_Format(PyExc_ValueError, "expected rows >= 0 and positive k, n and threads, got rows=%lld k=%lld n=%lld threads=%d",
+        PyErr_Format(PyExc_ValueError,
+                     "expected rows >= 0 and positive k, n and threads, got rows=%lld k=%lld n=%lld "
+                     "threads=%d",
                      rows, k_dim, n, threads);
         return NULL;
     }
 #ifdef ATTNLAB_X86
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = thin_int8((const float *)(uintptr_t)x, (const void *)(uintptr_t)p, (const float *)(uintptr_t)scales,
-                       (const int32_t *)(uintptr_t)sums, (const float *)(uintptr_t)b, (float *)(uintptr_t)y,
-                       (long)rows, (long)k_dim, (long)n, (const float *)(uintptr_t)res, relu, threads);
+    status = thin_int8((const float *)(uintptr_t)x, (const void *)(uintptr_t)p,
+                       (const float *)(uintptr_t)scales, (const int32_t *)(uintptr_t)sums,
+                       (const float *)(uintptr_t)b, (float *)(uintptr_t)y, (long)rows, (long)k_dim,
+                       (long)n, (const float *)(uintptr_t)res, relu, threads);
     Py_END_ALLOW_THREADS
     if (status) return PyErr_NoMemory();
 #endif
