@@ -153,8 +153,10 @@ def greedy_search(
     steps = []
     for t in range(int(limits.max())):
         logits, state = model.step(state, tokens)
-        generated = torch.stack(steps, dim=1) if steps else src.new_empty(src.shape[0], 0)  # (B, t)
-        process = functools.partial(processing, generated, remaining=limits - t - 1) if processing else None
+        process = None
+        if processing:  # the tokens so far, (B, t), for the processors
+            generated = torch.stack(steps, dim=1) if steps else src.new_empty(src.shape[0], 0)
+            process = functools.partial(processing, generated, remaining=limits - t - 1)
         best, tokens = (x.squeeze(1) for x in next_tokens(model, logits, t, min_len, 1, process))  # (B,), (B,)
         tokens = tokens.masked_fill(ended, model.pad_id)
         scores += best.masked_fill(ended, 0.0)
