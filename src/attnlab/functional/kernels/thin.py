@@ -87,10 +87,7 @@ def pack(weight: Tensor, *, wide: bool | None = None) -> Tensor:
     if weight.ndim != 2 or weight.dtype != torch.float32 or not weight.is_cpu:
         raise ValueError(f"expected a 2-D fp32 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}")
     width = WIDE_PANEL if (wide_available() if wide is None else wide) else PANEL
-    out_features, in_features = weight.shape
-    padded = -(-out_features // width) * width
-    weight = F.pad(weight.detach(), (0, 0, 0, padded - out_features))
-    return weight.reshape(padded // width, width, in_features).transpose(1, 2).contiguous()
+    return _panels(weight, width).squeeze(-1)
 
 
 def pack_pairs(weight: Tensor) -> Tensor:
@@ -103,11 +100,7 @@ def pack_pairs(weight: Tensor) -> Tensor:
             "expected a 2-D fp32 or bf16 CPU weight of an even number of inputs, got "
             f"{tuple(weight.shape)} {weight.dtype} on {weight.device}"
         )
-    out_features, in_features = weight.shape
-    padded = -(-out_features // WIDE_PANEL) * WIDE_PANEL
-    weight = F.pad(weight.detach().to(torch.bfloat16), (0, 0, 0, padded - out_features))
-    panels = weight.reshape(padded // WIDE_PANEL, WIDE_PANEL, in_features // 2, 2)
-    return panels.transpose(1, 2).contiguous()
+    return _panels(weight.to(torch.bfloat16), WIDE_PANEL, 2)
 
 
 class Int8Panels(NamedTuple):
@@ -127,12 +120,17 @@ def pack_int8(q: Tensor, scales: Tensor) -> Int8Panels:
             f"expected an int8 weight (out, in) and fp32 scales (out,), got {tuple(q.shape)} {q.dtype} and "
             f"{tuple(scales.shape)} {scales.dtype}"
         )
-    out_features, in_features = q.shape
-    padded_out, padded_in = -(-out_features // WIDE_PANEL) * WIDE_PANEL, -(-in_features // 4) * 4
-    padded = F.pad(q.detach(), (0, padded_in - in_features, 0, padded_out - out_features))
-    panels = padded.reshape(padded_out // WIDE_PANEL, WIDE_PANEL, padded_in // 4, 4).transpose(1, 2).contiguous()
     sums = q.sum(dim=1, dtype=torch.int32)
-    return Int8Panels(panels, scales.detach().contiguous(), sums, in_features)
+    return Int8Panels(_panels(q, WIDE_PANEL, 4), scales.detach().contiguous(), sums, q.shape[1])
+
+
+def _panels(weight: Tensor, width: int, group: int = 1) -> Tensor:
+    """``weight (out, in)`` as panels ``(ceil(out / width), ceil(in / group), width, group)``:
+    ``[j, i, c, h] = W[width j + c, group i + h]``, zero past ``out`` and ``in``."""
+    out_features, in_features = weight.shape
+    rows, cols = -(-out_features // width) * width, -(-in_features // group) * group
+    weight = F.pad(weight.detach(), (0, cols - in_features, 0, rows - out_features))
+    return weight.reshape(rows // width, width, cols // group, group).transpose(1, 2).contiguous()
 
 
 def linear_int8(
@@ -141,25 +139,10 @@ def linear_int8(
     """``x W^T + b`` for fp32 ``x (..., in)`` from ``packed = pack_int8(q, scales)``, no autograd:
     ``x`` quantised as PyTorch's dynamic int8 linear quantises its input (uint8, one scale and zero
     point for all of ``x``), the products summed exactly in int32, scaled back to fp32 (the
-    result), plus ``residual``, ReLU'd with ``relu``."""
+    result), plus ``residual`` (contiguous, the result's shape), ReLU'd with ``relu``."""
     if not int8_available():
         raise RuntimeError("int8 quad panels need the thin-product kernel and a CPU with AVX-512 VNNI")
-    out_features = packed.scales.shape[0]
-    if x.dtype != torch.float32 or not x.is_cpu or x.shape[-1] != packed.in_features:
-        raise ValueError(
-            f"expected fp32 CPU input of {packed.in_features} features, got {tuple(x.shape)} {x.dtype} on {x.device}"
-        )
-    if bias is not None and (bias.shape != (out_features,) or bias.dtype != torch.float32):
-        raise ValueError(f"expected an fp32 bias of shape ({out_features},), got {tuple(bias.shape)} {bias.dtype}")
-    shape = (*x.shape[:-1], out_features)
-    if residual is not None and (residual.shape != shape or residual.dtype != torch.float32 or not residual.is_cpu):
-        raise ValueError(
-            f"expected an fp32 CPU residual of shape {shape}, got {tuple(residual.shape)} {residual.dtype}"
-        )
-    x = x.contiguous()
-    residual = None if residual is None else residual.contiguous()
-    bias = None if bias is None else bias.contiguous()
-    out = x.new_empty(shape)
+    x, bias, out = _operands(x, packed.in_features, packed.scales.shape[0], bias, residual, None)
     return unsafe_linear_int8(x, packed, bias, out, residual, relu) if x.numel() else out
 
 
@@ -234,14 +217,24 @@ def linear(
         raise RuntimeError("bf16 pair panels need a CPU with AVX-512 BF16")
     if kind == 1 and not wide_available():
         raise RuntimeError("wide fp32 panels need a CPU with AVX-512")
-    if x.dtype != torch.float32 or not x.is_cpu or x.shape[-1] != in_features:
-        raise ValueError(
-            f"expected fp32 CPU input of {in_features} features, got {tuple(x.shape)} {x.dtype} on {x.device}"
-        )
     if not _packed_as_made(packed, out_features):
         raise ValueError(
             f"packed weight {tuple(packed.shape)} {packed.dtype} is not pack() or pack_pairs() "
             f"of {out_features} outputs"
+        )
+    x, bias, out = _operands(x, in_features, out_features, bias, residual, out)
+    return unsafe_linear(x, packed, out_features, bias, out, residual, relu) if x.numel() else out
+
+
+def _operands(
+    x: Tensor, in_features: int, out_features: int, bias: Tensor | None, residual: Tensor | None, out: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """A public product's operands checked (fp32 CPU ``x (..., in)``; an fp32 ``bias (out,)``;
+    contiguous fp32 CPU ``residual`` and ``out`` of the result's shape, ``out`` not ``x``): ``x``
+    and ``bias`` contiguous, and ``out``, made when None."""
+    if x.dtype != torch.float32 or not x.is_cpu or x.shape[-1] != in_features:
+        raise ValueError(
+            f"expected fp32 CPU input of {in_features} features, got {tuple(x.shape)} {x.dtype} on {x.device}"
         )
     if bias is not None and (bias.shape != (out_features,) or bias.dtype != torch.float32):
         raise ValueError(f"expected an fp32 bias of shape ({out_features},), got {tuple(bias.shape)} {bias.dtype}")
@@ -256,8 +249,7 @@ def linear(
     if out is not None and out.numel() and out.data_ptr() == x.data_ptr():
         raise ValueError("out may not be the input x: the kernel reads x while it writes out")
     bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
-    out = x.new_empty(shape) if out is None else out
-    return unsafe_linear(x, packed, out_features, bias, out, residual, relu) if x.numel() else out
+    return x, bias, x.new_empty(shape) if out is None else out
 
 
 def unsafe_linear(
