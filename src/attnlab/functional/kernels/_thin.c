@@ -468,6 +468,15 @@ static int thin_int8(const float *x, const void *p, const float *column_scale,
 }
 #endif /* ATTNLAB_X86 */
 
+/* 1, or 0 with a ValueError set, for the sizes of a product: rows >= 0, positive k, n and threads. */
+static int sizes_valid(long long rows, long long k_dim, long long n, int threads) {
+    if (rows >= 0 && k_dim > 0 && n > 0 && threads > 0) return 1;
+    PyErr_Format(PyExc_ValueError,
+                 "expected rows >= 0 and positive k, n and threads, got rows=%lld k=%lld n=%lld threads=%d",
+                 rows, k_dim, n, threads);
+    return 0;
+}
+
 static PyObject *linear(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long x, p, b, y, res;
@@ -489,13 +498,7 @@ static PyObject *linear(PyObject *self, PyObject *args) {
                                                                      : "wide fp32 panels need a CPU with AVX-512");
         return NULL;
     }
-    if (rows < 0 || k_dim <= 0 || n <= 0 || threads <= 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "expected rows >= 0 and positive k, n and threads, got rows=%lld k=%lld n=%lld "
-                     "threads=%d",
-                     rows, k_dim, n, threads);
-        return NULL;
-    }
+    if (!sizes_valid(rows, k_dim, n, threads)) return NULL;
 #ifdef ATTNLAB_X86
     int status;
     Py_BEGIN_ALLOW_THREADS
@@ -520,13 +523,7 @@ static PyObject *linear_int8(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "int8 quad panels need a CPU with AVX-512 VNNI");
         return NULL;
     }
-    if (rows < 0 || k_dim <= 0 || n <= 0 || threads <= 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "expected rows >= 0 and positive k, n and threads, got rows=%lld k=%lld n=%lld "
-                     "threads=%d",
-                     rows, k_dim, n, threads);
-        return NULL;
-    }
+    if (!sizes_valid(rows, k_dim, n, threads)) return NULL;
 #ifdef ATTNLAB_X86
     int status;
     Py_BEGIN_ALLOW_THREADS
