@@ -164,6 +164,16 @@ def test_machine_line_names_the_decoding_kernels_a_report_records():
     )
 
 
+def test_machine_line_of_a_gpu_run_names_the_gpu_its_host_and_the_device_peaks():
+    report = _report()
+    report["machine"].update(gpu="NVIDIA H200", device="cuda", fp32_linear="BLAS", decoding_products="F.linear")
+    report["gemm_gflops"]["peak"] = {"bf16": 757313.0, "fp32": 50966.0}
+    line = machine_line(report)
+    assert "on an NVIDIA H200 (host: Test CPU, 2 cores, 2 threads)" in line
+    assert "bf16 757 TFLOP/s, fp32 51 TFLOP/s" in line
+    assert "decoding products" not in line and "oneDNN" not in line  # the CPU's kernels do not run there
+
+
 def test_readme_from_a_missing_report_names_it_and_writes_nothing(tmp_path, capsys):
     missing = tmp_path / "nowhere.json"
     assert main(["bench", "--readme", str(missing)]) == 2
