@@ -62,7 +62,10 @@ FUSED_ALWAYS = Thresholds(cpu_step_plain_max_queries=1 << 30, cpu_step_fused_max
 THIN_ROWS, THIN_SHAPES = (1, 8, 16, 40, 64, 128, 256), ((512, 2048), (2048, 512))
 # The linear product kernel's two paths, and the shapes it is timed on: (rows, in, out) of a base
 # Transformer's feed-forward and a ViT-S/16 projection, forward and backward.
-LINEAR_PATHS = {"blas": Thresholds(cpu_linear_onednn_min_rows=0), "onednn": Thresholds(cpu_linear_onednn_min_rows=1)}
+LINEAR_PATHS = {
+    "blas": Thresholds(cpu_linear_onednn_min_rows=0),
+    "onednn": Thresholds(cpu_linear_onednn_min_rows=1, cpu_linear_onednn_min_macs=0),
+}
 LINEAR_SHAPES = ((1024, 512, 2048), (1024, 2048, 512), (1576, 384, 1152))
 CAUSAL_SIZES = (32, 48, 64, 128, 256, 512, 1024)
 

@@ -15,7 +15,7 @@ from attnlab.functional.kernels.thresholds import linear_onednn_rule
 from attnlab.layers import FeedForward, MultiHeadAttention
 from attnlab.training.linear_cross_entropy import linear_cross_entropy
 
-ONEDNN = Thresholds(cpu_linear_onednn_min_rows=1)
+ONEDNN = Thresholds(cpu_linear_onednn_min_rows=1, cpu_linear_onednn_min_macs=0)
 BLAS = Thresholds(cpu_linear_onednn_min_rows=0)
 
 
@@ -76,6 +76,12 @@ def test_linear_takes_oneDNN_only_where_it_applies(onednn_products):
     assert type(linear(x.double(), w.double(), b.double()).grad_fn).__name__ == "AddmmBackward0"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert linear(x, w, b).dtype == torch.bfloat16
+    # x W^T has 3 x 8 x 5 multiply-adds: oneDNN from that many on, the BLAS below
+    set_thresholds(dataclasses.replace(ONEDNN, cpu_linear_onednn_min_macs=3 * 8 * 5))
+    assert type(linear(x, w, b).grad_fn).__name__ == "OneDNNLinearBackward"
+    set_thresholds(dataclasses.replace(ONEDNN, cpu_linear_onednn_min_macs=3 * 8 * 5 + 1))
+    assert type(linear(x, w, b).grad_fn).__name__ == "AddmmBackward0"
+    assert type(linear(x.view(1, 3, 8), w, b).grad_fn).__name__ == "ViewBackward0"  # F.linear of 3-D input
     set_thresholds(dataclasses.replace(ONEDNN, cpu_linear_onednn_min_rows=4))
     assert type(linear(x, w, b).grad_fn).__name__ == "AddmmBackward0"
     with pytest.raises(RuntimeError, match="cannot be multiplied"):  # F.linear's message

@@ -3,7 +3,8 @@
 PyTorch multiplies ``F.linear`` on CPU through its BLAS (MKL in the x86 wheels), and MKL takes
 its AVX2 code on CPUs that are not Intel's, AVX-512 ones included; oneDNN compiles its kernels
 at run time for the vector width the CPU has. Where that pays (``Thresholds.cpu_linear_onednn_min_rows``,
-see ``thresholds.default_linear_onednn_min_rows``), ``linear`` computes
+see ``thresholds.default_linear_onednn_min_rows``, on products of at least
+``cpu_linear_onednn_min_macs`` multiply-adds), ``linear`` computes
 
     y = x W^T + b,   dx = dy W,   dW = dy^T x,   db = sum over rows of dy
 
@@ -61,9 +62,10 @@ class OneDNNLinear(torch.autograd.Function):
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``: x W^T + b, ``x (..., in)``, ``weight (out, in)`` -> ``(..., out)``.
 
-    fp32 CPU calls with autocast off and at least ``Thresholds.cpu_linear_onednn_min_rows`` rows
-    run as ``OneDNNLinear`` where ``uses_onednn``; the others are ``F.linear``, and so are all
-    calls traced by ``torch.compile``, whose own code generation picks the products.
+    fp32 CPU calls with autocast off, at least ``Thresholds.cpu_linear_onednn_min_rows`` rows and
+    ``cpu_linear_onednn_min_macs`` multiply-adds run as ``OneDNNLinear`` where ``uses_onednn``; the
+    others are ``F.linear``, and so are all calls traced by ``torch.compile``, whose own code
+    generation picks the products.
     """
     if _onednn_fits(x, weight, bias):
         return OneDNNLinear.apply(x, weight, bias)
@@ -80,8 +82,7 @@ def matmul_t(a: Tensor, b: Tensor) -> Tensor:
 
 def _onednn_fits(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Whether ``x W^T + b`` runs on oneDNN: ``uses_onednn`` for ``x``'s device, fp32 operands of
-    matching shapes with at least ``Thresholds.cpu_linear_onednn_min_rows`` rows, autocast off,
-    not traced by ``torch.compile``."""
+    matching shapes that are ``_large_enough``, autocast off, not traced by ``torch.compile``."""
     return (
         x.dtype == weight.dtype == torch.float32
         and (bias is None or bias.dtype == torch.float32)
@@ -92,7 +93,17 @@ def _onednn_fits(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # Inductor cannot lower the oneDNN op as called here
         and uses_onednn(x.device)
-        and x.numel() >= current_thresholds().cpu_linear_onednn_min_rows * x.shape[-1] > 0
+        and _large_enough(x.numel(), x.shape[-1], weight.shape[0])
+    )
+
+
+def _large_enough(x_elements: int, in_features: int, out_features: int) -> bool:
+    """At least ``Thresholds.cpu_linear_onednn_min_rows`` rows and ``cpu_linear_onednn_min_macs``
+    multiply-adds."""
+    thresholds = current_thresholds()
+    return (
+        x_elements >= thresholds.cpu_linear_onednn_min_rows * in_features > 0
+        and x_elements * out_features >= thresholds.cpu_linear_onednn_min_macs
     )
 
 

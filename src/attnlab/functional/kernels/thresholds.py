@@ -57,7 +57,10 @@ class Thresholds:
             queries stay on SDPA, where the products gained nothing in a whole search.
         cpu_linear_onednn_min_rows: fp32 CPU linear products of at least this many rows run on
             oneDNN in ``attnlab.functional.kernels.linear.linear`` (0: never, the BLAS);
-            the default is ``default_linear_onednn_min_rows()``.
+            the default is ``default_linear_onednn_min_rows()``...
+        cpu_linear_onednn_min_macs: ...and of at least this many multiply-adds (rows x in x out):
+            below it oneDNN's fixed cost per call (some 10 us more than the BLAS's) outweighs its
+            faster arithmetic.
         cpu_thin_max_rows: fp32 products of at most this many rows, by weights the decoding
             engine packs, take the thin-product kernel (``attnlab.functional.kernels.thin``)
             where it is available (0: never, oneDNN's packed products), and searches of at most
@@ -87,6 +90,7 @@ class Thresholds:
     cpu_step_plain_max_keys: int = 128
     cpu_step_plain_max_keys_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(1024))
     cpu_linear_onednn_min_rows: int = dataclasses.field(default_factory=lambda: default_linear_onednn_min_rows())
+    cpu_linear_onednn_min_macs: int = 1 << 24
     cpu_thin_max_rows: int = dataclasses.field(default_factory=lambda: default_thin_max_rows())
     cpu_thin_max_rows_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(40))
     cpu_step_fused_max_keys: int = dataclasses.field(default_factory=lambda: default_step_fused_max_keys())
