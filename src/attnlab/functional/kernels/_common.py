@@ -84,6 +84,8 @@ def broadcast_shapes(*shapes: torch.Size) -> torch.Size:
 def as_4d(query: Tensor, key: Tensor, value: Tensor, batch: torch.Size, mask: Tensor | None) -> tuple[Tensor, ...]:
     """(B, H, L, d) views for SDPA's kernels; leading dims beyond two are flattened into B."""
     if query.ndim <= 4 and query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
+        if query.ndim == 4 and (mask is None or mask.ndim == 4):
+            return query, key, value, mask  # already SDPA's shapes
         pad = (1,) * (4 - query.ndim)
         q, k, v = (x.reshape(*pad, *x.shape) for x in (query, key, value))
         if mask is not None and mask.ndim < 4:  # SDPA wants a mask of the inputs' rank

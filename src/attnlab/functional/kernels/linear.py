@@ -84,22 +84,23 @@ def _onednn_fits(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Whether ``x W^T + b`` runs on oneDNN: ``uses_onednn`` for ``x``'s device, fp32 operands of
     matching shapes that are ``_large_enough``, autocast off, not traced by ``torch.compile``."""
     return (
-        x.dtype == weight.dtype == torch.float32
+        weight.is_cpu
+        and x.is_cpu
+        and x.dtype == weight.dtype == torch.float32
         and (bias is None or bias.dtype == torch.float32)
-        and weight.is_cpu
         and weight.ndim == 2
         and x.ndim >= 1
         and x.shape[-1] == weight.shape[1]
+        and _large_enough(x.numel(), x.shape[-1], weight.shape[0])  # before the slower checks below
+        and onednn.available()
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # Inductor cannot lower the oneDNN op as called here
-        and uses_onednn(x.device)
-        and _large_enough(x.numel(), x.shape[-1], weight.shape[0])
     )
 
 
 def _large_enough(x_elements: int, in_features: int, out_features: int) -> bool:
-    """At least ``Thresholds.cpu_linear_onednn_min_rows`` rows and ``cpu_linear_onednn_min_macs``
-    multiply-adds."""
+    """At least ``Thresholds.cpu_linear_onednn_min_rows`` rows (0: never) and
+    ``cpu_linear_onednn_min_macs`` multiply-adds."""
     thresholds = current_thresholds()
     return (
         x_elements >= thresholds.cpu_linear_onednn_min_rows * in_features > 0

@@ -40,7 +40,8 @@ def sdpa(
     context = F.scaled_dot_product_attention(
         q, k, v, attn_mask=m, dropout_p=dropout_p, is_causal=sdpa_causal, scale=scale
     )
-    context = context.reshape(*batch, lq, value.shape[-1])  # (..., Lq, d_v)
+    if context.shape[:-2] != batch:
+        context = context.reshape(*batch, lq, value.shape[-1])  # (..., Lq, d_v)
     if not need_weights:
         return context, None
     return context, attention_weights(
