@@ -161,6 +161,26 @@ def test_cuda_decoding_cached_equals_uncached_and_beam_one_equals_greedy():
     assert (beam4.scores[:, 0] >= beam4.scores[:, 1]).all()
 
 
+def test_bf16_steps_on_cuda_multiply_by_bf16_copies_made_once_with_autocasts_result():
+    """Searches run under inference mode, where autocast casts every weight on every call: the
+    engine's copies in autocast's dtype must give the same tokens and scores as those casts."""
+    model = _model(d_model=128, dim_feedforward=256).to(CUDA)  # weights past MIN_PACKED_ELEMENTS
+    src = SRC.to(CUDA)
+    with_copies, without = DecodingEngine(model), DecodingEngine(model, pack_weights=False)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        fast = greedy_search(with_copies, src, max_len_a=0.0, max_len_b=8, min_len=8)
+        copies = len(with_copies._packed)
+        again = greedy_search(with_copies, src, max_len_a=0.0, max_len_b=8, min_len=8)
+        cast = greedy_search(without, src, max_len_a=0.0, max_len_b=8, min_len=8)
+    # per decoder layer: self-attention's in- and out-projections, source-target attention's query,
+    # key and value blocks and out-projection, the FFN's two (the 37-word output layer is too small)
+    assert copies == 8 * len(model.decoder_layers)
+    assert len(with_copies._packed) == copies  # made by the first search, reused by the second
+    assert without._packed is None
+    assert torch.equal(fast.tokens, cast.tokens) and torch.equal(again.tokens, fast.tokens)
+    torch.testing.assert_close(fast.scores, cast.scores, atol=1e-5, rtol=1e-5)
+
+
 def test_capture_on_cuda_gives_the_cpu_maps_in_fp32_and_close_in_bf16():
     """Per-head maps of every site captured on the GPU: the CPU's in fp32; under bf16 autocast (the
     fused kernel, weights computed beside it) rows still sum to 1 and stay close to fp32's."""

@@ -9,7 +9,8 @@ default where it pays and off with one argument:
   weights, goes through ``DecoderLayer.step`` (the same products and attention kernels as
   ``forward``, without its per-call checks and options);
 - **packed weights**: on CPU those steps multiply by copies of the decoder's weights packed once
-  for thin products (``attnlab.inference.packed``), fp32 or bf16 under autocast;
+  for thin products (``attnlab.inference.packed``), fp32 or bf16 under autocast; on a GPU under
+  autocast, by copies in autocast's dtype;
 - **beam pools**: beam hypotheses keep their keys where they were written
   (``attnlab.inference.beam_cache``) instead of copying them to their children every step;
 - **fused steps**: on CPU, searches of at most ``Thresholds.cpu_thin_max_rows`` rows run whole
@@ -56,8 +57,9 @@ class DecodingEngine:
         plain_steps: decode one token per row through ``DecoderLayer.step`` where every
             attention layer is plain (``MultiHeadAttention.is_plain``) and the model is in
             evaluation mode.
-        pack_weights: on CPU, multiply plain steps by packed copies of the weights; None packs
-            where it can (the thin kernel or oneDNN, ``attnlab.inference.packed``).
+        pack_weights: on CPU, multiply plain steps by packed copies of the weights (on a GPU
+            under autocast, by copies in its dtype); None packs where it can (the thin kernel or
+            oneDNN, ``attnlab.inference.packed``).
         beam_pools: keep beam hypotheses' keys in per-sentence pools.
         int8: multiply plain steps by int8 copies of the weights (CPU, a ``Transformer`` in
             evaluation mode; implies ``plain_steps``).
@@ -205,8 +207,10 @@ class DecodingEngine:
         return linear(model.decoder_norm(x[:, -1]), model.output.weight, model.output.bias)  # (B', V)
 
     def _linear(self, x: Tensor) -> LinearFn:
-        """The products of a plain step on ``x (B', 1, D)``: int8 or packed copies on CPU, else ``F.linear``."""
-        if not (self.int8 or (self.pack_weights and x.device.type == "cpu")) or torch.is_grad_enabled():
+        """The products of a plain step on ``x (B', 1, D)``: int8 or packed copies on CPU, copies in
+        autocast's dtype on a GPU under autocast, else ``F.linear``."""
+        copies = x.device.type == "cpu" or torch.is_autocast_enabled(x.device.type)
+        if not (self.int8 or (self.pack_weights and copies)) or torch.is_grad_enabled():
             return F.linear
         if self._packed is None:  # the first search's rows: a layout hint
             self._packed = QuantizedWeights(rows=x.shape[0]) if self.int8 else PackedWeights(rows=x.shape[0])

@@ -10,6 +10,10 @@ weight inside the BLAS on every call. ``PackedWeights.linear`` multiplies by a c
 - **bf16**: under ``torch.autocast("cpu", dtype=torch.bfloat16)`` ``F.linear`` casts every fp32
   weight to bf16 on every call; a bf16 copy made once gives autocast's result (the same bf16
   operands, fp32 accumulation) from half the bytes. Only where the CPU has bf16 instructions.
+- **on a GPU under autocast**: no packing, but a copy in autocast's dtype: searches run under
+  ``torch.inference_mode``, where autocast keeps no cache of cast weights and casts every weight
+  on every call (one more kernel per product); with the copy, ``F.linear`` gets autocast's own
+  operands and gives its result.
 
 Copies are made on first use and kept by the ``PackedWeights`` object, never by a module: its
 owner (the decoding engine) decides how long they live. A copy is remade when its weight's
@@ -51,7 +55,7 @@ class PackedWeights:
 
     def __len__(self) -> int:
         """Weights packed so far (bf16 copies of biases not counted)."""
-        return sum(key[-1] != "bias_bf16" for key in self._copies)
+        return sum(not key[-1].startswith("bias_") for key in self._copies)
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """``F.linear(x, weight, bias)``, from a packed copy of ``weight`` when the product qualifies:
@@ -70,10 +74,11 @@ class PackedWeights:
         if (
             weight.ndim != 2
             or weight.numel() < MIN_PACKED_ELEMENTS
-            or not (x.is_cpu and weight.is_cpu)
             or ((x.requires_grad or weight.requires_grad) and torch.is_grad_enabled())
         ):
             return None
+        if not (x.is_cpu and weight.is_cpu):
+            return self._autocast_linear(x, weight, bias)
         autocast = torch.is_autocast_enabled("cpu")
         if not autocast and self._thin_fits(x, weight, bias):
             return thin.linear(x, self._copy(weight, "thin", thin.pack), weight.shape[0], bias)
@@ -102,6 +107,18 @@ class PackedWeights:
             and (bias is None or bias.dtype == torch.float32)
             and x.numel() <= thin.max_rows() * x.shape[-1]
         )
+
+    def _autocast_linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor | None:
+        """On a GPU under autocast, the product from copies of ``weight`` and ``bias`` in autocast's
+        dtype (its result; None outside autocast, or for weights that are not fp32)."""
+        device = x.device.type
+        if x.device != weight.device or weight.dtype != torch.float32 or not torch.is_autocast_enabled(device):
+            return None
+        dtype = torch.get_autocast_dtype(device)
+        weight = self._copy(weight, f"cast_{dtype}", lambda w: w.to(dtype))
+        if bias is not None and bias.dtype == torch.float32:
+            bias = self._copy(bias, f"bias_cast_{dtype}", lambda b: b.to(dtype))
+        return F.linear(x.to(dtype), weight, bias)
 
     def _linear_bf16(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         copy = self._copy(weight, "bf16", lambda w: onednn.pack(w.to(torch.bfloat16), self.rows))
