@@ -40,6 +40,7 @@ from attnlab.functional.kernels.causal import blocks_min_queries
 from attnlab.functional.kernels.linear import uses_onednn
 from attnlab.functional.kernels.thresholds import cpu_flags, cpu_model
 from attnlab.inference import fused_decoder
+from attnlab.training.memory import loaded_allocator
 from benchmarks.common import matmul_gflops, timed
 from benchmarks.flops import count_flops, mfu
 from benchmarks.translation import synced
@@ -464,6 +465,7 @@ def machine(device: torch.device, threads: int) -> dict:
         "step_attention": step_attention_kernel(device),
         "decoder_steps": decoder_steps(device),
         "causal_attention": causal_attention(device),
+        "allocator": loaded_allocator() or "glibc",
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,

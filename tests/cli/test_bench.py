@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from benchmarks.readme_table import END, START, block, machine_line, rewrite, up
 from attnlab.cli.main import main
 from attnlab.functional.kernels.causal import blocks_min_queries
 from attnlab.inference import fused_decoder
+from attnlab.training import memory
 
 
 @pytest.mark.parametrize("peer", ["attnlab", "torch"])
@@ -212,11 +216,26 @@ def test_tiny_run_prints_the_row_and_writes_the_machine(tmp_path: Path, capsys):
     assert machine["causal_attention"] == (
         f"compiled blocks from {queries} queries" if queries else "SDPA's causal mode"
     )
+    assert machine["allocator"] == (memory.loaded_allocator() or "glibc")  # main(argv) starts no process
     (case,) = report["cases"]
     ours = case["sides"]["attnlab"]
     assert 0 < ours["min_ms"] <= ours["median_ms"] and ours["flops_per_call"] > 0 and ours["mfu"] > 0
     assert ours["mfu"] == pytest.approx(ours["gflops"] / gemm["peak"]["fp32"])
     assert 0 <= case["noise"]["foreign_share_median"] <= 1 and case["ratio"] == pytest.approx(ratio, abs=0.01)
+
+
+def test_the_console_command_runs_the_suite_under_tcmalloc_where_installed(tmp_path: Path):
+    out = tmp_path / "bench.json"
+    case = ["--sizes", "tiny", "--only", "attn-fwd-32", "--repeats", "1", "--threads", "1", "--out", str(out)]
+    environment = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", memory.RELAUNCHED)}
+    command = [sys.executable, "-m", "attnlab.cli.main", "bench", *case]
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = "tcmalloc" if memory.find_allocator("tcmalloc") else "glibc"
+    assert json.loads(out.read_text())["machine"]["allocator"] == expected
+    system = subprocess.run([*command, "--allocator", "system"], capture_output=True, text=True, env=environment)
+    assert system.returncode == 0, system.stderr
+    assert json.loads(out.read_text())["machine"]["allocator"] == "glibc"
 
 
 def test_int8_linear_of_the_decoding_engine_is_counted():

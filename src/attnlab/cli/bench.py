@@ -9,6 +9,11 @@ versions, GEMM rates, per-case min and median times, noise) goes to ``--out``
 from that report instead of running anything; ``--readme A.json B.json`` writes one table per
 report (runs on different machines).
 
+Like ``attnlab train``, the command starts itself again under tcmalloc where it is installed
+(``--allocator``; glibc's malloc maps fresh pages for every large tensor, and training steps pay
+for their faults: docs/results/bench.md); every side of a case runs under the same malloc, which
+the report names.
+
 The suite lives in the repository, not in the installed package: run the command from an attnlab
 checkout. ``--list`` prints the cases. Cases that cannot run here are skipped with one line
 per reason (the ``ct2-*`` cases, against CTranslate2, need the ``ctranslate2`` package and CPU;
@@ -25,6 +30,8 @@ import sys
 from pathlib import Path
 
 from attnlab.cli.inference import positive_int
+from attnlab.cli.train import relaunch
+from attnlab.config import ConfigError
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the checkout, for an editable install
 NAME = 24  # the case column: the longest name, attn-causal-fwdbwd-1024, and a space
@@ -39,6 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--repeats", type=positive_int, default=None, help="timed rounds (default: 3 quick, 7 full)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default benchmarks/results/bench.json)")
+    parser.add_argument(
+        "--allocator", choices=["auto", "system", "tcmalloc", "jemalloc"], default="auto",
+        help="the malloc the suite runs under, as training.allocator: auto takes tcmalloc where installed",
+    )  # fmt: skip
     parser.add_argument("--list", action="store_true", help="print the cases and exit")
     parser.add_argument(
         "--readme", nargs="*", type=Path, default=None, metavar="JSON",
@@ -98,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
         for case in cases:
             print(f"{case.name:{NAME}} {case.dtype:5} {'quick' if case.quick else '':5} {case.what}")
         return 0
+    if getattr(args, "process_argv", None) is not None:  # the console command, as attnlab train
+        try:
+            relaunch(args.allocator, args.process_argv)
+        except ConfigError as error:
+            return _fail(str(error))
     cases, skipped = suite.runnable(cases, device)
     for line in skipped:
         print(line)
