@@ -34,7 +34,7 @@ def machine_line(report: dict) -> str:
     peaks = ", ".join(f"{dtype} {rate:,.0f} GFLOP/s" for dtype, rate in gemm.items())
     threads = f"{m['threads']} thread" + ("s" if m["threads"] > 1 else "")
     if "allocator" in m:  # older reports lack it
-        threads += f", {m['allocator']} malloc"
+        threads += f", malloc: {m['allocator']}"
     kernels = []  # older reports lack these keys
     if "fp32_linear" in m:
         kernels.append(f"fp32: the faster of the BLAS and oneDNN; attnlab's linears use {m['fp32_linear']}")
