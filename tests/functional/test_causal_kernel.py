@@ -302,7 +302,7 @@ def test_the_compiled_call_refuses_a_head_size_it_cannot_take():
     q = torch.zeros(1, 1, 4, 8)
     view = (q.data_ptr(), *q.stride()[:3])
     with pytest.raises(ValueError, match="d=8"):
-        _causal.forward(view, view, view, view, (0, 0, 0, 0), view, 1, 1, 4, 8, 1.0, 1)
+        _causal.forward(view, view, view, view, (0, 0, 0, 0), view, 1, 1, 4, 8, 1.0, 1, True)
 
 
 @needs_blocks

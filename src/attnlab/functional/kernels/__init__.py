@@ -9,6 +9,8 @@ query with no allowed key gets zero context and zero weights):
 - ``blockwise``: a block of queries at a time, never all heads' maps at once.
 - ``causal``: causal attention with each block of queries against its key prefix only, about
   half the work of full attention; other calls go to ``sdpa``.
+- ``full_blocks``: the same compiled blocks over every key, for self-attention that is not
+  causal (fp32 CPU); other calls go to ``sdpa``.
 - ``step``: a decoding step's few queries against a cache, in place and without autograd;
   ``step_attention`` is the decoding engine's entry, choosing it or SDPA per call.
 
@@ -18,7 +20,7 @@ query with no allowed key gets zero context and zero weights):
 
 from attnlab.functional.kernels._common import Kernel
 from attnlab.functional.kernels.blockwise import attention_weights, blockwise
-from attnlab.functional.kernels.causal import causal
+from attnlab.functional.kernels.causal import causal, full_blocks
 from attnlab.functional.kernels.dispatch import choose_kernel
 from attnlab.functional.kernels.explicit import explicit
 from attnlab.functional.kernels.sdpa import sdpa
@@ -37,6 +39,7 @@ KERNELS: dict[str, Kernel] = {
     "sdpa": sdpa,
     "blockwise": blockwise,
     "causal": causal,
+    "full_blocks": full_blocks,
     "step": step,
 }
 """Every kernel by name."""
@@ -51,6 +54,7 @@ __all__ = [
     "choose_kernel",
     "current_thresholds",
     "explicit",
+    "full_blocks",
     "load_table",
     "sdpa",
     "set_thresholds",

@@ -9,7 +9,8 @@
  * every key block it enters in full, 512 keys wide). A block's scores stay in a 64 x 64 tile; the
  * softmax is online (a running maximum and sum per query) and in base 2 (the keys are packed
  * times scale * log2(e), so a weight is one 2^x), and each query's log-sum-exp is kept for the
- * backward pass, which recomputes the weights of a tile from it:
+ * backward pass, which recomputes the weights of a tile from it (with `causal` 0, full attention:
+ * every query block meets every key block, none of them diagonal):
  *
  *     P = exp(S - lse),  dV += P^T dO,  dS = P * (dO V^T - rowsum(dO * O)),
  *     dQ += scale dS K,  dK += scale dS^T Q.
@@ -24,8 +25,8 @@
  *
  * attnlab.functional.kernels.causal checks shapes, dtypes and strides before calling:
  *   supported() -> bool: whether this CPU has AVX2 and FMA;
- *   forward(q, k, v, out, bias, lse, B, H, N, d, scale, threads);
- *   backward(q, k, v, out, dout, bias, lse, dq, dk, dv, B, H, N, d, scale, threads).
+ *   forward(q, k, v, out, bias, lse, B, H, N, d, scale, threads, causal);
+ *   backward(q, k, v, out, dout, bias, lse, dq, dk, dv, B, H, N, d, scale, threads, causal).
  * Each tensor is a tuple (address, stride b, stride h, stride n), strides in elements, unit
  * stride along d: q, k, v, out, dout, dq, dk, dv are (B, H, N, d), the outputs overlapping no
  * input; bias is (0, 0, 0, 0) for none or an fp32 additive key bias (B, H, N), and lse is
@@ -60,6 +61,7 @@ typedef struct {
     view q, k, v, out, dout, bias, lse, dq, dk, dv;
     long batch, heads, n, dim;
     float scale;
+    int causal; /* 0: every query meets every key (full attention) */
 } causal_args;
 
 static inline float *row_of(const view *x, long b, long h, long i) {
@@ -167,9 +169,10 @@ AVX2 static void forward_block(const causal_args *a, long b, long h, long qb, co
     copy_rows(row_of(&a->q, b, h, q0), a->q.sn, queries, BLOCK, dim, q);
     memset(acc, 0, sizeof(float) * BLOCK * dim);
     for (long i = 0; i < BLOCK; ++i) m[i] = -INFINITY, l[i] = 0.0f;
-    for (long kb = 0; kb <= qb; ++kb) {
+    long last = a->causal ? qb : (n - 1) / BLOCK;
+    for (long kb = 0; kb <= last; ++kb) {
         long k0 = kb * BLOCK, keys = n - k0 < BLOCK ? n - k0 : BLOCK;
-        int diagonal = kb == qb;
+        int diagonal = a->causal && kb == qb;
         const float *panel = kt + kb * dim * BLOCK;
         for (long r = 0; r < queries; r += ROWS) { /* a tile of queries: scores, softmax, values */
             long end = diagonal && r + ROWS < keys ? r + ROWS : keys, cols = (end + 7) / 8 * 8;
@@ -324,9 +327,9 @@ AVX2 static void backward_keys(const causal_args *a, long b, long h, long kb, lo
     const float *bias = a->bias.p ? row_of(&a->bias, b, h, 0) : NULL, *lse = row_of(&a->lse, b, h, 0);
     memset(w->dk, 0, sizeof(float) * BLOCK * dim);
     memset(w->dv, 0, sizeof(float) * BLOCK * dim);
-    for (long qb = kb; qb < blocks; ++qb) {
+    for (long qb = a->causal ? kb : 0; qb < blocks; ++qb) {
         long q0 = qb * BLOCK, queries = n - q0 < BLOCK ? n - q0 : BLOCK;
-        int diagonal = qb == kb;
+        int diagonal = a->causal && qb == kb;
         const float *qr = d->q + q0 * dim, *gr = d->dout + q0 * dim;
         block_scores(qr, dim, queries, d->kt + kb * dim * BLOCK, dim, diagonal, w->s);
         block_scores(gr, dim, queries, d->vt + kb * dim * BLOCK, dim, diagonal, w->ds); /* dP = dO V^T */
@@ -469,18 +472,18 @@ static int parse_view(PyObject *tuple, view *x) {
     return 1;
 }
 
-/* Parses the views named in `names` (a tuple each), then B, H, N, d, scale, threads. */
+/* Parses the views named in `names` (a tuple each), then B, H, N, d, scale, threads, causal. */
 static int parse(PyObject *args, int count, view *views[], causal_args *a, int *threads) {
-    if (PyTuple_GET_SIZE(args) != count + 6) {
-        PyErr_Format(PyExc_TypeError, "expected %d arguments, got %zd", count + 6, PyTuple_GET_SIZE(args));
+    if (PyTuple_GET_SIZE(args) != count + 7) {
+        PyErr_Format(PyExc_TypeError, "expected %d arguments, got %zd", count + 7, PyTuple_GET_SIZE(args));
         return 0;
     }
     for (int i = 0; i < count; ++i)
         if (!parse_view(PyTuple_GET_ITEM(args, i), views[i])) return 0;
     long long batch, heads, n, dim;
-    PyObject *rest = PyTuple_GetSlice(args, count, count + 6);
+    PyObject *rest = PyTuple_GetSlice(args, count, count + 7);
     if (!rest) return 0;
-    int ok = PyArg_ParseTuple(rest, "LLLLfi", &batch, &heads, &n, &dim, &a->scale, threads);
+    int ok = PyArg_ParseTuple(rest, "LLLLfip", &batch, &heads, &n, &dim, &a->scale, threads, &a->causal);
     Py_DECREF(rest);
     if (!ok) return 0;
     if (!cpu_supported()) {

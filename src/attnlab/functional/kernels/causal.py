@@ -20,6 +20,10 @@ are 512 keys wide, and it computes every block it enters in full). Two ways to s
   The backward pass runs the flash kernel's backward on the same pieces with the joined output
   and log-sum-exp, which gives each piece its exact share of the gradient (FlashAttention, Alg. 4).
 
+The compiled blocks also compute full self-attention, every query block against every key
+block (``full_blocks``): the same loops without the mask, and on CPU faster than SDPA's flash
+kernel (its blocks are 512 keys wide; these are 64 x 64 tiles kept in registers and cache).
+
 Notation: B batch, H heads, N the (padded) sequence, d the head size, S = H * segments.
 """
 
@@ -80,14 +84,11 @@ def causal(
             need_weights=need_weights,
             weights_average_dim=weights_average_dim,
         )
+    if blocks_fit(query):
+        return _by_blocks(query, key, value, mask, scale, causal=True), None
     batch = batch_shape(query, key, value)
     n = query.shape[-2]
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    if blocks_fit(query):
-        q, k, v, _ = as_4d(query, key, value, batch, None)  # (B, H, n, d)
-        bias = None if mask is None else _key_bias(mask, batch, q.shape[:2], n, torch.float32, 0)  # (B, H, n)
-        context = _CompiledCausal.apply(*(_unit_last(x) for x in (q, k, v)), bias, scale)
-        return context.reshape(*batch, n, value.shape[-1]), None
     levels, leaf = _tree(n, current_thresholds().cpu_causal_block_queries)
     pad = (0, 0, 0, leaf * 2**levels - n)  # padded keys come after every real query: causally masked
     q, k, v, _ = as_4d(query, key, value, batch, None)  # (B, H, n, d)
@@ -98,6 +99,66 @@ def causal(
     else:
         context = _causal_pieces(q, k, v, bias, scale, levels, _explicit_piece)[0]
     return context[..., :n, :].reshape(*batch, n, value.shape[-1]), None  # (..., Lq, d_v)
+
+
+def full_blocks(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None = None,
+    *,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    need_weights: bool = False,
+    weights_average_dim: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """softmax(Q K^T * scale + M) V, every query against every key, by the compiled blocks.
+
+    It applies to fp32 CPU self-attention that is not causal (``Lq == Lk``) where the blocks run
+    (``blocks_fit``), with no mask or a key-padding mask, equal query and value sizes, no dropout
+    and no weights (``full_blocks_apply``); every other call goes to ``sdpa``. Arguments and
+    result as ``Kernel``.
+    """
+    if is_causal or not (blocks_fit(query) and full_blocks_apply(query, key, value, mask, dropout_p, need_weights)):
+        return sdpa(
+            query,
+            key,
+            value,
+            mask,
+            is_causal=is_causal,
+            dropout_p=dropout_p,
+            scale=scale,
+            need_weights=need_weights,
+            weights_average_dim=weights_average_dim,
+        )
+    return _by_blocks(query, key, value, mask, scale, causal=False), None
+
+
+def _by_blocks(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float | None, causal: bool):
+    """The context of self-attention by the compiled blocks, causal or over every key; ``mask``
+    a key-padding mask or None."""
+    batch = batch_shape(query, key, value)
+    n = query.shape[-2]
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    q, k, v, _ = as_4d(query, key, value, batch, None)  # (B, H, n, d)
+    bias = None if mask is None else _key_bias(mask, batch, q.shape[:2], n, torch.float32, 0)  # (B, H, n)
+    context = _CompiledBlocks.apply(*(_unit_last(x) for x in (q, k, v)), bias, scale, causal)
+    return context if context.shape[:-2] == batch else context.reshape(*batch, n, value.shape[-1])
+
+
+def full_blocks_apply(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, dropout_p: float, need_weights: bool
+) -> bool:
+    """Whether a call that is not causal fits ``full_blocks`` (fp32 CPU self-attention, key padding
+    at most, no dropout, no weights); ``blocks_fit`` says whether the blocks run at all."""
+    if need_weights or dropout_p != 0.0 or query.device.type != "cpu":
+        return False
+    if not query.dtype == key.dtype == value.dtype == torch.float32:
+        return False
+    if query.shape[-2] != key.shape[-2] or not query.shape[-1] == key.shape[-1] == value.shape[-1]:
+        return False
+    return mask is None or (is_key_padding(mask) and mask.dtype in (torch.bool, torch.float32))
 
 
 def prefix_attention_applies(
@@ -151,17 +212,19 @@ def is_key_padding(mask: Tensor) -> bool:
     return (mask.ndim < 2 or mask.shape[-2] == 1) and not mask.requires_grad
 
 
-class _CompiledCausal(torch.autograd.Function):
-    """Causal attention of fp32 ``(B, H, N, d)`` views with unit stride along ``d`` by the compiled
-    blocks (``_causal.c``), forward and backward; ``bias`` an fp32 key bias ``(B, H, N)`` or None."""
+class _CompiledBlocks(torch.autograd.Function):
+    """Causal or full attention of fp32 ``(B, H, N, d)`` views with unit stride along ``d`` by the
+    compiled blocks (``_causal.c``), forward and backward; ``bias`` an fp32 key bias ``(B, H, N)``
+    or None."""
 
     @staticmethod
-    def forward(ctx, query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None, scale: float):
+    def forward(ctx, query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None, scale: float, causal: bool):
         out = torch.empty(query.shape)
         lse = torch.empty(query.shape[:-1])  # (B, H, N)
-        _blocks.forward(*_views(query, key, value, out, bias, lse), *query.shape, scale, torch.get_num_threads())
+        threads = torch.get_num_threads()
+        _blocks.forward(*_views(query, key, value, out, bias, lse), *query.shape, scale, threads, causal)
         ctx.save_for_backward(query, key, value, bias, out, lse)
-        ctx.scale = scale
+        ctx.scale, ctx.causal = scale, causal
         return out
 
     @staticmethod
@@ -170,8 +233,8 @@ class _CompiledCausal(torch.autograd.Function):
         query, key, value, bias, out, lse = ctx.saved_tensors
         grads = [torch.empty(query.shape) for _ in range(3)]
         operands = (query, key, value, out, _unit_last(grad_out), bias, lse, *grads)
-        _blocks.backward(*_views(*operands), *query.shape, ctx.scale, torch.get_num_threads())
-        return *grads, None, None
+        _blocks.backward(*_views(*operands), *query.shape, ctx.scale, torch.get_num_threads(), ctx.causal)
+        return *grads, None, None, None
 
 
 def _views(*tensors: Tensor | None) -> list[tuple[int, ...]]:

@@ -47,6 +47,10 @@ class Thresholds:
             (``attnlab.functional.kernels.causal``) from this many queries on where they run (0:
             never); the default is ``default_causal_min_queries()``.
         cpu_causal_block_queries: about the query rows of the causal kernel's leaf blocks.
+        cpu_full_blocks_min_queries: fp32 CPU self-attention that is not causal, with no mask or
+            a key-padding mask, no weights and no dropout, takes the same compiled blocks over every
+            key (``causal.full_blocks``) from this many queries on where they run (0: never); the
+            default is ``default_full_blocks_min_queries()``.
         cpu_contiguous_min_keys: from this many keys on, SDPA on CPU gets contiguous copies of
             strided heads (the copy pays for itself only on long sequences).
         cpu_step_plain_max_queries: a decoding step takes the plain products of the step kernel
@@ -85,6 +89,7 @@ class Thresholds:
     cpu_forward_sdpa_min_keys_bfloat16: int = dataclasses.field(default_factory=lambda: _bf16_default(768))
     cpu_causal_min_queries: int = dataclasses.field(default_factory=lambda: default_causal_min_queries())
     cpu_causal_block_queries: int = 256
+    cpu_full_blocks_min_queries: int = dataclasses.field(default_factory=lambda: default_full_blocks_min_queries())
     cpu_contiguous_min_keys: int = 256
     cpu_step_plain_max_queries: int = 8
     cpu_step_plain_max_keys: int = 128
@@ -239,6 +244,18 @@ def causal_rule(cpuinfo: str) -> int:
     AVX-512 kernels alike, and were ahead by less at 32; else 0 (SDPA's causal mode: the blocks
     do not run)."""
     return 48 if _avx2_and_fma(cpuinfo) else 0
+
+
+def default_full_blocks_min_queries() -> int:
+    """The default of ``Thresholds.cpu_full_blocks_min_queries`` here: ``full_blocks_rule`` on ``/proc/cpuinfo``."""
+    return full_blocks_rule(_cpuinfo())
+
+
+def full_blocks_rule(cpuinfo: str) -> int:
+    """32 on an x86 CPU with AVX2 and FMA, where the compiled blocks over every key took 0.5-0.8x
+    of SDPA's time from 32 queries on (forward, and forward and backward; measured on an AVX-512
+    CPU, docs/results/attention_kernels.md), and about its time at 16; else 0 (SDPA)."""
+    return 32 if _avx2_and_fma(cpuinfo) else 0
 
 
 def _avx2_and_fma(cpuinfo: str) -> bool:
