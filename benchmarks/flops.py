@@ -6,7 +6,7 @@ linear (attnlab's decoding engine, fp32 and int8) would count as zero, and a pee
 another kernel would look like less work. ``count_flops`` adds their formulas, the same ones
 PyTorch uses for the CUDA kernels: a matmul of (m, k) by (k, n) is 2 m k n FLOPs; attention is
 4 B H L S d forward (QKᵀ and A V). attnlab's compiled kernels (thin products, fused step
-attention, causal blocks) are C calls that no torch mode sees: while counting, attnlab takes
+attention, causal and full blocks) are C calls that no torch mode sees: while counting, attnlab takes
 PyTorch's kernels instead (the same products, so the same FLOPs). Causal attention counts the
 (query, key) pairs under the mask only, as FlashAttention's benchmarks do (about half of full
 attention for self-attention); PyTorch's own formula counts the whole square, which would put a
@@ -96,6 +96,7 @@ def count_flops(fn: Callable[[], object]) -> int:
         cpu_thin_max_rows_bfloat16=0,
         cpu_step_fused_max_keys=0,
         cpu_causal_min_queries=0,
+        cpu_full_blocks_min_queries=0,
     )
     previous = set_thresholds(counted)
     try:

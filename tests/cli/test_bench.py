@@ -64,6 +64,19 @@ def test_fused_step_attention_of_the_decoding_engine_is_counted():
     assert count_flops(lambda: step_attention(q, k, k)) == 4 * 2 * 4 * 3 * 40 * 16  # QKᵀ and A V
 
 
+def test_full_blocks_are_counted_as_full_attention():
+    """The blocks over every key are a C call too: counting takes SDPA, 4 B H n^2 d for attention."""
+    from attnlab.functional.kernels import Thresholds, current_thresholds, set_thresholds
+
+    set_thresholds(Thresholds(cpu_full_blocks_min_queries=1))
+    b, h, d, n = 2, 2, 16, 64
+    e = h * d
+    expected = 4 * b * h * n * n * d + 4 * (2 * b * n * e * e)
+    with torch.no_grad():
+        assert count_flops(make_case("attnlab", n, False, False, b, h, d)) == expected
+    assert current_thresholds().cpu_full_blocks_min_queries == 1  # restored after counting
+
+
 def test_causal_blocks_are_counted_as_the_pairs_under_the_mask():
     """The causal blocks are a C call no torch mode sees: counting takes SDPA's causal mode, which
     counts the n (n + 1) / 2 (query, key) pairs under the mask, as FlashAttention does."""
