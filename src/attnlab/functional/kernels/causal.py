@@ -150,15 +150,13 @@ def _by_blocks(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, s
 def full_blocks_apply(
     query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, dropout_p: float, need_weights: bool
 ) -> bool:
-    """Whether a call that is not causal fits ``full_blocks`` (fp32 CPU self-attention, key padding
-    at most, no dropout, no weights); ``blocks_fit`` says whether the blocks run at all."""
-    if need_weights or dropout_p != 0.0 or query.device.type != "cpu":
-        return False
-    if not query.dtype == key.dtype == value.dtype == torch.float32:
-        return False
-    if query.shape[-2] != key.shape[-2] or not query.shape[-1] == key.shape[-1] == value.shape[-1]:
-        return False
-    return mask is None or (is_key_padding(mask) and mask.dtype in (torch.bool, torch.float32))
+    """Whether a call that is not causal fits ``full_blocks``: ``self_attention_applies`` in fp32,
+    with a bool or fp32 mask if any; ``blocks_fit`` says whether the blocks run at all."""
+    return (
+        query.dtype == torch.float32
+        and (mask is None or mask.dtype in (torch.bool, torch.float32))
+        and self_attention_applies(query, key, value, mask, dropout_p, need_weights)
+    )
 
 
 def prefix_attention_applies(
@@ -171,7 +169,16 @@ def prefix_attention_applies(
     need_weights: bool,
 ) -> bool:
     """Whether a call takes the pieces of ``causal`` (otherwise ``causal`` hands it to ``sdpa``)."""
-    if not is_causal or need_weights or dropout_p != 0.0 or query.device.type != "cpu":
+    return is_causal and self_attention_applies(query, key, value, mask, dropout_p, need_weights)
+
+
+def self_attention_applies(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, dropout_p: float, need_weights: bool
+) -> bool:
+    """Whether a call is CPU self-attention this module's kernels take: ``Lq == Lk``, equal query,
+    key and value sizes, one dtype of fp32, bf16 or float64, no mask or a key-padding mask, no
+    dropout and no weights."""
+    if need_weights or dropout_p != 0.0 or query.device.type != "cpu":
         return False
     if query.dtype not in _DTYPES or not query.dtype == key.dtype == value.dtype:
         return False
