@@ -116,15 +116,17 @@ class PackedWeights:
             return None
         dtype = torch.get_autocast_dtype(device)
         weight = self._copy(weight, f"cast_{dtype}", lambda w: w.to(dtype))
-        if bias is not None and bias.dtype == torch.float32:
-            bias = self._copy(bias, f"bias_cast_{dtype}", lambda b: b.to(dtype))
-        return F.linear(x.to(dtype), weight, bias)
+        return F.linear(x.to(dtype), weight, self._bias_in(bias, dtype))
 
     def _linear_bf16(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         copy = self._copy(weight, "bf16", lambda w: onednn.pack(w.to(torch.bfloat16), self.rows))
-        if bias is not None and bias.dtype != torch.bfloat16:
-            bias = self._copy(bias, "bias_bf16", lambda b: b.to(torch.bfloat16))
-        return onednn.linear(x, copy, bias)
+        return onednn.linear(x, copy, self._bias_in(bias, torch.bfloat16))
+
+    def _bias_in(self, bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+        """``bias`` in ``dtype``: as it is when None or already so, else a copy made once."""
+        if bias is None or bias.dtype == dtype:
+            return bias
+        return self._copy(bias, f"bias_{dtype}", lambda b: b.to(dtype))
 
     def _copy(self, weight: Tensor, kind: str, pack: Callable[[Tensor], Tensor]) -> Tensor:
         """The ``kind`` copy of ``weight`` (or bias), made by ``pack`` unless one of its current version exists."""
