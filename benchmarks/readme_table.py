@@ -27,9 +27,13 @@ def side_value(row: dict, side: str) -> str:
 
 def machine_line(report: dict) -> str:
     """One sentence: the command, the machine, the versions and the GEMM peaks of the run."""
+    line = _gpu_line(report) if report["machine"].get("gpu") else _cpu_line(report)
+    return line + (" A partial run: the cases it finished." if report.get("partial") else "")
+
+
+def _cpu_line(report: dict) -> str:
+    """``machine_line`` of a run on the CPU: its model and flags, threads, malloc, kernels and peaks."""
     m, gemm = report["machine"], report["gemm_gflops"]["peak"]
-    if m.get("gpu"):
-        return _gpu_line(report)
     flags = ", ".join(flag for flag, present in m["cpu_flags"].items() if present) or "none of avx2/avx512/amx"
     peaks = ", ".join(f"{dtype} {rate:,.0f} GFLOP/s" for dtype, rate in gemm.items())
     threads = f"{m['threads']} thread" + ("s" if m["threads"] > 1 else "")
@@ -49,7 +53,6 @@ def machine_line(report: dict) -> str:
         f"torch {m['torch']}, transformers {m['transformers']}; large-matmul peak {peaks}"
         + (f" ({'; '.join(kernels)})." if kernels else ".")
         + ("" if m["bf16"] else " No bf16 instructions here: bf16 cases skipped, `precision: auto` stays fp32.")
-        + (" A partial run: the cases it finished." if report.get("partial") else "")
     )
 
 
@@ -62,7 +65,6 @@ def _gpu_line(report: dict) -> str:
         f"{m['threads']} threads), torch {m['torch']}, transformers {m['transformers']}; "
         f"large-matmul peak on the GPU {peaks} (fp32 without TF32). Each call ends with a synchronize; "
         "bf16 cases run under autocast on the GPU."
-        + (" A partial run: the cases it finished." if report.get("partial") else "")
     )
 
 
