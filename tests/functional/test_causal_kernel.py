@@ -275,17 +275,25 @@ def test_a_nan_reaches_exactly_the_queries_that_see_it():
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_blocks_give_the_same_bits_on_any_number_of_threads(threads):
     q, k, v = (x.requires_grad_() for x in _blocks_qkv(130, 32, heads=5))
-    previous = torch.get_num_threads()
-    results = []
+
+    def run():
+        out, _ = causal(q, k, v, is_causal=True)
+        return out, *torch.autograd.grad(out.square().sum(), (q, k, v))
+
+    for one, many in zip(*_on_threads((1, threads), run)):
+        assert torch.equal(one, many)
+
+
+def _on_threads(counts: tuple[int, ...], run) -> list:
+    """``run()``'s result on each thread count in turn; the thread count is restored after."""
+    previous, results = torch.get_num_threads(), []
     try:
-        for count in (1, threads):
+        for count in counts:
             torch.set_num_threads(count)
-            out, _ = causal(q, k, v, is_causal=True)
-            results.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v))))
+            results.append(run())
     finally:
         torch.set_num_threads(previous)
-    for one, many in zip(*results):
-        assert torch.equal(one, many)
+    return results
 
 
 def test_blocks_fit_only_fp32_cpu_head_sizes_of_16s():
@@ -419,16 +427,12 @@ def test_a_sentence_with_every_key_padded_gets_zero_context_and_gradients():
 def test_full_blocks_agree_on_any_number_of_threads(threads):
     """One and three threads: by item, or a head's key blocks shared out (dq summed per thread)."""
     q, k, v = (x.requires_grad_() for x in _blocks_qkv(150, 32, heads=1))
-    previous = torch.get_num_threads()
-    results = []
-    try:
-        for count in (2, threads):
-            torch.set_num_threads(count)
-            out, _ = full_blocks(q, k, v)
-            results.append((out, *torch.autograd.grad(out.sum(), (q, k, v))))
-    finally:
-        torch.set_num_threads(previous)
-    for a, b in zip(*results):
+
+    def run():
+        out, _ = full_blocks(q, k, v)
+        return out, *torch.autograd.grad(out.sum(), (q, k, v))
+
+    for a, b in zip(*_on_threads((2, threads), run)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
